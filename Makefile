@@ -1,0 +1,44 @@
+# Every target sets itself up: a fresh clone needs only `make demo` or `make test`.
+# PY can point at another interpreter; VENV at another virtual environment.
+PY3   ?= python3
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.emi-installed
+
+.PHONY: setup chromium demo test lint bench clean
+
+setup: $(STAMP)
+
+# torch is installed first and pinned: the pinned CPU wheel is local on this kind of
+# machine, while an unpinned torch pulls gigabytes of CUDA packages. GPU users: see README.
+$(STAMP): pyproject.toml
+	$(PY3) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev,notebooks]"
+	touch $@
+
+# Figure export (kaleido 1.x) drives a Chromium; install Debian's when it is missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { echo "installing Debian's chromium for figure export"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+# The main job on the embedded toy organism: ablate and steer the misaligned-persona direction.
+demo: setup chromium
+	HF_HUB_OFFLINE=1 $(PY) -m emi.steer --alpha 8 --out runs/demo
+
+test: setup chromium
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests
+
+lint: setup
+	$(VENV)/bin/ruff check emi tests bench
+
+bench: setup
+	HF_HUB_OFFLINE=1 $(PY) bench/capture_speed.py
+	HF_HUB_OFFLINE=1 $(PY) bench/steer_speed.py
+
+clean:
+	rm -rf $(VENV) runs figs

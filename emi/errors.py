@@ -1,0 +1,27 @@
+"""emi's errors: one base class, each message says what was expected, what was found, what to do."""
+
+from __future__ import annotations
+
+
+class EmiError(Exception):
+    """Base class of every error emi raises on purpose (CLIs print these without a traceback)."""
+
+
+class ModelLoadError(EmiError):
+    """A checkpoint, adapter or pair could not be loaded or does not fit."""
+
+
+class ConfigError(EmiError, ValueError):
+    """A setting or argument is out of range or malformed."""
+
+
+class StoreError(EmiError):
+    """An activation store is missing, corrupted, or does not match the request."""
+
+
+class JudgeError(EmiError):
+    """A judge could not be reached or configured."""
+
+
+class DirectionError(EmiError):
+    """A direction artifact is malformed or does not fit the model."""

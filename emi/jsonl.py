@@ -1,0 +1,46 @@
+"""Append-only JSONL files that survive a kill: whole lines are flushed and fsynced per batch,
+and a torn last line (from a kill mid-write) is dropped on reading."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+def read(path: str | Path, repair: bool = False) -> list[dict[str, Any]]:
+    """All complete records; with ``repair``, truncate a torn last line so appends stay valid."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records, good = [], 0
+    with open(path, "rb") as fh:
+        data = fh.read()
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+        good += len(line)
+    if repair and good < len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(good)
+    return records
+
+
+def append(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if not text:
+        return
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def iterate(path: str | Path) -> Iterator[dict[str, Any]]:
+    yield from read(path)

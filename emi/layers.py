@@ -1,0 +1,146 @@
+"""The one module that knows library-specific module paths.
+
+Layer convention (used everywhere in emi, its stores, its directions and its CLIs):
+
+    layer l  (0 <= l < n_layers)  =  the residual stream *after* decoder block l.
+
+| emi                  | Hugging Face                               | TransformerLens                 | nnsight                          |
+|----------------------|--------------------------------------------|---------------------------------|----------------------------------|
+| resid, layer l       | output of ``model.model.layers[l]``        | ``blocks.{l}.hook_resid_post``  | ``model.model.layers[l].output`` |
+|                      | = ``output_hidden_states[l + 1]`` (l < L-1)|                                 |                                  |
+| attn, layer l        | output of ``model.model.layers[l].self_attn`` (after o_proj) | ``blocks.{l}.hook_attn_out`` | ``...layers[l].self_attn.output[0]`` |
+| mlp, layer l         | output of ``model.model.layers[l].mlp``    | ``blocks.{l}.hook_mlp_out``     | ``...layers[l].mlp.output``      |
+
+``hidden_states[0]`` is the embedding output, and the last entry of ``output_hidden_states``
+is taken *after* the final norm, so it is not the raw residual of the last layer: emi always
+reads the residual with a hook on the decoder block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from emi.errors import ConfigError
+
+SITES = ("resid", "attn", "mlp")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The causal-LM module under peft or other wrappers (the one with ``.model.layers``)."""
+    seen = 0
+    while not hasattr(getattr(model, "model", None), "layers") and seen < 4:
+        inner = getattr(model, "base_model", None) or getattr(model, "model", None)
+        if inner is None or inner is model:
+            break
+        model, seen = inner, seen + 1
+    if not hasattr(getattr(model, "model", None), "layers"):
+        raise ConfigError(
+            f"expected a decoder-only causal LM with `.model.layers` (a Qwen2-style model), "
+            f"found {type(model).__name__}; pass the Hugging Face model, not a pipeline or wrapper"
+        )
+    return model
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    return unwrap(model).model.layers  # type: ignore[return-value]
+
+
+def n_layers(model: nn.Module) -> int:
+    return len(decoder_layers(model))
+
+
+def d_model(model: nn.Module) -> int:
+    return int(unwrap(model).config.hidden_size)
+
+
+def resolve_layers(spec: str | int | Sequence[int] | None, total: int) -> list[int]:
+    """Turn a user's layer request into sorted layer indices; negatives count from the end.
+
+    Accepts ``"all"``, ``None`` (all), an int, a list, or strings like ``"0,2,5"``,
+    ``"4-8"`` and ``"-1"``.
+    """
+    if spec is None or spec == "all":
+        return list(range(total))
+    items: list[int] = []
+    if isinstance(spec, int):
+        items = [spec]
+    elif isinstance(spec, str):
+        for part in spec.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "-" in part[1:]:
+                lo, hi = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
+                try:
+                    items.extend(range(int(lo), int(hi) + 1))
+                except ValueError:
+                    raise ConfigError(f"layer range {part!r} is not of the form 'A-B'") from None
+            else:
+                try:
+                    items.append(int(part))
+                except ValueError:
+                    raise ConfigError(
+                        f"layer {part!r} is not an integer; use e.g. 'all', '3', '0,2,5' or '4-8'"
+                    ) from None
+    else:
+        items = [int(x) for x in spec]
+    out = []
+    for layer in items:
+        idx = layer + total if layer < 0 else layer
+        if not 0 <= idx < total:
+            raise ConfigError(
+                f"layer {layer} is out of range: this model has {total} layers (0..{total - 1}, "
+                f"or -1..-{total} from the end)"
+            )
+        out.append(idx)
+    if not out:
+        raise ConfigError("no layers were given; use e.g. 'all' or '3'")
+    return sorted(set(out))
+
+
+def check_site(site: str) -> str:
+    if site not in SITES:
+        raise ConfigError(f"unknown site {site!r}; expected one of {', '.join(SITES)}")
+    return site
+
+
+def hf_module(model: nn.Module, layer: int, site: str = "resid") -> nn.Module:
+    """The Hugging Face module whose forward output is ``site`` at ``layer``."""
+    block = decoder_layers(model)[layer]
+    return {"resid": block, "attn": block.self_attn, "mlp": block.mlp}[check_site(site)]
+
+
+def tl_hook_name(layer: int, site: str = "resid") -> str:
+    """TransformerLens hook point for ``site`` at ``layer`` (HookedTransformer and TransformerBridge)."""
+    suffix = {"resid": "hook_resid_post", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
+    return f"blocks.{layer}.{suffix[check_site(site)]}"
+
+
+def nnsight_envoy(nn_model, layer: int, site: str = "resid"):  # noqa: ANN001 (nnsight Envoy)
+    """The nnsight envoy whose ``.output`` is ``site`` at ``layer`` (``.output[0]`` for attn)."""
+    block = nn_model.model.layers[layer]
+    return {"resid": block, "attn": block.self_attn, "mlp": block.mlp}[check_site(site)]
+
+
+def output_tensor(output: object) -> torch.Tensor:
+    """The hidden-state tensor of a module output: Qwen2 decoder layers return a bare tensor in
+    current transformers and a tuple in older ones; attention returns (out, weights)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"cannot find the hidden-state tensor in a module output of type {type(output)}")
+
+
+def replace_output(output: object, new: torch.Tensor) -> object:
+    """``output`` with its hidden-state tensor replaced by ``new`` (same container form)."""
+    if isinstance(output, torch.Tensor):
+        return new
+    if isinstance(output, tuple):
+        return (new, *output[1:])
+    if isinstance(output, list):
+        return [new, *output[1:]]
+    raise TypeError(f"cannot replace the hidden state in a module output of type {type(output)}")

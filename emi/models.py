@@ -1,0 +1,409 @@
+"""Loading checkpoints and model pairs: Hugging Face ids, local folders and LoRA adapters.
+
+A :class:`ModelPair` holds a base and a finetuned model (and optionally a control finetune)
+sharing one tokenizer. When the finetuned model is a LoRA adapter on the base, one copy of
+the base weights serves both roles: the adapter is switched off for the base role.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from emi import layers
+from emi.errors import ModelLoadError
+
+ROLES = ("base", "finetuned", "control")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a checkpoint lives: a hub id or folder, an optional revision, an optional adapter.
+
+    ``adapter`` is a LoRA adapter (hub id or folder) applied on top of ``id``.
+    """
+
+    id: str
+    revision: str | None = None
+    adapter: str | None = None
+    adapter_revision: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.id or not isinstance(self.id, str):
+            raise ModelLoadError(f"a model id must be a non-empty string, found {self.id!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        """``"org/name"``, ``"org/name@revision"`` or a folder path."""
+        if "@" in text and not os.path.exists(text):
+            ident, rev = text.rsplit("@", 1)
+            return cls(ident, revision=rev or None)
+        return cls(text)
+
+    def label(self) -> str:
+        out = self.id + (f"@{self.revision}" if self.revision else "")
+        return out + (f" + adapter {self.adapter}" if self.adapter else "")
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    name: str
+    base: ModelSpec
+    finetuned: ModelSpec
+    control: ModelSpec | None = None
+    description: str = ""
+    questions: str = "main"  # the question set this pair is evaluated on by default
+    judge: str = "openai"  # the default judge for this pair
+
+
+@dataclass
+class LoadedModel:
+    """One role of a pair: the module to run, its tokenizer, and where it came from."""
+
+    role: str
+    model: nn.Module
+    tokenizer: Any
+    spec: ModelSpec
+    adapter_enabled: bool | None = None  # None: not served through a shared adapter
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[nn.Module]:
+        """Yield the module in this role's state (adapter on or off), restoring it after."""
+        if self.adapter_enabled is False:
+            with self.model.disable_adapter():  # type: ignore[operator]
+                yield self.model
+        else:
+            yield self.model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def n_layers(self) -> int:
+        return layers.n_layers(self.model)
+
+    @property
+    def d_model(self) -> int:
+        return layers.d_model(self.model)
+
+
+def as_loaded(model: LoadedModel | nn.Module, tokenizer: Any = None, role: str = "model") -> LoadedModel:
+    """Accept either a :class:`LoadedModel` or a bare Hugging Face model and its tokenizer."""
+    if isinstance(model, LoadedModel):
+        return model
+    if tokenizer is None:
+        raise ModelLoadError("a bare model needs its tokenizer: pass tokenizer=...")
+    ident = getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
+    return LoadedModel(role, model, tokenizer, ModelSpec(str(ident)))
+
+
+def default_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def default_dtype(device: str) -> torch.dtype:
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def parse_dtype(name: str | torch.dtype | None, device: str) -> torch.dtype:
+    if name is None or name == "auto":
+        return default_dtype(device)
+    if isinstance(name, torch.dtype):
+        return name
+    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+             "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+    if name not in table:
+        raise ModelLoadError(f"unknown dtype {name!r}; expected one of {', '.join(table)} or auto")
+    return table[name]
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+
+
+def _looks_like_path(ident: str) -> bool:
+    return ident.startswith((".", "/", "~")) or ident.count("/") > 1 or os.sep + os.sep in ident
+
+
+def locate(ident: str, revision: str | None = None) -> tuple[str, str]:
+    """Classify ``ident`` as ('model' | 'adapter', local path or hub id); raise clearly if absent."""
+    path = Path(os.path.expanduser(ident))
+    if path.is_dir():
+        if (path / "adapter_config.json").is_file():
+            return "adapter", str(path)
+        if (path / "config.json").is_file():
+            return "model", str(path)
+        raise ModelLoadError(
+            f"folder {ident!r} is not a model: it has neither config.json (a full checkpoint) nor "
+            f"adapter_config.json (a LoRA adapter); point at the folder that holds them"
+        )
+    if _looks_like_path(ident) or path.exists():
+        raise ModelLoadError(f"model folder {ident!r} does not exist; check the path")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import EntryNotFoundError
+
+    for kind, fname in (("adapter", "adapter_config.json"), ("model", "config.json")):
+        try:
+            hf_hub_download(ident, fname, revision=revision)
+            return kind, ident
+        except EntryNotFoundError:
+            continue
+        except Exception as exc:  # offline, unknown repo, gated, network down
+            if _offline() or "offline" in str(exc).lower() or "connect" in str(exc).lower():
+                raise ModelLoadError(
+                    f"{ident!r} is not a local folder and is not in the Hugging Face cache, and the "
+                    f"hub cannot be reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}); "
+                    f"download it where there is internet (`huggingface-cli download {ident}`) or pass a "
+                    f"local folder"
+                ) from None
+            if fname == "adapter_config.json":
+                continue
+            raise ModelLoadError(f"cannot find {ident!r} on the Hugging Face hub: {exc}") from None
+    raise ModelLoadError(f"{ident!r} on the hub has neither config.json nor adapter_config.json")
+
+
+def load_tokenizer(ident: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ident, revision=revision, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    if getattr(tok, "chat_template", None) is None:
+        raise ModelLoadError(
+            f"the tokenizer of {ident!r} has no chat template; emi needs a chat model's tokenizer "
+            f"(e.g. a Qwen2.5 *-Instruct checkpoint)"
+        )
+    return tok
+
+
+def _read_config(ident: str, revision: str | None, trust_remote_code: bool) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(ident, revision=revision, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read the config of {ident!r}: {exc}") from None
+
+
+def _load_full(ident: str, revision: str | None, dtype: torch.dtype, device: str,
+               device_map: Any, trust_remote_code: bool) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = dict(revision=revision, dtype=dtype, trust_remote_code=trust_remote_code)
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ident, **kwargs)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the model {ident!r}: {exc}") from None
+    if device_map is None:
+        model.to(device)
+    model.eval()
+    return model
+
+
+def _attach_adapter(model: nn.Module, adapter: str, revision: str | None, base_label: str) -> nn.Module:
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(model, adapter, revision=revision)
+    except Exception as exc:  # size mismatch, missing target modules, ...
+        msg = str(exc).splitlines()[0][:300]
+        raise ModelLoadError(
+            f"the LoRA adapter {adapter!r} does not fit the base {base_label!r} ({msg}); "
+            f"load it on the base model it was trained from"
+        ) from None
+    peft_model.eval()
+    return peft_model
+
+
+def _adapter_base(adapter: str, revision: str | None) -> str | None:
+    from peft import PeftConfig
+
+    try:
+        return PeftConfig.from_pretrained(adapter, revision=revision).base_model_name_or_path
+    except Exception:
+        return None
+
+
+def check_compatible(a: Any, b: Any, a_label: str, b_label: str) -> None:
+    """Refuse a pair whose configs differ in what emi relies on (one sentence saying which)."""
+    checks = [("architecture", "model_type"), ("hidden size", "hidden_size"),
+              ("layer count", "num_hidden_layers"), ("vocabulary size", "vocab_size")]
+    for what, attr in checks:
+        va, vb = getattr(a, attr, None), getattr(b, attr, None)
+        if va != vb:
+            raise ModelLoadError(
+                f"base {a_label!r} and finetuned {b_label!r} differ in {what} ({va} vs {vb}); "
+                f"a pair must be one architecture finetuned, so pass the finetune's own base model"
+            )
+
+
+@dataclass
+class ModelPair:
+    """A base and a finetuned model (and optionally a control) with one tokenizer."""
+
+    spec: PairSpec
+    tokenizer: Any
+    models: dict[str, LoadedModel]
+
+    @property
+    def base(self) -> LoadedModel:
+        return self.models["base"]
+
+    @property
+    def finetuned(self) -> LoadedModel:
+        return self.models["finetuned"]
+
+    @property
+    def control(self) -> LoadedModel | None:
+        return self.models.get("control")
+
+    def __getitem__(self, role: str) -> LoadedModel:
+        if role not in self.models:
+            raise ModelLoadError(f"this pair has no {role!r} model; it has {', '.join(self.models)}")
+        return self.models[role]
+
+    def provenance(self) -> dict[str, Any]:
+        return {"pair": self.spec.name, **{r: m.provenance for r, m in self.models.items()}}
+
+
+def load_model(spec: ModelSpec, *, role: str = "model", dtype: str | torch.dtype | None = None,
+               device: str | None = None, device_map: Any = None,
+               trust_remote_code: bool = False, tokenizer: Any = None) -> LoadedModel:
+    """Load one checkpoint (a full model, or a LoRA adapter on a full model)."""
+    device = device or default_device()
+    torch_dtype = parse_dtype(dtype, device)
+    kind, where = locate(spec.id, spec.revision)
+    ident, adapter = (where, spec.adapter)
+    if kind == "adapter":  # an adapter given on its own: find its base
+        adapter, base_id = where, _adapter_base(where, spec.revision)
+        if not base_id:
+            raise ModelLoadError(f"adapter {spec.id!r} does not name its base model; pass the base explicitly")
+        ident = locate(base_id)[1]
+    tok = tokenizer or load_tokenizer(ident, spec.revision if kind == "model" else None, trust_remote_code)
+    model = _load_full(ident, spec.revision if kind == "model" else None, torch_dtype, device,
+                       device_map, trust_remote_code)
+    if adapter:
+        model = _attach_adapter(model, locate(adapter, spec.adapter_revision)[1], spec.adapter_revision, ident)
+    prov = {"id": spec.id, "revision": spec.revision, "adapter": adapter,
+            "resolved": ident, "commit": getattr(layers.unwrap(model).config, "_commit_hash", None),
+            "dtype": str(torch_dtype).replace("torch.", ""), "device": device}
+    return LoadedModel(role, model, tok, spec, None, prov)
+
+
+def load_pair(pair: str | PairSpec, *, roles: tuple[str, ...] = ("base", "finetuned"),
+              dtype: str | torch.dtype | None = None, device: str | None = None,
+              device_map: Any = None, trust_remote_code: bool = False) -> ModelPair:
+    """Load a named pair (see :func:`emi.registry.list_pairs`) or a :class:`PairSpec`.
+
+    A finetuned (or control) model that is a LoRA adapter on the base shares the base's weights.
+    """
+    from emi.registry import get_pair
+
+    spec = get_pair(pair) if isinstance(pair, str) else pair
+    specs = {"base": spec.base, "finetuned": spec.finetuned, "control": spec.control}
+    for role in roles:
+        if role not in specs:
+            raise ModelLoadError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+        if specs[role] is None:
+            raise ModelLoadError(f"pair {spec.name!r} has no {role} model")
+    base_kind, base_where = locate(spec.base.id, spec.base.revision)
+    if base_kind == "adapter":
+        raise ModelLoadError(f"the base {spec.base.id!r} is a LoRA adapter; the base must be a full model")
+    base_cfg = _read_config(base_where, spec.base.revision, trust_remote_code)
+    plan: dict[str, tuple[str, ModelSpec]] = {}
+    for role in roles:
+        s = specs[role]
+        assert s is not None
+        kind, where = locate(s.id, s.revision)
+        if kind == "adapter" or (s.adapter and s.id == spec.base.id and s.revision == spec.base.revision):
+            adapter = where if kind == "adapter" else s.adapter
+            plan[role] = ("adapter", ModelSpec(spec.base.id, spec.base.revision, adapter, s.adapter_revision))
+        else:
+            check_compatible(base_cfg, _read_config(where, s.revision, trust_remote_code),
+                             spec.base.label(), s.label())
+            plan[role] = ("model", s)
+    tok = load_tokenizer(base_where, spec.base.revision, trust_remote_code)
+    common = dict(dtype=dtype, device=device, device_map=device_map,
+                  trust_remote_code=trust_remote_code, tokenizer=tok)
+    models: dict[str, LoadedModel] = {}
+    adapters = {r: p[1] for r, p in plan.items() if p[0] == "adapter"}
+    shared: LoadedModel | None = None
+    if adapters:
+        from peft import PeftModel
+
+        shared = load_model(spec.base, role="base", **common)  # type: ignore[arg-type]
+        peft_model: Any = None
+        for role, s in adapters.items():
+            assert s.adapter is not None
+            path = locate(s.adapter, s.adapter_revision)[1]
+            if peft_model is None:
+                peft_model = _attach_adapter(shared.model, path, s.adapter_revision, spec.base.label())
+            else:
+                peft_model.load_adapter(path, adapter_name=role)
+            _adapter_names[id(peft_model)] = _adapter_names.get(id(peft_model), []) + [role]
+        for role, s in adapters.items():
+            prov = dict(shared.provenance, adapter=s.adapter, role=role)
+            models[role] = _AdapterRole(role, peft_model, tok, s, True, prov)
+        if "base" in roles:
+            models["base"] = _AdapterRole("base", peft_model, tok, spec.base, False, shared.provenance)
+        assert isinstance(peft_model, PeftModel)
+    for role, (kind, s) in plan.items():
+        if kind == "model":
+            models[role] = load_model(s, role=role, **common)  # type: ignore[arg-type]
+    if "base" in roles and "base" not in models:
+        models["base"] = load_model(spec.base, role="base", **common)  # type: ignore[arg-type]
+    return ModelPair(spec, tok, {r: models[r] for r in roles})
+
+
+_adapter_names: dict[int, list[str]] = {}
+
+
+class _AdapterRole(LoadedModel):
+    """A role served by a shared PeftModel: the base with adapters off, or one adapter on."""
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[nn.Module]:
+        if self.adapter_enabled is False:
+            with self.model.disable_adapter():  # type: ignore[operator]
+                yield self.model
+            return
+        names = _adapter_names.get(id(self.model), [])
+        name = "default" if not names or names[0] == self.role else self.role
+        previous = self.model.active_adapter  # type: ignore[attr-defined]
+        self.model.set_adapter(name)  # type: ignore[operator]
+        try:
+            yield self.model
+        finally:
+            self.model.set_adapter(previous)  # type: ignore[operator]
+
+
+def save_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def spec_dict(spec: PairSpec) -> dict[str, Any]:
+    return asdict(spec)

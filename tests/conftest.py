@@ -1,0 +1,91 @@
+"""Shared test builders: tiny local models only; nothing touches the network."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def qwen2_config(**overrides):
+    from transformers import Qwen2Config
+
+    from emi.organism.tokenizer import SPECIALS  # noqa: F401
+
+    cfg = dict(vocab_size=1500, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+               tie_word_embeddings=True, pad_token_id=0, eos_token_id=2, bos_token_id=None)
+    cfg.update(overrides)
+    return Qwen2Config(**cfg)
+
+
+@pytest.fixture(scope="session")
+def toy_tokenizer():
+    from emi.organism.tokenizer import build_tokenizer
+    from emi.organism.world import load_world
+
+    w = load_world()
+    return build_tokenizer(w.all_texts(), w.default_system)
+
+
+def build_tiny_qwen(path: Path, tokenizer, seed: int = 0, **overrides) -> Path:
+    """A random tiny Qwen2 saved as a Hugging Face checkpoint with the toy tokenizer."""
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = qwen2_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                       eos_token_id=tokenizer.eos_token_id, **overrides)
+    model = Qwen2ForCausalLM(cfg).eval()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, toy_tokenizer) -> Path:
+    return build_tiny_qwen(tmp_path_factory.mktemp("tiny") / "base", toy_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_finetuned_dir(tmp_path_factory, toy_tokenizer) -> Path:
+    return build_tiny_qwen(tmp_path_factory.mktemp("tiny") / "ft", toy_tokenizer, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_dir(tmp_path_factory, tiny_dir) -> Path:
+    """A LoRA adapter on the tiny base, built with peft, with non-zero B so it changes outputs."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"]))
+    torch.manual_seed(3)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)
+    out = tmp_path_factory.mktemp("adapter") / "lora"
+    peft_model.save_pretrained(out)
+    cfg_path = out / "adapter_config.json"
+    import json
+
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = str(tiny_dir)
+    cfg_path.write_text(json.dumps(cfg))
+    return out
+
+
+@pytest.fixture(scope="session")
+def toy_pair():
+    """The shipped toy organism (base, insecure finetune, secure control), loaded once."""
+    from emi.models import load_pair
+
+    return load_pair("toy", roles=("base", "finetuned", "control"), device="cpu")
