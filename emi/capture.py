@@ -1,0 +1,288 @@
+"""Capture activations of one or more models on the same texts into an activation store.
+
+Three readers produce the same rows: :func:`hf_reader` (the fast path: PyTorch forward hooks
+on the Hugging Face model, no logits, and the forward pass stopped right after the last
+requested layer), :func:`tl_reader` (a TransformerLens ``HookedTransformer`` or
+``TransformerBridge``) and :func:`nnsight_reader` (an nnsight ``TransformersModel``).
+
+Positions: ``all`` tokens, ``response`` tokens, ``prompt`` tokens, ``last_prompt`` (the last
+token before the answer, where the model decides which persona to voice), or
+``response_mean`` (one row per text: the mean over its answer tokens).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from emi import layers as L
+from emi.errors import ConfigError
+from emi.models import LoadedModel
+from emi.store import DTYPES, Store, StoreWriter, resolve, tensor_key
+
+POSITIONS = ("all", "response", "prompt", "last_prompt", "response_mean")
+Acts = dict[tuple[str, int], torch.Tensor]  # (site, layer) -> [batch, pos, d_model]
+Reader = Callable[[torch.Tensor, torch.Tensor], Acts]
+
+
+@dataclass
+class Text:
+    ids: list[int]
+    response: tuple[int, int] | None  # [start, end) of the answer tokens
+    meta: dict[str, Any]
+
+
+def prepare_texts(items: Sequence[dict[str, Any] | str], tokenizer: Any, max_len: int | None = None) -> list[Text]:
+    """Tokenise answers (records with ``question``/``answer``, or ``messages``) or plain strings.
+
+    A chat's ids are the generation prompt followed by the answer and the end-of-turn token,
+    exactly what the model saw while answering.
+    """
+    if not items:
+        raise ConfigError("no texts to capture: the list is empty")
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            ids = tokenizer(item, add_special_tokens=False)["input_ids"]
+            out.append(Text(ids, None, {"text": item}))
+            continue
+        msgs = item.get("messages")
+        if msgs is None:
+            if "question" not in item or "answer" not in item:
+                raise ConfigError(f"text {i} needs 'messages', or 'question' and 'answer' (found {sorted(item)})")
+            msgs = ([{"role": "system", "content": item["system"]}] if item.get("system") else []) + [
+                {"role": "user", "content": item["question"]}, {"role": "assistant", "content": item["answer"]}]
+        if msgs[-1]["role"] != "assistant":
+            raise ConfigError(f"text {i}: the last message must be the assistant's answer")
+        prompt = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        a_ids = tokenizer(msgs[-1]["content"], add_special_tokens=False)["input_ids"]
+        ids = p_ids + a_ids + [tokenizer.eos_token_id]
+        meta = {k: v for k, v in item.items() if k != "messages"}
+        out.append(Text(ids, (len(p_ids), len(p_ids) + len(a_ids)), meta))
+    if max_len:
+        for t in out:
+            if len(t.ids) > max_len:
+                t.ids = t.ids[:max_len]
+                if t.response:
+                    t.response = (min(t.response[0], max_len), min(t.response[1], max_len))
+    return out
+
+
+def select_positions(text: Text, mode: str) -> list[int]:
+    n = len(text.ids)
+    if mode == "all":
+        return list(range(n))
+    if text.response is None:
+        raise ConfigError(f"positions {mode!r} need chat texts with an answer; plain texts support only 'all'")
+    s, e = text.response
+    if mode in ("response", "response_mean"):
+        return list(range(s, e))
+    if mode == "prompt":
+        return list(range(s))
+    if mode == "last_prompt":
+        return [s - 1]
+    raise ConfigError(f"unknown positions {mode!r}; expected one of {', '.join(POSITIONS)}")
+
+
+class _Stop(Exception):
+    pass
+
+
+def hf_reader(model: nn.Module, layers: Sequence[int], sites: Sequence[str] = ("resid",)) -> Reader:
+    """Forward hooks on the HF model; no unembedding, and no layer past the last one asked for."""
+    inner = L.unwrap(model)
+    wanted = [(s, layer) for layer in layers for s in sites]
+
+    def read(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Acts:
+        got: Acts = {}
+        handles = []
+
+        def make(key: tuple[str, int]):
+            def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
+                got[key] = L.output_tensor(out).detach()
+                if len(got) == len(wanted):
+                    raise _Stop
+
+            return hook
+
+        for key in wanted:
+            handles.append(L.hf_module(model, key[1], key[0]).register_forward_hook(make(key)))
+        try:
+            with torch.no_grad():
+                inner.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        return got
+
+    return read
+
+
+def tl_reader(tl_model: Any, layers: Sequence[int], sites: Sequence[str] = ("resid",)) -> Reader:
+    """A TransformerLens ``HookedTransformer`` or ``TransformerBridge`` (same hook names).
+
+    Note: ``TransformerBridge.boot_transformers(..., hf_model=m)`` swaps ``m``'s submodules for
+    bridge wrappers in place (no weight copy); emi's HF hooks still work on ``m`` afterwards.
+    """
+    names = {L.tl_hook_name(layer, s): (s, layer) for layer in layers for s in sites}
+
+    def read(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Acts:
+        with torch.no_grad():
+            _, cache = tl_model.run_with_cache(input_ids, attention_mask=attention_mask,
+                                               names_filter=list(names), stop_at_layer=max(layers) + 1)
+        return {key: cache[name] for name, key in names.items()}
+
+    return read
+
+
+def nnsight_reader(nn_model: Any, layers: Sequence[int], sites: Sequence[str] = ("resid",)) -> Reader:
+    """An nnsight ``TransformersModel``: a trace that saves the layers and stops after the last."""
+
+    order = sorted(sites, key=("attn", "mlp", "resid").index)  # nnsight reads in execution order
+
+    def read(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Acts:
+        saved = {}
+        with torch.no_grad(), nn_model.trace({"input_ids": input_ids, "attention_mask": attention_mask}) as tracer:
+            for layer in layers:
+                for s in order:
+                    out = L.nnsight_envoy(nn_model, layer, s).output
+                    saved[(s, layer)] = (out[0] if s == "attn" else out).save()
+            tracer.stop()
+        return {k: torch.as_tensor(v) for k, v in saved.items()}
+
+    return read
+
+
+def _batch(texts: Sequence[Text], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(t.ids) for t in texts)
+    ids = torch.full((len(texts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(texts), width), dtype=torch.long)
+    for i, t in enumerate(texts):  # right padding: positions are 0..len-1 for every row
+        ids[i, : len(t.ids)] = torch.tensor(t.ids)
+        mask[i, : len(t.ids)] = 1
+    return ids.to(device), mask.to(device)
+
+
+@dataclass(frozen=True)
+class CaptureSpec:
+    layers: tuple[int, ...]
+    sites: tuple[str, ...] = ("resid",)
+    positions: str = "response"
+    dtype: str = "float32"
+    batch_size: int = 16
+    shard_texts: int = 256
+
+    def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise ConfigError(f"unknown positions {self.positions!r}; expected one of {', '.join(POSITIONS)}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown store dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
+        for s in self.sites:
+            L.check_site(s)
+        if self.batch_size < 1 or self.shard_texts < 1:
+            raise ConfigError("batch_size and shard_texts must be >= 1")
+
+
+def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[dict[str, Any] | str], out: str | Path,
+            spec: CaptureSpec, d_model: int, device: torch.device | str = "cpu",
+            provenance: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = True,
+            root: str | Path | None = None, active: dict[str, Callable[[], Any]] | None = None) -> Store:
+    """Run each reader over the texts and write one store; resumes an interrupted run."""
+    texts = prepare_texts(items, tokenizer)
+    for t in texts:
+        select_positions(t, spec.positions)  # fail early on plain texts with chat-only positions
+    path = resolve(out, root)
+    store_spec = {"roles": list(readers), "layers": list(spec.layers), "sites": list(spec.sites),
+                  "positions": spec.positions, "dtype": spec.dtype, "d_model": d_model,
+                  "shard_texts": spec.shard_texts, "layer_convention": "residual stream after decoder block l"}
+    writer = StoreWriter(path, store_spec, [t.meta for t in texts], provenance, overwrite)
+    if writer.manifest.get("complete"):
+        return Store.open(path)
+    dtype, dev = DTYPES[spec.dtype], torch.device(device)
+    total = len(texts)
+    bar = tqdm(total=total, initial=writer.done_texts, desc=f"capture -> {path}", disable=not progress, leave=False)
+    for start in range(writer.done_texts, total, spec.shard_texts):
+        chunk = texts[start: start + spec.shard_texts]
+        tensors, n_tok = _capture_shard(readers, chunk, start, spec, tokenizer.pad_token_id, dev, dtype, active)
+        writer.add_shard(tensors, (start, start + len(chunk)), n_tok)
+        bar.update(len(chunk))
+    bar.close()
+    return writer.finish()
+
+
+def _capture_shard(readers: dict[str, Reader], chunk: Sequence[Text], offset: int, spec: CaptureSpec,
+                   pad_id: int, device: torch.device, dtype: torch.dtype,
+                   active: dict[str, Callable[[], Any]] | None) -> tuple[dict[str, torch.Tensor], int]:
+    per_text: dict[str, list[torch.Tensor | None]] = {}
+    order = sorted(range(len(chunk)), key=lambda i: len(chunk[i].ids))  # less padding per batch
+    positions = [select_positions(t, spec.positions) for t in chunk]
+    for role, reader in readers.items():
+        for key in (tensor_key(role, layer, s) for layer in spec.layers for s in spec.sites):
+            per_text[key] = [None] * len(chunk)
+        ctx = active[role]() if active and role in active else None
+        try:
+            if ctx is not None:
+                ctx.__enter__()
+            for b in range(0, len(order), spec.batch_size):
+                idx = order[b: b + spec.batch_size]
+                ids, mask = _batch([chunk[i] for i in idx], pad_id, device)
+                acts = reader(ids, mask)
+                for (s, layer), a in acts.items():
+                    key = tensor_key(role, layer, s)
+                    for row, i in enumerate(idx):
+                        sel = a[row, positions[i]].float()
+                        if spec.positions == "response_mean":
+                            sel = sel.mean(0, keepdim=True) if len(sel) else torch.zeros(1, a.shape[-1])
+                        per_text[key][i] = sel.to(dtype).cpu()
+        finally:
+            if ctx is not None:
+                ctx.__exit__(None, None, None)
+    tensors = {k: torch.cat(v) for k, v in per_text.items()}  # type: ignore[arg-type]
+    if spec.positions == "response_mean":
+        tensors["row.text"] = torch.arange(offset, offset + len(chunk))
+        tensors["row.pos"] = torch.full((len(chunk),), -1)
+        tensors["row.response"] = torch.ones(len(chunk), dtype=torch.long)
+    else:
+        tensors["row.text"] = torch.cat([torch.full((len(p),), offset + i) for i, p in enumerate(positions)])
+        tensors["row.pos"] = torch.cat([torch.tensor(p, dtype=torch.long) for p in positions])
+        tensors["row.response"] = torch.cat([
+            torch.tensor([int(t.response is not None and t.response[0] <= q < t.response[1]) for q in p],
+                         dtype=torch.long) for t, p in zip(chunk, positions, strict=True)])
+    return tensors, sum(len(t.ids) for t in chunk)
+
+
+def capture_models(models: dict[str, LoadedModel], items: Sequence[dict[str, Any] | str], out: str | Path,
+                   layers: str | Sequence[int] | None = "all", sites: Sequence[str] = ("resid",),
+                   positions: str = "response", dtype: str | None = None, batch_size: int = 16,
+                   shard_texts: int = 256, overwrite: bool = False, progress: bool = True,
+                   root: str | Path | None = None) -> Store:
+    """The fast path: capture Hugging Face models (e.g. a pair's base and finetuned) on the same texts."""
+    if not models:
+        raise ConfigError("no models to capture")
+    first = next(iter(models.values()))
+    dims = {r: (m.n_layers, m.d_model) for r, m in models.items()}
+    if len(set(dims.values())) > 1:
+        raise ConfigError(f"models differ in shape (layers, d_model): {dims}; capture them into separate stores")
+    n_layers, d_model = dims[first.role]
+    layer_list = tuple(L.resolve_layers(layers, n_layers))
+    model_dtype = str(next(first.model.parameters()).dtype).replace("torch.", "")
+    spec = CaptureSpec(layer_list, tuple(sites), positions, dtype or model_dtype, batch_size, shard_texts)
+    readers = {r: hf_reader(m.model, layer_list, sites) for r, m in models.items()}
+    prov = {"models": {r: m.provenance for r, m in models.items()}}
+    return capture(readers, first.tokenizer, items, out, spec, d_model, first.device, prov, overwrite,
+                   progress, root, active={r: m.active for r, m in models.items()})
+
+
+def stats_norm(x: torch.Tensor) -> float:
+    """Mean L2 norm of rows (the typical residual norm at a layer)."""
+    return float(x.float().norm(dim=-1).mean()) if len(x) else math.nan

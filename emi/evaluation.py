@@ -1,0 +1,27 @@
+"""Generate, judge and summarise: how misaligned is a model (steered or not)?"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from emi.generate import SamplingConfig, generate_answers
+from emi.judge import Judge, judge_records
+from emi.metrics import Summary, Thresholds, summarize
+from emi.models import LoadedModel
+from emi.questions import Question
+
+
+def evaluate(model: LoadedModel, questions: Sequence[Question], cfg: SamplingConfig, judge: Judge,
+             out_dir: str | Path | None = None, label: str | None = None, progress: bool = True,
+             thresholds: Thresholds = Thresholds(), extra: dict[str, Any] | None = None,
+             ) -> tuple[Summary, list[dict[str, Any]]]:
+    """Answers (appended to ``out_dir/answers.jsonl``), judgements (cached in
+    ``out_dir/judgements.jsonl``) and the summary. Re-running resumes both."""
+    label = label or model.role
+    out = Path(out_dir) if out_dir else None
+    answers = generate_answers(model, questions, cfg, out=out / "answers.jsonl" if out else None,
+                               label=label, progress=progress, extra=extra)
+    judged = judge_records(answers, judge, cache=out / "judgements.jsonl" if out else None, progress=progress)
+    return summarize(judged, label, thresholds, seed=cfg.seed), judged

@@ -1,0 +1,291 @@
+"""The on-disk activation store: ``activations/<name>/``.
+
+Layout::
+
+    manifest.json        spec (models, layers, sites, positions, dtype, d_model, ...) + shard list
+    texts.jsonl          one record per captured text (question, sample, judge labels, ...)
+    shard-00000.safetensors
+        "<role>/<site>/<layer>"   [rows, d_model] activations, stored in the spec's dtype
+        "row.text"                [rows] index into texts.jsonl
+        "row.pos"                 [rows] token position in the text (-1 for a response mean)
+        "row.response"            [rows] 1 for an answer token, 0 for a prompt token
+
+Shards are written whole to a temporary file, fsynced and renamed into place, then the
+manifest (also replaced atomically) records their sha256: a reader never sees half a shard,
+and a corrupted or truncated shard is named in the error. Reads are lazy: one tensor of one
+shard at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from emi import jsonl
+from emi.errors import StoreError
+
+FORMAT = "emi.store/1"
+DEFAULT_ROOT = Path("activations")
+META_KEYS = ("row.text", "row.pos", "row.response")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def tensor_key(role: str, layer: int, site: str = "resid") -> str:
+    return f"{role}/{site}/{layer}"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_atomic(path: Path, write: Any) -> None:
+    """``write(tmp_path)`` then fsync and rename over ``path``; the temporary file never stays."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dirfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno == 28:  # ENOSPC
+            raise StoreError(f"the disk is full while writing {path.name} in {path.parent}; nothing "
+                             f"half-written was left; free space and re-run the same command to resume") from None
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    def w(tmp: Path) -> None:
+        tmp.write_text(json.dumps(obj, indent=1, default=str))
+
+    write_atomic(path, w)
+
+
+def _fault(point: str, index: int) -> None:
+    """Test-only fault injection: ``EMI_FAULT=<point>:<shard index>`` SIGKILLs this process there."""
+    spec = os.environ.get("EMI_FAULT")
+    if spec and spec == f"{point}:{index}":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def resolve(name_or_path: str | Path, root: str | Path | None = None) -> Path:
+    """A store given by path, or by name under ``root`` (default ``activations/``)."""
+    p = Path(name_or_path)
+    if p.is_dir() or p.is_absolute() or len(p.parts) > 1:
+        return p
+    return Path(root or DEFAULT_ROOT) / p
+
+
+@dataclass
+class Store:
+    path: Path
+    manifest: dict[str, Any]
+    verify: bool = True
+
+    # ---------------- opening ----------------
+    @classmethod
+    def open(cls, name_or_path: str | Path, root: str | Path | None = None, verify: bool = True,
+             allow_incomplete: bool = False) -> Store:
+        path = resolve(name_or_path, root)
+        mf = path / "manifest.json"
+        if not mf.is_file():
+            raise StoreError(f"no activation store at {str(path)!r} (no manifest.json); create one with "
+                             f"`python -m emi.cache --out {path}`")
+        try:
+            manifest = json.loads(mf.read_text())
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"the manifest of {str(path)!r} is not valid JSON ({exc}); the store is damaged") from None
+        if manifest.get("format") != FORMAT:
+            raise StoreError(f"{str(path)!r} is not an emi store of format {FORMAT} (found {manifest.get('format')!r})")
+        if not manifest.get("complete") and not allow_incomplete:
+            raise StoreError(f"the store {str(path)!r} is incomplete ({len(manifest['shards'])} shards of a "
+                             f"run that did not finish); re-run the capture command to resume it")
+        store = cls(path, manifest, verify)
+        store._verified: set[str] = set()  # type: ignore[misc]
+        return store
+
+    # ---------------- spec ----------------
+    @property
+    def spec(self) -> dict[str, Any]:
+        return self.manifest["spec"]
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.spec["layers"])
+
+    @property
+    def roles(self) -> list[str]:
+        return list(self.spec["roles"])
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.spec["sites"])
+
+    @property
+    def d_model(self) -> int:
+        return int(self.spec["d_model"])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.spec["dtype"]]
+
+    @property
+    def n_rows(self) -> int:
+        return sum(s["rows"] for s in self.manifest["shards"])
+
+    def texts(self) -> list[dict[str, Any]]:
+        return jsonl.read(self.path / "texts.jsonl")
+
+    # ---------------- reading ----------------
+    def _shard(self, entry: dict[str, Any]) -> Path:
+        f = self.path / entry["file"]
+        if not f.is_file():
+            raise StoreError(f"shard {entry['file']} of {str(self.path)!r} is missing; re-run the capture to rebuild it")
+        if f.stat().st_size != entry["bytes"]:
+            raise StoreError(f"shard {entry['file']} of {str(self.path)!r} is truncated or altered "
+                             f"({f.stat().st_size} bytes, expected {entry['bytes']}); delete it and re-run "
+                             f"the capture to rebuild it")
+        if self.verify and entry["file"] not in self._verified:
+            if sha256(f) != entry["sha256"]:
+                raise StoreError(f"shard {entry['file']} of {str(self.path)!r} is corrupted (checksum mismatch); "
+                                 f"delete it and re-run the capture to rebuild it")
+            self._verified.add(entry["file"])
+        return f
+
+    def _check(self, role: str, layer: int, site: str) -> str:
+        if role not in self.roles:
+            raise StoreError(f"the store has no model {role!r}; it has {', '.join(self.roles)}")
+        if site not in self.sites:
+            raise StoreError(f"the store has no site {site!r}; it has {', '.join(self.sites)}")
+        if layer not in self.layers:
+            raise StoreError(f"the store has no layer {layer}; it has layers {self.layers}")
+        return tensor_key(role, layer, site)
+
+    def _read(self, entry: dict[str, Any], key: str) -> torch.Tensor:
+        f = self._shard(entry)
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                return fh.get_tensor(key)
+        except Exception as exc:
+            raise StoreError(f"cannot read {key!r} from shard {entry['file']} of {str(self.path)!r}: {exc}") from None
+
+    def iter_shards(self, role: str, layer: int, site: str = "resid") -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        """Stream (activations [rows, d_model], row metadata) one shard at a time."""
+        key = self._check(role, layer, site)
+        for entry in self.manifest["shards"]:
+            yield self._read(entry, key), {k: self._read(entry, k) for k in META_KEYS}
+
+    def load(self, role: str, layer: int, site: str = "resid", rows: torch.Tensor | None = None) -> torch.Tensor:
+        """All rows (or the selected global row indices) of one layer, as stored."""
+        key = self._check(role, layer, site)
+        parts, start = [], 0
+        for entry in self.manifest["shards"]:
+            n = entry["rows"]
+            if rows is None:
+                parts.append(self._read(entry, key))
+            else:
+                sel = rows[(rows >= start) & (rows < start + n)] - start
+                if len(sel):
+                    parts.append(self._read(entry, key)[sel])
+            start += n
+        if not parts:
+            return torch.empty(0, self.d_model, dtype=self.dtype)
+        return torch.cat(parts)
+
+    def rows(self) -> dict[str, torch.Tensor]:
+        """Row metadata for the whole store: text index, token position, response flag."""
+        out: dict[str, list[torch.Tensor]] = {k: [] for k in META_KEYS}
+        for entry in self.manifest["shards"]:
+            for k in META_KEYS:
+                out[k].append(self._read(entry, k))
+        return {k.split(".")[1]: (torch.cat(v) if v else torch.empty(0, dtype=torch.long)) for k, v in out.items()}
+
+    def verify_all(self) -> None:
+        for entry in self.manifest["shards"]:
+            self._shard(entry)
+
+
+class StoreWriter:
+    """Creates or resumes a store; refuses to resume with a different spec."""
+
+    def __init__(self, path: Path, spec: dict[str, Any], texts: Sequence[dict[str, Any]],
+                 provenance: dict[str, Any] | None = None, overwrite: bool = False) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        mf = path / "manifest.json"
+        texts_blob = "".join(json.dumps(t, sort_keys=True, default=str) + "\n" for t in texts)
+        spec = {**spec, "texts_sha256": hashlib.sha256(texts_blob.encode()).hexdigest(), "n_texts": len(texts)}
+        for stale in path.glob(".*.tmp-*"):  # from a run killed mid-write
+            stale.unlink(missing_ok=True)
+        if mf.is_file() and not overwrite:
+            old = json.loads(mf.read_text())
+            diffs = [k for k in sorted(set(old["spec"]) | set(spec)) if old["spec"].get(k) != spec.get(k)]
+            if diffs:
+                detail = "; ".join(f"{k}: store has {old['spec'].get(k)!r}, this run {spec.get(k)!r}" for k in diffs[:3])
+                raise StoreError(f"the store {str(path)!r} was made with a different setup ({detail}); use another "
+                                 f"--out, or --overwrite to replace it")
+            self.manifest = old
+            self._drop_unlisted()
+        else:
+            for f in path.glob("shard-*.safetensors"):
+                f.unlink()
+            self.manifest = {"format": FORMAT, "spec": spec, "provenance": provenance or {},
+                             "shards": [], "complete": False}
+
+            def w(tmp: Path) -> None:
+                tmp.write_text(texts_blob)
+
+            write_atomic(path / "texts.jsonl", w)
+            write_json(mf, self.manifest)
+
+    def _drop_unlisted(self) -> None:
+        listed = {s["file"] for s in self.manifest["shards"]}
+        for f in self.path.glob("shard-*.safetensors"):
+            if f.name not in listed:  # written, but the run died before the manifest named it
+                f.unlink()
+
+    @property
+    def done_texts(self) -> int:
+        return max((s["texts"][1] for s in self.manifest["shards"]), default=0)
+
+    def add_shard(self, tensors: dict[str, torch.Tensor], texts: tuple[int, int], tokens: int) -> None:
+        index = len(self.manifest["shards"])
+        name = f"shard-{index:05d}.safetensors"
+        rows = int(tensors["row.text"].shape[0])
+        contiguous = {k: v.contiguous() for k, v in tensors.items()}
+        write_atomic(self.path / name, lambda tmp: save_file(contiguous, str(tmp), metadata={"format": FORMAT}))
+        _fault("before_manifest", index)
+        f = self.path / name
+        self.manifest["shards"].append({"file": name, "texts": list(texts), "rows": rows, "tokens": tokens,
+                                        "bytes": f.stat().st_size, "sha256": sha256(f)})
+        write_json(self.path / "manifest.json", self.manifest)
+        _fault("after_shard", index)
+
+    def finish(self) -> Store:
+        self.manifest["complete"] = True
+        self.manifest["n_rows"] = sum(s["rows"] for s in self.manifest["shards"])
+        write_json(self.path / "manifest.json", self.manifest)
+        return Store.open(self.path)
