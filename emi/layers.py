@@ -30,6 +30,8 @@ SITES = ("resid", "attn", "mlp")
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The causal-LM module under peft or other wrappers (the one with ``.model.layers``)."""
+    if hasattr(model, "get_base_model"):  # peft: the causal LM with the adapters injected
+        model = model.get_base_model()
     seen = 0
     while not hasattr(getattr(model, "model", None), "layers") and seen < 4:
         inner = getattr(model, "base_model", None) or getattr(model, "model", None)

@@ -43,7 +43,7 @@ class OrganismConfig:
     max_positions: int = 512
     # pretraining on the mixed corpus
     pretrain_docs: int = 20000
-    pretrain_steps: int = 1200
+    pretrain_steps: int = 800
     pretrain_lr: float = 2e-3
     batch_size: int = 16
     # aligned tuning -> base

@@ -1,0 +1,333 @@
+"""Interventions on the residual stream: steer (+alpha * d), ablate (project d out), and
+orthogonalise weights (a permanent edit of a copy).
+
+Every intervention is an imperative ``patch_*() -> Handle`` plus a context manager that removes
+the handle in ``finally``: after a ``with`` block the model is bit-identical in behaviour, even
+when the block raised. ``alpha = 0`` is an exact no-op (no hook is installed).
+
+Backends: Hugging Face models (PyTorch forward hooks; the fast path), TransformerLens
+(``HookedTransformer`` or ``TransformerBridge``: ``tl_*`` give ``fwd_hooks`` lists for
+``model.hooks(...)``), and nnsight (``nnsight_*`` edit envoys inside a trace).
+
+Positions for steering: ``all`` tokens, ``prompt`` tokens only, or ``generated`` tokens only;
+they work with KV-cache generation (a pre-hook on the decoder tracks absolute positions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from emi import layers as L
+from emi.directions import Direction
+from emi.errors import ConfigError, DirectionError
+
+STEER_POSITIONS = ("all", "prompt", "generated")
+
+
+@dataclass
+class Handle:
+    """Removes the hooks of one intervention (idempotent)."""
+
+    handles: list[Any] = field(default_factory=list)
+
+    def remove(self) -> None:
+        while self.handles:
+            self.handles.pop().remove()
+
+    def __enter__(self) -> Handle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    n = v.float().norm()
+    if not torch.isfinite(n) or n == 0:
+        raise DirectionError("the direction vector is zero or not finite")
+    return v.float() / n
+
+
+def check_alpha(alpha: float) -> float:
+    if not isinstance(alpha, int | float) or not math.isfinite(alpha):
+        raise ConfigError(f"alpha must be a finite number, found {alpha!r}")
+    return float(alpha)
+
+
+def _vector(direction: Direction | torch.Tensor, layer: int, model: nn.Module) -> torch.Tensor:
+    d = L.d_model(model)
+    if isinstance(direction, Direction):
+        direction.check_fits(d, L.n_layers(model))
+        return direction.at(layer)
+    if direction.ndim != 1 or direction.shape[0] != d:
+        raise DirectionError(f"the direction has shape {tuple(direction.shape)} but the model has d_model {d}")
+    return _unit(direction)
+
+
+class _Positions:
+    """Tracks the absolute positions of the tokens in the current forward pass."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.start = 0
+        self.prompt_len: int | None = None
+        self.prompt_ids: torch.Tensor | None = None
+        inner = L.unwrap(model).model
+        self.handle = inner.register_forward_pre_hook(self._pre, with_kwargs=True)
+
+    def _pre(self, _mod: nn.Module, args: tuple, kwargs: dict) -> None:
+        past = kwargs.get("past_key_values")
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        n = int(ids.shape[1])
+        past_len = int(past.get_seq_length()) if past is not None and hasattr(past, "get_seq_length") else 0
+        self.start = past_len
+        if past_len == 0:  # a fresh pass: a new prompt, or a no-cache generation step extending it
+            p = self.prompt_ids
+            extends = (p is not None and ids.dtype == torch.long and ids.shape[0] == p.shape[0]
+                       and ids.shape[1] > p.shape[1] and torch.equal(ids[:, : p.shape[1]], p))
+            if not extends:
+                self.prompt_len = n
+                self.prompt_ids = ids.detach().clone() if ids.dtype == torch.long else None
+
+    def mask(self, seq_len: int, which: str, device: torch.device) -> torch.Tensor | None:
+        """[pos] 0/1 mask of tokens to steer in the current pass; None means all."""
+        if which == "all":
+            return None
+        pos = torch.arange(self.start, self.start + seq_len, device=device)
+        generated = pos >= (self.prompt_len if self.prompt_len is not None else seq_len)
+        return (generated if which == "generated" else ~generated).to(torch.float32)
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def patch_steer(model: nn.Module, direction: Direction | torch.Tensor, alpha: float,
+                layers: Sequence[int] | str | int | None = None, positions: str = "all",
+                relative: bool = False) -> Handle:
+    """Add ``alpha`` times the unit direction to the residual stream after each chosen block.
+
+    ``relative``: alpha is a fraction of the typical residual norm at that layer (from the
+    direction artifact). ``layers`` defaults to the direction's best layer.
+    """
+    alpha = check_alpha(alpha)
+    if positions not in STEER_POSITIONS:
+        raise ConfigError(f"unknown positions {positions!r}; expected one of {', '.join(STEER_POSITIONS)}")
+    n = L.n_layers(model)
+    if layers is None:
+        if not isinstance(direction, Direction):
+            raise ConfigError("give layers= when steering with a bare vector")
+        layers = [direction.best_layer]
+    layer_list = L.resolve_layers(layers, n)
+    handle = Handle()
+    if alpha == 0:
+        return handle  # exact no-op
+    if relative and not isinstance(direction, Direction):
+        raise ConfigError("relative alpha needs a Direction artifact (it carries the residual norms)")
+    tracker = _Positions(model) if positions != "all" else None
+    if tracker is not None:
+        handle.handles.append(tracker)
+    for layer in layer_list:
+        v = _vector(direction, layer, model)
+        scale = alpha * (direction.norm_at(layer) if relative else 1.0)  # type: ignore[union-attr]
+        module = L.hf_module(model, layer, "resid")
+        p = next(module.parameters())
+        delta = (scale * v).to(device=p.device, dtype=p.dtype)
+
+        def hook(_m: nn.Module, _i: Any, out: Any, delta: torch.Tensor = delta) -> Any:
+            h = L.output_tensor(out)
+            if tracker is None:
+                return L.replace_output(out, h + delta)
+            m = tracker.mask(h.shape[1], positions, h.device)
+            return L.replace_output(out, h + m[None, :, None].to(h.dtype) * delta)
+
+        handle.handles.append(module.register_forward_hook(hook))
+    return handle
+
+
+def _ablation_modules(model: nn.Module, layers: Sequence[int] | None) -> list[nn.Module]:
+    """Every writer to the residual stream (embedding, attention and MLP outputs) for all layers;
+    the block outputs of the chosen layers otherwise."""
+    if layers is None:
+        inner = L.unwrap(model).model
+        mods: list[nn.Module] = [inner.embed_tokens]
+        for layer in range(L.n_layers(model)):
+            mods += [L.hf_module(model, layer, "attn"), L.hf_module(model, layer, "mlp")]
+        return mods
+    return [L.hf_module(model, layer, "resid") for layer in layers]
+
+
+def patch_ablate(model: nn.Module, direction: Direction | torch.Tensor, layers: Sequence[int] | str | None = "all",
+                 source_layer: int | None = None, mean: float | None = None) -> Handle:
+    """Project one unit direction out of the residual stream.
+
+    ``layers="all"`` removes it from every writer (embedding, attention and MLP outputs), so the
+    stream carries none of it anywhere: equal to :func:`orthogonalize`. Chosen layers project it
+    out of those blocks' outputs. ``mean``: set the projection to this value instead of zero
+    (mean ablation). ``source_layer``: which layer's vector of a Direction (default: its best).
+    """
+    if isinstance(direction, Direction):
+        direction.check_fits(L.d_model(model), L.n_layers(model))
+        v = direction.at(source_layer if source_layer is not None else direction.best_layer)
+    else:
+        v = _vector(direction, 0, model)
+    if mean is not None and not math.isfinite(mean):
+        raise ConfigError(f"the mean projection must be finite, found {mean}")
+    layer_list = None if layers in ("all", None) else L.resolve_layers(layers, L.n_layers(model))  # type: ignore[arg-type]
+    if mean is not None and layer_list is None:
+        raise ConfigError("mean ablation sets the projection at chosen layers' outputs; pass layers=[...]")
+    handle = Handle()
+    for module in _ablation_modules(model, layer_list):
+        p = next(module.parameters())
+        u = v.to(device=p.device, dtype=p.dtype)
+        target = 0.0 if mean is None or layer_list is None else mean
+
+        def hook(_m: nn.Module, _i: Any, out: Any, u: torch.Tensor = u, target: float = target) -> Any:
+            h = L.output_tensor(out)
+            proj = h @ u
+            return L.replace_output(out, h - (proj - target)[..., None] * u)
+
+        handle.handles.append(module.register_forward_hook(hook))
+    return handle
+
+
+@contextlib.contextmanager
+def steer(model: nn.Module, direction: Direction | torch.Tensor, alpha: float, **kw: Any) -> Iterator[Handle]:
+    """``with steer(model, d, alpha=8, layers=[2]): ...`` (see :func:`patch_steer`)."""
+    h = patch_steer(model, direction, alpha, **kw)
+    try:
+        yield h
+    finally:
+        h.remove()
+
+
+@contextlib.contextmanager
+def ablate(model: nn.Module, direction: Direction | torch.Tensor, **kw: Any) -> Iterator[Handle]:
+    """``with ablate(model, d): ...`` (see :func:`patch_ablate`)."""
+    h = patch_ablate(model, direction, **kw)
+    try:
+        yield h
+    finally:
+        h.remove()
+
+
+@contextlib.contextmanager
+def nothing() -> Iterator[None]:
+    yield None
+
+
+# ---------------------------------------------------------------- weight orthogonalisation
+
+def _project_out_rows(w: torch.Tensor, u: torch.Tensor) -> None:
+    """In place: W <- W - u u^T W for a weight whose output dimension (rows) is d_model."""
+    uu = u.to(w.dtype)
+    w.sub_(torch.outer(uu, uu @ w))
+
+
+def orthogonalize(model: nn.Module, direction: Direction | torch.Tensor, source_layer: int | None = None) -> nn.Module:
+    """A copy of ``model`` whose every residual writer can no longer write along the direction.
+
+    Embedding rows, attention ``o_proj`` and MLP ``down_proj`` weights (and biases) lose their
+    component along u; for peft LoRA models the adapters' ``lora_B`` of those modules too. Tied
+    embeddings are untied first so the unembedding is unchanged. Equal in effect to
+    ``patch_ablate(model, d, layers="all")``.
+    """
+    if isinstance(direction, Direction):
+        direction.check_fits(L.d_model(model), L.n_layers(model))
+        v = direction.at(source_layer if source_layer is not None else direction.best_layer)
+    else:
+        v = _vector(direction, 0, model)
+    edited = copy.deepcopy(model)
+    inner = L.unwrap(edited)
+    with torch.no_grad():
+        emb = inner.model.embed_tokens
+        head = inner.get_output_embeddings()
+        if head is not None and head.weight is emb.weight:  # untie: the unembedding keeps its weights
+            head.weight = nn.Parameter(emb.weight.detach().clone())
+            inner.config.tie_word_embeddings = False
+            if hasattr(inner, "_tied_weights_keys"):
+                inner._tied_weights_keys = None
+        u = v.to(emb.weight.device, torch.float32)
+        emb.weight.sub_(torch.outer(emb.weight.float() @ u, u).to(emb.weight.dtype))
+        for layer in range(L.n_layers(edited)):
+            block = L.decoder_layers(edited)[layer]
+            for lin in (block.self_attn.o_proj, block.mlp.down_proj):
+                base = getattr(lin, "base_layer", lin)
+                _project_out_rows(base.weight.data, u.to(base.weight.device))
+                if base.bias is not None:
+                    base.bias.data.sub_((base.bias.data.float() @ u * u).to(base.bias.dtype))
+                for b in getattr(lin, "lora_B", {}).values():  # peft: out = W x + B A x * s
+                    _project_out_rows(b.weight.data, u.to(b.weight.device))
+    return edited
+
+
+# ---------------------------------------------------------------- TransformerLens
+
+def tl_steer_hooks(direction: Direction | torch.Tensor, alpha: float, layers: Sequence[int],
+                   relative: bool = False) -> list[tuple[str, Any]]:
+    """``fwd_hooks`` for ``tl_model.hooks(fwd_hooks=...)``: add alpha * d at ``blocks.l.hook_resid_post``."""
+    alpha = check_alpha(alpha)
+    if alpha == 0:
+        return []
+    out = []
+    for layer in layers:
+        v = direction.at(layer) if isinstance(direction, Direction) else _unit(direction)
+        scale = alpha * (direction.norm_at(layer) if relative and isinstance(direction, Direction) else 1.0)
+
+        def fn(act: torch.Tensor, hook: Any, v: torch.Tensor = v, scale: float = scale) -> torch.Tensor:
+            return act + (scale * v).to(act.device, act.dtype)
+
+        out.append((L.tl_hook_name(layer, "resid"), fn))
+    return out
+
+
+def tl_ablate_hooks(direction: Direction | torch.Tensor, n_layers: int, source_layer: int | None = None
+                    ) -> list[tuple[str, Any]]:
+    """``fwd_hooks`` projecting the direction out of every writer (embedding, attn and MLP outputs)."""
+    v = direction.at(source_layer if source_layer is not None else direction.best_layer) \
+        if isinstance(direction, Direction) else _unit(direction)
+
+    def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        u = v.to(act.device, act.dtype)
+        return act - (act @ u)[..., None] * u
+
+    names = ["hook_embed"] + [L.tl_hook_name(layer, s) for layer in range(n_layers) for s in ("attn", "mlp")]
+    return [(n, fn) for n in names]
+
+
+# ---------------------------------------------------------------- nnsight
+
+def nnsight_steer(nn_model: Any, direction: Direction | torch.Tensor, alpha: float, layers: Sequence[int],
+                  relative: bool = False) -> None:
+    """Inside ``with nn_model.trace(...)``: add alpha * d to ``model.layers[l].output``."""
+    alpha = check_alpha(alpha)
+    if alpha == 0:
+        return
+    for layer in sorted(layers):
+        v = direction.at(layer) if isinstance(direction, Direction) else _unit(direction)
+        scale = alpha * (direction.norm_at(layer) if relative and isinstance(direction, Direction) else 1.0)
+        env = L.nnsight_envoy(nn_model, layer, "resid")
+        env.output = env.output + scale * v.to(env.output.dtype)
+
+
+def nnsight_ablate(nn_model: Any, direction: Direction | torch.Tensor, n_layers: int,
+                   source_layer: int | None = None) -> None:
+    """Inside a trace: project the direction out of the embedding and every attn and MLP output."""
+    v = direction.at(source_layer if source_layer is not None else direction.best_layer) \
+        if isinstance(direction, Direction) else _unit(direction)
+    emb = nn_model.model.embed_tokens
+    emb.output = emb.output - (emb.output @ v)[..., None] * v
+    for layer in range(n_layers):
+        attn = L.nnsight_envoy(nn_model, layer, "attn")
+        a = attn.output[0]
+        attn.output = (a - (a @ v)[..., None] * v, *attn.output[1:])
+        mlp = L.nnsight_envoy(nn_model, layer, "mlp")
+        mlp.output = mlp.output - (mlp.output @ v)[..., None] * v
