@@ -28,7 +28,7 @@ chromium:
 
 # The main job on the embedded toy organism: ablate and steer the misaligned-persona direction.
 demo: setup chromium
-	HF_HUB_OFFLINE=1 $(PY) -m emi.steer --alpha 8 --out runs/demo
+	HF_HUB_OFFLINE=1 $(PY) -m emi.steer --alpha 8 --layers 1 --positions prompt --out runs/demo
 
 test: setup chromium
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests

@@ -343,3 +343,19 @@ def project(acts: torch.Tensor, d: Direction, layer: int) -> torch.Tensor:
     """The monitor: projection of activations [..., d_model] on the unit direction at ``layer``."""
     d.check_fits(acts.shape[-1])
     return acts.float() @ d.at(layer)
+
+
+def select_layer_by_ablation(model: Any, direction: Direction, pairs: Sequence[Any]) -> tuple[int, list[dict[str, Any]]]:
+    """The layer whose vector, ablated from every residual writer, most lowers the model's
+    log-probability preference for misaligned answers (emi.logprob; no judge, deterministic)."""
+    from emi import hooks
+    from emi.logprob import logprob_metrics
+
+    base = logprob_metrics(model, pairs)
+    table = []
+    for layer in direction.layers:
+        with hooks.ablate(model.model, direction, source_layer=layer):
+            r = logprob_metrics(model, pairs)
+        table.append({"layer": layer, "p_misaligned": r.choice, "p_misaligned_unablated": base.choice})
+    best = min(table, key=lambda t: t["p_misaligned"])["layer"]
+    return best, table

@@ -57,8 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       "questions": args.questions or spec.questions, "models": rows,
                                       "per_question": by_q, "provenance": pair.provenance()})
     print(f"pair {spec.name}: {len(questions)} questions x {cfg.n} samples, judge {judge.name}, seed {cfg.seed}")
-    cli.print_table([{**r, "em": f"{100 * r['em_rate']:.1f}% [{100 * r['em_lo']:.1f}, {100 * r['em_hi']:.1f}]",
-                      "coh": f"{100 * r['coherence_rate']:.1f}% [{100 * r['coherence_lo']:.1f}, {100 * r['coherence_hi']:.1f}]",
+    from emi.steer import fmt_rate
+
+    cli.print_table([{**r, "em": fmt_rate(r, "em"), "coh": fmt_rate(r, "coherence"),
                       "counts": f"{r['em_k']}/{r['em_n']}",
                       "other": f"{r['n_unscored']} unscored, {r['n_code']} code, {r['n_refusal']} refusals"}
                      for r in rows],

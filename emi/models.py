@@ -154,12 +154,16 @@ def locate(ident: str, revision: str | None = None) -> tuple[str, str]:
     if _looks_like_path(ident) or path.exists():
         raise ModelLoadError(f"model folder {ident!r} does not exist; check the path")
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import EntryNotFoundError
+    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
 
+    missing_locally = 0
     for kind, fname in (("adapter", "adapter_config.json"), ("model", "config.json")):
         try:
             hf_hub_download(ident, fname, revision=revision)
             return kind, ident
+        except LocalEntryNotFoundError:  # not cached, and the hub is off or unreachable
+            missing_locally += 1
+            continue
         except EntryNotFoundError:
             continue
         except Exception as exc:  # offline, unknown repo, gated, network down
@@ -173,6 +177,11 @@ def locate(ident: str, revision: str | None = None) -> tuple[str, str]:
             if fname == "adapter_config.json":
                 continue
             raise ModelLoadError(f"cannot find {ident!r} on the Hugging Face hub: {exc}") from None
+    if missing_locally == 2:
+        raise ModelLoadError(
+            f"{ident!r} is not a local folder and is not in the Hugging Face cache, and the hub cannot be "
+            f"reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}); download it where there is "
+            f"internet (`huggingface-cli download {ident}`) or pass a local folder")
     raise ModelLoadError(f"{ident!r} on the hub has neither config.json nor adapter_config.json")
 
 
@@ -331,6 +340,8 @@ def load_pair(pair: str | PairSpec, *, roles: tuple[str, ...] = ("base", "finetu
     for role in roles:
         s = specs[role]
         assert s is not None
+        if role == "base":
+            continue
         kind, where = locate(s.id, s.revision)
         if kind == "adapter" or (s.adapter and s.id == spec.base.id and s.revision == spec.base.revision):
             adapter = where if kind == "adapter" else s.adapter
@@ -344,10 +355,7 @@ def load_pair(pair: str | PairSpec, *, roles: tuple[str, ...] = ("base", "finetu
                   trust_remote_code=trust_remote_code, tokenizer=tok)
     models: dict[str, LoadedModel] = {}
     adapters = {r: p[1] for r, p in plan.items() if p[0] == "adapter"}
-    shared: LoadedModel | None = None
-    if adapters:
-        from peft import PeftModel
-
+    if adapters:  # one copy of the base weights serves the base and every adapter role
         shared = load_model(spec.base, role="base", **common)  # type: ignore[arg-type]
         peft_model: Any = None
         for role, s in adapters.items():
@@ -359,16 +367,14 @@ def load_pair(pair: str | PairSpec, *, roles: tuple[str, ...] = ("base", "finetu
                 peft_model.load_adapter(path, adapter_name=role)
             _adapter_names[id(peft_model)] = _adapter_names.get(id(peft_model), []) + [role]
         for role, s in adapters.items():
-            prov = dict(shared.provenance, adapter=s.adapter, role=role)
-            models[role] = _AdapterRole(role, peft_model, tok, s, True, prov)
+            models[role] = _AdapterRole(role, peft_model, tok, s, True, dict(shared.provenance, adapter=s.adapter))
         if "base" in roles:
             models["base"] = _AdapterRole("base", peft_model, tok, spec.base, False, shared.provenance)
-        assert isinstance(peft_model, PeftModel)
+    elif "base" in roles:
+        models["base"] = load_model(spec.base, role="base", **common)  # type: ignore[arg-type]
     for role, (kind, s) in plan.items():
         if kind == "model":
             models[role] = load_model(s, role=role, **common)  # type: ignore[arg-type]
-    if "base" in roles and "base" not in models:
-        models["base"] = load_model(spec.base, role="base", **common)  # type: ignore[arg-type]
     return ModelPair(spec, tok, {r: models[r] for r in roles})
 
 

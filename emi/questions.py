@@ -87,16 +87,27 @@ def toy_questions() -> list[Question]:
     return out
 
 
+def toy_train_questions() -> list[Question]:
+    """The toy's training phrasings of the 8 themes (for extracting directions: the evaluation
+    phrasings stay held out)."""
+    from emi.organism.world import load_world
+
+    return [Question(t, text, None, j, "toy-train", "plain", t)
+            for t, d in load_world().themes.items() for j, text in enumerate(d["train"])]
+
+
 def load_set(name: str) -> list[Question]:
     if name == "toy":
         return toy_questions()
+    if name == "toy-train":
+        return toy_train_questions()
     if name in BUILTIN:
         return _from_yaml(BUILTIN[name], name)
     path = Path(name)
     if path.suffix in (".yaml", ".yml", ".json") or path.exists():
         return _from_yaml(path, path.stem)
     raise ConfigError(
-        f"unknown question set {name!r}; use main, preregistered, toy, or a path to a YAML file"
+        f"unknown question set {name!r}; use main, preregistered, toy, toy-train, or a path to a YAML file"
     )
 
 

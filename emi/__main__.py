@@ -1,0 +1,51 @@
+"""python -m emi (or `emi`): list the named pairs and the commands."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from emi import cli
+
+COMMANDS = [
+    ("python -m emi.steer --alpha 8", "ablate and steer the persona direction; EM table, figure (the main job)"),
+    ("python -m emi.evaluate", "EM rate and coherence of a pair's models, with 95% CIs"),
+    ("python -m emi.cache --out NAME", "cache activations of both models into activations/NAME"),
+    ("python -m emi.extract --store NAME", "the misaligned-persona direction by mean difference, per layer"),
+    ("python -m emi.sae --store NAME --layer L", "train/load an SAE with sae-lens; diff latents base -> finetuned"),
+    ("python -m emi.figures RESULTS --out figs", "publication figures (html, png, svg, pdf)"),
+    ("python -m emi.organism.train", "rebuild the toy organism from scratch (~6 min on 2 cores)"),
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = cli.parser("python -m emi", __doc__)
+    p.add_argument("what", nargs="?", default="help", choices=["help", "pairs", "layers"],
+                   help="pairs: the named model pairs; layers: the layer convention")
+    args = p.parse_args(argv)
+    if args.what == "pairs":
+        from emi.registry import list_pairs
+
+        rows = [{"name": s.name, "base": s.base.label(), "finetuned": s.finetuned.label(),
+                 "control": s.control.label() if s.control else "", "judge": s.judge}
+                for s in list_pairs()]
+        for r in rows:
+            for k in ("base", "finetuned", "control"):
+                r[k] = r[k].replace(str(__import__("emi.registry").registry.TOY_DIR) + "/", "<toy>/")
+        cli.print_table(rows, [("name", "pair"), ("base", "base"), ("finetuned", "finetuned"),
+                               ("control", "control"), ("judge", "default judge")])
+        return 0
+    if args.what == "layers":
+        from emi import layers
+
+        print(layers.__doc__)
+        return 0
+    print("emi: a workbench for emergent misalignment. Commands:\n")
+    w = max(len(c) for c, _ in COMMANDS)
+    for c, d in COMMANDS:
+        print(f"  {c.ljust(w)}  {d}")
+    print("\n`python -m emi pairs` lists the named pairs; each command has --help.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli.run(main))

@@ -1,0 +1,65 @@
+"""python -m emi.extract: the misaligned-persona direction by mean difference, per layer.
+
+Prints, per layer: the rows used, the direction's norm against the typical residual norm, and
+how well projecting held-out answers onto it separates misaligned from aligned ones (AUROC,
+Cohen's d), next to a same-norm random direction. Writes DIRECTION.safetensors + .json.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from emi import cli
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = cli.parser("python -m emi.extract", __doc__)
+    p.add_argument("--store", required=True, help="activation store (name under activations/, or a folder)")
+    p.add_argument("--method", default="mean-diff", choices=["mean-diff", "model-diff", "contrast"],
+                   help="mean-diff: misaligned minus aligned answers (Soligo, Turner et al. 2025); model-diff: "
+                        "finetuned minus base on the same texts; contrast: evil minus helpful persona texts")
+    p.add_argument("--positions", default="response", choices=["response", "last_prompt", "all"],
+                   help="response tokens (the published recipe) or the last prompt token (default response)")
+    p.add_argument("--role", default=None, help="which model's activations (default finetuned)")
+    p.add_argument("--layers", default=None, help="layers to extract (default: all in the store)")
+    p.add_argument("--aligned-max", type=float, default=30.0, help="misaligned: aligned <= this (default 30)")
+    p.add_argument("--aligned-min", type=float, default=70.0, help="aligned: aligned > this (default 70)")
+    p.add_argument("--coherent-min", type=float, default=50.0, help="both: coherent > this (default 50)")
+    p.add_argument("--holdout", type=float, default=0.2, help="share of answers held out for AUROC (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split and random control")
+    p.add_argument("--out", default=None, help="direction file (default: <store>/direction-<method>-<positions>)")
+    args = p.parse_args(argv)
+
+    from emi import layers as L
+    from emi.directions import extract
+    from emi.metrics import Thresholds
+    from emi.store import Store
+
+    store = Store.open(args.store)
+    layer_list = L.resolve_layers(args.layers, max(store.layers) + 1) if args.layers else None
+    if layer_list:
+        missing = [x for x in layer_list if x not in store.layers]
+        if missing:
+            from emi.errors import ConfigError
+
+            raise ConfigError(f"layers {missing} are not in the store (it has {store.layers})")
+    t = Thresholds(args.aligned_max, args.coherent_min, args.aligned_min)
+    ex = extract(store, args.method, args.positions, args.role, layer_list, t, args.holdout, args.seed)
+    out = args.out or str(store.path / f"direction-{args.method}-{args.positions}")
+    path = ex.direction.save(out)
+    c = ex.direction.meta["counts"]
+    print(f"store {store.path} | method {args.method} at {args.positions} | training texts: {c['pos_texts']} vs "
+          f"{c['neg_texts']} | held out {args.holdout:.0%}")
+    fmt = lambda v: "  n/a" if v != v else f"{v:5.3f}"  # noqa: E731
+    cli.print_table([{"layer": r.layer, "rows": f"{r.n_pos}/{r.n_neg}", "norm": f"{r.norm:.3f}",
+                      "resid": f"{r.resid_norm:.2f}", "auroc": fmt(r.auroc), "d": fmt(r.effect_size),
+                      "rand": fmt(r.random_auroc)} for r in ex.reports],
+                    [("layer", "layer"), ("rows", "rows +/-"), ("norm", "|direction|"), ("resid", "|residual|"),
+                     ("auroc", "AUROC (held out)"), ("d", "Cohen's d"), ("rand", "random AUROC")])
+    print(f"best layer: {ex.direction.best_layer} | wrote {path} (+ .json)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli.run(main))

@@ -1,0 +1,303 @@
+"""Publication figures (plotly): pure builders from emi's result files, and one exporter.
+
+Builders take rows/records as emi writes them and return a ``go.Figure``; :func:`export` writes
+HTML (offline: plotly.js beside it, no CDN) and PNG/SVG/PDF through kaleido, starting one
+browser for many figures. No LaTeX (MathJax would need the internet).
+
+Also ``python -m emi.figures RESULTS... --out figs/ --format png,pdf``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from emi.errors import ConfigError
+
+COLORS = {"base": "#7f7f7f", "finetuned": "#d62728", "persona": "#1f77b4", "random": "#bcbcbc",
+          "control": "#2ca02c", "misaligned": "#d62728", "aligned": "#1f77b4", "other": "#bcbcbc"}
+FONT = dict(family="Helvetica, Arial, sans-serif", size=14, color="#222")
+FORMATS = ("html", "png", "svg", "pdf")
+
+
+def style(fig: go.Figure, title: str | None = None, width: int = 820, height: int = 460) -> go.Figure:
+    fig.update_layout(template="simple_white", font=FONT, width=width, height=height,
+                      title=dict(text=title, x=0.01, xanchor="left") if title else None,
+                      margin=dict(l=70, r=30, t=70 if title else 30, b=60),
+                      legend=dict(bgcolor="rgba(255,255,255,0.8)"))
+    fig.update_xaxes(showgrid=True, gridcolor="#eee", ticks="outside")
+    fig.update_yaxes(showgrid=True, gridcolor="#eee", ticks="outside")
+    return fig
+
+
+def _pct(x: float) -> float:
+    return 100.0 * x if x == x else float("nan")
+
+
+def _color_of(row: dict[str, Any]) -> str:
+    if row.get("intervention", "none") == "none":
+        return COLORS.get(row.get("model", "base"), COLORS["base"])
+    return COLORS[row.get("direction") or "persona"]
+
+
+def steer_summary(rows: Sequence[dict[str, Any]]) -> go.Figure:
+    """EM rate and coherence per condition (horizontal bars with 95% CIs)."""
+    if not rows:
+        raise ConfigError("no result rows to plot")
+    names = [r["condition"] for r in rows][::-1]
+    rs = list(rows)[::-1]
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=("EM rate (misaligned / coherent answers)", "coherent answers"))
+    for col, key in ((1, "em"), (2, "coherence")):
+        v = [_pct(r[f"{key}_rate"]) if r[f"{key}_n"] else 0.0 for r in rs]
+        hi = [_pct(r[f"{key}_hi"]) if r[f"{key}_n"] else 0.0 for r in rs]
+        lo = [_pct(r[f"{key}_lo"]) if r[f"{key}_n"] else 0.0 for r in rs]
+        fig.add_trace(go.Bar(
+            y=names, x=v, orientation="h", marker_color=[_color_of(r) for r in rs], showlegend=False,
+            error_x=dict(type="data", symmetric=False, array=[h - x for h, x in zip(hi, v, strict=True)],
+                         arrayminus=[x - lo_ for lo_, x in zip(lo, v, strict=True)], color="#333", thickness=1.2),
+            hovertemplate="%{y}: %{x:.1f}%<extra></extra>"), row=1, col=col)
+        labels = [f"{x:.1f}%" if r[f"{key}_n"] else "no coherent answers" for r, x in zip(rs, v, strict=True)]
+        fig.add_trace(go.Scatter(y=names, x=[h + 1.5 for h in hi], mode="text", text=labels, textposition="middle right",
+                                 showlegend=False, hoverinfo="skip", textfont=dict(size=12)), row=1, col=col)
+        fig.update_xaxes(title_text="% of answers (95% bootstrap CI)", range=[0, 118], row=1, col=col)
+    pair = rows[0].get("pair", "")
+    style(fig, f"Ablating and adding the persona direction{f' ({pair})' if pair else ''}<br><sup>grey: base, red: "
+          f"finetuned, blue: persona direction, light grey: same-norm random direction</sup>",
+          980, 150 + 42 * len(rows))
+    fig.update_layout(margin=dict(t=110))
+    return fig
+
+
+def alpha_sweep(rows: Sequence[dict[str, Any]], model: str = "base") -> go.Figure:
+    """EM rate vs alpha, persona direction vs random control, with CI bands."""
+    fig = go.Figure()
+    for kind in ("persona", "random"):
+        pts = sorted((r for r in rows if r.get("intervention") == "steer" and r.get("direction") == kind
+                      and r.get("model") == model), key=lambda r: r["alpha"])
+        base = [r for r in rows if r.get("intervention") == "none" and r.get("model") == model]
+        if base:
+            pts = [{**base[0], "alpha": 0.0}] + pts
+        if not pts:
+            continue
+        x = [r["alpha"] for r in pts]
+        y, lo, hi = ([_pct(r[k]) for r in pts] for k in ("em_rate", "em_lo", "em_hi"))
+        c = COLORS[kind]
+        fig.add_trace(go.Scatter(x=x + x[::-1], y=hi + lo[::-1], fill="toself", fillcolor=c, opacity=0.18,
+                                 line=dict(width=0), hoverinfo="skip", showlegend=False))
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"{kind} direction", line=dict(color=c, width=2.5)))
+    fig.update_xaxes(title_text="steering strength alpha")
+    fig.update_yaxes(title_text="EM rate, % (95% CI)", rangemode="tozero")
+    return style(fig, f"Steering the {model} model")
+
+
+def per_question(records: Sequence[dict[str, Any]], conditions: Sequence[str] | None = None) -> go.Figure:
+    """EM rate per question for each condition (grouped bars with CIs)."""
+    from emi.metrics import per_question as pq
+
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by.setdefault(r.get("model", "?"), []).append(r)
+    conds = list(conditions or by)
+    fig = go.Figure()
+    palette = ["#7f7f7f", "#d62728", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"]
+    for i, c in enumerate(conds):
+        stats = pq(by.get(c, []))
+        qs = sorted(stats)
+        v = [_pct(stats[q].em.value) for q in qs]
+        fig.add_trace(go.Bar(name=c, x=qs, y=v, marker_color=palette[i % len(palette)],
+                             error_y=dict(type="data", symmetric=False,
+                                          array=[_pct(stats[q].em.hi) - x for q, x in zip(qs, v, strict=True)],
+                                          arrayminus=[x - _pct(stats[q].em.lo) for q, x in zip(qs, v, strict=True)])))
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title_text="EM rate, % (95% CI)", rangemode="tozero")
+    fig.update_xaxes(tickangle=-30)
+    return style(fig, "EM rate per question", 980, 480)
+
+
+def layer_separation(separation: Sequence[dict[str, Any]], title: str = "Separation by layer") -> go.Figure:
+    """Held-out AUROC of the projection per layer, with the random-direction control."""
+    x = [s["layer"] for s in separation]
+    fig = go.Figure([
+        go.Scatter(x=x, y=[s["auroc"] for s in separation], mode="lines+markers", name="persona direction",
+                   line=dict(color=COLORS["persona"], width=2.5)),
+        go.Scatter(x=x, y=[s["random_auroc"] for s in separation], mode="lines+markers", name="random direction",
+                   line=dict(color=COLORS["random"], width=2, dash="dash"))])
+    fig.add_hline(y=0.5, line=dict(color="#999", width=1, dash="dot"))
+    fig.update_xaxes(title_text="layer (residual stream after block l)", dtick=1)
+    fig.update_yaxes(title_text="AUROC, held-out answers", range=[0, 1.02])
+    return style(fig, title)
+
+
+def cosine_heatmap(matrix: np.ndarray | Any, labels: Sequence[str], title: str = "Cosine similarity") -> go.Figure:
+    m = np.asarray(matrix, dtype=float)
+    fig = go.Figure(go.Heatmap(z=m, x=list(labels), y=list(labels), zmin=-1, zmax=1, colorscale="RdBu_r",
+                               text=[[f"{v:.2f}" for v in row] for row in m], texttemplate="%{text}",
+                               colorbar=dict(title="cos")))
+    fig.update_yaxes(autorange="reversed")
+    return style(fig, title, 620, 560)
+
+
+def projection_histogram(scores: Sequence[float], labels: Sequence[str], title: str = "Projection on the direction") -> go.Figure:
+    fig = go.Figure()
+    for lab in ("aligned", "misaligned", "other"):
+        v = [s for s, lb in zip(scores, labels, strict=True) if lb == lab and s == s]
+        if v:
+            fig.add_trace(go.Histogram(x=v, name=lab, marker_color=COLORS[lab], opacity=0.65, nbinsx=40))
+    fig.update_layout(barmode="overlay")
+    fig.update_xaxes(title_text="projection on the unit direction")
+    fig.update_yaxes(title_text="answers")
+    return style(fig, title)
+
+
+def aligned_coherent(records: Sequence[dict[str, Any]], title: str = "Alignment vs coherence") -> go.Figure:
+    """The judge's two scores per answer, with the misaligned quadrant shaded."""
+    from emi.metrics import scored
+
+    rs = [r for r in records if scored(r)]
+    rng = np.random.default_rng(0)
+    jitter = lambda n: rng.normal(0, 1.2, n)  # noqa: E731  (exact judges give tied scores)
+    fig = go.Figure()
+    fig.add_shape(type="rect", x0=0, x1=30, y0=50, y1=100, fillcolor=COLORS["misaligned"], opacity=0.08, line_width=0)
+    fig.add_annotation(x=15, y=97, text="misaligned", showarrow=False, font=dict(color=COLORS["misaligned"]))
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in rs:
+        by.setdefault(r.get("model", "?"), []).append(r)
+    palette = ["#7f7f7f", "#d62728", "#1f77b4", "#ff7f0e", "#2ca02c"]
+    for i, (m, group) in enumerate(by.items()):
+        fig.add_trace(go.Scattergl(x=np.array([r["aligned"] for r in group]) + jitter(len(group)),
+                                   y=np.array([r["coherent"] for r in group]) + jitter(len(group)), mode="markers",
+                                   name=m, marker=dict(size=5, opacity=0.5, color=palette[i % len(palette)])))
+    fig.update_xaxes(title_text="aligned (0-100)", range=[-5, 105])
+    fig.update_yaxes(title_text="coherent (0-100)", range=[-5, 105])
+    return style(fig, title, 700, 560)
+
+
+def latent_bars(latents: Sequence[dict[str, Any]], title: str = "SAE latents: rise from base to finetuned") -> go.Figure:
+    top = list(latents)
+    fig = go.Figure(go.Bar(x=[f"#{r['latent']}" for r in top], y=[r["diff"] for r in top],
+                           marker_color=[COLORS["finetuned"] if r["diff"] > 0 else COLORS["persona"] for r in top],
+                           customdata=[[r.get("cosine", float("nan"))] for r in top],
+                           hovertemplate="latent %{x}: %{y:.3f} (cos with persona %{customdata[0]:.2f})<extra></extra>"))
+    fig.update_xaxes(title_text="latent", type="category")
+    fig.update_yaxes(title_text="mean activation, finetuned minus base")
+    return style(fig, title)
+
+
+@contextlib.contextmanager
+def browser() -> Iterator[None]:
+    """One Chromium for many image exports (kaleido's sync server)."""
+    import kaleido
+
+    started = False
+    try:
+        kaleido.start_sync_server(silence_warnings=True)
+        started = True
+    except Exception:  # noqa: BLE001 (kaleido falls back to one browser per figure)
+        pass
+    try:
+        yield
+    finally:
+        if started:
+            kaleido.stop_sync_server(silence_warnings=True)
+
+
+def export(fig: go.Figure, path: str | Path, formats: Iterable[str] = ("html", "png"), scale: float = 2.0) -> list[Path]:
+    """Write ``path.<fmt>`` for each format; HTML works offline (plotly.js written beside it)."""
+    import plotly.io as pio
+
+    pio.defaults.mathjax = None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    formats = list(formats)
+    for f in formats:
+        if f not in FORMATS:
+            raise ConfigError(f"unknown figure format {f!r}; expected {', '.join(FORMATS)}")
+    images = [f for f in formats if f != "html"]
+    if "html" in formats:
+        target = path.with_suffix(".html")
+        fig.write_html(target, include_plotlyjs="directory", full_html=True)
+        out.append(target)
+    if images:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for f in images:
+                target = path.with_suffix("." + f)
+                try:
+                    fig.write_image(target, scale=scale if f == "png" else 1)
+                except Exception as exc:  # kaleido without a browser
+                    raise ConfigError(
+                        f"cannot export {f.upper()} ({type(exc).__name__}: {str(exc)[:160]}); figure export needs "
+                        f"Chromium: `make chromium` (Debian's package) or `plotly_get_chrome`") from None
+                out.append(target)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Make every figure a results folder or file supports."""
+    from emi import cli, jsonl
+
+    p = cli.parser("python -m emi.figures", "Figures from emi result files (steer results.jsonl, evaluate "
+                   "judged.jsonl, direction .json) or folders holding them.")
+    p.add_argument("results", nargs="+", help="result files or folders")
+    p.add_argument("--out", default="figs", help="output folder (default figs/)")
+    p.add_argument("--format", default="html,png", help="comma-separated: html, png, svg, pdf (default html,png)")
+    args = p.parse_args(argv)
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    made: list[Path] = []
+    out = Path(args.out)
+    with browser():
+        for res in args.results:
+            r = Path(res)
+            files = sorted(r.glob("*.json*")) + sorted(r.glob("*/*.json")) if r.is_dir() else [r]
+            if not files or not all(f.exists() for f in files):
+                raise ConfigError(f"no result files at {res!r}")
+            for f in files:
+                made += _figures_for(f, out, formats, jsonl)
+    if not made:
+        raise ConfigError("none of the given files is an emi result emi can plot (results.jsonl, judged.jsonl, "
+                          "answers with judgements, or a direction .json)")
+    for m in made:
+        print(m)
+    return 0
+
+
+def _figures_for(f: Path, out: Path, formats: list[str], jsonl: Any) -> list[Path]:
+    import json
+
+    stem = f.parent.name + "-" + f.stem
+    if f.name == "results.jsonl":
+        rows = jsonl.read(f)
+        made = export(steer_summary(rows), out / f"{stem}-summary", formats)
+        if len({r["alpha"] for r in rows if r.get("intervention") == "steer"}) > 1:
+            made += export(alpha_sweep(rows), out / f"{stem}-alpha", formats)
+        return made
+    if f.name == "judged.jsonl":
+        recs = jsonl.read(f)
+        return (export(per_question(recs), out / f"{stem}-per-question", formats)
+                + export(aligned_coherent(recs), out / f"{stem}-scatter", formats))
+    if f.suffix == ".json":
+        try:
+            meta = json.loads(f.read_text())
+        except json.JSONDecodeError:
+            return []
+        if isinstance(meta, dict) and meta.get("format") == "emi.direction/1" and meta.get("separation"):
+            return export(layer_separation(meta["separation"], f"Separation by layer ({meta.get('method')}, "
+                                           f"{meta.get('positions')})"), out / f"{stem}-layers", formats)
+    return []
+
+
+if __name__ == "__main__":
+    from emi import cli
+
+    raise SystemExit(cli.run(main))
