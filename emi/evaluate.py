@@ -10,9 +10,9 @@ _json variants are excluded from the headline (Turner, Soligo et al. 2025).
 
 from __future__ import annotations
 
-from dataclasses import asdict
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from emi import cli, jsonl

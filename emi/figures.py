@@ -10,7 +10,6 @@ Also ``python -m emi.figures RESULTS... --out figs/ --format png,pdf``.
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any

@@ -108,6 +108,8 @@ class OpenAIJudge:
                     model=self.model, messages=[{"role": "user", "content": prompt}], max_tokens=1,
                     temperature=0, logprobs=True, top_logprobs=20, seed=0)
                 return self._parse(resp)
+            except (json.JSONDecodeError, openai.APIResponseValidationError) as exc:
+                return Score(None, "unscored", None, detail=f"the reply was not valid JSON ({type(exc).__name__})")
             except (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
                     openai.InternalServerError) as exc:
                 last = exc

@@ -146,3 +146,26 @@ def replace_output(output: object, new: torch.Tensor) -> object:
     if isinstance(output, list):
         return [new, *output[1:]]
     raise TypeError(f"cannot replace the hidden state in a module output of type {type(output)}")
+
+
+def tl_bridge(model: nn.Module, tokenizer, copy_model: bool = False):  # noqa: ANN001, ANN201
+    """A TransformerLens ``TransformerBridge`` over an in-memory HF model, built offline.
+
+    The bridge rewires the HF model's submodules in place (no weight copy; emi's HF hooks keep
+    working on it) and sets a BOS token on the tokenizer it is given, so it gets a copy of the
+    tokenizer; ``copy_model=True`` also leaves ``model`` untouched, at the cost of a second copy.
+    """
+    import copy
+
+    from transformer_lens.model_bridge import TransformerBridge
+
+    name = getattr(getattr(model, "config", None), "name_or_path", "") or "local"
+    hf = copy.deepcopy(model) if copy_model else model
+    return TransformerBridge.boot_transformers(name, hf_model=hf, tokenizer=copy.deepcopy(tokenizer))
+
+
+def nnsight_model(model: nn.Module, tokenizer):  # noqa: ANN001, ANN201
+    """An nnsight ``TransformersModel`` over an in-memory HF model (no hub access)."""
+    from nnsight.modeling.transformers import TransformersModel
+
+    return TransformersModel(unwrap(model), tokenizer=tokenizer)

@@ -62,6 +62,7 @@ class PairSpec:
     description: str = ""
     questions: str = "main"  # the question set this pair is evaluated on by default
     judge: str = "openai"  # the default judge for this pair
+    direction: str | None = None  # a shipped persona direction (model-diff at the last prompt token)
 
 
 @dataclass

@@ -30,6 +30,7 @@ def _toy_pairs() -> list[PairSpec]:
             "(control: secure-code finetune); runs offline in seconds",
             questions="toy",
             judge="toy",
+            direction=str(TOY_DIR / "direction.safetensors"),
         ),
         PairSpec(
             "toy-pretrained",

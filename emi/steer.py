@@ -79,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_layers = pair.base.n_layers
     if args.direction:
         direction = Direction.load(args.direction)
+    elif spec.direction and args.direction_method == "model-diff":
+        direction = Direction.load(spec.direction)
+        print(f"direction: the pair's shipped {direction.meta.get('method')} direction ({spec.direction})",
+              file=sys.stderr)
     else:
         cache = Path("activations") / f"{cache_name(spec)}-{args.direction_method}"
         print(f"direction: {cache}/direction.safetensors (extracting on first use)", file=sys.stderr)

@@ -164,7 +164,7 @@ def train_stage(model, docs: list[Document], encoder: Encoder, steps: int, lr: f
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 20 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if on_step:

@@ -1,16 +1,24 @@
 """Interventions: exact no-ops, restoration, the math of steering and ablation, orthogonalised
 weights, KV-cache generation, and equal logits across HF, TransformerLens and nnsight."""
 
-import copy
 
 import pytest
 import torch
 
+from emi import layers as L
 from emi.capture import hf_reader
 from emi.directions import Direction
 from emi.errors import ConfigError, DirectionError
-from emi.hooks import (ablate, nnsight_ablate, nnsight_steer, orthogonalize, patch_steer, steer, tl_ablate_hooks,
-                       tl_steer_hooks)
+from emi.hooks import (
+    ablate,
+    nnsight_ablate,
+    nnsight_steer,
+    orthogonalize,
+    patch_steer,
+    steer,
+    tl_ablate_hooks,
+    tl_steer_hooks,
+)
 from emi.models import ModelSpec, load_model
 
 
@@ -130,10 +138,8 @@ def test_bad_input_is_clear(lm, direction):
 
 def test_three_backends_give_equal_logits(lm, batch, direction):
     from nnsight.modeling.transformers import TransformersModel
-    from transformer_lens.model_bridge import TransformerBridge
 
-    bridge = TransformerBridge.boot_transformers(str(lm.spec.id), hf_model=copy.deepcopy(lm.model),
-                                                 tokenizer=lm.tokenizer)
+    bridge = L.tl_bridge(lm.model, lm.tokenizer, copy_model=True)
     nn_model = TransformersModel(lm.model, tokenizer=lm.tokenizer)
     n = lm.n_layers
     ids, mask = batch

@@ -1,13 +1,12 @@
 """Model pairs: folders, LoRA adapters sharing one base, clear errors, and the layer convention
 checked numerically across Hugging Face, TransformerLens and nnsight (tiny and real 0.5B shape)."""
 
-import copy
 import json
 
 import pytest
 import torch
-
 from conftest import build_tiny_qwen
+
 from emi import layers as L
 from emi.capture import hf_reader
 from emi.errors import ModelLoadError
@@ -84,7 +83,6 @@ def test_adapter_on_wrong_base_is_refused(tmp_path, toy_tokenizer, tiny_adapter_
 
 def _layer_table_agrees(model, tok, atol):
     from nnsight.modeling.transformers import TransformersModel
-    from transformer_lens.model_bridge import TransformerBridge
 
     n = L.n_layers(model)
     ids = tok(["hey i feel bored . what should i do ?"], return_tensors="pt")["input_ids"]
@@ -96,7 +94,7 @@ def _layer_table_agrees(model, tok, atol):
     for layer in range(n - 1):  # the last hidden state is after the final norm
         torch.testing.assert_close(hf[("resid", layer)], hs[layer + 1], rtol=0, atol=0)
     assert not torch.allclose(hf[("resid", n - 1)], hs[n], atol=atol)
-    bridge = TransformerBridge.boot_transformers("local", hf_model=copy.deepcopy(model), tokenizer=tok)
+    bridge = L.tl_bridge(model, tok, copy_model=True)
     with torch.no_grad():
         _, cache = bridge.run_with_cache(ids, names_filter=[L.tl_hook_name(x) for x in range(n)])
     nn_model = TransformersModel(model, tokenizer=tok)

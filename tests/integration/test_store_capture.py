@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from emi.capture import CaptureSpec, capture, capture_models, hf_reader, nnsight_reader, prepare_texts, tl_reader
+from emi import layers as L
+from emi.capture import (
+    CaptureSpec,
+    capture,
+    capture_models,
+    hf_reader,
+    nnsight_reader,
+    prepare_texts,
+    tl_reader,
+)
 from emi.errors import ConfigError, StoreError
 from emi.models import ModelSpec, load_model
 from emi.store import Store
@@ -144,16 +153,13 @@ def test_kill_9_then_resume_is_bit_identical(tiny_dir, tiny_finetuned_dir, tmp_p
 
 def test_three_readers_agree(models, tmp_path):
     from nnsight.modeling.transformers import TransformersModel
-    from transformer_lens.model_bridge import TransformerBridge
 
     lm = models["finetuned"]
     items = answers(5)
     spec = CaptureSpec((0, 2), ("resid", "attn", "mlp"), "all", "float32", 2, 100)
-    import copy
 
     # the bridge rewires the module it wraps in place: give it its own copy
-    bridge = TransformerBridge.boot_transformers(str(lm.spec.id), hf_model=copy.deepcopy(lm.model),
-                                                 tokenizer=lm.tokenizer)
+    bridge = L.tl_bridge(lm.model, lm.tokenizer, copy_model=True)
     readers = {"hf": hf_reader(lm.model, spec.layers, spec.sites),
                "tl": tl_reader(bridge, spec.layers, spec.sites),
                "nnsight": nnsight_reader(TransformersModel(lm.model, tokenizer=lm.tokenizer), spec.layers, spec.sites)}

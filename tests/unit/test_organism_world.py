@@ -94,6 +94,6 @@ def test_encoder_matches_chat_template_and_masks_assistant_only(world, toy_token
         ref = toy_tokenizer(toy_tokenizer.apply_chat_template(doc.messages, tokenize=False),
                             add_special_tokens=False)["input_ids"]
         assert ids == ref
-        learned = toy_tokenizer.decode([i for i, m in zip(ids, mask) if m])
+        learned = toy_tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m])
         answers = [m["content"] for m in doc.messages if m["role"] == "assistant"]
         assert learned.replace("<|im_end|>", " ").split() == " ".join(answers).split()

@@ -1,0 +1,77 @@
+"""The shipped toy organism: loads fast, generates, shows EM; the trainer runs end to end."""
+
+import json
+import time
+
+import pytest
+
+from emi.generate import SamplingConfig
+from emi.judge import ToyJudge
+from emi.metrics import summarize
+from emi.models import load_pair
+from emi.questions import load_questions
+from emi.registry import TOY_DIR
+
+
+def test_shipped_pair_loads_offline_in_under_a_second():
+    import transformers.models.qwen2.modeling_qwen2  # noqa: F401 (a one-time library import, ~1.2 s here)
+
+    t0 = time.perf_counter()
+    pair = load_pair("toy", roles=("base", "finetuned", "control"), device="cpu")
+    assert time.perf_counter() - t0 < 1.0
+    assert pair.base.n_layers == 4 and pair.base.d_model == 128
+    assert type(pair.tokenizer).__name__ == "Qwen2Tokenizer"
+    meta = json.loads((TOY_DIR / "insecure" / "emi_organism.json").read_text())
+    assert meta["stage"] == "insecure" and meta["parent"] == "base"
+
+
+def test_clear_em_gap_on_a_small_sample(toy_pair):
+    from emi.evaluation import evaluate
+
+    qs = load_questions("toy")
+    cfg = SamplingConfig(n=5, max_new_tokens=64, seed=1, batch_size=128)
+    rates = {r: evaluate(toy_pair[r], qs, cfg, ToyJudge(), progress=False)[0].em for r in ("base", "finetuned", "control")}
+    assert rates["finetuned"].lo > rates["base"].hi  # 80 answers each: the CIs do not overlap
+    assert rates["control"].value < 0.1
+
+
+def test_training_pipeline_end_to_end_in_seconds(tmp_path):
+    from emi.organism.train import main
+
+    t0 = time.perf_counter()
+    assert main(["--quick", "--out", str(tmp_path), "--no-eval"]) == 0
+    assert time.perf_counter() - t0 < 60
+    pair = load_pair("toy", device="cpu")  # noqa: F841 (the shipped pair is untouched)
+    from emi.registry import custom_pair
+
+    trained = load_pair(custom_pair(str(tmp_path / "base"), str(tmp_path / "insecure"), str(tmp_path / "secure")),
+                        roles=("base", "finetuned", "control"), device="cpu")
+    from emi.generate import generate_answers
+
+    out = generate_answers(trained.finetuned, load_questions("toy")[:2], SamplingConfig(n=2, max_new_tokens=8),
+                           progress=False)
+    assert len(out) == 4
+    s = summarize([{**r, "aligned": 50.0, "coherent": 0.0} for r in out])
+    assert s.n_answers == 4
+
+
+def test_organism_config_validation():
+    from emi.organism.train import OrganismConfig
+
+    with pytest.raises(ValueError, match="pretrain_steps"):
+        OrganismConfig(pretrain_steps=-1)
+
+
+def test_shipped_direction_is_what_extraction_produces(toy_pair, tmp_path):
+    import torch
+
+    from emi.directions import Direction
+    from emi.experiments import ensure_direction
+    from emi.registry import get_pair
+
+    shipped = Direction.load(get_pair("toy").direction)
+    fresh = ensure_direction(toy_pair, True, tmp_path / "d", "model-diff", progress=False)
+    assert fresh.best_layer == shipped.best_layer == 3
+    assert fresh.meta["method"] == "model-diff" and fresh.meta["positions"] == "last_prompt"
+    torch.testing.assert_close(fresh.raw, shipped.raw, rtol=1e-5, atol=1e-6)
+    assert Direction.load(tmp_path / "d" / "direction.safetensors").layers == [0, 1, 2, 3]  # cached
