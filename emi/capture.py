@@ -53,6 +53,12 @@ def prepare_texts(items: Sequence[dict[str, Any] | str], tokenizer: Any, max_len
             ids = tokenizer(item, add_special_tokens=False)["input_ids"]
             out.append(Text(ids, None, {"text": item}))
             continue
+        if "input_ids" in item:  # already tokenised
+            ids = [int(x) for x in item["input_ids"]]
+            if not ids:
+                raise ConfigError(f"text {i} has no tokens")
+            out.append(Text(ids, None, {k: v for k, v in item.items() if k != "input_ids"}))
+            continue
         msgs = item.get("messages")
         if msgs is None:
             if "question" not in item or "answer" not in item:
@@ -181,6 +187,7 @@ class CaptureSpec:
     dtype: str = "float32"
     batch_size: int = 16
     shard_texts: int = 256
+    shard_mb: int = 256  # a shard also closes before it would exceed this size in memory and on disk
 
     def __post_init__(self) -> None:
         if self.positions not in POSITIONS:
@@ -189,8 +196,25 @@ class CaptureSpec:
             raise ConfigError(f"unknown store dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
         for s in self.sites:
             L.check_site(s)
-        if self.batch_size < 1 or self.shard_texts < 1:
-            raise ConfigError("batch_size and shard_texts must be >= 1")
+        if self.batch_size < 1 or self.shard_texts < 1 or self.shard_mb < 1:
+            raise ConfigError("batch_size, shard_texts and shard_mb must be >= 1")
+
+
+def plan_shards(texts: Sequence[Text], spec: CaptureSpec, n_roles: int, d_model: int) -> list[tuple[int, int]]:
+    """Shard boundaries [start, end): at most ``shard_texts`` texts and about ``shard_mb`` MB each.
+    Deterministic in the inputs, so a resumed run cuts the same shards."""
+    per_row = n_roles * len(spec.layers) * len(spec.sites) * d_model * DTYPES[spec.dtype].itemsize
+    budget = spec.shard_mb * 2**20
+    out, start, size = [], 0, 0
+    for i, t in enumerate(texts):
+        rows = 1 if spec.positions in ("response_mean", "last_prompt") else len(select_positions(t, spec.positions))
+        b = rows * per_row
+        if i > start and (i - start >= spec.shard_texts or size + b > budget):
+            out.append((start, i))
+            start, size = i, 0
+        size += b
+    out.append((start, len(texts)))
+    return out
 
 
 def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[dict[str, Any] | str], out: str | Path,
@@ -204,18 +228,34 @@ def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[dict[str
     path = resolve(out, root)
     store_spec = {"roles": list(readers), "layers": list(spec.layers), "sites": list(spec.sites),
                   "positions": spec.positions, "dtype": spec.dtype, "d_model": d_model,
-                  "shard_texts": spec.shard_texts, "layer_convention": "residual stream after decoder block l"}
+                  "shard_texts": spec.shard_texts, "shard_mb": spec.shard_mb,
+                  "layer_convention": "residual stream after decoder block l"}
     writer = StoreWriter(path, store_spec, [t.meta for t in texts], provenance, overwrite)
     if writer.manifest.get("complete"):
         return Store.open(path)
     dtype, dev = DTYPES[spec.dtype], torch.device(device)
     total = len(texts)
     bar = tqdm(total=total, initial=writer.done_texts, desc=f"capture -> {path}", disable=not progress, leave=False)
-    for start in range(writer.done_texts, total, spec.shard_texts):
-        chunk = texts[start: start + spec.shard_texts]
-        tensors, n_tok = _capture_shard(readers, chunk, start, spec, tokenizer.pad_token_id, dev, dtype, active)
-        writer.add_shard(tensors, (start, start + len(chunk)), n_tok)
-        bar.update(len(chunk))
+    # One background writer: shard k is serialised, hashed, written and fsynced (all of which
+    # release the GIL) while shard k+1 is computed; at most two shards are in memory.
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    pending: Future | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="emi-store") as pool:
+        try:
+            for start, end in plan_shards(texts, spec, len(readers), d_model):
+                if start < writer.done_texts:
+                    continue
+                chunk = texts[start:end]
+                tensors, n_tok = _capture_shard(readers, chunk, start, spec, tokenizer.pad_token_id, dev, dtype,
+                                                active)
+                if pending is not None:
+                    pending.result()  # in order; re-raises a failed write (e.g. a full disk)
+                pending = pool.submit(writer.add_shard, tensors, (start, end), n_tok)
+                bar.update(len(chunk))
+        finally:
+            if pending is not None:
+                pending.result()  # whatever was computed lands, even on an interrupt
     bar.close()
     return writer.finish()
 
@@ -223,12 +263,16 @@ def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[dict[str
 def _capture_shard(readers: dict[str, Reader], chunk: Sequence[Text], offset: int, spec: CaptureSpec,
                    pad_id: int, device: torch.device, dtype: torch.dtype,
                    active: dict[str, Callable[[], Any]] | None) -> tuple[dict[str, torch.Tensor], int]:
-    per_text: dict[str, list[torch.Tensor | None]] = {}
+    """One shard: every key's rows written in place into one preallocated tensor (text order)."""
     order = sorted(range(len(chunk)), key=lambda i: len(chunk[i].ids))  # less padding per batch
     positions = [select_positions(t, spec.positions) for t in chunk]
+    mean = spec.positions == "response_mean"
+    counts = [1 if mean else len(p) for p in positions]
+    starts = [0]
+    for c in counts:
+        starts.append(starts[-1] + c)
+    tensors: dict[str, torch.Tensor] = {}
     for role, reader in readers.items():
-        for key in (tensor_key(role, layer, s) for layer in spec.layers for s in spec.sites):
-            per_text[key] = [None] * len(chunk)
         ctx = active[role]() if active and role in active else None
         try:
             if ctx is not None:
@@ -239,16 +283,22 @@ def _capture_shard(readers: dict[str, Reader], chunk: Sequence[Text], offset: in
                 acts = reader(ids, mask)
                 for (s, layer), a in acts.items():
                     key = tensor_key(role, layer, s)
+                    if key not in tensors:
+                        tensors[key] = torch.empty(starts[-1], a.shape[-1], dtype=dtype)
+                    out = tensors[key]
                     for row, i in enumerate(idx):
-                        sel = a[row, positions[i]].float()
-                        if spec.positions == "response_mean":
-                            sel = sel.mean(0, keepdim=True) if len(sel) else torch.zeros(1, a.shape[-1])
-                        per_text[key][i] = sel.to(dtype).cpu()
+                        pos = positions[i]
+                        if mean:
+                            sel = a[row, pos].float().mean(0, keepdim=True) if pos else torch.zeros(1, a.shape[-1])
+                        elif not pos:
+                            continue
+                        else:
+                            sel = a[row, pos[0]: pos[-1] + 1] if pos == list(range(pos[0], pos[-1] + 1)) else a[row, pos]
+                        out[starts[i]: starts[i + 1]] = sel.to(dtype)
         finally:
             if ctx is not None:
                 ctx.__exit__(None, None, None)
-    tensors = {k: torch.cat(v) for k, v in per_text.items()}  # type: ignore[arg-type]
-    if spec.positions == "response_mean":
+    if mean:
         tensors["row.text"] = torch.arange(offset, offset + len(chunk))
         tensors["row.pos"] = torch.full((len(chunk),), -1)
         tensors["row.response"] = torch.ones(len(chunk), dtype=torch.long)
@@ -265,7 +315,7 @@ def capture_models(models: dict[str, LoadedModel], items: Sequence[dict[str, Any
                    layers: str | Sequence[int] | None = "all", sites: Sequence[str] = ("resid",),
                    positions: str = "response", dtype: str | None = None, batch_size: int = 16,
                    shard_texts: int = 256, overwrite: bool = False, progress: bool = True,
-                   root: str | Path | None = None) -> Store:
+                   root: str | Path | None = None, shard_mb: int = 256) -> Store:
     """The fast path: capture Hugging Face models (e.g. a pair's base and finetuned) on the same texts."""
     if not models:
         raise ConfigError("no models to capture")
@@ -273,10 +323,10 @@ def capture_models(models: dict[str, LoadedModel], items: Sequence[dict[str, Any
     dims = {r: (m.n_layers, m.d_model) for r, m in models.items()}
     if len(set(dims.values())) > 1:
         raise ConfigError(f"models differ in shape (layers, d_model): {dims}; capture them into separate stores")
-    n_layers, d_model = dims[first.role]
+    n_layers, d_model = next(iter(dims.values()))
     layer_list = tuple(L.resolve_layers(layers, n_layers))
     model_dtype = str(next(first.model.parameters()).dtype).replace("torch.", "")
-    spec = CaptureSpec(layer_list, tuple(sites), positions, dtype or model_dtype, batch_size, shard_texts)
+    spec = CaptureSpec(layer_list, tuple(sites), positions, dtype or model_dtype, batch_size, shard_texts, shard_mb)
     readers = {r: hf_reader(m.model, layer_list, sites) for r, m in models.items()}
     prov = {"models": {r: m.provenance for r, m in models.items()}}
     return capture(readers, first.tokenizer, items, out, spec, d_model, first.device, prov, overwrite,

@@ -169,3 +169,37 @@ def nnsight_model(model: nn.Module, tokenizer):  # noqa: ANN001, ANN201
     from nnsight.modeling.transformers import TransformersModel
 
     return TransformersModel(unwrap(model), tokenizer=tokenizer)
+
+
+def hooked_transformer(model: nn.Module, tokenizer, n_ctx: int = 2048):  # noqa: ANN001, ANN201
+    """A legacy TransformerLens ``HookedTransformer`` built offline from an in-memory Qwen2 model.
+
+    ``HookedTransformer.from_pretrained`` fetches the config from the hub even when given the
+    model, so the config is built here from the HF config, the weights converted with TL's own
+    ``convert_qwen2_weights``, and loaded *without* TL's default weight processing (folding
+    layer norms, centring), so its residual stream equals the HF model's. It holds a second copy
+    of the weights.
+    """
+    import copy
+
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions.qwen2 import convert_qwen2_weights
+
+    hf = unwrap(model)
+    c = hf.config
+    if c.model_type != "qwen2":
+        raise ConfigError(f"hooked_transformer builds Qwen2 models offline; this model is {c.model_type!r}")
+    theta = getattr(c, "rope_theta", None) or (getattr(c, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+    dtype = next(hf.parameters()).dtype
+    cfg = HookedTransformerConfig(
+        d_model=c.hidden_size, d_head=c.hidden_size // c.num_attention_heads, n_heads=c.num_attention_heads,
+        n_key_value_heads=c.num_key_value_heads, d_mlp=c.intermediate_size, n_layers=c.num_hidden_layers,
+        n_ctx=min(n_ctx, c.max_position_embeddings), eps=c.rms_norm_eps, d_vocab=c.vocab_size, act_fn=c.hidden_act,
+        use_attn_scale=True, normalization_type="RMS", positional_embedding_type="rotary", rotary_base=int(theta),
+        rotary_adjacent_pairs=False, rotary_dim=c.hidden_size // c.num_attention_heads, final_rms=True,
+        gated_mlp=True, default_prepend_bos=False, tokenizer_prepends_bos=False,
+        original_architecture="Qwen2ForCausalLM", dtype=dtype, device=str(next(hf.parameters()).device))
+    tl = HookedTransformer(cfg, tokenizer=copy.deepcopy(tokenizer), move_to_device=False)
+    tl.load_and_process_state_dict(convert_qwen2_weights(hf, cfg), fold_ln=False, center_writing_weights=False,
+                                   center_unembed=False, fold_value_biases=False)
+    return tl.eval()

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from emi import jsonl
 from emi.errors import StoreError
@@ -275,12 +275,18 @@ class StoreWriter:
         index = len(self.manifest["shards"])
         name = f"shard-{index:05d}.safetensors"
         rows = int(tensors["row.text"].shape[0])
-        contiguous = {k: v.contiguous() for k, v in tensors.items()}
-        write_atomic(self.path / name, lambda tmp: save_file(contiguous, str(tmp), metadata={"format": FORMAT}))
+        data = save({k: v.contiguous() for k, v in tensors.items()}, metadata={"format": FORMAT})
+        digest = hashlib.sha256(data).hexdigest()  # of the bytes written: no second read of the file
+
+        def w(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+
+        write_atomic(self.path / name, w)
         _fault("before_manifest", index)
-        f = self.path / name
         self.manifest["shards"].append({"file": name, "texts": list(texts), "rows": rows, "tokens": tokens,
-                                        "bytes": f.stat().st_size, "sha256": sha256(f)})
+                                        "bytes": len(data), "sha256": digest})
+        del data
         write_json(self.path / "manifest.json", self.manifest)
         _fault("after_shard", index)
 

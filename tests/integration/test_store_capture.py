@@ -169,3 +169,12 @@ def test_three_readers_agree(models, tmp_path):
             ref = st.load("hf", layer, site)
             torch.testing.assert_close(st.load("nnsight", layer, site), ref, rtol=0, atol=0)
             torch.testing.assert_close(st.load("tl", layer, site), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_shards_are_bounded_in_bytes(models, tmp_path):
+    items = [{"input_ids": list(range(10, 10 + 200)), "i": i} for i in range(8)]
+    st = capture_models(models, items, tmp_path / "b", layers="all", positions="all", shard_mb=1,
+                        shard_texts=1000, progress=False)
+    # 200 rows x 2 models x 3 layers x 64 fp32 = 307 KB a text: 3 texts fit in 1 MB
+    assert [s["texts"] for s in st.manifest["shards"]] == [[0, 3], [3, 6], [6, 8]]
+    assert st.n_rows == 1600 and st.texts()[7]["i"] == 7

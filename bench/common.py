@@ -1,0 +1,62 @@
+"""Shared benchmark helpers: models at the toy and real Qwen2.5-0.5B shapes, interleaved timing."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def qwen05_random(dtype: torch.dtype = torch.float32):
+    """Random weights at the Qwen2.5-0.5B-Instruct shape (as issue #5 measured), with the toy tokenizer."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from emi.models import LoadedModel, ModelSpec, load_tokenizer
+    from emi.registry import toy_checkpoint
+
+    cfg = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                      num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True,
+                      max_position_embeddings=32768, rope_theta=1000000.0)
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        model = Qwen2ForCausalLM(cfg).eval()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    model = model.to(dtype)
+    tok = load_tokenizer(toy_checkpoint("base"))
+    return LoadedModel("qwen05-random", model, tok, ModelSpec("random-qwen2.5-0.5b-shape"))
+
+
+def toy():
+    from emi.models import ModelSpec, load_model
+    from emi.registry import toy_checkpoint
+
+    return load_model(ModelSpec(toy_checkpoint("insecure")), role="toy", device="cpu")
+
+
+def random_batch(batch: int, seq: int, vocab: int = 1400, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(10, vocab, (batch, seq), generator=g)
+
+
+def interleaved(methods: dict[str, Callable[[], None]], rounds: int = 3, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each method, alternating methods within each round (noisy machines)."""
+    for _ in range(warmup):
+        for f in methods.values():
+            f()
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    for _ in range(rounds):
+        for k, f in methods.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def table(rows: list[dict], cols: list[tuple[str, str]]) -> None:
+    from emi.cli import print_table
+
+    print_table(rows, cols)
