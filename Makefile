@@ -31,7 +31,7 @@ demo: setup chromium
 	HF_HUB_OFFLINE=1 $(PY) -m emi.steer --alpha 8 --layers 1 --positions prompt --out runs/demo
 
 test: setup chromium
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests --nbmake notebooks/0*.ipynb
 
 lint: setup
 	$(VENV)/bin/ruff check emi tests bench

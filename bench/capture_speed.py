@@ -49,13 +49,13 @@ def measure(lm, batch: int, seq: int, n_batches: int, rounds: int) -> dict[str, 
             for b in ids:
                 lm.model(input_ids=b, attention_mask=mask).logits  # noqa: B018
 
-    def emi_all():  # one shard per batch, so writing overlaps the next batch as in a long capture
+    def emi_all():  # 64 MB shards: a long capture writes shard k while computing shard k+1
         capture_models({"m": lm}, items, Path(tmp) / "all", "all", positions="all", batch_size=batch,
-                       shard_texts=batch, overwrite=True, progress=False)
+                       shard_mb=64, overwrite=True, progress=False)
 
     def emi_half():
         capture_models({"m": lm}, items, Path(tmp) / "half", list(range(n // 2)), positions="all",
-                       batch_size=batch, shard_texts=batch, overwrite=True, progress=False)
+                       batch_size=batch, shard_mb=64, overwrite=True, progress=False)
 
     def tl_cache():  # as users call it: the whole model, the layers' hooks cached
         with torch.no_grad():
@@ -80,7 +80,7 @@ def measure(lm, batch: int, seq: int, n_batches: int, rounds: int) -> dict[str, 
         for b in ids:
             nn_all(b, mask)
 
-    t = interleaved({"full forward (logits)": full, "emi capture, all layers + disk": emi_all,
+    t = interleaved({"full forward (logits)": full, "emi capture, all layers + disk (64 MB shards)": emi_all,
                      f"emi capture, layers 0-{n // 2 - 1} + disk": emi_half,
                      "TransformerLens (bridge) run_with_cache": tl_cache, "TransformerLens (bridge), emi reader": tl_stop,
                      "HookedTransformer run_with_cache": ht_cache,
@@ -90,7 +90,7 @@ def measure(lm, batch: int, seq: int, n_batches: int, rounds: int) -> dict[str, 
 
 def report(name: str, tps: dict[str, float]) -> None:
     full = tps["full forward (logits)"]
-    emi = tps["emi capture, all layers + disk"]
+    emi = tps["emi capture, all layers + disk (64 MB shards)"]
     print(f"\n{name}")
     table([{"method": k, "tps": f"{v:,.0f}", "vs_full": f"{v / full:.2f}x", "emi_vs": f"{emi / v:.2f}x"}
            for k, v in tps.items()],

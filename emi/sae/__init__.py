@@ -93,7 +93,8 @@ def train_sae(store: Store, layer: int, spec: SAETrainSpec = SAETrainSpec(), out
     else:
         sae = StandardTrainingSAE(StandardTrainingSAEConfig(l1_coefficient=spec.l1_coefficient, **common))
     cfg = SAETrainerConfig(total_training_samples=spec.steps * spec.batch_size, train_batch_size_samples=spec.batch_size,
-                           lr=spec.lr, device=device, n_batches_for_norm_estimate=10, dead_feature_window=500,
+                           lr=spec.lr, lr_end=spec.lr, device=device, n_batches_for_norm_estimate=10,
+                           dead_feature_window=500,
                            feature_sampling_window=1000)
     SAETrainer(cfg, sae, _provider(x, spec.batch_size, spec.seed)).fit()
     out = Path(out or store.path / f"sae-L{layer}-{spec.architecture}{spec.d_sae}")

@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from emi.directions import Direction, extract
     from emi.errors import EmiError
-    from emi.sae import SAETrainSpec, diff_latents, load_sae, quality, top_snippets, train_sae
+    from emi.sae import SAETrainSpec, diff_latents, latent_direction, load_sae, quality, top_snippets, train_sae
     from emi.store import Store
 
     store = Store.open(args.store)
@@ -82,7 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "base": f"{r['base']:.3f}", "ft": f"{r['finetuned']:.3f}", "mis": fmt(r["misaligned_minus_aligned"]),
                       "cos": fmt(r["cosine"])} for r in top],
                     [("latent", "latent"), ("diff", "finetuned - base"), ("d", "effect size"), ("base", "base mean"),
-                     ("ft", "finetuned mean"), ("mis", "misaligned - aligned"), ("cos", "cos(decoder, mean-diff)")])
+                     ("ft", "finetuned mean"), ("mis", "misaligned - aligned"), ("cos", "cos(decoder, direction)")])
+    sae_dir = Path(where) if Path(where).is_dir() else store.path / "sae-pretrained"
+    saved = []
+    for r in top[:3]:  # decoder rows as emi direction artifacts: python -m emi.steer --direction FILE
+        d = latent_direction(sae, r["latent"], args.layer, store, {"sae": where, "diff": r["diff"]})
+        saved.append(str(d.save(sae_dir / f"latent-{r['latent']}")))
+    print(f"decoder directions: {', '.join(saved)}", file=sys.stderr)
     if args.snippets:
         from emi.models import load_tokenizer
 
