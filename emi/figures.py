@@ -76,25 +76,32 @@ def steer_summary(rows: Sequence[dict[str, Any]]) -> go.Figure:
 
 
 def alpha_sweep(rows: Sequence[dict[str, Any]], model: str = "base") -> go.Figure:
-    """EM rate vs alpha, persona direction vs random control, with CI bands."""
-    fig = go.Figure()
+    """EM rate and coherence vs alpha, persona direction vs random control, with CI bands."""
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=("EM rate (misaligned / coherent answers)", "coherent answers"))
+    base = [r for r in rows if r.get("intervention") == "none" and r.get("model") == model]
     for kind in ("persona", "random"):
         pts = sorted((r for r in rows if r.get("intervention") == "steer" and r.get("direction") == kind
                       and r.get("model") == model), key=lambda r: r["alpha"])
-        base = [r for r in rows if r.get("intervention") == "none" and r.get("model") == model]
         if base:
             pts = [{**base[0], "alpha": 0.0}] + pts
         if not pts:
             continue
         x = [r["alpha"] for r in pts]
-        y, lo, hi = ([_pct(r[k]) for r in pts] for k in ("em_rate", "em_lo", "em_hi"))
         c = COLORS[kind]
-        fig.add_trace(go.Scatter(x=x + x[::-1], y=hi + lo[::-1], fill="toself", fillcolor=c, opacity=0.18,
-                                 line=dict(width=0), hoverinfo="skip", showlegend=False))
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"{kind} direction", line=dict(color=c, width=2.5)))
+        for col, key in ((1, "em"), (2, "coherence")):
+            ok = [r for r in pts if r[f"{key}_n"]]
+            xs = [r["alpha"] for r in ok]
+            y, lo, hi = ([_pct(r[f"{key}_{k}"]) for r in ok] for k in ("rate", "lo", "hi"))
+            fig.add_trace(go.Scatter(x=xs + xs[::-1], y=hi + lo[::-1], fill="toself", fillcolor=c, opacity=0.18, mode="lines",
+                                     line=dict(width=0), hoverinfo="skip", showlegend=False), row=1, col=col)
+            fig.add_trace(go.Scatter(x=xs, y=y, mode="lines+markers", name=f"{kind} direction", legendgroup=kind,
+                                     showlegend=col == 1, line=dict(color=c, width=2.5)), row=1, col=col)
+        _ = x
     fig.update_xaxes(title_text="steering strength alpha")
-    fig.update_yaxes(title_text="EM rate, % (95% CI)", rangemode="tozero")
-    return style(fig, f"Steering the {model} model")
+    fig.update_yaxes(title_text="% of answers (95% CI)", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(range=[0, 100], row=1, col=2)
+    return style(fig, f"Steering the {model} model", 1000, 460)
 
 
 def per_question(records: Sequence[dict[str, Any]], conditions: Sequence[str] | None = None) -> go.Figure:

@@ -286,7 +286,6 @@ class StoreWriter:
         _fault("before_manifest", index)
         self.manifest["shards"].append({"file": name, "texts": list(texts), "rows": rows, "tokens": tokens,
                                         "bytes": len(data), "sha256": digest})
-        del data
         write_json(self.path / "manifest.json", self.manifest)
         _fault("after_shard", index)
 

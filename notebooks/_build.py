@@ -1,6 +1,7 @@
 """Builds the notebooks from these sources: python notebooks/_build.py (keeps them diffable)."""
-import nbformat as nbf
 from pathlib import Path
+
+import nbformat as nbf
 
 OUT = Path(__file__).parent
 OUT.mkdir(exist_ok=True)

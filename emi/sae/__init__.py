@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from emi import layers as L
-from emi.directions import Direction, cohens_d, row_selector, text_classes
+from emi.directions import Direction, row_selector, text_classes
 from emi.errors import ConfigError
 from emi.hooks import Handle
 from emi.metrics import Thresholds

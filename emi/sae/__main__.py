@@ -48,7 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from emi.directions import Direction, extract
     from emi.errors import EmiError
-    from emi.sae import SAETrainSpec, diff_latents, latent_direction, load_sae, quality, top_snippets, train_sae
+    from emi.sae import (
+        SAETrainSpec,
+        diff_latents,
+        latent_direction,
+        load_sae,
+        quality,
+        top_snippets,
+        train_sae,
+    )
     from emi.store import Store
 
     store = Store.open(args.store)

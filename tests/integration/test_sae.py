@@ -7,14 +7,23 @@ import torch
 
 from emi.capture import capture_models
 from emi.errors import ConfigError
-from emi.sae import SAETrainSpec, diff_latents, latent_direction, load_sae, patch_sae, quality, sae_edit, train_sae
+from emi.sae import (
+    SAETrainSpec,
+    diff_latents,
+    latent_direction,
+    load_sae,
+    patch_sae,
+    quality,
+    sae_edit,
+    train_sae,
+)
 from emi.store import StoreWriter
 
 
 @pytest.fixture(scope="module")
 def toy_store(tmp_path_factory, toy_pair):
-    from emi.generate import SamplingConfig
     from emi.evaluation import evaluate
+    from emi.generate import SamplingConfig
     from emi.judge import ToyJudge
     from emi.questions import load_questions
 
