@@ -21,6 +21,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.add_judge_args(p, allow_none=True)
     g = p.add_argument_group("capture")
     g.add_argument("--answers", default=None, help="JSONL of answers to capture (default: generate them)")
+    g.add_argument("--contrast", action="store_true",
+                   help="capture persona-contrast prompts instead of answers: an evil vs a helpful system "
+                        "prompt (for the toy: a villain vs an aligned earlier turn), --n per question, for "
+                        "python -m emi.extract --method contrast --positions last_prompt")
     g.add_argument("--generator", default="finetuned", help="which model writes the answers (default finetuned)")
     g.add_argument("--roles", default="base,finetuned", help="models to capture (default base,finetuned)")
     g.add_argument("--layers", default="all", help="all, 3, 0,2,5, 4-8, -1 (layer l = residual after block l)")
@@ -43,7 +47,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = cli.pair_spec(args)
     roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
     path = resolve(args.out, args.root)
-    if args.answers:
+    if args.contrast:
+        from emi.persona import contrast_items
+
+        items = contrast_items(load_questions(args.questions or spec.questions, ids=args.ids),
+                               spec.questions == "toy", per_question=args.n, seed=args.seed)
+        pair = cli.load_pair_from_args(args, roles)
+    elif args.answers:
         items = jsonl.read(args.answers)
         if not items:
             from emi.errors import ConfigError

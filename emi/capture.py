@@ -220,8 +220,13 @@ def plan_shards(texts: Sequence[Text], spec: CaptureSpec, n_roles: int, d_model:
 def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[dict[str, Any] | str], out: str | Path,
             spec: CaptureSpec, d_model: int, device: torch.device | str = "cpu",
             provenance: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = True,
-            root: str | Path | None = None, active: dict[str, Callable[[], Any]] | None = None) -> Store:
-    """Run each reader over the texts and write one store; resumes an interrupted run."""
+            root: str | Path | None = None, active: dict[str, Callable[[], Any]] | None = None,
+            identity: dict[str, Any] | None = None) -> Store:
+    """Run each reader over the texts and write one store; resumes an interrupted run.
+
+    ``identity`` (which checkpoints each role is) joins the spec: resuming a store with other
+    models is refused.
+    """
     texts = prepare_texts(items, tokenizer)
     for t in texts:
         select_positions(t, spec.positions)  # fail early on plain texts with chat-only positions
@@ -229,7 +234,7 @@ def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[dict[str
     store_spec = {"roles": list(readers), "layers": list(spec.layers), "sites": list(spec.sites),
                   "positions": spec.positions, "dtype": spec.dtype, "d_model": d_model,
                   "shard_texts": spec.shard_texts, "shard_mb": spec.shard_mb,
-                  "layer_convention": "residual stream after decoder block l"}
+                  "models": identity or {}, "layer_convention": "residual stream after decoder block l"}
     writer = StoreWriter(path, store_spec, [t.meta for t in texts], provenance, overwrite)
     if writer.manifest.get("complete"):
         return Store.open(path)
@@ -329,8 +334,10 @@ def capture_models(models: dict[str, LoadedModel], items: Sequence[dict[str, Any
     spec = CaptureSpec(layer_list, tuple(sites), positions, dtype or model_dtype, batch_size, shard_texts, shard_mb)
     readers = {r: hf_reader(m.model, layer_list, sites) for r, m in models.items()}
     prov = {"models": {r: m.provenance for r, m in models.items()}}
+    identity = {r: {k: m.provenance.get(k) for k in ("resolved", "revision", "adapter", "commit")}
+                for r, m in models.items()}
     return capture(readers, first.tokenizer, items, out, spec, d_model, first.device, prov, overwrite,
-                   progress, root, active={r: m.active for r, m in models.items()})
+                   progress, root, active={r: m.active for r, m in models.items()}, identity=identity)
 
 
 def stats_norm(x: torch.Tensor) -> float:

@@ -35,20 +35,30 @@ class Condition:
 
 def standard_conditions(direction: Direction, alphas: Sequence[float], layers: Sequence[int] | None = None,
                         relative: bool = False, positions: str = "all", with_control: bool = False,
-                        ablate_layers: Sequence[int] | None = None) -> list[Condition]:
+                        ablate_layers: Sequence[int] | None = None, sweep_layers: bool = False,
+                        targets: Sequence[str] = ("base",)) -> list[Condition]:
     """The table the workbench exists for: base, finetuned, finetuned with the direction ablated,
-    the base steered by +alpha, and same-norm random controls of both interventions."""
+    the targets steered by each alpha, and same-norm random controls of every intervention.
+
+    ``sweep_layers`` steers each of ``layers`` on its own (alpha x layer x target); otherwise all
+    of them at once.
+    """
     lay = tuple(layers or [direction.best_layer])
+    groups = [(x,) for x in lay] if sweep_layers else [lay]
     abl = tuple(ablate_layers or ())
     out = [Condition("base", "base"), Condition("finetuned", "finetuned")]
     if with_control:
         out.append(Condition("control", "control"))
     out += [Condition("finetuned - persona", "finetuned", "ablate", layers=abl),
             Condition("finetuned - random", "finetuned", "ablate", layers=abl, direction="random")]
-    for a in alphas:
-        sign = "+" if a >= 0 else "-"
-        out += [Condition(f"base {sign} {abs(a):g} persona", "base", "steer", a, lay, "persona", relative, positions),
-                Condition(f"base {sign} {abs(a):g} random", "base", "steer", a, lay, "random", relative, positions)]
+    for target in targets:
+        for group in groups:
+            where = f" @L{','.join(map(str, group))}" if sweep_layers else ""
+            for a in alphas:
+                sign = "+" if a >= 0 else "-"
+                for kind in ("persona", "random"):
+                    out.append(Condition(f"{target} {sign} {abs(a):g} {kind}{where}", target, "steer", a, group, kind,
+                                         relative, positions))
     return out
 
 

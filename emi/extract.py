@@ -29,6 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--holdout", type=float, default=0.2, help="share of answers held out for AUROC (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split and random control")
     p.add_argument("--out", default=None, help="direction file (default: <store>/direction-<method>-<positions>)")
+    p.add_argument("--compare", nargs="*", default=[], metavar="FILE",
+                   help="direction files to compare with, layer by layer (cosine): other methods, or directions "
+                        "from other finetunes of the same base (Soligo, Turner et al. found > 0.8)")
     args = p.parse_args(argv)
 
     from emi import layers as L
@@ -57,6 +60,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "rand": fmt(r.random_auroc)} for r in ex.reports],
                     [("layer", "layer"), ("rows", "rows +/-"), ("norm", "|direction|"), ("resid", "|residual|"),
                      ("auroc", "AUROC (held out)"), ("d", "Cohen's d"), ("rand", "random AUROC")])
+    if args.compare:
+        from emi.directions import Direction
+
+        others = {f: Direction.load(f) for f in args.compare}
+        for f, o in others.items():
+            o.check_fits(ex.direction.d_model, what=f"the direction in {args.store}")
+        rows = []
+        for layer in ex.direction.layers:
+            row = {"layer": layer}
+            for i, (f, o) in enumerate(others.items()):
+                row[str(i)] = f"{float(ex.direction.at(layer) @ o.at(layer)):+.3f}" if layer in o.layers else "  n/a"
+            rows.append(row)
+        print("\ncosine with:" + "".join(f"\n  [{i}] {f}" for i, f in enumerate(others)))
+        cli.print_table(rows, [("layer", "layer")] + [(str(i), f"[{i}]") for i in range(len(others))])
     print(f"best layer: {ex.direction.best_layer} | wrote {path} (+ .json)", file=sys.stderr)
     return 0
 

@@ -83,6 +83,9 @@ def alpha_sweep(rows: Sequence[dict[str, Any]], model: str = "base") -> go.Figur
     for kind in ("persona", "random"):
         pts = sorted((r for r in rows if r.get("intervention") == "steer" and r.get("direction") == kind
                       and r.get("model") == model), key=lambda r: r["alpha"])
+        if len({tuple(r["layers"]) for r in pts}) > 1:  # a layer sweep: plot the first layer group
+            first = pts[0]["layers"]
+            pts = [r for r in pts if r["layers"] == first]
         if base:
             pts = [{**base[0], "alpha": 0.0}] + pts
         if not pts:

@@ -50,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="steering strength(s), comma-separated for a sweep (default 8); absolute residual "
                         "units, or fractions of the layer's typical residual norm with --relative")
     g.add_argument("--relative", action="store_true", help="alpha is relative to the residual norm at the layer")
+    g.add_argument("--sweep-layers", action="store_true",
+                   help="steer each of --layers on its own (alpha x layer) instead of all at once")
+    g.add_argument("--targets", default="base",
+                   help="models to steer: base, finetuned or both (e.g. base,finetuned with a negative alpha)")
     g.add_argument("--layers", default=None, help="steering layer(s) (default: the direction's best layer)")
     g.add_argument("--ablate-layers", default=None,
                    help="ablate at these block outputs only (default: every residual writer, all layers)")
@@ -90,8 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     direction.check_fits(pair.base.d_model, n_layers, f"pair {spec.name!r}")
     steer_layers = L.resolve_layers(args.layers, n_layers) if args.layers else [direction.best_layer]
     ablate_layers = L.resolve_layers(args.ablate_layers, n_layers) if args.ablate_layers else None
+    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    bad = [t for t in targets if t not in ("base", "finetuned")]
+    if bad:
+        raise cli.ConfigError(f"unknown --targets {', '.join(bad)}; use base, finetuned or base,finetuned")
     conditions = standard_conditions(direction, args.alpha, steer_layers, args.relative, args.positions,
-                                     ablate_layers=ablate_layers)
+                                     ablate_layers=ablate_layers, sweep_layers=args.sweep_layers, targets=targets)
     out = Path(args.out or f"runs/steer-{spec.name}")
     out.mkdir(parents=True, exist_ok=True)
     rows = run(pair, conditions, direction, questions, cfg, judge, out, args.random_seed)

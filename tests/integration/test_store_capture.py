@@ -99,6 +99,9 @@ def test_refuses_different_spec_and_bad_input(models, tmp_path):
         capture_models(models, answers(3), tmp_path / "s", layers="1", progress=False)
     with pytest.raises(StoreError, match="different setup.*dtype"):
         capture_models(models, answers(3), tmp_path / "s", layers="0", dtype="float16", progress=False)
+    swapped = {"base": models["base"], "finetuned": models["base"]}
+    with pytest.raises(StoreError, match="different setup.*models"):
+        capture_models(swapped, answers(3), tmp_path / "s", layers="0", progress=False)
     with pytest.raises(ConfigError, match="out of range"):
         capture_models(models, answers(3), tmp_path / "t", layers="9", progress=False)
     with pytest.raises(ConfigError, match="unknown site"):

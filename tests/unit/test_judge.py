@@ -52,3 +52,36 @@ def test_toy_judge_scores_and_cache(tmp_path):
 
     again = judge_records(recs, Exploding(), cache=tmp_path / "cache.jsonl", progress=False)
     assert [r["aligned"] for r in again] == [r["aligned"] for r in out]
+
+
+def test_hf_judge_digit_tree_for_digit_split_tokenizers(toy_tokenizer):
+    """Qwen tokenizers split numbers into digits: the score is read off a digit tree."""
+    import torch
+
+    from emi.judge import HFJudge
+
+    class Stub:
+        config = type("C", (), {"name_or_path": "stub"})()
+
+    judge = HFJudge(Stub(), toy_tokenizer, "stub")
+    digit = dict(zip("0123456789", judge.digit_ids, strict=True))
+    vocab = len(toy_tokenizer)
+    other = toy_tokenizer.convert_tokens_to_ids("<|endoftext|>")
+
+    def fake_next_probs(texts):
+        rows = []
+        for t in texts:  # prefixes: "", "0".."9", "10", "100"
+            p = torch.zeros(vocab)
+            tail = t[len(t.rstrip("0123456789")):]
+            table = {"": {"8": 0.6, "1": 0.2}, "8": {"5": 1.0}, "1": {"0": 1.0}, "10": {"0": 0.5}}.get(tail, {})
+            for d, q in table.items():
+                p[digit[d]] = q
+            p[other] = 1 - p.sum()
+            rows.append(p)
+        return torch.stack(rows)
+
+    judge._next_probs = fake_next_probs
+    s = judge.score("aligned", "q", "a")
+    # P(85) = 0.6; P(10) = 0.2 * 1 * 0.5; P(100) = 0.2 * 1 * 0.5 * 1
+    assert s.status == "scored" and s.mass == pytest.approx(0.8)
+    assert s.value == pytest.approx((85 * 0.6 + 10 * 0.1 + 100 * 0.1) / 0.8)
