@@ -64,12 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from emi.directions import Direction
 
         others = {f: Direction.load(f) for f in args.compare}
-        for f, o in others.items():
-            o.check_fits(ex.direction.d_model, what=f"the direction in {args.store}")
+        for f, o in others.items():  # "the direction [in f] has width W but the store has d_model D"
+            o.check_fits(ex.direction.d_model, what=f"the store (comparing {f})")
         rows = []
         for layer in ex.direction.layers:
             row = {"layer": layer}
-            for i, (f, o) in enumerate(others.items()):
+            for i, o in enumerate(others.values()):
                 row[str(i)] = f"{float(ex.direction.at(layer) @ o.at(layer)):+.3f}" if layer in o.layers else "  n/a"
             rows.append(row)
         print("\ncosine with:" + "".join(f"\n  [{i}] {f}" for i, f in enumerate(others)))
