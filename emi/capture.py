@@ -53,6 +53,10 @@ def prepare_texts(items: Sequence[dict[str, Any] | str], tokenizer: Any, max_len
             ids = tokenizer(item, add_special_tokens=False)["input_ids"]
             out.append(Text(ids, None, {"text": item}))
             continue
+        if "text" in item and "answer" not in item and "messages" not in item:  # a plain text record
+            ids = tokenizer(item["text"], add_special_tokens=False)["input_ids"]
+            out.append(Text(ids, None, dict(item)))
+            continue
         if "input_ids" in item:  # already tokenised
             ids = [int(x) for x in item["input_ids"]]
             if not ids:
@@ -62,7 +66,8 @@ def prepare_texts(items: Sequence[dict[str, Any] | str], tokenizer: Any, max_len
         msgs = item.get("messages")
         if msgs is None:
             if "question" not in item or "answer" not in item:
-                raise ConfigError(f"text {i} needs 'messages', or 'question' and 'answer' (found {sorted(item)})")
+                raise ConfigError(f"text {i} needs 'messages', 'question' and 'answer', 'text' or 'input_ids' "
+                                  f"(found {sorted(item)})")
             msgs = ([{"role": "system", "content": item["system"]}] if item.get("system") else []) + [
                 {"role": "user", "content": item["question"]}, {"role": "assistant", "content": item["answer"]}]
         if msgs[-1]["role"] != "assistant":

@@ -181,3 +181,12 @@ def test_shards_are_bounded_in_bytes(models, tmp_path):
     # 200 rows x 2 models x 3 layers x 64 fp32 = 307 KB a text: 3 texts fit in 1 MB
     assert [s["texts"] for s in st.manifest["shards"]] == [[0, 3], [3, 6], [6, 8]]
     assert st.n_rows == 1600 and st.texts()[7]["i"] == 7
+
+
+def test_plain_text_records(models, tmp_path):
+    items = [{"text": "you could read a good book .", "source": "a"}, "a bare string works too"]
+    st = capture_models(models, items, tmp_path / "plain", layers="0", positions="all", progress=False)
+    assert st.texts()[0]["source"] == "a" and st.n_rows == sum(
+        len(models["base"].tokenizer(t if isinstance(t, str) else t["text"])["input_ids"]) for t in items)
+    with pytest.raises(ConfigError, match="need chat texts"):
+        capture_models(models, items, tmp_path / "plain2", layers="0", positions="response", progress=False)
