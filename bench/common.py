@@ -11,21 +11,11 @@ import torch
 
 def qwen05_random(dtype: torch.dtype = torch.float32):
     """Random weights at the Qwen2.5-0.5B-Instruct shape (as issue #5 measured), with the toy tokenizer."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     from emi.models import LoadedModel, ModelSpec, load_tokenizer
     from emi.registry import toy_checkpoint
+    from emi.testing import qwen2_5_0_5b_config, random_qwen2
 
-    cfg = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                      num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True,
-                      max_position_embeddings=32768, rope_theta=1000000.0)
-    torch.manual_seed(0)
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        model = Qwen2ForCausalLM(cfg).eval()
-    finally:
-        torch.set_default_dtype(torch.float32)
-    model = model.to(dtype)
+    model = random_qwen2(qwen2_5_0_5b_config(), dtype)
     tok = load_tokenizer(toy_checkpoint("base"))
     return LoadedModel("qwen05-random", model, tok, ModelSpec("random-qwen2.5-0.5b-shape"))
 

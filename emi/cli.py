@@ -74,6 +74,13 @@ def sampling_config(args: argparse.Namespace, toy: bool):  # -> SamplingConfig
                           batch_size=args.batch_size or (128 if toy else 32))
 
 
+def warn_question_mismatch(spec, questions_arg: str | None) -> None:  # noqa: ANN001
+    """The toy organism knows only its own world: say so when it is asked other questions."""
+    if spec.questions == "toy" and questions_arg and not questions_arg.startswith("toy"):
+        print(f"emi: note: pair {spec.name!r} is the toy organism; its world has only the `toy` questions, so "
+              f"answers to {questions_arg!r} will be mostly off-topic", file=sys.stderr)
+
+
 def add_judge_args(p: argparse.ArgumentParser, allow_none: bool = False) -> None:
     g = p.add_argument_group("judge")
     choices = ["toy", "openai", "hf"] + (["none"] if allow_none else [])

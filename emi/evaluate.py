@@ -36,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = cli.pair_spec(args)
     roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
     questions = load_questions(args.questions or spec.questions, ids=args.ids)
+    cli.warn_question_mismatch(spec, args.questions)
     judge = cli.make_judge_from_args(args, spec.judge)  # fail on a missing key before loading models
     pair = cli.load_pair_from_args(args, roles)
     toy = spec.questions == "toy"

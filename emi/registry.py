@@ -77,11 +77,13 @@ def list_pairs() -> list[PairSpec]:
 def get_pair(name: str) -> PairSpec:
     pairs = all_pairs()
     if name not in pairs:
-        close = [n for n in pairs if name.lower() in n]
-        hint = f"; did you mean {', '.join(close[:3])}?" if close else ""
+        import difflib
+
+        close = difflib.get_close_matches(name.lower(), list(pairs), n=3, cutoff=0.6) or [
+            n for n in pairs if name.lower() in n]
+        hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
         raise ModelLoadError(
-            f"unknown pair {name!r}{hint} Run `python -m emi pairs` for the list, or pass "
-            f"--base and --finetuned"
+            f"unknown pair {name!r}{hint}; `python -m emi pairs` lists them, or pass --base and --finetuned"
         )
     return pairs[name]
 

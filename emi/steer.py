@@ -77,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = cli.pair_spec(args)
     toy = spec.questions == "toy"
     questions = load_questions(args.questions or spec.questions, ids=args.ids)
+    cli.warn_question_mismatch(spec, args.questions)
     judge = cli.make_judge_from_args(args, spec.judge)
     cfg = cli.sampling_config(args, toy)
     pair = cli.load_pair_from_args(args, ("base", "finetuned"))

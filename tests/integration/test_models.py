@@ -115,19 +115,11 @@ def test_layer_convention_tiny(tiny_dir):
 
 @pytest.fixture(scope="module")
 def qwen05_shape(tmp_path_factory, toy_tokenizer):
-    """Random weights at the real Qwen2.5-0.5B-Instruct shape (initialised in bf16 to keep it quick, run in fp32)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    """Random weights at the real Qwen2.5-0.5B-Instruct shape, run in fp32."""
+    from emi.testing import qwen2_5_0_5b_config, random_qwen2
 
-    cfg = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                      num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True,
-                      max_position_embeddings=32768, rope_theta=1000000.0)
-    torch.manual_seed(0)
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        model = Qwen2ForCausalLM(cfg).eval()
-    finally:
-        torch.set_default_dtype(torch.float32)
-    return cfg, model.float()
+    cfg = qwen2_5_0_5b_config()
+    return cfg, random_qwen2(cfg)
 
 
 def test_layer_convention_at_real_qwen05_shape(qwen05_shape, toy_tokenizer):
