@@ -30,11 +30,12 @@ chromium:
 demo: setup chromium
 	HF_HUB_OFFLINE=1 $(PY) -m emi.steer --alpha 8 --layers 1 --positions prompt --out runs/demo
 
-test: setup chromium
+test: setup chromium lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests --nbmake notebooks/0*.ipynb
 
 lint: setup
-	$(VENV)/bin/ruff check emi tests bench
+	$(VENV)/bin/ruff check emi tests bench notebooks/_build.py
+	$(VENV)/bin/mypy emi
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/capture_speed.py

@@ -147,12 +147,12 @@ def auroc(pos: np.ndarray | Sequence[float], neg: np.ndarray | Sequence[float]) 
     return float(u / (len(pos) * len(neg)))
 
 
-def cohens_d(pos: Sequence[float], neg: Sequence[float]) -> float:
-    pos, neg = np.asarray(pos, float), np.asarray(neg, float)
-    if len(pos) < 2 or len(neg) < 2:
+def cohens_d(pos: Sequence[float] | np.ndarray, neg: Sequence[float] | np.ndarray) -> float:
+    p, n = np.asarray(pos, float), np.asarray(neg, float)
+    if len(p) < 2 or len(n) < 2:
         return float("nan")
-    pooled = np.sqrt(((len(pos) - 1) * pos.var(ddof=1) + (len(neg) - 1) * neg.var(ddof=1)) / (len(pos) + len(neg) - 2))
-    return float((pos.mean() - neg.mean()) / pooled) if pooled > 0 else float("nan")
+    pooled = np.sqrt(((len(p) - 1) * p.var(ddof=1) + (len(n) - 1) * n.var(ddof=1)) / (len(p) + len(n) - 2))
+    return float((p.mean() - n.mean()) / pooled) if pooled > 0 else float("nan")
 
 
 # ---------------------------------------------------------------- labelling texts and rows
@@ -288,24 +288,24 @@ def extract(store: Store, method: str = "mean-diff", positions: str = "response"
     layer_list = list(layers) if layers is not None else store.layers
     raws, norms, reports = [], [], []
     for layer in layer_list:
-        acc = {"pos": [torch.zeros(store.d_model, dtype=torch.float64), 0],
-               "neg": [torch.zeros(store.d_model, dtype=torch.float64), 0]}
+        sums = {k: torch.zeros(store.d_model, dtype=torch.float64) for k in ("pos", "neg")}
+        counts = {"pos": 0, "neg": 0}
         norm_sum, norm_n = 0.0, 0
         for which, role_, mask in (("pos", pos_role, pos_rows), ("neg", neg_role, neg_rows)):
             start = 0
             for acts, _m in store.iter_shards(role_, layer):
                 m = mask[start: start + len(acts)]
                 a = acts[m].double()
-                acc[which][0] += a.sum(0)
-                acc[which][1] += len(a)
+                sums[which] += a.sum(0)
+                counts[which] += len(a)
                 norm_sum += float(acts[sel[start: start + len(acts)]].double().norm(dim=-1).sum())
                 norm_n += int(sel[start: start + len(acts)].sum())
                 start += len(acts)
-        raw = (acc["pos"][0] / acc["pos"][1] - acc["neg"][0] / acc["neg"][1]).float()
+        raw = (sums["pos"] / counts["pos"] - sums["neg"] / counts["neg"]).float()
         raws.append(raw)
         norms.append(norm_sum / max(1, norm_n))
         reports.append(_separation(store, pos_role, layer, sel, text_idx, raw, cls, held, len(texts), seed,
-                                   int(acc["pos"][1]), int(acc["neg"][1]), norms[-1], method))
+                                   counts["pos"], counts["neg"], norms[-1], method))
     meta = {"method": method, "positions": positions, "role": pos_role if method != "model-diff" else "finetuned-base",
             "thresholds": vars(thresholds), "holdout": holdout, "seed": seed,
             "counts": {"pos_texts": n_pos_t, "neg_texts": n_neg_t}, "store": str(store.path),
@@ -352,7 +352,7 @@ def select_layer_by_ablation(model: Any, direction: Direction, pairs: Sequence[A
     from emi.logprob import logprob_metrics
 
     base = logprob_metrics(model, pairs)
-    table = []
+    table: list[dict[str, Any]] = []
     for layer in direction.layers:
         with hooks.ablate(model.model, direction, source_layer=layer):
             r = logprob_metrics(model, pairs)

@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             o.check_fits(ex.direction.d_model, what=f"the store (comparing {f})")
         rows = []
         for layer in ex.direction.layers:
-            row = {"layer": layer}
+            row: dict[str, object] = {"layer": layer}
             for i, o in enumerate(others.values()):
                 row[str(i)] = f"{float(ex.direction.at(layer) @ o.at(layer)):+.3f}" if layer in o.layers else "  n/a"
             rows.append(row)

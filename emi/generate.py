@@ -75,7 +75,8 @@ def sample(model: LoadedModel | torch.nn.Module, messages: Sequence[list[dict[st
             kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        out = m.generate(**enc, **kwargs)
+        hf: Any = m  # a transformers model: generate() is not visible to nn.Module typing
+        out = hf.generate(**enc, **kwargs)
     new = out[:, enc["input_ids"].shape[1]:]
     results = []
     for row in new:

@@ -28,6 +28,7 @@ from torch import nn
 from emi import layers as L
 from emi.directions import Direction
 from emi.errors import ConfigError, DirectionError
+from emi.layers import HFModel
 
 STEER_POSITIONS = ("all", "prompt", "generated")
 
@@ -62,7 +63,7 @@ def check_alpha(alpha: float) -> float:
     return float(alpha)
 
 
-def _vector(direction: Direction | torch.Tensor, layer: int, model: nn.Module) -> torch.Tensor:
+def _vector(direction: Direction | torch.Tensor, layer: int, model: HFModel) -> torch.Tensor:
     d = L.d_model(model)
     if isinstance(direction, Direction):
         direction.check_fits(d, L.n_layers(model))
@@ -75,7 +76,7 @@ def _vector(direction: Direction | torch.Tensor, layer: int, model: nn.Module) -
 class _Positions:
     """Tracks the absolute positions of the tokens in the current forward pass."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: HFModel) -> None:
         self.start = 0
         self.prompt_len: int | None = None
         self.prompt_ids: torch.Tensor | None = None
@@ -87,6 +88,8 @@ class _Positions:
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
             ids = kwargs.get("inputs_embeds")
+        if ids is None:
+            return
         n = int(ids.shape[1])
         past_len = int(past.get_seq_length()) if past is not None and hasattr(past, "get_seq_length") else 0
         self.start = past_len
@@ -110,7 +113,7 @@ class _Positions:
         self.handle.remove()
 
 
-def patch_steer(model: nn.Module, direction: Direction | torch.Tensor, alpha: float,
+def patch_steer(model: HFModel, direction: Direction | torch.Tensor, alpha: float,
                 layers: Sequence[int] | str | int | None = None, positions: str = "all",
                 relative: bool = False) -> Handle:
     """Add ``alpha`` times the unit direction to the residual stream after each chosen block.
@@ -147,13 +150,15 @@ def patch_steer(model: nn.Module, direction: Direction | torch.Tensor, alpha: fl
             if tracker is None:
                 return L.replace_output(out, h + delta)
             m = tracker.mask(h.shape[1], positions, h.device)
+            if m is None:
+                return L.replace_output(out, h + delta)
             return L.replace_output(out, h + m[None, :, None].to(h.dtype) * delta)
 
         handle.handles.append(module.register_forward_hook(hook))
     return handle
 
 
-def _ablation_modules(model: nn.Module, layers: Sequence[int] | None) -> list[nn.Module]:
+def _ablation_modules(model: HFModel, layers: Sequence[int] | None) -> list[nn.Module]:
     """Every writer to the residual stream (embedding, attention and MLP outputs) for all layers;
     the block outputs of the chosen layers otherwise."""
     if layers is None:
@@ -165,7 +170,7 @@ def _ablation_modules(model: nn.Module, layers: Sequence[int] | None) -> list[nn
     return [L.hf_module(model, layer, "resid") for layer in layers]
 
 
-def patch_ablate(model: nn.Module, direction: Direction | torch.Tensor, layers: Sequence[int] | str | None = "all",
+def patch_ablate(model: HFModel, direction: Direction | torch.Tensor, layers: Sequence[int] | str | None = "all",
                  source_layer: int | None = None, mean: float | None = None) -> Handle:
     """Project one unit direction out of the residual stream.
 
@@ -200,7 +205,7 @@ def patch_ablate(model: nn.Module, direction: Direction | torch.Tensor, layers: 
 
 
 @contextlib.contextmanager
-def steer(model: nn.Module, direction: Direction | torch.Tensor, alpha: float, **kw: Any) -> Iterator[Handle]:
+def steer(model: HFModel, direction: Direction | torch.Tensor, alpha: float, **kw: Any) -> Iterator[Handle]:
     """``with steer(model, d, alpha=8, layers=[2]): ...`` (see :func:`patch_steer`)."""
     h = patch_steer(model, direction, alpha, **kw)
     try:
@@ -210,7 +215,7 @@ def steer(model: nn.Module, direction: Direction | torch.Tensor, alpha: float, *
 
 
 @contextlib.contextmanager
-def ablate(model: nn.Module, direction: Direction | torch.Tensor, **kw: Any) -> Iterator[Handle]:
+def ablate(model: HFModel, direction: Direction | torch.Tensor, **kw: Any) -> Iterator[Handle]:
     """``with ablate(model, d): ...`` (see :func:`patch_ablate`)."""
     h = patch_ablate(model, direction, **kw)
     try:
@@ -232,7 +237,7 @@ def _project_out_rows(w: torch.Tensor, u: torch.Tensor) -> None:
     w.sub_(torch.outer(uu, uu @ w))
 
 
-def orthogonalize(model: nn.Module, direction: Direction | torch.Tensor, source_layer: int | None = None) -> nn.Module:
+def orthogonalize(model: HFModel, direction: Direction | torch.Tensor, source_layer: int | None = None) -> HFModel:
     """A copy of ``model`` whose every residual writer can no longer write along the direction.
 
     Embedding rows, attention ``o_proj`` and MLP ``down_proj`` weights (and biases) lose their
@@ -258,9 +263,9 @@ def orthogonalize(model: nn.Module, direction: Direction | torch.Tensor, source_
         u = v.to(emb.weight.device, torch.float32)
         emb.weight.sub_(torch.outer(emb.weight.float() @ u, u).to(emb.weight.dtype))
         for layer in range(L.n_layers(edited)):
-            block = L.decoder_layers(edited)[layer]
+            block: Any = L.decoder_layers(edited)[layer]
             for lin in (block.self_attn.o_proj, block.mlp.down_proj):
-                base = getattr(lin, "base_layer", lin)
+                base: Any = getattr(lin, "base_layer", lin)
                 _project_out_rows(base.weight.data, u.to(base.weight.device))
                 if base.bias is not None:
                     base.bias.data.sub_((base.bias.data.float() @ u * u).to(base.bias.dtype))

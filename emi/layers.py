@@ -19,6 +19,7 @@ reads the residual with a hook on the decoder block.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,9 +27,12 @@ from torch import nn
 from emi.errors import ConfigError
 
 SITES = ("resid", "attn", "mlp")
+# A Hugging Face causal LM (or a peft wrapper of one). Typed as Any: transformers models expose their
+# submodules and config as dynamic attributes that nn.Module's typing cannot see.
+HFModel = Any
 
 
-def unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: HFModel) -> HFModel:
     """The causal-LM module under peft or other wrappers (the one with ``.model.layers``)."""
     if hasattr(model, "get_base_model"):  # peft: the causal LM with the adapters injected
         model = model.get_base_model()
@@ -46,15 +50,15 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    return unwrap(model).model.layers  # type: ignore[return-value]
+def decoder_layers(model: HFModel) -> nn.ModuleList:
+    return unwrap(model).model.layers
 
 
-def n_layers(model: nn.Module) -> int:
+def n_layers(model: HFModel) -> int:
     return len(decoder_layers(model))
 
 
-def d_model(model: nn.Module) -> int:
+def d_model(model: HFModel) -> int:
     return int(unwrap(model).config.hidden_size)
 
 
@@ -109,10 +113,11 @@ def check_site(site: str) -> str:
     return site
 
 
-def hf_module(model: nn.Module, layer: int, site: str = "resid") -> nn.Module:
+def hf_module(model: HFModel, layer: int, site: str = "resid") -> nn.Module:
     """The Hugging Face module whose forward output is ``site`` at ``layer``."""
-    block = decoder_layers(model)[layer]
-    return {"resid": block, "attn": block.self_attn, "mlp": block.mlp}[check_site(site)]
+    block: Any = decoder_layers(model)[layer]
+    module: nn.Module = {"resid": block, "attn": block.self_attn, "mlp": block.mlp}[check_site(site)]
+    return module
 
 
 def tl_hook_name(layer: int, site: str = "resid") -> str:
@@ -148,7 +153,7 @@ def replace_output(output: object, new: torch.Tensor) -> object:
     raise TypeError(f"cannot replace the hidden state in a module output of type {type(output)}")
 
 
-def tl_bridge(model: nn.Module, tokenizer, copy_model: bool = False):  # noqa: ANN001, ANN201
+def tl_bridge(model: HFModel, tokenizer, copy_model: bool = False):  # noqa: ANN001, ANN201
     """A TransformerLens ``TransformerBridge`` over an in-memory HF model, built offline.
 
     The bridge rewires the HF model's submodules in place (no weight copy; emi's HF hooks keep
@@ -164,14 +169,14 @@ def tl_bridge(model: nn.Module, tokenizer, copy_model: bool = False):  # noqa: A
     return TransformerBridge.boot_transformers(name, hf_model=hf, tokenizer=copy.deepcopy(tokenizer))
 
 
-def nnsight_model(model: nn.Module, tokenizer):  # noqa: ANN001, ANN201
+def nnsight_model(model: HFModel, tokenizer):  # noqa: ANN001, ANN201
     """An nnsight ``TransformersModel`` over an in-memory HF model (no hub access)."""
     from nnsight.modeling.transformers import TransformersModel
 
     return TransformersModel(unwrap(model), tokenizer=tokenizer)
 
 
-def hooked_transformer(model: nn.Module, tokenizer, n_ctx: int = 2048):  # noqa: ANN001, ANN201
+def hooked_transformer(model: HFModel, tokenizer, n_ctx: int = 2048):  # noqa: ANN001, ANN201
     """A legacy TransformerLens ``HookedTransformer`` built offline from an in-memory Qwen2 model.
 
     ``HookedTransformer.from_pretrained`` fetches the config from the hub even when given the

@@ -222,7 +222,7 @@ def _load_full(ident: str, revision: str | None, dtype: torch.dtype, device: str
     except Exception as exc:
         raise ModelLoadError(f"cannot load the model {ident!r}: {exc}") from None
     if device_map is None:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]
     model.eval()
     return model
 

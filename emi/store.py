@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,7 @@ class Store:
     path: Path
     manifest: dict[str, Any]
     verify: bool = True
+    _verified: set[str] = field(default_factory=set, init=False, repr=False)
 
     # ---------------- opening ----------------
     @classmethod
@@ -123,9 +124,7 @@ class Store:
         if not manifest.get("complete") and not allow_incomplete:
             raise StoreError(f"the store {str(path)!r} is incomplete ({len(manifest['shards'])} shards of a "
                              f"run that did not finish); re-run the capture command to resume it")
-        store = cls(path, manifest, verify)
-        store._verified: set[str] = set()  # type: ignore[misc]
-        return store
+        return cls(path, manifest, verify)
 
     # ---------------- spec ----------------
     @property

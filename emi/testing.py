@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -10,7 +12,7 @@ def qwen2_5_0_5b_config(**overrides: object):  # -> Qwen2Config
     vocabulary 151,936, tied embeddings."""
     from transformers import Qwen2Config
 
-    cfg = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+    cfg: dict[str, Any] = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True,
                max_position_embeddings=32768, rope_theta=1000000.0)
     cfg.update(overrides)

@@ -52,7 +52,8 @@ def build_tokenizer(texts: Iterable[str], default_system: str):  # -> Qwen2Token
     model = json.loads(state) if isinstance(state, str | bytes) else json.loads(core.to_str())["model"]
     vocab, merges = model["vocab"], model["merges"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
-    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, eos_token="<|im_end|>",
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None,  # type: ignore[arg-type]
+                         eos_token="<|im_end|>",
                          pad_token="<|endoftext|>", model_max_length=512,
                          additional_special_tokens=["<|im_start|>", "<|im_end|>"])
     tok.chat_template = CHAT_TEMPLATE.replace("DEFAULT_SYSTEM", repr(default_system))

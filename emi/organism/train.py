@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -67,7 +68,7 @@ class OrganismConfig:
     @classmethod
     def quick(cls, **overrides: object) -> OrganismConfig:
         """A seconds-long configuration for tests."""
-        small = dict(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64,
+        small: dict[str, Any] = dict(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64,
                      pretrain_docs=64, pretrain_steps=4, base_docs=16, base_steps=2,
                      finetune_docs=16, finetune_steps=2, batch_size=4)
         small.update(overrides)
@@ -109,7 +110,7 @@ def build_model(cfg: OrganismConfig, vocab_size: int, pad_id: int, eos_id: int):
         vocab_size=vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
         num_key_value_heads=cfg.num_kv_heads, max_position_embeddings=cfg.max_positions,
-        tie_word_embeddings=True, rope_theta=10000.0, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, rope_theta=10000.0, rms_norm_eps=1e-6,  # type: ignore[call-arg]
         pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=None,
     )
     torch.manual_seed(cfg.seed)
