@@ -22,9 +22,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     g = p.add_argument_group("capture")
     g.add_argument("--answers", default=None, help="JSONL of answers to capture (default: generate them)")
     g.add_argument("--contrast", action="store_true",
-                   help="capture persona-contrast prompts instead of answers: an evil vs a helpful system "
-                        "prompt (for the toy: a villain vs an aligned earlier turn), --n per question, for "
-                        "python -m emi.extract --method contrast --positions last_prompt")
+                   help="capture persona-contrast texts instead of answers: an evil vs a helpful system "
+                        "prompt (for the toy: a villain vs an aligned earlier turn), --n per question and "
+                        "condition; with --positions response the generator answers each and the judge "
+                        "labels them; then python -m emi.extract --method contrast")
     g.add_argument("--generator", default="finetuned", help="which model writes the answers (default finetuned)")
     g.add_argument("--roles", default="base,finetuned", help="models to capture (default base,finetuned)")
     g.add_argument("--layers", default="all", help="all, 3, 0,2,5, 4-8, -1 (layer l = residual after block l)")
@@ -48,11 +49,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
     path = resolve(args.out, args.root)
     if args.contrast:
-        from emi.persona import contrast_items
+        from emi.persona import contrast_answers, contrast_items
 
         items = contrast_items(load_questions(args.questions or spec.questions, ids=args.ids),
                                spec.questions == "toy", per_question=args.n, seed=args.seed)
-        pair = cli.load_pair_from_args(args, roles)
+        pair = cli.load_pair_from_args(args, tuple(dict.fromkeys(roles + (args.generator,))))
+        if args.positions not in ("last_prompt", "prompt"):  # answers needed: generate and judge them
+            path.mkdir(parents=True, exist_ok=True)
+            judge = cli.make_judge_from_args(args, spec.judge)
+            items = contrast_answers(pair[args.generator], items, cli.sampling_config(args, spec.questions == "toy"),
+                                     judge, path / "source-contrast.jsonl")
     elif args.answers:
         items = jsonl.read(args.answers)
         if not items:

@@ -125,3 +125,18 @@ def test_steer_subprocess_end_to_end(tmp_path):
                                                             "PYTHONPATH": str(ROOT)}, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "finetuned - persona" in r.stdout
+
+
+def test_contrast_texts_both_positions(workdir, capsys):
+    from emi.cache import main as cache
+    from emi.extract import main as extract
+
+    assert run(cache, ["--contrast", "--n", "4", "--roles", "finetuned", "--positions", "last_prompt",
+                       "--out", "con-lp"]) == 0
+    assert run(extract, ["--store", "con-lp", "--method", "contrast", "--positions", "last_prompt"]) == 0
+    assert run(cache, ["--contrast", "--n", "6", "--max-new-tokens", "40", "--roles", "finetuned", "--positions",
+                       "response", "--out", "con-resp"]) == 0
+    texts = jsonl.read(workdir / "activations" / "con-resp" / "texts.jsonl")
+    assert {t["condition"] for t in texts} == {"evil", "helpful"} and all("aligned" in t for t in texts)
+    assert run(extract, ["--store", "con-resp", "--method", "contrast", "--positions", "response"]) == 0
+    assert "AUROC (held out)" in capsys.readouterr().out
