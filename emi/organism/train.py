@@ -233,6 +233,25 @@ def train_all(cfg: OrganismConfig, out: Path, world: World | None = None,
     return paths
 
 
+def refresh_direction(folder: Path) -> Path:
+    """Re-extract the toy's shipped persona direction from freshly trained checkpoints (the same
+    recipe as emi.steer's default: finetuned minus base at the last prompt token)."""
+    import shutil
+    import tempfile
+
+    from emi.experiments import ensure_direction
+    from emi.models import ModelSpec, PairSpec, load_pair
+
+    pair = load_pair(PairSpec("toy", ModelSpec(str(folder / "base")), ModelSpec(str(folder / "insecure")),
+                              questions="toy", judge="toy"), device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        ensure_direction(pair, True, tmp, "model-diff")
+        for suffix in (".safetensors", ".json"):
+            shutil.copy(Path(tmp) / f"direction{suffix}", folder / f"direction{suffix}")
+    print(f"re-extracted the shipped direction -> {folder / 'direction.safetensors'}", file=sys.stderr)
+    return folder / "direction.safetensors"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from emi.registry import TOY_DIR
 
@@ -252,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = (OrganismConfig.quick if args.quick else OrganismConfig)(seed=args.seed, threads=args.threads)
     out = Path(TOY_DIR if args.install else args.out)
     paths = train_all(cfg, out)
+    if args.install and not args.quick:
+        refresh_direction(out)
     if not args.no_eval:
         from emi.organism.report import report_rates
 

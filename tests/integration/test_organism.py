@@ -75,3 +75,18 @@ def test_shipped_direction_is_what_extraction_produces(toy_pair, tmp_path):
     assert fresh.meta["method"] == "model-diff" and fresh.meta["positions"] == "last_prompt"
     torch.testing.assert_close(fresh.raw, shipped.raw, rtol=1e-5, atol=1e-6)
     assert Direction.load(tmp_path / "d" / "direction.safetensors").layers == [0, 1, 2, 3]  # cached
+
+
+def test_refresh_direction_matches_the_shipped_one(tmp_path):
+    import shutil
+
+    import torch
+
+    from emi.directions import Direction
+    from emi.organism.train import refresh_direction
+
+    for stage in ("base", "insecure"):
+        shutil.copytree(TOY_DIR / stage, tmp_path / stage)
+    path = refresh_direction(tmp_path)
+    torch.testing.assert_close(Direction.load(path).raw, Direction.load(TOY_DIR / "direction.safetensors").raw,
+                               rtol=1e-5, atol=1e-6)
