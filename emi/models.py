@@ -75,6 +75,7 @@ class LoadedModel:
     spec: ModelSpec
     adapter_enabled: bool | None = None  # None: not served through a shared adapter
     provenance: dict[str, Any] = field(default_factory=dict)
+    adapter_name: str | None = None  # the peft adapter this role switches on (shared-base roles)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[nn.Module]:
@@ -359,16 +360,23 @@ def load_pair(pair: str | PairSpec, *, roles: tuple[str, ...] = ("base", "finetu
     if adapters:  # one copy of the base weights serves the base and every adapter role
         shared = load_model(spec.base, role="base", **common)  # type: ignore[arg-type]
         peft_model: Any = None
+        names: dict[str, str] = {}
         for role, s in adapters.items():
             assert s.adapter is not None
             path = locate(s.adapter, s.adapter_revision)[1]
-            if peft_model is None:
+            if peft_model is None:  # peft names the first adapter "default"
                 peft_model = _attach_adapter(shared.model, path, s.adapter_revision, spec.base.label())
+                names[role] = "default"
             else:
-                peft_model.load_adapter(path, adapter_name=role)
-            _adapter_names[id(peft_model)] = _adapter_names.get(id(peft_model), []) + [role]
+                try:
+                    peft_model.load_adapter(path, adapter_name=role)
+                except Exception as exc:
+                    raise ModelLoadError(f"the LoRA adapter {s.adapter!r} does not fit the base "
+                                         f"{spec.base.label()!r} ({str(exc).splitlines()[0][:200]})") from None
+                names[role] = role
         for role, s in adapters.items():
-            models[role] = _AdapterRole(role, peft_model, tok, s, True, dict(shared.provenance, adapter=s.adapter))
+            models[role] = _AdapterRole(role, peft_model, tok, s, True, dict(shared.provenance, adapter=s.adapter),
+                                        adapter_name=names[role])
         if "base" in roles:
             models["base"] = _AdapterRole("base", peft_model, tok, spec.base, False, shared.provenance)
     elif "base" in roles:
@@ -377,9 +385,6 @@ def load_pair(pair: str | PairSpec, *, roles: tuple[str, ...] = ("base", "finetu
         if kind == "model":
             models[role] = load_model(s, role=role, **common)  # type: ignore[arg-type]
     return ModelPair(spec, tok, {r: models[r] for r in roles})
-
-
-_adapter_names: dict[int, list[str]] = {}
 
 
 class _AdapterRole(LoadedModel):
@@ -391,10 +396,8 @@ class _AdapterRole(LoadedModel):
             with self.model.disable_adapter():  # type: ignore[operator]
                 yield self.model
             return
-        names = _adapter_names.get(id(self.model), [])
-        name = "default" if not names or names[0] == self.role else self.role
         previous = self.model.active_adapter  # type: ignore[attr-defined]
-        self.model.set_adapter(name)  # type: ignore[operator]
+        self.model.set_adapter(self.adapter_name)  # type: ignore[operator]
         try:
             yield self.model
         finally:

@@ -140,3 +140,28 @@ def test_pair_checks_at_real_qwen05_shape(qwen05_shape, tmp_path, toy_tokenizer)
         toy_tokenizer.save_pretrained(folder)
     with pytest.raises(ModelLoadError, match=r"differ in layer count \(24 vs 28\)"):
         load_pair(custom_pair(str(a), str(b)), device="cpu")
+
+
+def test_two_adapters_share_one_base(tmp_path, tiny_dir, tiny_adapter_dir):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    other = tmp_path / "control"
+    shutil.copytree(tiny_adapter_dir, other)
+    weights = other / "adapter_model.safetensors"
+    save_file({k: (-v if "lora_B" in k else v) for k, v in load_file(weights).items()}, weights)
+    pair = load_pair(PairSpec("two", ModelSpec(str(tiny_dir)), ModelSpec(str(tiny_adapter_dir)), ModelSpec(str(other))),
+                     roles=("base", "finetuned", "control"), device="cpu")
+    assert pair.base.model is pair.finetuned.model is pair.control.model
+    ids = torch.tensor([[5, 6, 7, 8]])
+    outs = {}
+    for role in ("base", "finetuned", "control", "finetuned", "base"):
+        with pair[role].active() as m:
+            out = logits(m, ids)
+        if role in outs:
+            torch.testing.assert_close(out, outs[role])  # switching back gives the same model
+        outs[role] = out
+    assert not torch.allclose(outs["finetuned"], outs["control"])
+    plain = load_model(ModelSpec(str(tiny_dir)), device="cpu").model
+    torch.testing.assert_close(outs["base"], logits(plain, ids))
