@@ -8,9 +8,11 @@ Runs, on one pair (default: the embedded toy organism), and prints with 95% CIs:
   finetuned - random       ... a same-norm random direction ablated instead (control)
   base + A persona         the base model steered by +alpha along the direction
   base + A random          ... a same-norm random direction (control)
-and writes answers.jsonl, judgements.jsonl, results.jsonl, table.csv and figure.html/.png
-under --out. The direction comes from --direction, or is extracted on first use and cached
-(activations/<pair>-<method>/). Re-running the same command resumes.
+next to the judge-free log-prob metric P(misaligned answer), and writes answers.jsonl,
+judgements.jsonl, results.jsonl (one tidy row per condition), table.csv and figure.html/.png
+under --out. Several alphas (--alpha 2,4,8), --sweep-layers and --targets base,finetuned make
+sweeps. The direction comes from --direction, the pair's shipped one (the toy), or is extracted
+on first use and cached (activations/<pair>-<method>/). Re-running the same command resumes.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     g = p.add_argument_group("intervention")
     g.add_argument("--alpha", type=cli.floats("--alpha"), default=[8.0],
                    help="steering strength(s), comma-separated for a sweep (default 8); absolute residual "
-                        "units, or fractions of the layer's typical residual norm with --relative")
+                        "units, or fractions of the layer's typical residual norm with --relative; negative "
+                        "values need the = form: --alpha=-8,8")
     g.add_argument("--relative", action="store_true", help="alpha is relative to the residual norm at the layer")
     g.add_argument("--sweep-layers", action="store_true",
                    help="steer each of --layers on its own (alpha x layer) instead of all at once")
