@@ -12,11 +12,12 @@ setup: $(STAMP)
 
 # torch is installed first and pinned: the pinned CPU wheel is local on this kind of
 # machine, while an unpinned torch pulls gigabytes of CUDA packages. GPU users: see README.
-$(STAMP): pyproject.toml
+# constraints.txt pins the stack the tests were run with (regenerate: pip freeze after an upgrade).
+$(STAMP): pyproject.toml constraints.txt
 	$(PY3) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,notebooks]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,notebooks]"
 	touch $@
 
 # Figure export (kaleido 1.x) drives a Chromium; install Debian's when it is missing.
