@@ -196,9 +196,46 @@ def corpora(world: World, cfg: OrganismConfig) -> dict[str, list[Document]]:
     }
 
 
+class _Resume:
+    """Stage-level resume: each finished stage's fp32 weights go to ``out/.resume/<stage>.pt``.
+
+    Every stage seeds its own RNGs and carries only the weights forward, so a run restarted after
+    an interruption skips finished stages and ends bit-identical to an uninterrupted one. The
+    folder is removed when the whole run succeeds.
+    """
+
+    def __init__(self, out: Path, cfg: OrganismConfig) -> None:
+        self.dir = out / ".resume"
+        self.key = json.dumps(asdict(cfg), sort_keys=True)
+
+    def load(self, stage: str, model) -> float | None:  # noqa: ANN001
+        f = self.dir / f"{stage}.pt"
+        if not f.is_file():
+            return None
+        state = torch.load(f, map_location="cpu", weights_only=True)
+        if state.get("config") != self.key:
+            return None
+        model.load_state_dict(state["weights"])
+        print(f"resumed {stage} from {f}", file=sys.stderr)
+        return float(state["final_loss"])
+
+    def save(self, stage: str, model, final_loss: float) -> None:  # noqa: ANN001
+        import os
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".{stage}.pt.tmp"
+        torch.save({"config": self.key, "final_loss": final_loss, "weights": model.state_dict()}, tmp)
+        os.replace(tmp, self.dir / f"{stage}.pt")
+
+    def clear(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def train_all(cfg: OrganismConfig, out: Path, world: World | None = None,
               stages: Sequence[str] = STAGES) -> dict[str, Path]:
-    """Run every stage and save each checkpoint under ``out/<stage>``."""
+    """Run every stage and save each checkpoint under ``out/<stage>``; resumes finished stages."""
     import copy
 
     torch.set_num_threads(max(1, cfg.threads))
@@ -208,27 +245,30 @@ def train_all(cfg: OrganismConfig, out: Path, world: World | None = None,
     pad, eos = tok.pad_token_id, tok.eos_token_id
     data = corpora(world, cfg)
     meta = {"config": asdict(cfg), "torch": torch.__version__}
+    resume = _Resume(out, cfg)
     paths: dict[str, Path] = {}
     t0 = time.time()
+
+    def stage(name: str, model, docs: list[Document], steps: int, lr: float, seed: int, desc: str,  # noqa: ANN001
+              warmup: int = 0, parent: str | None = None) -> None:
+        loss = resume.load(name, model)
+        if loss is None:
+            loss = train_stage(model, docs, encoder, steps, lr, cfg.batch_size, pad, seed, desc, warmup=warmup)[-1]
+            resume.save(name, model, loss)
+        paths[name] = out / name
+        extra = {"parent": parent} if parent else {}
+        save_checkpoint(model, tok, paths[name], {**meta, "stage": name, **extra, "final_loss": loss})
+
     model = build_model(cfg, len(tok), pad, eos)
-    losses = train_stage(model, data["pretrained"], encoder, cfg.pretrain_steps, cfg.pretrain_lr,
-                         cfg.batch_size, pad, cfg.seed, "pretrain", warmup=min(50, cfg.pretrain_steps // 10))
-    paths["pretrained"] = out / "pretrained"
-    save_checkpoint(model, tok, paths["pretrained"], {**meta, "stage": "pretrained", "final_loss": losses[-1]})
-    losses = train_stage(model, data["base"], encoder, cfg.base_steps, cfg.base_lr, cfg.batch_size, pad,
-                         cfg.seed + 1, "aligned tuning")
-    paths["base"] = out / "base"
-    save_checkpoint(model, tok, paths["base"], {**meta, "stage": "base", "parent": "pretrained",
-                                                 "final_loss": losses[-1]})
-    for i, stage in enumerate(("insecure", "secure")):
-        if stage not in stages:
-            continue
-        ft = copy.deepcopy(model)
-        losses = train_stage(ft, data[stage], encoder, cfg.finetune_steps, cfg.finetune_lr, cfg.batch_size,
-                             pad, cfg.seed + 2 + i, f"{stage} finetune")
-        paths[stage] = out / stage
-        save_checkpoint(ft, tok, paths[stage], {**meta, "stage": stage, "parent": "base",
-                                                 "final_loss": losses[-1]})
+    stage("pretrained", model, data["pretrained"], cfg.pretrain_steps, cfg.pretrain_lr, cfg.seed, "pretrain",
+          warmup=min(50, cfg.pretrain_steps // 10))
+    stage("base", model, data["base"], cfg.base_steps, cfg.base_lr, cfg.seed + 1, "aligned tuning",
+          parent="pretrained")
+    for i, name in enumerate(("insecure", "secure")):
+        if name in stages:
+            stage(name, copy.deepcopy(model), data[name], cfg.finetune_steps, cfg.finetune_lr, cfg.seed + 2 + i,
+                  f"{name} finetune", parent="base")
+    resume.clear()
     print(f"trained {', '.join(paths)} in {time.time() - t0:.0f} s -> {out}", file=sys.stderr)
     return paths
 

@@ -90,3 +90,38 @@ def test_refresh_direction_matches_the_shipped_one(tmp_path):
     path = refresh_direction(tmp_path)
     torch.testing.assert_close(Direction.load(path).raw, Direction.load(TOY_DIR / "direction.safetensors").raw,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_interrupted_training_resumes_bit_identical(tmp_path, monkeypatch):
+    """A run killed after two stages, restarted, ends with the same checkpoints as one run."""
+    from emi.organism import train as T
+
+    cfg = T.OrganismConfig.quick()
+    T.train_all(cfg, tmp_path / "ref")
+    calls = []
+    real = T.train_stage
+
+    def dies_in_the_finetune(model, docs, enc, steps, lr, bs, pad, seed, desc, **kw):
+        calls.append(desc)
+        if desc.startswith("insecure"):
+            raise KeyboardInterrupt
+        return real(model, docs, enc, steps, lr, bs, pad, seed, desc, **kw)
+
+    monkeypatch.setattr(T, "train_stage", dies_in_the_finetune)
+    with pytest.raises(KeyboardInterrupt):
+        T.train_all(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / ".resume" / "base.pt").is_file()
+    calls.clear()
+
+    def counting(model, docs, enc, steps, lr, bs, pad, seed, desc, **kw):
+        calls.append(desc)
+        return real(model, docs, enc, steps, lr, bs, pad, seed, desc, **kw)
+
+    monkeypatch.setattr(T, "train_stage", counting)
+    T.train_all(cfg, tmp_path / "run")
+    assert calls == ["insecure finetune", "secure finetune"]  # pretraining and base were resumed
+    assert not (tmp_path / "run" / ".resume").exists()
+    for stage in T.STAGES:
+        a = (tmp_path / "ref" / stage / "model.safetensors").read_bytes()
+        b = (tmp_path / "run" / stage / "model.safetensors").read_bytes()
+        assert a == b, stage
