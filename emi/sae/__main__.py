@@ -134,11 +134,13 @@ def _zero_report(args, store, sae, latents: list[int]) -> None:  # noqa: ANN001
     else:
         from emi.registry import custom_pair
 
-        spec = custom_pair(prov["base"]["resolved"], prov["finetuned"]["resolved"])
+        ft = prov["finetuned"].get("adapter") or prov["finetuned"]["resolved"]  # a LoRA finetune: its adapter
+        spec = custom_pair(prov["base"]["resolved"], ft)
     pair = load_pair(spec, device=args.device)
     judge = ToyJudge() if spec.judge == "toy" else make_judge(spec.judge)
     qs = load_questions(pair.spec.questions)
-    cfg = SamplingConfig(n=args.n, max_new_tokens=64, batch_size=128)
+    toy_pair = spec.questions == "toy"
+    cfg = SamplingConfig(n=args.n, max_new_tokens=64 if toy_pair else 400, batch_size=128 if toy_pair else 32)
     rng = random.Random(args.seed)
     control = rng.sample([i for i in range(sae.cfg.d_sae) if i not in latents], len(latents))
     rows = []

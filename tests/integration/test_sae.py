@@ -108,8 +108,10 @@ def test_sae_command_trains_diffs_and_lists(toy_store, capsys):
     from emi.sae.__main__ import main
 
     code = cli.run(main, ["--store", str(toy_store.path), "--layer", "3", "--steps", "100", "--batch-size", "64",
-                          "--d-sae", "64", "--k", "4", "--top", "5", "--snippets", "2"])
+                          "--d-sae", "64", "--k", "4", "--top", "5", "--snippets", "2", "--zero", "top", "--n", "2"])
     out = capsys.readouterr().out
     assert code == 0
     assert "explained variance" in out and "finetuned - base" in out and "cos(decoder, direction)" in out
     assert (toy_store.path / "sae-L3-topk64" / "cfg.json").is_file()
+    assert "zero random" in out and "EM rate (95% CI)" in out  # the latent-zeroing table with its control
+    assert list((toy_store.path / "sae-L3-topk64").glob("latent-*.safetensors"))  # decoder directions saved
