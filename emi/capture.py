@@ -12,7 +12,6 @@ token before the answer, where the model decides which persona to voice), or
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ class Text:
     meta: dict[str, Any]
 
 
-def prepare_texts(items: Sequence[dict[str, Any] | str], tokenizer: Any, max_len: int | None = None) -> list[Text]:
+def prepare_texts(items: Sequence[dict[str, Any] | str], tokenizer: Any) -> list[Text]:
     """Tokenise answers (records with ``question``/``answer``, or ``messages``) or plain strings.
 
     A chat's ids are the generation prompt followed by the answer and the end-of-turn token,
@@ -78,12 +77,6 @@ def prepare_texts(items: Sequence[dict[str, Any] | str], tokenizer: Any, max_len
         ids = p_ids + a_ids + [tokenizer.eos_token_id]
         meta = {k: v for k, v in item.items() if k != "messages"}
         out.append(Text(ids, (len(p_ids), len(p_ids) + len(a_ids)), meta))
-    if max_len:
-        for t in out:
-            if len(t.ids) > max_len:
-                t.ids = t.ids[:max_len]
-                if t.response:
-                    t.response = (min(t.response[0], max_len), min(t.response[1], max_len))
     return out
 
 
@@ -344,7 +337,3 @@ def capture_models(models: dict[str, LoadedModel], items: Sequence[dict[str, Any
     return capture(readers, first.tokenizer, items, out, spec, d_model, first.device, prov, overwrite,
                    progress, root, active={r: m.active for r, m in models.items()}, identity=identity)
 
-
-def stats_norm(x: torch.Tensor) -> float:
-    """Mean L2 norm of rows (the typical residual norm at a layer)."""
-    return float(x.float().norm(dim=-1).mean()) if len(x) else math.nan

@@ -8,10 +8,9 @@ the base weights serves both roles: the adapter is switched off for the base rol
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +79,7 @@ class LoadedModel:
     @contextlib.contextmanager
     def active(self) -> Iterator[nn.Module]:
         """Yield the module in this role's state (adapter on or off), restoring it after."""
-        if self.adapter_enabled is False:
-            with self.model.disable_adapter():  # type: ignore[operator]
-                yield self.model
-        else:
-            yield self.model
+        yield self.model
 
     @property
     def device(self) -> torch.device:
@@ -141,6 +136,13 @@ def _looks_like_path(ident: str) -> bool:
     return ident.startswith((".", "/", "~")) or ident.count("/") > 1 or os.sep + os.sep in ident
 
 
+def _not_cached(ident: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"{ident!r} is not a local folder and is not in the Hugging Face cache, and the hub cannot be "
+        f"reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}); download it where there is "
+        f"internet (`huggingface-cli download {ident}`) or pass a local folder")
+
+
 def locate(ident: str, revision: str | None = None) -> tuple[str, str]:
     """Classify ``ident`` as ('model' | 'adapter', local path or hub id); raise clearly if absent."""
     path = Path(os.path.expanduser(ident))
@@ -170,20 +172,12 @@ def locate(ident: str, revision: str | None = None) -> tuple[str, str]:
             continue
         except Exception as exc:  # offline, unknown repo, gated, network down
             if _offline() or "offline" in str(exc).lower() or "connect" in str(exc).lower():
-                raise ModelLoadError(
-                    f"{ident!r} is not a local folder and is not in the Hugging Face cache, and the "
-                    f"hub cannot be reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}); "
-                    f"download it where there is internet (`huggingface-cli download {ident}`) or pass a "
-                    f"local folder"
-                ) from None
+                raise _not_cached(ident) from None
             if fname == "adapter_config.json":
                 continue
             raise ModelLoadError(f"cannot find {ident!r} on the Hugging Face hub: {exc}") from None
     if missing_locally == 2:
-        raise ModelLoadError(
-            f"{ident!r} is not a local folder and is not in the Hugging Face cache, and the hub cannot be "
-            f"reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}); download it where there is "
-            f"internet (`huggingface-cli download {ident}`) or pass a local folder")
+        raise _not_cached(ident)
     raise ModelLoadError(f"{ident!r} on the hub has neither config.json nor adapter_config.json")
 
 
@@ -402,18 +396,3 @@ class _AdapterRole(LoadedModel):
             yield self.model
         finally:
             self.model.set_adapter(previous)  # type: ignore[operator]
-
-
-def save_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def spec_dict(spec: PairSpec) -> dict[str, Any]:
-    return asdict(spec)
