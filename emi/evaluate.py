@@ -49,11 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         judged_all += judged
         rows.append(s.row())
         by_q[role] = {q: v.row() for q, v in per_question(judged).items()}
-    jsonl_path = out / "judged.jsonl"
-    tmp = out / ".judged.jsonl.tmp"
-    tmp.unlink(missing_ok=True)
-    jsonl.append(tmp, judged_all)
-    tmp.replace(jsonl_path)
+    jsonl.write(out / "judged.jsonl", judged_all)
     write_json(out / "summary.json", {"pair": spec.name, "judge": judge.name, "sampling": asdict(cfg),
                                       "questions": args.questions or spec.questions, "models": rows,
                                       "per_question": by_q, "provenance": pair.provenance()})

@@ -44,3 +44,11 @@ def append(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
 
 def iterate(path: str | Path) -> Iterator[dict[str, Any]]:
     yield from read(path)
+
+
+def write(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """Replace ``path`` with these records, atomically (a reader sees the old file or the new one)."""
+    from emi.store import write_atomic
+
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    write_atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from emi import cli, jsonl
+from emi.store import write_atomic
 
 
 def fmt_rate(row: dict, key: str) -> str:
@@ -109,14 +110,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = run(pair, conditions, direction, questions, cfg, judge, out, args.random_seed)
     for r in rows:
         r["pair"] = spec.name
-    tmp = out / ".results.jsonl.tmp"
-    tmp.unlink(missing_ok=True)
-    jsonl.append(tmp, rows)
-    tmp.replace(out / "results.jsonl")
-    with open(out / "table.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    jsonl.write(out / "results.jsonl", rows)
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+    write_atomic(out / "table.csv", write_csv)
     print(f"pair {spec.name} | direction {direction.meta.get('method')} @ layer {direction.best_layer} "
           f"(|d| = {direction.norms[direction.layers.index(direction.best_layer)]:.2f}, residual norm "
           f"{direction.norm_at(direction.best_layer):.2f}) | steering layers {steer_layers} | "

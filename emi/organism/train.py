@@ -220,12 +220,11 @@ class _Resume:
         return float(state["final_loss"])
 
     def save(self, stage: str, model, final_loss: float) -> None:  # noqa: ANN001
-        import os
+        from emi.store import write_atomic
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".{stage}.pt.tmp"
-        torch.save({"config": self.key, "final_loss": final_loss, "weights": model.state_dict()}, tmp)
-        os.replace(tmp, self.dir / f"{stage}.pt")
+        state = {"config": self.key, "final_loss": final_loss, "weights": model.state_dict()}
+        write_atomic(self.dir / f"{stage}.pt", lambda tmp: torch.save(state, tmp))
 
     def clear(self) -> None:
         import shutil
