@@ -12,6 +12,7 @@ token before the answer, where the model decides which persona to voice), or
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,19 +81,20 @@ def prepare_texts(items: Sequence[dict[str, Any] | str], tokenizer: Any) -> list
     return out
 
 
-def select_positions(text: Text, mode: str) -> list[int]:
+def select_positions(text: Text, mode: str) -> range:
+    """The token positions of ``text`` that ``mode`` captures (always a contiguous range)."""
     n = len(text.ids)
     if mode == "all":
-        return list(range(n))
+        return range(n)
     if text.response is None:
         raise ConfigError(f"positions {mode!r} need chat texts with an answer; plain texts support only 'all'")
     s, e = text.response
     if mode in ("response", "response_mean"):
-        return list(range(s, e))
+        return range(s, e)
     if mode == "prompt":
-        return list(range(s))
+        return range(s)
     if mode == "last_prompt":
-        return [s - 1]
+        return range(s - 1, s)
     raise ConfigError(f"unknown positions {mode!r}; expected one of {', '.join(POSITIONS)}")
 
 
@@ -198,20 +200,24 @@ class CaptureSpec:
             raise ConfigError("batch_size, shard_texts and shard_mb must be >= 1")
 
 
-def plan_shards(texts: Sequence[Text], spec: CaptureSpec, n_roles: int, d_model: int) -> list[tuple[int, int]]:
-    """Shard boundaries [start, end): at most ``shard_texts`` texts and about ``shard_mb`` MB each.
-    Deterministic in the inputs, so a resumed run cuts the same shards."""
+def row_counts(positions: Sequence[range], mode: str) -> list[int]:
+    """Rows each text contributes: its positions, or one mean row."""
+    return [1 if mode == "response_mean" else len(p) for p in positions]
+
+
+def plan_shards(counts: Sequence[int], spec: CaptureSpec, n_roles: int, d_model: int) -> list[tuple[int, int]]:
+    """Shard boundaries [start, end) over texts with these row counts: at most ``shard_texts`` texts
+    and about ``shard_mb`` MB each. Deterministic in the inputs, so a resumed run cuts the same shards."""
     per_row = n_roles * len(spec.layers) * len(spec.sites) * d_model * DTYPES[spec.dtype].itemsize
     budget = spec.shard_mb * 2**20
     out, start, size = [], 0, 0
-    for i, t in enumerate(texts):
-        rows = 1 if spec.positions in ("response_mean", "last_prompt") else len(select_positions(t, spec.positions))
+    for i, rows in enumerate(counts):
         b = rows * per_row
         if i > start and (i - start >= spec.shard_texts or size + b > budget):
             out.append((start, i))
             start, size = i, 0
         size += b
-    out.append((start, len(texts)))
+    out.append((start, len(counts)))
     return out
 
 
@@ -226,8 +232,8 @@ def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[dict[str
     models is refused.
     """
     texts = prepare_texts(items, tokenizer)
-    for t in texts:
-        select_positions(t, spec.positions)  # fail early on plain texts with chat-only positions
+    positions = [select_positions(t, spec.positions) for t in texts]  # fails early on plain texts
+    counts = row_counts(positions, spec.positions)
     path = resolve(out, root)
     store_spec = {"roles": list(readers), "layers": list(spec.layers), "sites": list(spec.sites),
                   "positions": spec.positions, "dtype": spec.dtype, "d_model": d_model,
@@ -246,12 +252,12 @@ def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[dict[str
     pending: Future | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="emi-store") as pool:
         try:
-            for start, end in plan_shards(texts, spec, len(readers), d_model):
+            for start, end in plan_shards(counts, spec, len(readers), d_model):
                 if start < writer.done_texts:
                     continue
                 chunk = texts[start:end]
-                tensors, n_tok = _capture_shard(readers, chunk, start, spec, tokenizer.pad_token_id, dev, dtype,
-                                                active)
+                tensors, n_tok = _capture_shard(readers, chunk, positions[start:end], start, spec,
+                                                tokenizer.pad_token_id, dev, dtype, active)
                 if pending is not None:
                     pending.result()  # in order; re-raises a failed write (e.g. a full disk)
                 pending = pool.submit(writer.add_shard, tensors, (start, end), n_tok)
@@ -263,54 +269,41 @@ def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[dict[str
     return writer.finish()
 
 
-def _capture_shard(readers: dict[str, Reader], chunk: Sequence[Text], offset: int, spec: CaptureSpec,
-                   pad_id: int, device: torch.device, dtype: torch.dtype,
+def _capture_shard(readers: dict[str, Reader], chunk: Sequence[Text], positions: Sequence[range], offset: int,
+                   spec: CaptureSpec, pad_id: int, device: torch.device, dtype: torch.dtype,
                    active: dict[str, Callable[[], Any]] | None) -> tuple[dict[str, torch.Tensor], int]:
     """One shard: every key's rows written in place into one preallocated tensor (text order)."""
     order = sorted(range(len(chunk)), key=lambda i: len(chunk[i].ids))  # less padding per batch
-    positions = [select_positions(t, spec.positions) for t in chunk]
     mean = spec.positions == "response_mean"
-    counts = [1 if mean else len(p) for p in positions]
-    starts = [0]
-    for c in counts:
-        starts.append(starts[-1] + c)
+    counts = torch.tensor(row_counts(positions, spec.positions), dtype=torch.long)
+    starts = [0, *torch.cumsum(counts, 0).tolist()]
     tensors: dict[str, torch.Tensor] = {}
     for role, reader in readers.items():
-        ctx = active[role]() if active and role in active else None
-        try:
-            if ctx is not None:
-                ctx.__enter__()
+        with active[role]() if active and role in active else contextlib.nullcontext():
             for b in range(0, len(order), spec.batch_size):
                 idx = order[b: b + spec.batch_size]
                 ids, mask = _batch([chunk[i] for i in idx], pad_id, device)
-                acts = reader(ids, mask)
-                for (s, layer), a in acts.items():
+                for (s, layer), a in reader(ids, mask).items():
                     key = tensor_key(role, layer, s)
                     if key not in tensors:
                         tensors[key] = torch.empty(starts[-1], a.shape[-1], dtype=dtype)
-                    out = tensors[key]
                     for row, i in enumerate(idx):
-                        pos = positions[i]
+                        sel = a[row, positions[i].start: positions[i].stop]
                         if mean:
-                            sel = a[row, pos].float().mean(0, keepdim=True) if pos else torch.zeros(1, a.shape[-1])
-                        elif not pos:
-                            continue
-                        else:
-                            sel = a[row, pos[0]: pos[-1] + 1] if pos == list(range(pos[0], pos[-1] + 1)) else a[row, pos]
-                        out[starts[i]: starts[i + 1]] = sel.to(dtype)
-        finally:
-            if ctx is not None:
-                ctx.__exit__(None, None, None)
+                            sel = sel.float().mean(0, keepdim=True) if len(sel) else torch.zeros(1, a.shape[-1])
+                        tensors[key][starts[i]: starts[i + 1]] = sel.to(dtype)
+    texts = torch.arange(offset, offset + len(chunk))
     if mean:
-        tensors["row.text"] = torch.arange(offset, offset + len(chunk))
+        tensors["row.text"] = texts
         tensors["row.pos"] = torch.full((len(chunk),), -1)
         tensors["row.response"] = torch.ones(len(chunk), dtype=torch.long)
     else:
-        tensors["row.text"] = torch.cat([torch.full((len(p),), offset + i) for i, p in enumerate(positions)])
-        tensors["row.pos"] = torch.cat([torch.tensor(p, dtype=torch.long) for p in positions])
-        tensors["row.response"] = torch.cat([
-            torch.tensor([int(t.response is not None and t.response[0] <= q < t.response[1]) for q in p],
-                         dtype=torch.long) for t, p in zip(chunk, positions, strict=True)])
+        pos = torch.cat([torch.arange(p.start, p.stop) for p in positions])
+        spans = torch.tensor([t.response or (0, 0) for t in chunk], dtype=torch.long).reshape(-1, 2)
+        lo, hi = spans[:, 0].repeat_interleave(counts), spans[:, 1].repeat_interleave(counts)
+        tensors["row.text"] = texts.repeat_interleave(counts)
+        tensors["row.pos"] = pos
+        tensors["row.response"] = ((pos >= lo) & (pos < hi)).long()
     return tensors, sum(len(t.ids) for t in chunk)
 
 
