@@ -63,14 +63,28 @@ def check_alpha(alpha: float) -> float:
     return float(alpha)
 
 
-def _vector(direction: Direction | torch.Tensor, layer: int, model: HFModel) -> torch.Tensor:
-    d = L.d_model(model)
+def unit_vector(direction: Direction | torch.Tensor, layer: int | None = None, model: HFModel | None = None
+                ) -> torch.Tensor:
+    """The unit vector of ``direction`` at ``layer`` (default: its best layer), checked against
+    ``model``'s width when given. Every backend's interventions take their vector from here."""
     if isinstance(direction, Direction):
-        direction.check_fits(d, L.n_layers(model))
-        return direction.at(layer)
-    if direction.ndim != 1 or direction.shape[0] != d:
-        raise DirectionError(f"the direction has shape {tuple(direction.shape)} but the model has d_model {d}")
+        if model is not None:
+            direction.check_fits(L.d_model(model), L.n_layers(model))
+        return direction.at(direction.best_layer if layer is None else layer)
+    if model is not None and (direction.ndim != 1 or direction.shape[0] != L.d_model(model)):
+        raise DirectionError(f"the direction has shape {tuple(direction.shape)} but the model has d_model "
+                             f"{L.d_model(model)}")
     return _unit(direction)
+
+
+def steer_delta(direction: Direction | torch.Tensor, layer: int, alpha: float, relative: bool = False,
+                model: HFModel | None = None) -> torch.Tensor:
+    """What steering adds at ``layer``: alpha times the unit direction (times the layer's residual
+    norm when ``relative``)."""
+    if relative and not isinstance(direction, Direction):
+        raise ConfigError("relative alpha needs a Direction artifact (it carries the residual norms)")
+    scale = alpha * (direction.norm_at(layer) if relative else 1.0)  # type: ignore[union-attr]
+    return scale * unit_vector(direction, layer, model)
 
 
 class _Positions:
@@ -133,17 +147,13 @@ def patch_steer(model: HFModel, direction: Direction | torch.Tensor, alpha: floa
     handle = Handle()
     if alpha == 0:
         return handle  # exact no-op
-    if relative and not isinstance(direction, Direction):
-        raise ConfigError("relative alpha needs a Direction artifact (it carries the residual norms)")
     tracker = _Positions(model) if positions != "all" else None
     if tracker is not None:
         handle.handles.append(tracker)
     for layer in layer_list:
-        v = _vector(direction, layer, model)
-        scale = alpha * (direction.norm_at(layer) if relative else 1.0)  # type: ignore[union-attr]
         module = L.hf_module(model, layer, "resid")
         p = next(module.parameters())
-        delta = (scale * v).to(device=p.device, dtype=p.dtype)
+        delta = steer_delta(direction, layer, alpha, relative, model).to(device=p.device, dtype=p.dtype)
 
         def hook(_m: nn.Module, _i: Any, out: Any, delta: torch.Tensor = delta) -> Any:
             h = L.output_tensor(out)
@@ -179,11 +189,7 @@ def patch_ablate(model: HFModel, direction: Direction | torch.Tensor, layers: Se
     out of those blocks' outputs. ``mean``: set the projection to this value instead of zero
     (mean ablation). ``source_layer``: which layer's vector of a Direction (default: its best).
     """
-    if isinstance(direction, Direction):
-        direction.check_fits(L.d_model(model), L.n_layers(model))
-        v = direction.at(source_layer if source_layer is not None else direction.best_layer)
-    else:
-        v = _vector(direction, 0, model)
+    v = unit_vector(direction, source_layer, model)
     if mean is not None and not math.isfinite(mean):
         raise ConfigError(f"the mean projection must be finite, found {mean}")
     layer_list = None if layers in ("all", None) else L.resolve_layers(layers, L.n_layers(model))  # type: ignore[arg-type]
@@ -245,11 +251,7 @@ def orthogonalize(model: HFModel, direction: Direction | torch.Tensor, source_la
     embeddings are untied first so the unembedding is unchanged. Equal in effect to
     ``patch_ablate(model, d, layers="all")``.
     """
-    if isinstance(direction, Direction):
-        direction.check_fits(L.d_model(model), L.n_layers(model))
-        v = direction.at(source_layer if source_layer is not None else direction.best_layer)
-    else:
-        v = _vector(direction, 0, model)
+    v = unit_vector(direction, source_layer, model)
     edited = copy.deepcopy(model)
     inner = L.unwrap(edited)
     with torch.no_grad():
@@ -284,11 +286,10 @@ def tl_steer_hooks(direction: Direction | torch.Tensor, alpha: float, layers: Se
         return []
     out = []
     for layer in layers:
-        v = direction.at(layer) if isinstance(direction, Direction) else _unit(direction)
-        scale = alpha * (direction.norm_at(layer) if relative and isinstance(direction, Direction) else 1.0)
+        delta = steer_delta(direction, layer, alpha, relative)
 
-        def fn(act: torch.Tensor, hook: Any, v: torch.Tensor = v, scale: float = scale) -> torch.Tensor:
-            return act + (scale * v).to(act.device, act.dtype)
+        def fn(act: torch.Tensor, hook: Any, delta: torch.Tensor = delta) -> torch.Tensor:
+            return act + delta.to(act.device, act.dtype)
 
         out.append((L.tl_hook_name(layer, "resid"), fn))
     return out
@@ -297,8 +298,7 @@ def tl_steer_hooks(direction: Direction | torch.Tensor, alpha: float, layers: Se
 def tl_ablate_hooks(direction: Direction | torch.Tensor, n_layers: int, source_layer: int | None = None
                     ) -> list[tuple[str, Any]]:
     """``fwd_hooks`` projecting the direction out of every writer (embedding, attn and MLP outputs)."""
-    v = direction.at(source_layer if source_layer is not None else direction.best_layer) \
-        if isinstance(direction, Direction) else _unit(direction)
+    v = unit_vector(direction, source_layer)
 
     def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
         u = v.to(act.device, act.dtype)
@@ -317,17 +317,14 @@ def nnsight_steer(nn_model: Any, direction: Direction | torch.Tensor, alpha: flo
     if alpha == 0:
         return
     for layer in sorted(layers):
-        v = direction.at(layer) if isinstance(direction, Direction) else _unit(direction)
-        scale = alpha * (direction.norm_at(layer) if relative and isinstance(direction, Direction) else 1.0)
         env = L.nnsight_envoy(nn_model, layer, "resid")
-        env.output = env.output + scale * v.to(env.output.dtype)
+        env.output = env.output + steer_delta(direction, layer, alpha, relative).to(env.output.dtype)
 
 
 def nnsight_ablate(nn_model: Any, direction: Direction | torch.Tensor, n_layers: int,
                    source_layer: int | None = None) -> None:
     """Inside a trace: project the direction out of the embedding and every attn and MLP output."""
-    v = direction.at(source_layer if source_layer is not None else direction.best_layer) \
-        if isinstance(direction, Direction) else _unit(direction)
+    v = unit_vector(direction, source_layer)
     emb = nn_model.model.embed_tokens
     emb.output = emb.output - (emb.output @ v)[..., None] * v
     for layer in range(n_layers):
