@@ -235,20 +235,22 @@ class Extraction:
 
 
 def _text_scores(store: Store, role: str, layer: int, sel: torch.Tensor, text_idx: torch.Tensor,
-                 vec: torch.Tensor, n_texts: int) -> np.ndarray:
-    """Mean projection of each text's selected rows on ``vec`` (nan for texts with none)."""
-    sums = torch.zeros(n_texts, dtype=torch.float64)
+                 vecs: torch.Tensor, n_texts: int) -> np.ndarray:
+    """Mean projection of each text's selected rows on each of ``vecs`` [k, d_model], in one pass
+    over the store: an array [k, n_texts] (nan for texts with no selected rows)."""
+    sums = torch.zeros(len(vecs), n_texts, dtype=torch.float64)
     counts = torch.zeros(n_texts, dtype=torch.float64)
     start = 0
     for acts, _meta in store.iter_shards(role, layer):
         n = len(acts)
         m = sel[start: start + n]
-        proj = (acts[m].double() @ vec.double())
-        sums.index_add_(0, text_idx[start: start + n][m], proj)
-        counts.index_add_(0, text_idx[start: start + n][m], torch.ones_like(proj))
+        idx = text_idx[start: start + n][m]
+        proj = acts[m].double() @ vecs.double().T  # [rows, k]
+        sums.index_add_(1, idx, proj.T)
+        counts.index_add_(0, idx, torch.ones(len(idx), dtype=torch.float64))
         start += n
     out = (sums / counts).numpy()
-    out[counts.numpy() == 0] = np.nan
+    out[:, counts.numpy() == 0] = np.nan
     return out
 
 
@@ -291,15 +293,18 @@ def extract(store: Store, method: str = "mean-diff", positions: str = "response"
         sums = {k: torch.zeros(store.d_model, dtype=torch.float64) for k in ("pos", "neg")}
         counts = {"pos": 0, "neg": 0}
         norm_sum, norm_n = 0.0, 0
-        for which, role_, mask in (("pos", pos_role, pos_rows), ("neg", neg_role, neg_rows)):
+        classes = (("pos", pos_role, pos_rows), ("neg", neg_role, neg_rows))
+        for role_ in dict.fromkeys((pos_role, neg_role)):  # each role's shards read once
             start = 0
             for acts, _m in store.iter_shards(role_, layer):
-                m = mask[start: start + len(acts)]
-                a = acts[m].double()
-                sums[which] += a.sum(0)
-                counts[which] += len(a)
-                norm_sum += float(acts[sel[start: start + len(acts)]].double().norm(dim=-1).sum())
-                norm_n += int(sel[start: start + len(acts)].sum())
+                rows_ = slice(start, start + len(acts))
+                for which, r, mask in classes:
+                    if r == role_:
+                        a = acts[mask[rows_]].double()
+                        sums[which] += a.sum(0)
+                        counts[which] += len(a)
+                norm_sum += float(acts[sel[rows_]].double().norm(dim=-1).sum())
+                norm_n += int(sel[rows_].sum())
                 start += len(acts)
         raw = (sums["pos"] / counts["pos"] - sums["neg"] / counts["neg"]).float()
         raws.append(raw)
@@ -330,8 +335,7 @@ def _separation(store: Store, role: str, layer: int, sel: torch.Tensor, text_idx
     rnd = rnd / rnd.norm()
     if method == "model-diff":  # no labels of its own: report nothing
         return LayerReport(layer, n_pos, n_neg, float(raw.norm()), resid_norm, float("nan"), float("nan"), float("nan"))
-    scores = _text_scores(store, role, layer, sel, text_idx, unit, n_texts)
-    rscores = _text_scores(store, role, layer, sel, text_idx, rnd, n_texts)
+    scores, rscores = _text_scores(store, role, layer, sel, text_idx, torch.stack([unit, rnd]), n_texts)
     ok = texts_ok.numpy() & np.isfinite(scores)
     c = cls.numpy()
     pos, neg = scores[ok & (c == 1)], scores[ok & (c == -1)]
