@@ -169,13 +169,16 @@ def nnsight_reader(nn_model: Any, layers: Sequence[int], sites: Sequence[str] = 
     return read
 
 
-def _batch(texts: Sequence[Text], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(t.ids) for t in texts)
-    ids = torch.full((len(texts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(texts), width), dtype=torch.long)
-    for i, t in enumerate(texts):  # right padding: positions are 0..len-1 for every row
-        ids[i, : len(t.ids)] = torch.tensor(t.ids)
-        mask[i, : len(t.ids)] = 1
+def pad_right(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as a right-padded batch and its attention mask: positions are 0..len-1 in
+    every row, so a plain forward pass (no position ids) sees each text as it would alone."""
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, x in enumerate(seqs):
+        ids[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -282,7 +285,7 @@ def _capture_shard(readers: dict[str, Reader], chunk: Sequence[Text], positions:
         with active[role]() if active and role in active else contextlib.nullcontext():
             for b in range(0, len(order), spec.batch_size):
                 idx = order[b: b + spec.batch_size]
-                ids, mask = _batch([chunk[i] for i in idx], pad_id, device)
+                ids, mask = pad_right([chunk[i].ids for i in idx], pad_id, device)
                 for (s, layer), a in reader(ids, mask).items():
                     key = tensor_key(role, layer, s)
                     if key not in tensors:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import yaml
 
+from emi.capture import pad_right
 from emi.errors import ConfigError
 from emi.generate import render_prompts
 from emi.metrics import bootstrap
@@ -72,15 +73,8 @@ def _answer_logprobs(lm: LoadedModel, prompts: list[str], answers: list[str], ba
         for i in range(0, len(prompts), batch_size):
             p_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[i: i + batch_size]]
             a_ids = [tok(a, add_special_tokens=False)["input_ids"] for a in answers[i: i + batch_size]]
-            seqs = [p + a for p, a in zip(p_ids, a_ids, strict=True)]
-            width = max(map(len, seqs))
-            ids = torch.full((len(seqs), width), tok.pad_token_id)
-            mask = torch.zeros_like(ids)
-            for r, s in enumerate(seqs):
-                ids[r, : len(s)] = torch.tensor(s)
-                mask[r, : len(s)] = 1
-            dev = lm.device
-            logp = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float().log_softmax(-1).cpu()
+            ids, mask = pad_right([p + a for p, a in zip(p_ids, a_ids, strict=True)], tok.pad_token_id, lm.device)
+            logp = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1).cpu()
             for r, (p, a) in enumerate(zip(p_ids, a_ids, strict=True)):
                 pos = torch.arange(len(p) - 1, len(p) + len(a) - 1)
                 out.append(logp[r, pos, torch.tensor(a)])
