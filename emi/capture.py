@@ -134,13 +134,16 @@ def hf_reader(model: nn.Module, layers: Sequence[int], sites: Sequence[str] = ("
     return read
 
 
-def tl_reader(tl_model: Any, layers: Sequence[int], sites: Sequence[str] = ("resid",)) -> Reader:
+def tl_reader(tl_model: Any, layers: Sequence[int], sites: Sequence[str] = ("resid",),
+              linear_layers: Sequence[int] = ()) -> Reader:
     """A TransformerLens ``HookedTransformer`` or ``TransformerBridge`` (same hook names).
+    ``linear_layers``: layers whose mixer is linear attention (``emi.layers.linear_layers(hf_model)``).
 
     Note: ``TransformerBridge.boot_transformers(..., hf_model=m)`` swaps ``m``'s submodules for
     bridge wrappers in place (no weight copy); emi's HF hooks still work on ``m`` afterwards.
     """
-    names = {L.tl_hook_name(layer, s): (s, layer) for layer in layers for s in sites}
+    lin = set(linear_layers)
+    names = {L.tl_hook_name(layer, s, layer in lin): (s, layer) for layer in layers for s in sites}
 
     def read(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Acts:
         with torch.no_grad():
@@ -162,7 +165,7 @@ def nnsight_reader(nn_model: Any, layers: Sequence[int], sites: Sequence[str] = 
             for layer in layers:
                 for s in order:
                     out = L.nnsight_envoy(nn_model, layer, s).output
-                    saved[(s, layer)] = (out[0] if s == "attn" else out).save()
+                    saved[(s, layer)] = (out[0] if L.is_tuple_output(nn_model, layer, s) else out).save()
             tracer.stop()
         return {k: torch.as_tensor(v) for k, v in saved.items()}
 

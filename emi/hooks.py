@@ -246,10 +246,12 @@ def _project_out_rows(w: torch.Tensor, u: torch.Tensor) -> None:
 def orthogonalize(model: HFModel, direction: Direction | torch.Tensor, source_layer: int | None = None) -> HFModel:
     """A copy of ``model`` whose every residual writer can no longer write along the direction.
 
-    Embedding rows, attention ``o_proj`` and MLP ``down_proj`` weights (and biases) lose their
-    component along u; for peft LoRA models the adapters' ``lora_B`` of those modules too. Tied
-    embeddings are untied first so the unembedding is unchanged. Equal in effect to
-    ``patch_ablate(model, d, layers="all")``.
+    The writers are :func:`emi.layers.residual_writers`: embedding rows, each layer's attention
+    output projection (``o_proj``, or ``out_proj`` on linear-attention layers) and MLP output
+    weights (dense ``down_proj``; every routed expert's ``down_proj``, fused or per expert, and the
+    shared expert's), with their biases; for peft LoRA models the adapters' ``lora_B`` of those
+    modules too. Tied embeddings are untied first so the unembedding is unchanged. Equal in effect
+    to ``patch_ablate(model, d, layers="all")``.
     """
     v = unit_vector(direction, source_layer, model)
     edited = copy.deepcopy(model)
@@ -262,18 +264,30 @@ def orthogonalize(model: HFModel, direction: Direction | torch.Tensor, source_la
             inner.config.tie_word_embeddings = False
             if hasattr(inner, "_tied_weights_keys"):
                 inner._tied_weights_keys = None
-        u = v.to(emb.weight.device, torch.float32)
-        emb.weight.sub_(torch.outer(emb.weight.float() @ u, u).to(emb.weight.dtype))
-        for layer in range(L.n_layers(edited)):
-            block: Any = L.decoder_layers(edited)[layer]
-            for lin in (block.self_attn.o_proj, block.mlp.down_proj):
-                base: Any = getattr(lin, "base_layer", lin)
-                _project_out_rows(base.weight.data, u.to(base.weight.device))
-                if base.bias is not None:
-                    base.bias.data.sub_((base.bias.data.float() @ u * u).to(base.bias.dtype))
-                for b in getattr(lin, "lora_B", {}).values():  # peft: out = W x + B A x * s
-                    _project_out_rows(b.weight.data, u.to(b.weight.device))
+        for _name, writer in L.residual_writers(edited):
+            _orthogonalize_writer(writer, v)
     return edited
+
+
+def _orthogonalize_writer(writer: nn.Module | nn.Parameter, v: torch.Tensor) -> None:
+    """In place: remove ``v`` from what one residual writer can output."""
+    if isinstance(writer, nn.Parameter):  # fused experts [experts, d_model, d_expert]: rows per expert
+        w = writer.data
+        u = v.to(w.device, torch.float32)
+        w.sub_((u[None, :, None] * torch.einsum("d,edk->ek", u, w.float())[:, None, :]).to(w.dtype))
+        return
+    if isinstance(writer, nn.Embedding):
+        w = writer.weight.data
+        u = v.to(w.device, torch.float32)
+        w.sub_(torch.outer(w.float() @ u, u).to(w.dtype))
+        return
+    base: Any = getattr(writer, "base_layer", writer)
+    u = v.to(base.weight.device)
+    _project_out_rows(base.weight.data, u)
+    if base.bias is not None:
+        base.bias.data.sub_((base.bias.data.float() @ u * u).to(base.bias.dtype))
+    for b in getattr(writer, "lora_B", {}).values():  # peft: out = W x + B A x * s
+        _project_out_rows(b.weight.data, u.to(b.weight.device))
 
 
 # ---------------------------------------------------------------- TransformerLens
@@ -295,16 +309,19 @@ def tl_steer_hooks(direction: Direction | torch.Tensor, alpha: float, layers: Se
     return out
 
 
-def tl_ablate_hooks(direction: Direction | torch.Tensor, n_layers: int, source_layer: int | None = None
-                    ) -> list[tuple[str, Any]]:
-    """``fwd_hooks`` projecting the direction out of every writer (embedding, attn and MLP outputs)."""
+def tl_ablate_hooks(direction: Direction | torch.Tensor, n_layers: int, source_layer: int | None = None,
+                    linear_layers: Sequence[int] = ()) -> list[tuple[str, Any]]:
+    """``fwd_hooks`` projecting the direction out of every writer (embedding, attn and MLP outputs).
+    ``linear_layers``: layers whose mixer is linear attention (``emi.layers.linear_layers(hf_model)``)."""
     v = unit_vector(direction, source_layer)
 
     def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
         u = v.to(act.device, act.dtype)
         return act - (act @ u)[..., None] * u
 
-    names = ["hook_embed"] + [L.tl_hook_name(layer, s) for layer in range(n_layers) for s in ("attn", "mlp")]
+    lin = set(linear_layers)
+    names = ["hook_embed"] + [L.tl_hook_name(layer, s, layer in lin) for layer in range(n_layers)
+                              for s in ("attn", "mlp")]
     return [(n, fn) for n in names]
 
 
@@ -329,7 +346,10 @@ def nnsight_ablate(nn_model: Any, direction: Direction | torch.Tensor, n_layers:
     emb.output = emb.output - (emb.output @ v)[..., None] * v
     for layer in range(n_layers):
         attn = L.nnsight_envoy(nn_model, layer, "attn")
-        a = attn.output[0]
-        attn.output = (a - (a @ v)[..., None] * v, *attn.output[1:])
+        if L.is_tuple_output(nn_model, layer, "attn"):
+            a = attn.output[0]
+            attn.output = (a - (a @ v)[..., None] * v, *attn.output[1:])
+        else:  # linear attention returns the tensor itself
+            attn.output = attn.output - (attn.output @ v)[..., None] * v
         mlp = L.nnsight_envoy(nn_model, layer, "mlp")
         mlp.output = mlp.output - (mlp.output @ v)[..., None] * v

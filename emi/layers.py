@@ -8,12 +8,19 @@ Layer convention (used everywhere in emi, its stores, its directions and its CLI
 |----------------------|--------------------------------------------|---------------------------------|----------------------------------|
 | resid, layer l       | output of ``model.model.layers[l]``        | ``blocks.{l}.hook_resid_post``  | ``model.model.layers[l].output`` |
 |                      | = ``output_hidden_states[l + 1]`` (l < L-1)|                                 |                                  |
-| attn, layer l        | output of ``model.model.layers[l].self_attn`` (after o_proj) | ``blocks.{l}.hook_attn_out`` | ``...layers[l].self_attn.output[0]`` |
-| mlp, layer l         | output of ``model.model.layers[l].mlp``    | ``blocks.{l}.hook_mlp_out``     | ``...layers[l].mlp.output``      |
+| attn, layer l        | output of the block's token mixer: ``self_attn`` (after o_proj), or ``linear_attn`` (after out_proj) on Qwen3.5 / Qwen3-Next linear-attention layers | ``blocks.{l}.hook_attn_out`` (``blocks.{l}.linear_attn.hook_out`` on linear layers) | ``...layers[l].self_attn.output[0]`` / ``...layers[l].linear_attn.output`` |
+| mlp, layer l         | output of ``model.model.layers[l].mlp``: the dense MLP, or the whole sparse MoE block (routed experts plus the gated shared expert) | ``blocks.{l}.hook_mlp_out``     | ``...layers[l].mlp.output``      |
 
 ``hidden_states[0]`` is the embedding output, and the last entry of ``output_hidden_states``
 is taken *after* the final norm, so it is not the raw residual of the last layer: emi always
 reads the residual with a hook on the decoder block.
+
+Architectures (``ARCHITECTURES``): every Qwen causal LM in the pinned transformers. The residual
+writers that ablation hooks and :func:`residual_writers` (weight orthogonalisation) edit are the
+token embedding, each layer's attention output projection (``self_attn.o_proj``, or
+``linear_attn.out_proj``), and each layer's MLP output: ``mlp.down_proj`` (dense), or for a
+sparse MoE block every routed expert's ``down_proj`` (fused ``experts.down_proj`` of shape
+[experts, d_model, d_expert]) and the shared expert's ``down_proj``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,19 @@ from torch import nn
 from emi.errors import ConfigError
 
 SITES = ("resid", "attn", "mlp")
+# model_type -> what users call it. Each was built at small shapes with random weights and tested
+# through capture, steering, ablation and orthogonalisation (tests/integration/test_architectures.py).
+ARCHITECTURES = {
+    "qwen2": "Qwen2 / Qwen2.5 / Qwen2.5-Coder",
+    "qwen2_moe": "Qwen1.5-MoE / Qwen2-MoE (routed + shared experts)",
+    "qwen3": "Qwen3 (dense)",
+    "qwen3_moe": "Qwen3-MoE (routed experts)",
+    "qwen3_5": "Qwen3.5 (linear- and full-attention layers)",
+    "qwen3_5_text": "Qwen3.5 (linear- and full-attention layers)",
+    "qwen3_5_moe": "Qwen3.5-MoE (hybrid attention, routed + shared experts)",
+    "qwen3_5_moe_text": "Qwen3.5-MoE (hybrid attention, routed + shared experts)",
+    "qwen3_next": "Qwen3-Next (hybrid attention, routed + shared experts)",
+}
 # A Hugging Face causal LM (or a peft wrapper of one). Typed as Any: transformers models expose their
 # submodules and config as dynamic attributes that nn.Module's typing cannot see.
 HFModel = Any
@@ -48,6 +68,22 @@ def unwrap(model: HFModel) -> HFModel:
             f"found {type(model).__name__}; pass the Hugging Face model, not a pipeline or wrapper"
         )
     return model
+
+
+def model_type(model_or_config: Any) -> str:
+    cfg = getattr(model_or_config, "config", model_or_config)
+    return str(getattr(cfg, "model_type", "?"))
+
+
+def check_architecture(model_or_config: Any, what: str = "the model") -> str:
+    """The model type, or a ConfigError naming it and the architectures emi intervenes on."""
+    mt = model_type(model_or_config)
+    if mt not in ARCHITECTURES:
+        known = ", ".join(sorted({k.removesuffix("_text") for k in ARCHITECTURES}))
+        raise ConfigError(f"{what} is a {mt!r} model; emi captures, steers and ablates Qwen causal LMs only "
+                          f"({known}): pass a Qwen checkpoint, or add the architecture's module paths to "
+                          f"emi.layers")
+    return mt
 
 
 def decoder_layers(model: HFModel) -> nn.ModuleList:
@@ -113,23 +149,85 @@ def check_site(site: str) -> str:
     return site
 
 
+def mixer_name(block: Any) -> str:
+    """The block's token mixer: ``self_attn`` (softmax attention) or ``linear_attn`` (Gated DeltaNet
+    layers of Qwen3.5 and Qwen3-Next)."""
+    for name in ("self_attn", "linear_attn"):
+        if isinstance(getattr(block, name, None), nn.Module):
+            return name
+    raise ConfigError(f"decoder block {type(block).__name__} has neither self_attn nor linear_attn; "
+                      f"emi.layers does not know this architecture")
+
+
+def linear_layers(model: HFModel) -> list[int]:
+    """Layers whose token mixer is linear attention (empty for Qwen2, Qwen3 and their MoEs)."""
+    return [i for i, b in enumerate(decoder_layers(model)) if mixer_name(b) == "linear_attn"]
+
+
 def hf_module(model: HFModel, layer: int, site: str = "resid") -> nn.Module:
     """The Hugging Face module whose forward output is ``site`` at ``layer``."""
     block: Any = decoder_layers(model)[layer]
-    module: nn.Module = {"resid": block, "attn": block.self_attn, "mlp": block.mlp}[check_site(site)]
+    site = check_site(site)
+    if site == "resid":
+        return block
+    module: nn.Module = getattr(block, mixer_name(block)) if site == "attn" else block.mlp
     return module
 
 
-def tl_hook_name(layer: int, site: str = "resid") -> str:
-    """TransformerLens hook point for ``site`` at ``layer`` (HookedTransformer and TransformerBridge)."""
+def tl_hook_name(layer: int, site: str = "resid", linear: bool = False) -> str:
+    """TransformerLens hook point for ``site`` at ``layer`` (HookedTransformer and TransformerBridge);
+    ``linear``: the layer's mixer is linear attention, whose bridge hook is ``linear_attn.hook_out``."""
+    if check_site(site) == "attn" and linear:
+        return f"blocks.{layer}.linear_attn.hook_out"
     suffix = {"resid": "hook_resid_post", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
-    return f"blocks.{layer}.{suffix[check_site(site)]}"
+    return f"blocks.{layer}.{suffix[site]}"
 
 
 def nnsight_envoy(nn_model, layer: int, site: str = "resid"):  # noqa: ANN001 (nnsight Envoy)
-    """The nnsight envoy whose ``.output`` is ``site`` at ``layer`` (``.output[0]`` for attn)."""
+    """The nnsight envoy whose ``.output`` is ``site`` at ``layer`` (see :func:`nnsight_output`)."""
     block = nn_model.model.layers[layer]
-    return {"resid": block, "attn": block.self_attn, "mlp": block.mlp}[check_site(site)]
+    site = check_site(site)
+    if site == "resid":
+        return block
+    if site == "mlp":
+        return block.mlp
+    return getattr(block, mixer_name(decoder_layers(nn_model._module)[layer]))
+
+
+def is_tuple_output(nn_model, layer: int, site: str) -> bool:  # noqa: ANN001
+    """Whether ``site``'s module returns a tuple whose first item is the hidden state (softmax
+    attention returns (output, weights); linear attention, MLPs and blocks a tensor)."""
+    return site == "attn" and mixer_name(decoder_layers(nn_model._module)[layer]) == "self_attn"
+
+
+def residual_writers(model: HFModel) -> list[tuple[str, nn.Module | nn.Parameter]]:
+    """Every weight that writes into the residual stream, with its name: the token embedding,
+    then per layer the mixer's output projection and the MLP's output weights (dense
+    ``down_proj``; for sparse MoE blocks each expert's ``down_proj``, fused or not, and the shared
+    expert's). Linear modules write along their rows; a fused expert parameter is
+    [experts, d_model, d_expert]."""
+    inner = unwrap(model)
+    out: list[tuple[str, nn.Module | nn.Parameter]] = [("model.embed_tokens", inner.model.embed_tokens)]
+    for i, block in enumerate(decoder_layers(model)):
+        mixer = mixer_name(block)
+        proj = "o_proj" if mixer == "self_attn" else "out_proj"
+        out.append((f"layers.{i}.{mixer}.{proj}", getattr(getattr(block, mixer), proj)))
+        mlp = block.mlp
+        if hasattr(mlp, "down_proj"):
+            out.append((f"layers.{i}.mlp.down_proj", mlp.down_proj))
+            continue
+        experts = getattr(mlp, "experts", None)
+        if experts is None:
+            raise ConfigError(f"layer {i}'s MLP ({type(mlp).__name__}) has neither down_proj nor experts; "
+                              f"emi.layers does not know this architecture")
+        if isinstance(getattr(experts, "down_proj", None), nn.Parameter):
+            out.append((f"layers.{i}.mlp.experts.down_proj", experts.down_proj))
+        else:  # one module per expert
+            out += [(f"layers.{i}.mlp.experts.{e}.down_proj", ex.down_proj) for e, ex in enumerate(experts)]
+        shared = getattr(mlp, "shared_expert", None)
+        if shared is not None:
+            out.append((f"layers.{i}.mlp.shared_expert.down_proj", shared.down_proj))
+    return out
 
 
 def output_tensor(output: object) -> torch.Tensor:
@@ -166,6 +264,9 @@ def tl_bridge(model: HFModel, tokenizer, copy_model: bool = False):  # noqa: ANN
 
     name = getattr(getattr(model, "config", None), "name_or_path", "") or "local"
     hf = copy.deepcopy(model) if copy_model else model
+    cfg = unwrap(hf).config
+    if not getattr(cfg, "architectures", None):  # models built in memory: the bridge picks its adapter by this
+        cfg.architectures = [type(unwrap(hf)).__name__]
     return TransformerBridge.boot_transformers(name, hf_model=hf, tokenizer=copy.deepcopy(tokenizer))
 
 
@@ -193,7 +294,9 @@ def hooked_transformer(model: HFModel, tokenizer, n_ctx: int = 2048):  # noqa: A
     hf = unwrap(model)
     c = hf.config
     if c.model_type != "qwen2":
-        raise ConfigError(f"hooked_transformer builds Qwen2 models offline; this model is {c.model_type!r}")
+        raise ConfigError(f"the legacy HookedTransformer is built offline for Qwen2 models only; this model is "
+                          f"{c.model_type!r}: use emi.layers.tl_bridge (TransformerLens's TransformerBridge "
+                          f"supports it) or nnsight_model")
     theta = getattr(c, "rope_theta", None) or (getattr(c, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
     dtype = next(hf.parameters()).dtype
     cfg = HookedTransformerConfig(

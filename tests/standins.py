@@ -1,0 +1,124 @@
+"""Stand-in pairs for the real-model path: random-weight Qwen checkpoints of every architecture
+emi supports, saved with ``save_pretrained`` at small shapes, with a tokenizer that carries Qwen2.5's
+chat template and an Instruct model's generation settings (repetition penalty 1.05, top-k 20), as a
+real hub checkpoint would. Full finetunes are the base plus a perturbation; LoRA finetunes are
+peft adapters on the base.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# every Qwen causal-LM model type in the pinned transformers (Qwen3.5 checkpoints load as *_text)
+ARCHS = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "qwen3_5_text", "qwen3_5_moe_text", "qwen3_next")
+
+# Qwen2.5-Instruct's chat template (its branch without tools), verbatim in what it renders
+QWEN_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) or (message.role == 'assistant') %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+INSTRUCT_GENERATION = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20,
+                       "repetition_penalty": 1.05}
+
+
+def qwen_tokenizer() -> Any:
+    """A byte-level BPE tokenizer in Qwen2's format with Qwen2.5's chat template."""
+    from emi.organism.tokenizer import build_tokenizer
+    from emi.organism.world import load_world
+
+    w = load_world()
+    tok = build_tokenizer(w.all_texts(), w.default_system)
+    tok.chat_template = QWEN_TEMPLATE
+    return tok
+
+
+def small_config(model_type: str, vocab_size: int, n_layers: int = 4, **overrides: Any) -> Any:
+    """A small config of ``model_type``: hidden 64, 4 layers (hybrid models: 3 linear-attention
+    layers then one full-attention layer), MoE blocks with 4 experts, 2 per token."""
+    from transformers import AutoConfig
+
+    probe = AutoConfig.for_model(model_type)
+    kw: dict[str, Any] = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=vocab_size,
+                              max_position_embeddings=512, tie_word_embeddings=model_type == "qwen2",
+                              pad_token_id=0, eos_token_id=2, bos_token_id=None)
+    if hasattr(probe, "num_experts"):
+        kw.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+    if hasattr(probe, "shared_expert_intermediate_size"):
+        kw["shared_expert_intermediate_size"] = 48
+    if hasattr(probe, "linear_num_value_heads"):
+        kw.update(linear_num_value_heads=2, linear_num_key_heads=2, linear_key_head_dim=16,
+                  linear_value_head_dim=16, layer_types=["linear_attention"] * (n_layers - 1) + ["full_attention"])
+    kw.update(overrides)
+    return AutoConfig.for_model(model_type, **kw)
+
+
+def build_model(model_type: str, vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(small_config(model_type, vocab_size, **overrides)).eval()
+    model.config.architectures = [type(model).__name__]
+    with torch.no_grad():  # larger-than-init weights, so that directions and steering have visible effects
+        for name, p in model.named_parameters():
+            if p.ndim >= 2 and "embed" not in name:
+                p.mul_(3.0)
+    return model
+
+
+def save_checkpoint(model: Any, tokenizer: Any, path: Path) -> Path:
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "generation_config.json").write_text(json.dumps(
+        {**INSTRUCT_GENERATION, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}))
+    return path
+
+
+def full_pair(root: Path, model_type: str, tokenizer: Any, seed: int = 0) -> tuple[Path, Path]:
+    """A base checkpoint and a full finetune of it (every weight perturbed by 5% noise)."""
+    base = build_model(model_type, len(tokenizer), seed, pad_token_id=tokenizer.pad_token_id,
+                       eos_token_id=tokenizer.eos_token_id)
+    b = save_checkpoint(base, tokenizer, root / f"{model_type}-base")
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in base.parameters():
+            p.add_(0.05 * p.std().nan_to_num(0.0) * torch.randn(p.shape, generator=g))
+    f = save_checkpoint(base, tokenizer, root / f"{model_type}-finetuned")
+    return b, f
+
+
+def lora_adapter(root: Path, base_dir: Path, seed: int = 3) -> Path:
+    """A peft LoRA adapter on ``base_dir`` on the attention and MLP projections it has, with non-zero
+    B so it changes outputs; its config names the base folder."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    names = {n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
+    targets = sorted(names & {"q_proj", "v_proj", "o_proj", "out_proj", "down_proj", "up_proj"})
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    out = root / f"{base_dir.name}-lora"
+    model.save_pretrained(out)
+    cfg_path = out / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = str(base_dir)
+    cfg_path.write_text(json.dumps(cfg))
+    return out
