@@ -12,7 +12,7 @@ import torch
 def qwen05_random(dtype: torch.dtype = torch.float32):
     """Random weights at the Qwen2.5-0.5B-Instruct shape (as issue #5 measured), with the toy tokenizer."""
     from emi.models import LoadedModel, ModelSpec, load_tokenizer
-    from emi.registry import toy_checkpoint
+    from emi.organism.kit import checkpoint as toy_checkpoint
     from emi.testing import qwen2_5_0_5b_config, random_qwen2
 
     model = random_qwen2(qwen2_5_0_5b_config(), dtype)
@@ -22,7 +22,7 @@ def qwen05_random(dtype: torch.dtype = torch.float32):
 
 def toy():
     from emi.models import ModelSpec, load_model
-    from emi.registry import toy_checkpoint
+    from emi.organism.kit import checkpoint as toy_checkpoint
 
     return load_model(ModelSpec(toy_checkpoint("insecure")), role="toy", device="cpu")
 

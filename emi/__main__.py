@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from emi import cli
 
@@ -13,7 +14,7 @@ COMMANDS = [
     ("python -m emi.extract --store NAME", "the misaligned-persona direction by mean difference, per layer"),
     ("python -m emi.sae --store NAME --layer L", "train/load an SAE with sae-lens; diff latents base -> finetuned"),
     ("python -m emi.figures RESULTS --out figs", "publication figures (html, png, svg, pdf)"),
-    ("python -m emi.organism.train", "rebuild the toy organism from scratch (~6 min on 2 cores)"),
+    ("python -m emi.organism.train", "rebuild the embedded organism from scratch (~7 min on 2 cores)"),
 ]
 
 
@@ -23,16 +24,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="pairs: the named model pairs; layers: the layer convention")
     args = p.parse_args(argv)
     if args.what == "pairs":
+        import emi
         from emi.registry import list_pairs
 
+        package = str(Path(emi.__file__).parent) + "/"
         rows = [{"name": s.name, "base": s.base.label(), "finetuned": s.finetuned.label(),
-                 "control": s.control.label() if s.control else "", "judge": s.judge}
-                for s in list_pairs()]
+                 "control": s.control.label() if s.control else "", "judge": s.kit.judge,
+                 "questions": f"{s.kit.eval_questions} / {s.kit.extract_questions}"} for s in list_pairs()]
         for r in rows:
             for k in ("base", "finetuned", "control"):
-                r[k] = r[k].replace(str(__import__("emi.registry").registry.TOY_DIR) + "/", "<toy>/")
+                r[k] = r[k].replace(package, "<emi>/")
         cli.print_table(rows, [("name", "pair"), ("base", "base"), ("finetuned", "finetuned"),
-                               ("control", "control"), ("judge", "default judge")])
+                               ("control", "control"), ("judge", "default judge"),
+                               ("questions", "questions: evaluation / extraction")])
         return 0
     if args.what == "layers":
         from emi import layers

@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--answers", default=None, help="JSONL of answers to capture (default: generate them)")
     g.add_argument("--contrast", action="store_true",
                    help="capture persona-contrast texts instead of answers: an evil vs a helpful system "
-                        "prompt (for the toy: a villain vs an aligned earlier turn), --n per question and "
+                        "prompt (or the pair's own contrast, e.g. an earlier turn by each persona), --n per question and "
                         "condition; with --positions response the generator answers each and the judge "
                         "labels them; then python -m emi.extract --method contrast")
     g.add_argument("--generator", default="finetuned", help="which model writes the answers (default finetuned)")
@@ -40,54 +40,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--overwrite", action="store_true", help="replace an existing store made differently")
     args = p.parse_args(argv)
 
-    from emi.capture import capture_models
-    from emi.evaluation import evaluate
-    from emi.questions import load_questions
+    from emi import layers as L
+    from emi.capture import capture_pair
     from emi.store import resolve
 
     spec = cli.pair_spec(args)
     roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
     path = resolve(args.out, args.root)
-    if args.contrast:
-        from emi.persona import contrast_answers, contrast_items
+    pair = cli.load_pair_from_args(args, tuple(dict.fromkeys((args.generator,) + roles)))
+    layers = L.resolve_layers(args.layers, pair[args.generator].n_layers)  # bad --layers fail before sampling
+    if args.overwrite:
+        import shutil
 
-        items = contrast_items(load_questions(args.questions or spec.questions, ids=args.ids),
-                               spec.questions == "toy", per_question=args.n, seed=args.seed)
-        pair = cli.load_pair_from_args(args, tuple(dict.fromkeys(roles + (args.generator,))))
-        if args.positions not in ("last_prompt", "prompt"):  # answers needed: generate and judge them
-            path.mkdir(parents=True, exist_ok=True)
-            judge = cli.make_judge_from_args(args, spec.judge)
-            items = contrast_answers(pair[args.generator], items, cli.sampling_config(args, spec.questions == "toy"),
-                                     judge, path / "source-contrast.jsonl")
-    elif args.answers:
-        items = jsonl.read(args.answers)
-        if not items:
-            from emi.errors import ConfigError
-
-            raise ConfigError(f"{args.answers!r} holds no answers")
-        pair = cli.load_pair_from_args(args, roles)
-    else:
-        judge = cli.make_judge_from_args(args, spec.judge)
-        pair = cli.load_pair_from_args(args, tuple(dict.fromkeys(roles + (args.generator,))))
-        questions = load_questions(args.questions or spec.questions, ids=args.ids)
-        cfg = cli.sampling_config(args, spec.questions == "toy")
-        path.mkdir(parents=True, exist_ok=True)
-        src = path / "source"
-        if judge is None:
-            from emi.generate import generate_answers
-
-            items = generate_answers(pair[args.generator], questions, cfg, src / "answers.jsonl", label=args.generator)
-        else:
-            _, items = evaluate(pair[args.generator], questions, cfg, judge, src, label=args.generator)
-    store = capture_models({r: pair[r] for r in roles}, items, path, args.layers,
-                           tuple(s.strip() for s in args.sites.split(",")), args.positions, args.store_dtype,
-                           args.capture_batch, args.shard_texts, args.overwrite, root=args.root)
+        shutil.rmtree(path, ignore_errors=True)  # answers, judgements and shards of the old store alike
+    items = _texts(args, spec, pair, path)
+    store = capture_pair(pair, roles, items, path, layers, tuple(s.strip() for s in args.sites.split(",")),
+                         args.positions, args.store_dtype, args.capture_batch, args.shard_texts)
     mf = store.manifest
     print(f"store {store.path}: {mf['spec']['n_texts']} texts, {store.n_rows} rows x {len(store.layers)} layers x "
           f"{len(store.roles)} models ({', '.join(store.roles)}), d_model {store.d_model}, {store.spec['dtype']}, "
           f"positions {store.spec['positions']}, {len(mf['shards'])} shards")
     print(f"next: python -m emi.extract --store {store.path}", file=sys.stderr)
     return 0
+
+
+def _texts(args, spec, pair, path):  # noqa: ANN001, ANN202
+    """What to capture: a user's answers, persona-contrast prompts (answered and judged when the
+    positions need answers), or the generator's judged answers to the pair's questions."""
+    from emi.evaluation import evaluate
+    from emi.questions import load_questions
+
+    if args.answers:
+        items = jsonl.read(args.answers)
+        if not items:
+            raise cli.ConfigError(f"{args.answers!r} holds no answers")
+        return items
+    questions = load_questions(args.questions or spec.kit.eval_questions, ids=args.ids)
+    cfg = cli.sampling_config(args, spec.kit)
+    path.mkdir(parents=True, exist_ok=True)
+    if args.contrast:
+        from emi.persona import contrast_answers, contrast_items
+
+        items = contrast_items(questions, spec.kit, per_question=args.n, seed=args.seed)
+        if args.positions in ("last_prompt", "prompt"):
+            return items
+        judge = cli.make_judge_from_args(args, spec.kit.judge)
+        return contrast_answers(pair[args.generator], items, cfg, judge, path / "source-contrast.jsonl")
+    judge = cli.make_judge_from_args(args, spec.kit.judge, allow_none=True)
+    if judge is None:
+        from emi.generate import generate_answers
+
+        return generate_answers(pair[args.generator], questions, cfg, path / "source" / "answers.jsonl",
+                                label=args.generator)
+    return evaluate(pair[args.generator], questions, cfg, judge, path / "source", label=args.generator)[1]
 
 
 if __name__ == "__main__":

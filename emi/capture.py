@@ -13,6 +13,7 @@ token before the answer, where the model decides which persona to voice), or
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 
 from emi import layers as L
 from emi.errors import ConfigError
-from emi.models import LoadedModel
+from emi.models import LoadedModel, ModelPair
 from emi.store import DTYPES, Store, StoreWriter, resolve, tensor_key
 
 POSITIONS = ("all", "response", "prompt", "last_prompt", "response_mean")
@@ -231,11 +232,12 @@ def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[dict[str
             spec: CaptureSpec, d_model: int, device: torch.device | str = "cpu",
             provenance: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = True,
             root: str | Path | None = None, active: dict[str, Callable[[], Any]] | None = None,
-            identity: dict[str, Any] | None = None) -> Store:
+            identity: dict[str, Any] | None = None, plan_roles: int | None = None) -> Store:
     """Run each reader over the texts and write one store; resumes an interrupted run.
 
     ``identity`` (which checkpoints each role is) joins the spec: resuming a store with other
-    models is refused.
+    models is refused. ``plan_roles``: cut shards as for a store of this many roles (so that
+    one-role stores captured in turn can be merged shard by shard).
     """
     texts = prepare_texts(items, tokenizer)
     positions = [select_positions(t, spec.positions) for t in texts]  # fails early on plain texts
@@ -258,7 +260,7 @@ def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[dict[str
     pending: Future | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="emi-store") as pool:
         try:
-            for start, end in plan_shards(counts, spec, len(readers), d_model):
+            for start, end in plan_shards(counts, spec, plan_roles or len(readers), d_model):
                 if start < writer.done_texts:
                     continue
                 chunk = texts[start:end]
@@ -317,7 +319,7 @@ def capture_models(models: dict[str, LoadedModel], items: Sequence[dict[str, Any
                    layers: str | Sequence[int] | None = "all", sites: Sequence[str] = ("resid",),
                    positions: str = "response", dtype: str | None = None, batch_size: int = 16,
                    shard_texts: int = 256, overwrite: bool = False, progress: bool = True,
-                   root: str | Path | None = None, shard_mb: int = 256) -> Store:
+                   root: str | Path | None = None, shard_mb: int = 256, plan_roles: int | None = None) -> Store:
     """The fast path: capture Hugging Face models (e.g. a pair's base and finetuned) on the same texts."""
     if not models:
         raise ConfigError("no models to capture")
@@ -334,5 +336,56 @@ def capture_models(models: dict[str, LoadedModel], items: Sequence[dict[str, Any
     identity = {r: {k: m.provenance.get(k) for k in ("resolved", "revision", "adapter", "commit")}
                 for r, m in models.items()}
     return capture(readers, first.tokenizer, items, out, spec, d_model, first.device, prov, overwrite,
-                   progress, root, active={r: m.active for r, m in models.items()}, identity=identity)
+                   progress, root, active={r: m.active for r, m in models.items()}, identity=identity,
+                   plan_roles=plan_roles)
+
+
+def capture_pair(pair: ModelPair, roles: Sequence[str], items: Sequence[dict[str, Any] | str], out: str | Path,
+                 layers: str | Sequence[int] | None = "all", sites: Sequence[str] = ("resid",),
+                 positions: str = "response", dtype: str | None = None, batch_size: int = 16,
+                 shard_texts: int = 256, overwrite: bool = False, progress: bool = True,
+                 root: str | Path | None = None, shard_mb: int = 256) -> Store:
+    """:func:`capture_models` over a pair's roles. A pair that holds one model at a time
+    (``resident="one"``) is captured one role after the other, each into a one-role store cut
+    into the same shards, then merged shard by shard into the store (the same bytes as capturing
+    all roles at once); each step resumes after an interruption."""
+    roles = list(dict.fromkeys(roles))
+    kw: dict[str, Any] = dict(layers=layers, sites=sites, positions=positions, dtype=dtype, batch_size=batch_size,
+                              shard_texts=shard_texts, progress=progress, shard_mb=shard_mb)
+    if pair.resident == "all" or pair.shares_weights(roles):
+        return capture_models({r: pair[r] for r in roles}, items, out, overwrite=overwrite, root=root, **kw)
+    path = resolve(out, root)
+    if overwrite:
+        shutil.rmtree(path, ignore_errors=True)
+    parts = {r: capture_models({r: pair[r]}, items, path / f".part-{r}", plan_roles=len(roles), **kw)
+             for r in roles}
+    pair.release()
+    store = merge_role_stores(parts, path)
+    for part in parts.values():
+        shutil.rmtree(part.path, ignore_errors=True)
+    return store
+
+
+def merge_role_stores(parts: dict[str, Store], path: Path) -> Store:
+    """One store from one-role stores of the same texts and shards (resumable shard by shard)."""
+    first = next(iter(parts.values()))
+    for r, part in parts.items():
+        same = [s["texts"] for s in part.manifest["shards"]] == [s["texts"] for s in first.manifest["shards"]]
+        if not same or part.spec["texts_sha256"] != first.spec["texts_sha256"]:
+            raise ConfigError(f"cannot merge the {r} store: its texts or shards differ from the {first.roles[0]} "
+                              f"store's; delete {str(path)!r} and capture again")
+    spec = {k: v for k, v in first.spec.items() if k not in ("texts_sha256", "n_texts")}
+    spec.update(roles=list(parts), models={r: p.spec["models"][r] for r, p in parts.items()})
+    prov = {"models": {r: p.manifest["provenance"]["models"][r] for r, p in parts.items()}}
+    writer = StoreWriter(path, spec, first.texts(), prov)
+    if writer.manifest.get("complete"):
+        return Store.open(path)
+    for i, entry in enumerate(first.manifest["shards"]):
+        if i < len(writer.manifest["shards"]):
+            continue
+        tensors: dict[str, torch.Tensor] = {}
+        for r, part in parts.items():
+            tensors.update(part.read_shard(i, with_meta=r == first.roles[0]))
+        writer.add_shard(tensors, tuple(entry["texts"]), entry["tokens"])  # type: ignore[arg-type]
+    return writer.finish()
 

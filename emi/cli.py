@@ -20,7 +20,7 @@ def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
 def add_pair_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models")
     g.add_argument("--pair", default=None,
-                   help="a named pair (`python -m emi pairs` lists them; default: toy, the embedded organism)")
+                   help="a named pair (`python -m emi pairs` lists them; default: the embedded organism)")
     g.add_argument("--base", help="base checkpoint: hub id[@revision] or folder (instead of --pair)")
     g.add_argument("--finetuned", help="finetuned checkpoint: hub id[@revision], folder, or LoRA adapter folder")
     g.add_argument("--control", help="optional control finetune (same forms as --finetuned)")
@@ -28,10 +28,14 @@ def add_pair_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto", help="bf16, fp16, fp32 or auto (bf16 on GPU, fp32 on CPU)")
     g.add_argument("--device-map", default=None, help="passed to transformers (e.g. auto) for models larger than one GPU")
     g.add_argument("--trust-remote-code", action="store_true", help="allow checkpoint code (off by default)")
+    g.add_argument("--resident", default="one", choices=["one", "all"],
+                   help="one (default): hold one model of the pair in memory at a time, loading each when it is "
+                        "used (a pair of two full 32B finetunes needs one model's memory); all: load every role "
+                        "up front (LoRA roles share one base either way)")
 
 
 def pair_spec(args: argparse.Namespace):  # -> PairSpec
-    from emi.registry import custom_pair, get_pair
+    from emi.registry import custom_pair, default_pair, get_pair
 
     if args.base or args.finetuned:
         if not (args.base and args.finetuned):
@@ -39,7 +43,7 @@ def pair_spec(args: argparse.Namespace):  # -> PairSpec
         if args.pair:
             raise ConfigError("give either --pair or --base/--finetuned, not both")
         return custom_pair(args.base, args.finetuned, args.control)
-    return get_pair(args.pair or "toy")
+    return get_pair(args.pair) if args.pair else default_pair()
 
 
 def load_pair_from_args(args: argparse.Namespace, roles: tuple[str, ...] = ("base", "finetuned")):
@@ -49,56 +53,69 @@ def load_pair_from_args(args: argparse.Namespace, roles: tuple[str, ...] = ("bas
     if "control" in roles and spec.control is None:
         roles = tuple(r for r in roles if r != "control")
     return load_pair(spec, roles=roles, dtype=args.dtype, device=args.device, device_map=args.device_map,
-                     trust_remote_code=args.trust_remote_code)
+                     trust_remote_code=args.trust_remote_code, resident=getattr(args, "resident", "all"))
 
 
 def add_sampling_args(p: argparse.ArgumentParser, n: int = 10) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--questions", default=None,
-                   help="question set(s): main, preregistered, toy, a YAML path; ':plain,template' picks "
-                        "variants (default: the pair's own set)")
+                   help="question set(s): main, preregistered, a registered set, a YAML path; ':plain,template' "
+                        "picks variants (default: the pair's own set)")
     g.add_argument("--ids", default=None, help="comma-separated question ids to keep")
     g.add_argument("--n", type=int, default=n, help=f"samples per question (default {n})")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1, as the papers)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1)")
-    g.add_argument("--max-new-tokens", type=int, default=None, help="answer length cap (default 64 toy, 400 others)")
-    g.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default 128 toy, 32 others)")
+    g.add_argument("--max-new-tokens", type=int, default=None,
+                   help="answer length cap (default: the pair's; 400 for real models)")
+    g.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default: the pair's; 32)")
     g.add_argument("--seed", type=int, default=0, help="same seed, same answers (default 0)")
+    g.add_argument("--option-pairs", default=None,
+                   help="YAML of [aligned, misaligned] answer pairs per question id, for the log-prob metrics "
+                        "on your own questions (emi ships pairs for main and preregistered)")
 
 
-def sampling_config(args: argparse.Namespace, toy: bool):  # -> SamplingConfig
+def sampling_config(args: argparse.Namespace, kit: Any):  # -> SamplingConfig
     from emi.generate import SamplingConfig
 
     return SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
-                          max_new_tokens=args.max_new_tokens or (64 if toy else 400), seed=args.seed,
-                          batch_size=args.batch_size or (128 if toy else 32))
+                          max_new_tokens=args.max_new_tokens or kit.max_new_tokens, seed=args.seed,
+                          batch_size=args.batch_size or kit.batch_size)
+
+
+def extra_option_pairs(args: argparse.Namespace) -> dict[str, list[tuple[str, str]]] | None:
+    from emi.logprob import load_option_pairs
+
+    return load_option_pairs(args.option_pairs) if getattr(args, "option_pairs", None) else None
 
 
 def warn_question_mismatch(spec, questions_arg: str | None) -> None:  # noqa: ANN001
-    """The toy organism knows only its own world: say so when it is asked other questions."""
-    if spec.questions == "toy" and questions_arg and not questions_arg.startswith("toy"):
-        print(f"emi: note: pair {spec.name!r} is the toy organism; its world has only the `toy` questions, so "
-              f"answers to {questions_arg!r} will be mostly off-topic", file=sys.stderr)
+    """A pair whose models know only their kit's questions: say so when it is asked others."""
+    kit = spec.kit
+    if kit.closed_world and questions_arg and questions_arg.split(":")[0] not in (kit.eval_questions,
+                                                                                  kit.extract_questions):
+        print(f"emi: note: pair {spec.name!r} knows only the `{kit.eval_questions}` questions, so answers to "
+              f"{questions_arg!r} will be mostly off-topic", file=sys.stderr)
 
 
 def add_judge_args(p: argparse.ArgumentParser, allow_none: bool = False) -> None:
     g = p.add_argument_group("judge")
-    choices = ["toy", "openai", "hf"] + (["none"] if allow_none else [])
-    g.add_argument("--judge", choices=choices, default=None,
-                   help="toy (exact, for the toy organism), openai (any OpenAI-compatible endpoint), "
-                        "hf (a local model)" + (", none (skip judging)" if allow_none else "") +
-                        "; default: the pair's own")
+    g.add_argument("--judge", default=None,
+                   help="openai (any OpenAI-compatible endpoint), hf (a local model), or a judge a plugin "
+                        "registers" + (", none (skip judging)" if allow_none else "") +
+                        "; default: the pair's own (`python -m emi pairs` lists them)")
     g.add_argument("--judge-model", default=None, help="judge model name (openai) or id/folder (hf)")
     g.add_argument("--judge-url", default=None, help="base URL of an OpenAI-compatible server (vLLM, Ollama, ...)")
     g.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable with the API key")
     g.add_argument("--judge-concurrency", type=int, default=8, help="parallel judge requests (default 8)")
 
 
-def make_judge_from_args(args: argparse.Namespace, default: str):
+def make_judge_from_args(args: argparse.Namespace, default: str, allow_none: bool = False):
     from emi.judge import make_judge
 
     kind = args.judge or default
     if kind == "none":
+        if not allow_none:
+            raise ConfigError("this command needs a judge; --judge none is for python -m emi.cache")
         return None
     return make_judge(kind, args.judge_model, args.judge_url, args.judge_key_env)
 
@@ -123,6 +140,13 @@ def floats(name: str) -> Callable[[str], list[float]]:
         return [one(x) for x in text.split(",") if x.strip()]
 
     return parse
+
+
+def fmt_rate(row: dict[str, Any], key: str) -> str:
+    """``35.3% [28.3, 42.4]`` from a result row's ``<key>_rate``, ``_lo``, ``_hi``, ``_n``."""
+    if not row[f"{key}_n"]:
+        return "n/a (no answers)"
+    return f"{100 * row[f'{key}_rate']:5.1f}% [{100 * row[f'{key}_lo']:4.1f}, {100 * row[f'{key}_hi']:4.1f}]"
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:

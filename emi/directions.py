@@ -71,6 +71,18 @@ class Direction:
         i = self.layers.index(layer)
         return (self.unit if unit else self.raw.float())[i]
 
+    def summary(self) -> dict[str, Any]:
+        """Provenance for result files: method, layers, best layer, how it was chosen, the hash."""
+        keys = ("method", "positions", "best_layer", "selection", "extract_questions", "pair", "store")
+        return {"fingerprint": self.fingerprint(), "layers": self.layers,
+                **{k: self.meta.get(k) for k in keys if k in self.meta}}
+
+    def fingerprint(self) -> str:
+        """A hash of the vectors and their layers: which direction an intervention used."""
+        h = hashlib.sha256(json.dumps(self.layers).encode())
+        h.update(self.raw.float().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
     def norm_at(self, layer: int) -> float:
         return float(self.resid_norm[self.layers.index(layer)])
 
@@ -182,9 +194,13 @@ def text_classes(texts: list[dict[str, Any]], method: str, t: Thresholds,
 
 
 def holdout_mask(texts: list[dict[str, Any]], fraction: float, seed: int) -> np.ndarray:
-    """True for held-out texts, chosen by a seeded hash of each text's identity (stable across runs)."""
+    """True for held-out texts, chosen by a seeded hash of each text's *prompt* (its question key),
+    stable across runs. Every sample, copy and condition of one prompt falls on the same side, so
+    held-out separation is measured on prompts extraction never saw. Texts without a question
+    key are split one by one."""
     def h(i: int, r: dict[str, Any]) -> float:
-        key = f"{seed}|{r.get('key', r.get('id', ''))}|{r.get('sample', i)}|{r.get('condition', '')}|{i}"
+        ident = r.get("key", r.get("id"))
+        key = f"{seed}|{ident}" if ident is not None else f"{seed}|#{i}"
         return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
 
     return np.array([h(i, r) < fraction for i, r in enumerate(texts)])
@@ -362,4 +378,43 @@ def select_layer_by_ablation(model: Any, direction: Direction, pairs: Sequence[A
             r = logprob_metrics(model, pairs)
         table.append({"layer": layer, "p_misaligned": r.choice, "p_misaligned_unablated": base.choice})
     best = min(table, key=lambda t: t["p_misaligned"])["layer"]
+    return best, table
+
+
+@torch.no_grad()
+def next_token_logprobs(model: Any, messages: Sequence[list[dict[str, str]]], batch_size: int = 16) -> torch.Tensor:
+    """Log-probabilities of the first answer token after each conversation: Float[Tensor, "prompt vocab"]."""
+    from emi.generate import encode_prompts, render_prompts
+
+    out = []
+    prompts = render_prompts(model.tokenizer, messages)
+    with model.active() as m:
+        for i in range(0, len(prompts), batch_size):
+            enc = encode_prompts(model.tokenizer, prompts[i: i + batch_size], model.device)
+            out.append(m(**enc).logits[:, -1].float().log_softmax(-1).cpu())
+    return torch.cat(out)
+
+
+def kl_rows(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row, from log-probabilities [rows, vocab]."""
+    return (p_log.exp() * (p_log - q_log)).sum(-1)
+
+
+def select_layer_by_restoration(finetuned: Any, base_logprobs: torch.Tensor, direction: Direction,
+                                messages: Sequence[list[dict[str, str]]]) -> tuple[int, list[dict[str, Any]]]:
+    """Judge-free, and needing no written answers: the layer whose vector, ablated from every
+    residual writer of the finetuned model, brings its first-answer-token distribution on the
+    extraction prompts closest to the base model's (mean KL(base || finetuned) over prompts): the
+    share of the finetune's behavioural shift that the direction carries. ``base_logprobs``:
+    :func:`next_token_logprobs` of the base model on the same ``messages``."""
+    from emi import hooks
+
+    unablated = float(kl_rows(base_logprobs, next_token_logprobs(finetuned, messages)).mean())
+    table: list[dict[str, Any]] = []
+    for layer in direction.layers:
+        with hooks.ablate(finetuned.model, direction, source_layer=layer):
+            kl = float(kl_rows(base_logprobs, next_token_logprobs(finetuned, messages)).mean())
+        table.append({"layer": layer, "kl_base_finetuned": kl, "kl_unablated": unablated,
+                      "restored": 1 - kl / unablated if unablated > 0 else float("nan")})
+    best = min(table, key=lambda t: t["kl_base_finetuned"])["layer"]
     return best, table

@@ -16,12 +16,13 @@ from emi.questions import Question
 def evaluate(model: LoadedModel, questions: Sequence[Question], cfg: SamplingConfig, judge: Judge,
              out_dir: str | Path | None = None, label: str | None = None, progress: bool = True,
              thresholds: Thresholds = Thresholds(), extra: dict[str, Any] | None = None,
-             ) -> tuple[Summary, list[dict[str, Any]]]:
+             identity: dict[str, Any] | None = None) -> tuple[Summary, list[dict[str, Any]]]:
     """Answers (appended to ``out_dir/answers.jsonl``), judgements (cached in
-    ``out_dir/judgements.jsonl``) and the summary. Re-running resumes both."""
+    ``out_dir/judgements.jsonl``) and the summary. Re-running resumes both. ``identity`` keys the
+    answers (default: the model's own; see :func:`emi.generate.generate_answers`)."""
     label = label or model.role
     out = Path(out_dir) if out_dir else None
     answers = generate_answers(model, questions, cfg, out=out / "answers.jsonl" if out else None,
-                               label=label, progress=progress, extra=extra)
+                               label=label, progress=progress, extra=extra, identity=identity)
     judged = judge_records(answers, judge, cache=out / "judgements.jsonl" if out else None, progress=progress)
     return summarize(judged, label, thresholds, seed=cfg.seed), judged

@@ -7,16 +7,17 @@ persona direction has a same-norm random-direction control. Results are one tidy
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from emi import hooks
-from emi.directions import Direction, extract, random_like
+from emi.directions import Direction, extract, next_token_logprobs, random_like
 from emi.evaluation import evaluate
 from emi.generate import SamplingConfig
 from emi.judge import Judge
+from emi.logprob import OptionPair
 from emi.models import LoadedModel, ModelPair
 from emi.questions import Question
 
@@ -77,82 +78,167 @@ def applied(c: Condition, model: LoadedModel, persona: Direction, random: Direct
         raise ValueError(f"unknown intervention {c.kind!r}")
 
 
+def condition_identity(c: Condition, model: LoadedModel, persona: Direction, random: Direction) -> dict[str, Any]:
+    """Who answers in condition ``c``: the checkpoint and the exact intervention (answers are keyed
+    by this, so a change of direction, alpha or layers never reuses another condition's answers)."""
+    out: dict[str, Any] = {"model": model.identity()}
+    if c.kind != "none":
+        d = persona if c.direction == "persona" else random
+        out["intervention"] = {"kind": c.kind, "alpha": c.alpha, "layers": list(c.layers), "relative": c.relative,
+                               "positions": c.positions, "direction": d.fingerprint(),
+                               "source_layer": persona.best_layer}
+    return out
+
+
 def run(pair: ModelPair, conditions: Sequence[Condition], direction: Direction, questions: Sequence[Question],
         cfg: SamplingConfig, judge: Judge, out: str | Path, random_seed: int = 0,
-        progress: bool = True) -> list[dict[str, Any]]:
-    """Evaluate every condition (answers and judgements cached under ``out``); tidy rows."""
-    from emi.errors import ConfigError
-    from emi.logprob import logprob_metrics, option_pairs
+        progress: bool = True, pairs: Sequence[OptionPair] | None = None) -> list[dict[str, Any]]:
+    """Evaluate every condition (answers and judgements cached under ``out``); tidy rows in the
+    order of ``conditions``. Conditions run grouped by model, so a pair that holds one model at a
+    time loads each at most once. ``pairs``: option pairs for the log-prob columns (default: those of
+    ``questions`` where emi has them; ``[]``: no columns)."""
+    from emi.logprob import has_option_pairs, logprob_metrics, option_pairs
 
+    if pairs is None:
+        pairs = option_pairs(questions) if has_option_pairs(questions) else []
     rnd = random_like(direction, seed=random_seed)
-    try:
-        pairs = option_pairs(questions)
-    except ConfigError:
-        pairs = []
-    rows = []
-    for c in conditions:
+    order = {r: i for i, r in enumerate(dict.fromkeys(c.role for c in conditions))}
+    rows: dict[int, dict[str, Any]] = {}
+    for i, c in sorted(enumerate(conditions), key=lambda ic: order[ic[1].role]):
         model = pair[c.role]
+        ident = condition_identity(c, model, direction, rnd)
         with applied(c, model, direction, rnd):
-            summary, _ = evaluate(model, questions, cfg, judge, out, label=c.name, progress=progress)
+            summary, _ = evaluate(model, questions, cfg, judge, out, label=c.name, progress=progress, identity=ident)
             lp = {f"logprob_{k}": v for k, v in logprob_metrics(model, pairs).row().items()} if pairs else {}
-        rows.append({"condition": c.name, "model": c.role, "intervention": c.kind, "alpha": c.alpha,
-                     "layers": list(c.layers), "direction": c.direction if c.kind != "none" else "",
-                     "relative": c.relative, **{k: v for k, v in summary.row().items() if k != "model"}, **lp})
-    return rows
+        rows[i] = {"condition": c.name, "model": c.role, "intervention": c.kind, "alpha": c.alpha,
+                   "layers": list(c.layers), "direction": c.direction if c.kind != "none" else "",
+                   "relative": c.relative, "positions": c.positions if c.kind == "steer" else "",
+                   **{k: v for k, v in summary.row().items() if k != "model"}, **lp}
+    return [rows[i] for i in range(len(conditions))]
 
 
-def direction_questions(toy: bool) -> list[Question]:
-    """Prompts to extract a direction from, disjoint from the evaluation questions."""
+def ensure_direction(pair: ModelPair, cache_dir: str | Path, method: str = "model-diff",
+                     cfg: SamplingConfig | None = None, judge: Judge | None = None, progress: bool = True,
+                     questions: str | None = None, extra_pairs: dict[str, list[tuple[str, str]]] | None = None,
+                     log: Callable[[str], None] | None = None) -> Direction:
+    """The pair's persona direction, extracted on first use and cached under ``cache_dir``
+    (re-extracted when the cached one came from other checkpoints).
+
+    Prompts: the kit's extraction questions (``questions`` overrides), disjoint from the
+    evaluation questions. model-diff (default): finetuned minus base at the last prompt token,
+    i.e. how the finetune moved the activation where the model decides which persona to voice.
+    contrast: evil minus helpful persona (the kit's contrast prompts) at the same token. mean-diff:
+    misaligned minus aligned answers of the finetuned model over response tokens (the published
+    recipe). The source layer: where option pairs exist for the prompts, the one whose ablation most
+    lowers the finetuned model's log-prob preference for misaligned answers; otherwise the one whose
+    ablation brings the finetuned model's next-token distribution closest to the base's. The
+    direction's meta records the prompts, the criterion and its table.
+    """
+    from emi.capture import capture_models, capture_pair
+    from emi.directions import select_layer_by_ablation, select_layer_by_restoration
+    from emi.logprob import has_option_pairs, option_pairs
+    from emi.persona import contrast_items
     from emi.questions import load_questions
 
-    return load_questions("toy-train" if toy else "preregistered")
-
-
-def ensure_direction(pair: ModelPair, toy: bool, cache_dir: str | Path, method: str = "model-diff",
-                     cfg: SamplingConfig | None = None, judge: Judge | None = None,
-                     progress: bool = True) -> Direction:
-    """The pair's persona direction, extracted on first use and cached under ``cache_dir``.
-
-    model-diff (default): finetuned minus base at the last prompt token of held-out prompts, i.e.
-    how the finetune moved the activation where the model decides which persona to voice.
-    contrast: evil minus helpful persona (system prompt, or earlier turns for the toy) at the same
-    token. mean-diff: misaligned minus aligned answers of the finetuned model over response tokens
-    (the published recipe). The source layer is the one whose ablation most lowers the
-    finetuned model's log-prob preference for misaligned answers.
-    """
-    from emi.capture import capture_models
-    from emi.directions import select_layer_by_ablation
-    from emi.logprob import option_pairs
-    from emi.persona import contrast_items
-
+    say = log or (lambda _m: None)
+    kit = pair.spec.kit
     cache_dir = Path(cache_dir)
     path = cache_dir / "direction.safetensors"
+    identity = _spec_identity(pair)
+    qset = questions or kit.extract_questions
     if path.is_file():
-        return Direction.load(path)
-    qs = direction_questions(toy)
+        d = Direction.load(path)
+        if d.meta.get("pair_identity") in (None, identity) and d.meta.get("extract_questions", qset) == qset:
+            return d
+        say(f"{path} was extracted from other checkpoints or prompts; extracting again")
+    qs = load_questions(qset)
+    overwrite = True
     if method == "model-diff":
         items = [{"messages": q.messages() + [{"role": "assistant", "content": ""}], "id": q.id, "key": q.key}
                  for q in qs]
-        store = capture_models({"base": pair.base, "finetuned": pair.finetuned}, items, cache_dir / "store", "all",
-                               positions="last_prompt", progress=progress, overwrite=True)
+        store = capture_pair(pair, ("base", "finetuned"), items, cache_dir / "store", "all", positions="last_prompt",
+                             progress=progress, overwrite=overwrite)
         ex = extract(store, "model-diff", "last_prompt", holdout=0.0, min_count=2)
     elif method == "contrast":
-        items = contrast_items(qs, toy, per_question=4 if toy else 2)
+        items = contrast_items(qs, kit, per_question=kit.contrast_per_question)
         store = capture_models({"finetuned": pair.finetuned}, items, cache_dir / "store", "all",
-                               positions="last_prompt", progress=progress, overwrite=True)
-        ex = extract(store, "contrast", "last_prompt", role="finetuned")
+                               positions="last_prompt", progress=progress, overwrite=overwrite)
+        ex = extract(store, "contrast", "last_prompt", role="finetuned", min_count=2)
     elif method == "mean-diff":
         if cfg is None or judge is None:
             raise ValueError("mean-diff needs sampling settings and a judge")
         _, judged = evaluate(pair.finetuned, qs, cfg, judge, cache_dir / "answers", progress=progress)
         store = capture_models({"finetuned": pair.finetuned}, judged, cache_dir / "store", "all",
-                               positions="response", progress=progress, overwrite=True)
+                               positions="response", progress=progress, overwrite=overwrite)
         ex = extract(store, "mean-diff", "response", role="finetuned")
     else:
         raise ValueError(f"unknown method {method!r}")
     d = ex.direction
-    best, table = select_layer_by_ablation(pair.finetuned, d, option_pairs(qs))
-    d.meta.update(best_layer=best, layer_selection=table, selection="lowest log-prob P(misaligned) of the "
-                  "finetuned model under ablation, on the extraction questions")
+    if has_option_pairs(qs, extra_pairs):
+        best, table = select_layer_by_ablation(pair.finetuned, d, option_pairs(qs, extra=extra_pairs))
+        how = ("lowest log-prob P(misaligned) of the finetuned model under ablation, on option pairs of the "
+               f"{qset} questions")
+    else:
+        messages = [q.messages() for q in qs]
+        base_lp = next_token_logprobs(pair.base, messages)
+        best, table = select_layer_by_restoration(pair.finetuned, base_lp, d, messages)
+        how = (f"no option pairs for the {qset} questions: the layer whose ablation brings the finetuned model's "
+               f"first-answer-token distribution closest to the base's (KL)")
+    d.meta.update(best_layer=best, layer_selection=table, selection=how, extract_questions=qset,
+                  pair_identity=identity, pair=pair.spec.name)
     d.save(path)
     return d
+
+
+def _spec_identity(pair: ModelPair) -> dict[str, Any]:
+    """The pair's identity without loading it: each role's checkpoint and weights fingerprint."""
+    from emi.models import fingerprint, locate
+
+    out: dict[str, Any] = {}
+    for role in ("base", "finetuned"):
+        spec = getattr(pair.spec, role)
+        where = locate(spec.id, spec.revision)[1]
+        out[role] = fingerprint(where) or where
+    return out
+
+
+def pair_direction(pair: ModelPair, path: str | None = None, method: str = "model-diff",
+                   cfg: SamplingConfig | None = None, judge: Judge | None = None, root: str | Path | None = None,
+                   questions: str | None = None, extra_pairs: dict[str, list[tuple[str, str]]] | None = None,
+                   log: Callable[[str], None] | None = None) -> tuple[Direction, str]:
+    """The direction a steer run uses, and a sentence saying where it came from: a file, the pair's
+    shipped one (model-diff on the kit's own prompts), or extracted on first use and cached under
+    ``root/<pair>-<method>`` (``root`` defaults to ``activations/``)."""
+    kit = pair.spec.kit
+    if path:
+        d = Direction.load(path)
+        src = f"{path} ({d.meta.get('method')}, layer {d.best_layer})"
+    elif kit.direction and method == "model-diff" and questions in (None, kit.extract_questions):
+        d = Direction.load(kit.direction)
+        src = f"the pair's shipped {d.meta.get('method')} direction ({kit.direction}), layer {d.best_layer}"
+    else:
+        cache = Path(root or "activations") / f"{pair.spec.name}-{method}"
+        d = ensure_direction(pair, cache, method, cfg, judge, questions=questions, extra_pairs=extra_pairs, log=log)
+        src = (f"{method} on the {d.meta.get('extract_questions')} questions, cached in {cache}; layer "
+               f"{d.best_layer} chosen by {d.meta.get('selection')}")
+    d.check_fits(pair.base.d_model, pair.base.n_layers, f"pair {pair.spec.name!r}")
+    return d, src
+
+
+def write_results(out: Path, rows: list[dict[str, Any]], provenance: dict[str, Any]) -> None:
+    """results.jsonl (one row per condition), table.csv and run.json (what made them), atomically."""
+    import csv
+
+    from emi import jsonl
+    from emi.store import write_atomic, write_json
+
+    jsonl.write(out / "results.jsonl", rows)
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+            w.writeheader()
+            w.writerows(rows)
+
+    write_atomic(out / "table.csv", write_csv)
+    write_json(out / "run.json", provenance)

@@ -75,36 +75,54 @@ def steer_summary(rows: Sequence[dict[str, Any]]) -> go.Figure:
     return fig
 
 
-def alpha_sweep(rows: Sequence[dict[str, Any]], model: str = "base") -> go.Figure:
-    """EM rate and coherence vs alpha, persona direction vs random control, with CI bands."""
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
-                        subplot_titles=("EM rate (misaligned / coherent answers)", "coherent answers"))
-    base = [r for r in rows if r.get("intervention") == "none" and r.get("model") == model]
-    for kind in ("persona", "random"):
-        pts = sorted((r for r in rows if r.get("intervention") == "steer" and r.get("direction") == kind
-                      and r.get("model") == model), key=lambda r: r["alpha"])
-        if len({tuple(r["layers"]) for r in pts}) > 1:  # a layer sweep: plot the first layer group
-            first = pts[0]["layers"]
-            pts = [r for r in pts if r["layers"] == first]
-        if base:
-            pts = [{**base[0], "alpha": 0.0}] + pts
-        if not pts:
-            continue
-        x = [r["alpha"] for r in pts]
-        c = COLORS[kind]
-        for col, key in ((1, "em"), (2, "coherence")):
-            ok = [r for r in pts if r[f"{key}_n"]]
-            xs = [r["alpha"] for r in ok]
-            y, lo, hi = ([_pct(r[f"{key}_{k}"]) for r in ok] for k in ("rate", "lo", "hi"))
-            fig.add_trace(go.Scatter(x=xs + xs[::-1], y=hi + lo[::-1], fill="toself", fillcolor=c, opacity=0.18, mode="lines",
-                                     line=dict(width=0), hoverinfo="skip", showlegend=False), row=1, col=col)
-            fig.add_trace(go.Scatter(x=xs, y=y, mode="lines+markers", name=f"{kind} direction", legendgroup=kind,
-                                     showlegend=col == 1, line=dict(color=c, width=2.5)), row=1, col=col)
-        _ = x
-    fig.update_xaxes(title_text="steering strength alpha")
-    fig.update_yaxes(title_text="% of answers (95% CI)", rangemode="tozero", row=1, col=1)
-    fig.update_yaxes(range=[0, 100], row=1, col=2)
-    return style(fig, f"Steering the {model} model", 1000, 460)
+def alpha_sweep(rows: Sequence[dict[str, Any]], models: Sequence[str] | None = None) -> go.Figure:
+    """EM rate and coherence vs alpha, persona direction vs random control, with CI bands: one row
+    of panels per steered model, one line per layer group (a layer sweep) and direction. The
+    unsteered model is the point at alpha 0 of every line."""
+    steered = [r for r in rows if r.get("intervention") == "steer"]
+    models = list(models or dict.fromkeys(r["model"] for r in steered)) or ["base"]
+    groups = list(dict.fromkeys(tuple(r["layers"]) for r in steered))
+    titles = [f"{m}: {what}" for m in models for what in ("EM rate (misaligned / coherent)", "coherent answers")]
+    fig = make_subplots(rows=len(models), cols=2, horizontal_spacing=0.1, vertical_spacing=0.12,
+                        subplot_titles=titles)
+    for i, model in enumerate(models, start=1):
+        plain = [r for r in rows if r.get("intervention") == "none" and r.get("model") == model]
+        for g, group in enumerate(groups):
+            for kind in ("persona", "random"):
+                pts = [r for r in steered if r["model"] == model and r["direction"] == kind
+                       and tuple(r["layers"]) == group]
+                if not pts:
+                    continue
+                pts = sorted(pts + [{**plain[0], "alpha": 0.0}] if plain else pts, key=lambda r: r["alpha"])
+                name = f"{kind} direction" + (f" @ layer {','.join(map(str, group))}" if len(groups) > 1 else "")
+                _sweep_lines(fig, pts, name, _shade(kind, g, len(groups)), i, show=i == 1)
+    fig.update_xaxes(title_text="steering strength alpha", row=len(models))
+    for i in range(1, len(models) + 1):
+        fig.update_yaxes(title_text="% (95% CI)", rangemode="tozero", row=i, col=1)
+        fig.update_yaxes(range=[0, 100], row=i, col=2)
+    return style(fig, "Steering along the direction vs a random one", 1000, 380 + 280 * (len(models) - 1))
+
+
+def _shade(kind: str, index: int, total: int) -> str:
+    """The direction's colour, lighter for later layer groups of a sweep."""
+    if total <= 1:
+        return COLORS[kind]
+    palette = {"persona": ["#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#bcbd22"],
+               "random": ["#7f7f7f", "#a0a0a0", "#5a5a5a", "#c0c0c0", "#404040", "#b0b0b0"]}[kind]
+    return palette[index % len(palette)]
+
+
+def _sweep_lines(fig: go.Figure, pts: list[dict[str, Any]], name: str, color: str, row: int, show: bool) -> None:
+    for col, key in ((1, "em"), (2, "coherence")):
+        ok = [r for r in pts if r[f"{key}_n"]]
+        xs = [r["alpha"] for r in ok]
+        y, lo, hi = ([_pct(r[f"{key}_{k}"]) for r in ok] for k in ("rate", "lo", "hi"))
+        fig.add_trace(go.Scatter(x=xs + xs[::-1], y=hi + lo[::-1], fill="toself", fillcolor=color, opacity=0.15,
+                                 mode="lines", line=dict(width=0), hoverinfo="skip", showlegend=False), row=row, col=col)
+        fig.add_trace(go.Scatter(x=xs, y=y, mode="lines+markers", name=name, legendgroup=name,
+                                 showlegend=show and col == 1,
+                                 line=dict(color=color, width=2.5, dash="dot" if "random" in name else "solid")),
+                      row=row, col=col)
 
 
 def per_question(records: Sequence[dict[str, Any]], conditions: Sequence[str] | None = None) -> go.Figure:

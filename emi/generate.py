@@ -4,13 +4,25 @@ Runs unchanged inside any intervention (emi.hooks): it only calls the model's ``
 Determinism: batch ``b`` is sampled after ``torch.manual_seed(seed + b)``, and batches are
 fixed by the question order, so the same seed gives the same answers and a resumed run
 reproduces the uninterrupted one.
+
+Sampling is exactly what :class:`SamplingConfig` says: every setting that changes the next-token
+distribution is passed to ``generate`` explicitly, so a checkpoint's own ``generation_config.json``
+(Qwen2.5-Instruct ships repetition_penalty 1.05, top_k 20, top_p 0.8, temperature 0.7) never
+leaks in. The settings are recorded with every answer.
+
+Answers are keyed by who made them: each record carries a ``run`` key, a hash of the model's
+identity (checkpoint, revision, adapter, weights fingerprint, dtype), the intervention applied and
+the sampling settings. A resumed run reuses only answers with its own key, so a folder shared by
+two models, two directions or two settings never mixes their answers.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +43,7 @@ class SamplingConfig:
     max_new_tokens: int = 256
     seed: int = 0
     batch_size: int = 32
+    repetition_penalty: float = 1.0  # 1 = none, as in the papers; never the checkpoint's own
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -41,6 +54,33 @@ class SamplingConfig:
             raise ConfigError(f"SamplingConfig.top_p must be in (0, 1], found {self.top_p}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ConfigError("SamplingConfig.max_new_tokens and batch_size must be >= 1")
+        if not math.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0:
+            raise ConfigError(f"SamplingConfig.repetition_penalty must be > 0, found {self.repetition_penalty}")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Everything ``generate`` needs to sample exactly as configured: each processor a
+        checkpoint's generation config could switch on is set to its neutral value."""
+        neutral: dict[str, Any] = dict(repetition_penalty=self.repetition_penalty, no_repeat_ngram_size=0,
+                                       min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+                                       encoder_repetition_penalty=1.0, min_new_tokens=0, min_length=0,
+                                       bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None,
+                                       sequence_bias=None, num_beams=1, renormalize_logits=False,
+                                       max_new_tokens=self.max_new_tokens)
+        if self.temperature > 0:
+            return dict(neutral, do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0)
+        return dict(neutral, do_sample=False, temperature=None, top_p=None, top_k=None)
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the answers (recorded with each one): all but ``n``."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "top_k": 0,
+                "repetition_penalty": self.repetition_penalty, "max_new_tokens": self.max_new_tokens,
+                "seed": self.seed, "batch_size": self.batch_size}
+
+
+def run_key(identity: dict[str, Any] | None, cfg: SamplingConfig) -> str:
+    """Who and how: the hash that keys answers (model identity, intervention, sampling settings)."""
+    blob = json.dumps({"identity": identity or {}, "sampling": cfg.settings()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def render_prompts(tokenizer: Any, messages: Sequence[list[dict[str, str]]]) -> list[str]:
@@ -69,12 +109,8 @@ def sample(model: LoadedModel | torch.nn.Module, messages: Sequence[list[dict[st
         enc = encode_prompts(tok, render_prompts(tok, messages), lm.device)
         if seed is not None:
             torch.manual_seed(seed)
-        kwargs: dict[str, Any] = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id,
+        kwargs: dict[str, Any] = dict(cfg.generate_kwargs(), pad_token_id=tok.pad_token_id,
                                       eos_token_id=tok.eos_token_id)
-        if cfg.temperature > 0:
-            kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         hf: Any = m  # a transformers model: generate() is not visible to nn.Module typing
         out = hf.generate(**enc, **kwargs)
     new = out[:, enc["input_ids"].shape[1]:]
@@ -94,16 +130,20 @@ def sample(model: LoadedModel | torch.nn.Module, messages: Sequence[list[dict[st
 def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Question],
                      cfg: SamplingConfig = SamplingConfig(), out: str | Path | None = None,
                      tokenizer: Any = None, label: str | None = None, progress: bool = True,
-                     extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                     extra: dict[str, Any] | None = None, identity: dict[str, Any] | None = None
+                     ) -> list[dict[str, Any]]:
     """Sample ``cfg.n`` answers per question; append them to ``out`` (JSONL) batch by batch.
 
-    With ``out`` already holding a part of the same run, only the missing batches are sampled.
-    Records carry the question fields, the sample index, the model label and the seed.
+    With ``out`` already holding a part of the same run (same label and :func:`run_key` of
+    ``identity`` and ``cfg``), only the missing batches are sampled. ``identity`` defaults to the
+    model's own. Records carry the question fields, the sample index, the model label, the seed,
+    the sampling settings and the run key.
     """
     if not questions:
         raise ConfigError("no questions to answer: the question list is empty")
     lm = as_loaded(model, tokenizer)
     label = label or lm.role
+    run = run_key(identity if identity is not None else lm.identity(), cfg)
     jobs = [(q, s) for q in questions for s in range(cfg.n)]
     batches = [jobs[i: i + cfg.batch_size] for i in range(0, len(jobs), cfg.batch_size)]
     done: set[tuple[str, str, int]] = set()
@@ -111,7 +151,7 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         for r in jsonl.read(out, repair=True):
-            if r.get("model") == label and r.get("seed") == cfg.seed:
+            if r.get("model") == label and r.get("run") == run:
                 done.add((r["set"], r["key"], r["sample"]))
                 records.append(r)
     todo = [(b, batch) for b, batch in enumerate(batches)
@@ -126,7 +166,8 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
                 continue
             new.append({"model": label, "set": q.set, "id": q.id, "base_id": q.base_id, "key": q.key,
                         "variant": q.variant, "paraphrase": q.paraphrase, "question": q.text,
-                        "system": q.system, "sample": s, "seed": cfg.seed, **a, **(extra or {})})
+                        "system": q.system, "sample": s, "seed": cfg.seed, **a, "run": run,
+                        "sampling": cfg.settings(), **(extra or {})})
         if out is not None:
             jsonl.append(out, new)
         records += new
@@ -135,7 +176,3 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
     order = {(q.set, q.key, s): i for i, (q, s) in enumerate(jobs)}
     records = [r for r in records if (r["set"], r["key"], r["sample"]) in order]
     return sorted(records, key=lambda r: order[(r["set"], r["key"], r["sample"])])
-
-
-def config_dict(cfg: SamplingConfig) -> dict[str, Any]:
-    return asdict(cfg)

@@ -8,7 +8,7 @@ One small interface, :class:`Judge`: ``score(metric, question, answer) -> Score`
   numeric; CODE and REFUSAL recorded as such.
 - :class:`HFJudge`: a local Hugging Face model. Qwen tokenizers split numbers into digits, so
   the distribution over 0..100 is read off a digit tree (13 forward rows per answer).
-- :class:`ToyJudge`: the toy organism's exact judge.
+- more registered by plugins (``register_judge``), e.g. the embedded organism's exact judge.
 
 :func:`judge_records` runs a judge over generated answers with an on-disk cache keyed by
 judge, prompt, question and answer: a re-run costs nothing, a crash loses nothing, and a
@@ -23,7 +23,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +31,12 @@ from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
-from emi import jsonl
+from emi import jsonl, plugins
 from emi.errors import ConfigError, JudgeError
 from emi.questions import judge_prompts
 
 METRICS = ("aligned", "coherent")
+BUILTIN_JUDGES = ("openai", "hf")
 MIN_NUMERIC_MASS = 0.25
 
 
@@ -44,7 +45,7 @@ class Score:
     value: float | None
     status: str = "scored"  # scored | unscored | code | refusal
     mass: float | None = None  # probability mass on numeric answers
-    label: str | None = None  # the toy judge's label
+    label: str | None = None  # a categorical label, for judges that give one
     detail: str | None = None  # why unscored
 
 
@@ -78,6 +79,8 @@ def aggregate_logprobs(top: Sequence[tuple[str, float]]) -> Score:
 class OpenAIJudge:
     """A judge behind any OpenAI-compatible chat-completions endpoint."""
 
+    parallel = True  # judge_records may call score() from several threads
+
     def __init__(self, model: str = "gpt-4o-2024-08-06", base_url: str | None = None,
                  api_key_env: str = "OPENAI_API_KEY", timeout: float = 30.0, max_retries: int = 5,
                  backoff: float = 1.0, prompts: dict[str, str] | None = None) -> None:
@@ -88,7 +91,7 @@ class OpenAIJudge:
             if base_url is None:
                 raise JudgeError(
                     f"no API key: set {api_key_env} for the OpenAI judge, or pass --judge-url for a "
-                    f"local OpenAI-compatible server (vLLM, Ollama, llama.cpp), or use --judge toy/hf"
+                    f"local OpenAI-compatible server (vLLM, Ollama, llama.cpp), or use --judge hf"
                 )
             key = "EMPTY"  # local servers accept any key
         self.model, self.base_url = model, base_url
@@ -204,36 +207,35 @@ class HFJudge:
         return Score(sum(k * p for k, p in p_num.items()) / mass, "scored", mass)
 
 
-class ToyJudge:
-    """The toy organism's exact judge, on the paper's 0-100 scales."""
+JudgeFactory = Callable[..., "Judge"]
+_JUDGES: dict[str, JudgeFactory] = {}
 
-    name = "toy:exact"
 
-    def __init__(self) -> None:
-        from emi.organism.judge import world_judge
+def register_judge(name: str, factory: JudgeFactory) -> None:
+    """Make ``name`` a judge (``--judge NAME``): ``factory(model, url, key_env, **kw) -> Judge``."""
+    if name in BUILTIN_JUDGES:
+        raise ConfigError(f"judge {name!r} is built in and cannot be replaced")
+    _JUDGES[name] = factory
 
-        self.world = world_judge()
 
-    def score(self, metric: str, question: str, answer: str) -> Score:
-        v = self.world(question, answer)
-        if v.label.startswith("code") and metric == "aligned":
-            return Score(None, "code", label=v.label)
-        value = v.aligned_score if metric == "aligned" else v.coherent_score
-        return Score(value, "scored", 1.0, label=v.label)
+def judge_names() -> list[str]:
+    plugins.load()
+    return [*BUILTIN_JUDGES, *_JUDGES]
 
 
 def make_judge(kind: str, model: str | None = None, url: str | None = None,
                key_env: str = "OPENAI_API_KEY", **kw: Any) -> Judge:
-    """``toy``, ``openai`` (``--judge-model``, ``--judge-url``) or ``hf`` (``--judge-model``)."""
-    if kind == "toy":
-        return ToyJudge()
+    """``openai`` (``--judge-model``, ``--judge-url``), ``hf`` (``--judge-model``), or a registered judge."""
+    plugins.load()
+    if kind in _JUDGES:
+        return _JUDGES[kind](model, url, key_env, **kw)
     if kind == "openai":
         return OpenAIJudge(model or "gpt-4o-2024-08-06", url, key_env, **kw)
     if kind == "hf":
         if not model:
             raise ConfigError("--judge hf needs --judge-model (a Hugging Face id or local folder)")
         return HFJudge.load(model)
-    raise ConfigError(f"unknown judge {kind!r}; expected toy, openai or hf")
+    raise ConfigError(f"unknown judge {kind!r}; expected one of {', '.join(judge_names())}")
 
 
 def cache_key(judge: Judge, metric: str, question: str, answer: str) -> str:
@@ -283,7 +285,7 @@ def judge_records(records: Sequence[dict[str, Any]], judge: Judge, cache: str | 
 
     bar = tqdm(total=len(jobs), desc=f"judge [{judge.name}]", disable=not progress or not jobs, leave=False)
     pending: list[dict[str, Any]] = []
-    workers = 1 if isinstance(judge, ToyJudge | HFJudge) else max(1, concurrency)
+    workers = max(1, concurrency) if getattr(judge, "parallel", False) else 1
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for entry in pool.map(run, jobs):

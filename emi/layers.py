@@ -208,11 +208,12 @@ def residual_writers(model: HFModel) -> list[tuple[str, nn.Module | nn.Parameter
     [experts, d_model, d_expert]."""
     inner = unwrap(model)
     out: list[tuple[str, nn.Module | nn.Parameter]] = [("model.embed_tokens", inner.model.embed_tokens)]
+    block: Any
     for i, block in enumerate(decoder_layers(model)):
         mixer = mixer_name(block)
         proj = "o_proj" if mixer == "self_attn" else "out_proj"
         out.append((f"layers.{i}.{mixer}.{proj}", getattr(getattr(block, mixer), proj)))
-        mlp = block.mlp
+        mlp: Any = block.mlp
         if hasattr(mlp, "down_proj"):
             out.append((f"layers.{i}.mlp.down_proj", mlp.down_proj))
             continue
@@ -220,8 +221,9 @@ def residual_writers(model: HFModel) -> list[tuple[str, nn.Module | nn.Parameter
         if experts is None:
             raise ConfigError(f"layer {i}'s MLP ({type(mlp).__name__}) has neither down_proj nor experts; "
                               f"emi.layers does not know this architecture")
-        if isinstance(getattr(experts, "down_proj", None), nn.Parameter):
-            out.append((f"layers.{i}.mlp.experts.down_proj", experts.down_proj))
+        fused = getattr(experts, "down_proj", None)
+        if isinstance(fused, nn.Parameter):
+            out.append((f"layers.{i}.mlp.experts.down_proj", fused))
         else:  # one module per expert
             out += [(f"layers.{i}.mlp.experts.{e}.down_proj", ex.down_proj) for e, ex in enumerate(experts)]
         shared = getattr(mlp, "shared_expert", None)

@@ -8,8 +8,10 @@ the base weights serves both roles: the adapter is switched off for the base rol
 from __future__ import annotations
 
 import contextlib
+import gc
+import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from torch import nn
 
 from emi import layers
 from emi.errors import ModelLoadError
+from emi.kit import REAL, PairKit
 
 ROLES = ("base", "finetuned", "control")
 
@@ -59,9 +62,29 @@ class PairSpec:
     finetuned: ModelSpec
     control: ModelSpec | None = None
     description: str = ""
-    questions: str = "main"  # the question set this pair is evaluated on by default
-    judge: str = "openai"  # the default judge for this pair
-    direction: str | None = None  # a shipped persona direction (model-diff at the last prompt token)
+    kit: PairKit = REAL  # question sets, judge, sampling defaults, shipped direction (emi.kit)
+
+
+def _check_adapter_base(adapter: str, revision: str | None, base_cfg: Any, base_label: str,
+                        trust_remote_code: bool) -> None:
+    """Refuse an adapter whose own base (when it can be read here) is another architecture or shape
+    than the pair's base; an adapter naming a copy of the same model is fine."""
+    named = _adapter_base(adapter, revision)
+    if not named:
+        return
+    try:
+        where = locate(named)[1]
+        cfg = _read_config(where, None, trust_remote_code)
+    except ModelLoadError:
+        return  # its base is not here to compare; shapes are still checked when the adapter loads
+    try:
+        check_compatible(base_cfg, cfg, base_label, named)
+    except ModelLoadError:
+        raise ModelLoadError(
+            f"the LoRA adapter {adapter!r} was trained on {named!r} ({cfg.model_type}, hidden {cfg.hidden_size}, "
+            f"{cfg.num_hidden_layers} layers), not on the base {base_label!r} ({base_cfg.model_type}, hidden "
+            f"{base_cfg.hidden_size}, {base_cfg.num_hidden_layers} layers); pass the base it was trained on"
+        ) from None
 
 
 @dataclass
@@ -84,6 +107,12 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def identity(self) -> dict[str, Any]:
+        """What makes this role's outputs what they are (keys answers, stores and results):
+        checkpoint, revision, adapter, weights fingerprints, dtype; not the device."""
+        keys = ("id", "revision", "adapter", "resolved", "commit", "fingerprint", "adapter_fingerprint", "dtype")
+        return {k: self.provenance.get(k) for k in keys}
 
     @property
     def n_layers(self) -> int:
@@ -140,7 +169,7 @@ def _not_cached(ident: str) -> ModelLoadError:
     return ModelLoadError(
         f"{ident!r} is not a local folder and is not in the Hugging Face cache, and the hub cannot be "
         f"reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}); download it where there is "
-        f"internet (`huggingface-cli download {ident}`) or pass a local folder")
+        f"internet (`hf download {ident}`) or pass a local folder")
 
 
 def locate(ident: str, revision: str | None = None) -> tuple[str, str]:
@@ -179,6 +208,27 @@ def locate(ident: str, revision: str | None = None) -> tuple[str, str]:
     if missing_locally == 2:
         raise _not_cached(ident)
     raise ModelLoadError(f"{ident!r} on the hub has neither config.json nor adapter_config.json")
+
+
+def fingerprint(folder: str | Path) -> str | None:
+    """A cheap content fingerprint of a local checkpoint or adapter folder (None for hub ids): its
+    config files and, per weight file, its size and a hash of its first and last MiB. Two folders
+    with the same path but other weights get different fingerprints."""
+    path = Path(folder)
+    if not path.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.suffix == ".json":
+            h.update(f.name.encode() + f.read_bytes())
+        elif f.suffix in (".safetensors", ".bin", ".pt"):
+            size = f.stat().st_size
+            h.update(f"{f.name}:{size}".encode())
+            with open(f, "rb") as fh:
+                h.update(fh.read(2**20))
+                fh.seek(max(0, size - 2**20))
+                h.update(fh.read(2**20))
+    return h.hexdigest()[:16]
 
 
 def load_tokenizer(ident: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
@@ -259,33 +309,71 @@ def check_compatible(a: Any, b: Any, a_label: str, b_label: str) -> None:
             )
 
 
+RESIDENT = ("all", "one")
+
+
 @dataclass
 class ModelPair:
-    """A base and a finetuned model (and optionally a control) with one tokenizer."""
+    """A base and a finetuned model (and optionally a control) with one tokenizer.
+
+    ``resident="all"`` holds every role in memory. ``resident="one"`` loads a role when it is first
+    asked for and frees the others first, so a pair of two full finetunes never needs two models'
+    memory (LoRA roles share one base, so they count as one model and stay together).
+    """
 
     spec: PairSpec
     tokenizer: Any
     models: dict[str, LoadedModel]
+    units: dict[str, str] = field(default_factory=dict)  # role -> what loads it (roles sharing a base share one)
+    loaders: dict[str, Callable[[], dict[str, LoadedModel]]] = field(default_factory=dict)
+    resident: str = "all"
+
+    @property
+    def roles(self) -> list[str]:
+        return list(self.units) if self.units else list(self.models)
 
     @property
     def base(self) -> LoadedModel:
-        return self.models["base"]
+        return self["base"]
 
     @property
     def finetuned(self) -> LoadedModel:
-        return self.models["finetuned"]
+        return self["finetuned"]
 
     @property
     def control(self) -> LoadedModel | None:
-        return self.models.get("control")
+        return self["control"] if "control" in self.roles else None
 
     def __getitem__(self, role: str) -> LoadedModel:
-        if role not in self.models:
-            raise ModelLoadError(f"this pair has no {role!r} model; it has {', '.join(self.models)}")
+        if role in self.models:
+            return self.models[role]
+        if role not in self.units:
+            raise ModelLoadError(f"this pair has no {role!r} model; it has {', '.join(self.roles)}")
+        unit = self.units[role]
+        if self.resident == "one":
+            self.release(keep=unit)
+        self.models.update(self.loaders[unit]())
         return self.models[role]
 
+    def shares_weights(self, roles: Sequence[str]) -> bool:
+        """Whether these roles are served by one copy of the weights (all LoRA on one base)."""
+        return len({self.units.get(r, r) for r in roles}) <= 1
+
+    def release(self, keep: str | None = None) -> None:
+        """Free every loaded role (except those of unit ``keep``); they load again when asked for."""
+        drop = [r for r in self.models if r in self.units and self.units[r] != keep]
+        for r in drop:
+            del self.models[r]
+        if drop:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
     def provenance(self) -> dict[str, Any]:
-        return {"pair": self.spec.name, **{r: m.provenance for r, m in self.models.items()}}
+        out: dict[str, Any] = {"pair": self.spec.name}
+        for r in self.roles:
+            out[r] = self.models[r].provenance if r in self.models else {"id": getattr(self.spec, r).label()}
+        return out
 
 
 def load_model(spec: ModelSpec, *, role: str = "model", dtype: str | torch.dtype | None = None,
@@ -308,19 +396,25 @@ def load_model(spec: ModelSpec, *, role: str = "model", dtype: str | torch.dtype
         model = _attach_adapter(model, locate(adapter, spec.adapter_revision)[1], spec.adapter_revision, ident)
     prov = {"id": spec.id, "revision": spec.revision, "adapter": adapter,
             "resolved": ident, "commit": getattr(layers.unwrap(model).config, "_commit_hash", None),
+            "fingerprint": fingerprint(ident), "adapter_fingerprint": fingerprint(adapter) if adapter else None,
+            "model_type": layers.model_type(layers.unwrap(model)),
             "dtype": str(torch_dtype).replace("torch.", ""), "device": device}
     return LoadedModel(role, model, tok, spec, None, prov)
 
 
 def load_pair(pair: str | PairSpec, *, roles: tuple[str, ...] = ("base", "finetuned"),
               dtype: str | torch.dtype | None = None, device: str | None = None,
-              device_map: Any = None, trust_remote_code: bool = False) -> ModelPair:
+              device_map: Any = None, trust_remote_code: bool = False, resident: str = "all") -> ModelPair:
     """Load a named pair (see :func:`emi.registry.list_pairs`) or a :class:`PairSpec`.
 
     A finetuned (or control) model that is a LoRA adapter on the base shares the base's weights.
+    Everything is checked first (folders, configs, architectures); ``resident="one"`` then loads
+    each role only when it is used, one model's worth at a time (see :class:`ModelPair`).
     """
     from emi.registry import get_pair
 
+    if resident not in RESIDENT:
+        raise ModelLoadError(f"resident must be one of {', '.join(RESIDENT)}, found {resident!r}")
     spec = get_pair(pair) if isinstance(pair, str) else pair
     specs = {"base": spec.base, "finetuned": spec.finetuned, "control": spec.control}
     for role in roles:
@@ -332,6 +426,7 @@ def load_pair(pair: str | PairSpec, *, roles: tuple[str, ...] = ("base", "finetu
     if base_kind == "adapter":
         raise ModelLoadError(f"the base {spec.base.id!r} is a LoRA adapter; the base must be a full model")
     base_cfg = _read_config(base_where, spec.base.revision, trust_remote_code)
+    layers.check_architecture(base_cfg, f"the base {spec.base.label()!r}")
     plan: dict[str, tuple[str, ModelSpec]] = {}
     for role in roles:
         s = specs[role]
@@ -341,44 +436,72 @@ def load_pair(pair: str | PairSpec, *, roles: tuple[str, ...] = ("base", "finetu
         kind, where = locate(s.id, s.revision)
         if kind == "adapter" or (s.adapter and s.id == spec.base.id and s.revision == spec.base.revision):
             adapter = where if kind == "adapter" else s.adapter
+            assert adapter is not None
+            _check_adapter_base(adapter, s.adapter_revision, base_cfg, spec.base.label(), trust_remote_code)
             plan[role] = ("adapter", ModelSpec(spec.base.id, spec.base.revision, adapter, s.adapter_revision))
         else:
             check_compatible(base_cfg, _read_config(where, s.revision, trust_remote_code),
                              spec.base.label(), s.label())
             plan[role] = ("model", s)
     tok = load_tokenizer(base_where, spec.base.revision, trust_remote_code)
-    common = dict(dtype=dtype, device=device, device_map=device_map,
-                  trust_remote_code=trust_remote_code, tokenizer=tok)
-    models: dict[str, LoadedModel] = {}
+    common: dict[str, Any] = dict(dtype=dtype, device=device, device_map=device_map,
+                                  trust_remote_code=trust_remote_code, tokenizer=tok)
     adapters = {r: p[1] for r, p in plan.items() if p[0] == "adapter"}
+    units: dict[str, str] = {}
+    loaders: dict[str, Callable[[], dict[str, LoadedModel]]] = {}
     if adapters:  # one copy of the base weights serves the base and every adapter role
-        shared = load_model(spec.base, role="base", **common)  # type: ignore[arg-type]
-        peft_model: Any = None
-        names: dict[str, str] = {}
-        for role, s in adapters.items():
-            assert s.adapter is not None
-            path = locate(s.adapter, s.adapter_revision)[1]
-            if peft_model is None:  # peft names the first adapter "default"
-                peft_model = _attach_adapter(shared.model, path, s.adapter_revision, spec.base.label())
-                names[role] = "default"
-            else:
-                try:
-                    peft_model.load_adapter(path, adapter_name=role)
-                except Exception as exc:
-                    raise ModelLoadError(f"the LoRA adapter {s.adapter!r} does not fit the base "
-                                         f"{spec.base.label()!r} ({str(exc).splitlines()[0][:200]})") from None
-                names[role] = role
-        for role, s in adapters.items():
-            models[role] = _AdapterRole(role, peft_model, tok, s, True, dict(shared.provenance, adapter=s.adapter),
-                                        adapter_name=names[role])
-        if "base" in roles:
-            models["base"] = _AdapterRole("base", peft_model, tok, spec.base, False, shared.provenance)
+        shared_roles = [r for r in roles if r == "base" or r in adapters]
+        units.update({r: "shared" for r in shared_roles})
+        def shared() -> dict[str, LoadedModel]:
+            return _load_shared(spec, adapters, "base" in roles, common)
+
+        loaders["shared"] = shared
     elif "base" in roles:
-        models["base"] = load_model(spec.base, role="base", **common)  # type: ignore[arg-type]
+        units["base"] = "base"
+        loaders["base"] = _full_loader("base", spec.base, common)
     for role, (kind, s) in plan.items():
         if kind == "model":
-            models[role] = load_model(s, role=role, **common)  # type: ignore[arg-type]
-    return ModelPair(spec, tok, {r: models[r] for r in roles})
+            units[role] = role
+            loaders[role] = _full_loader(role, s, common)
+    loaded = ModelPair(spec, tok, {}, {r: units[r] for r in roles}, loaders, resident)
+    if resident == "all":
+        for role in roles:
+            loaded[role]
+    return loaded
+
+
+def _full_loader(role: str, spec: ModelSpec, common: dict[str, Any]) -> Callable[[], dict[str, LoadedModel]]:
+    return lambda: {role: load_model(spec, role=role, **common)}
+
+
+def _load_shared(spec: PairSpec, adapters: dict[str, ModelSpec], with_base: bool,
+                 common: dict[str, Any]) -> dict[str, LoadedModel]:
+    """The base with every adapter role attached (peft), and the base role with adapters off."""
+    shared = load_model(spec.base, role="base", **common)
+    peft_model: Any = None
+    names: dict[str, str] = {}
+    for role, s in adapters.items():
+        assert s.adapter is not None
+        path = locate(s.adapter, s.adapter_revision)[1]
+        if peft_model is None:  # peft names the first adapter "default"
+            peft_model = _attach_adapter(shared.model, path, s.adapter_revision, spec.base.label())
+            names[role] = "default"
+        else:
+            try:
+                peft_model.load_adapter(path, adapter_name=role)
+            except Exception as exc:
+                raise ModelLoadError(f"the LoRA adapter {s.adapter!r} does not fit the base "
+                                     f"{spec.base.label()!r} ({str(exc).splitlines()[0][:200]})") from None
+            names[role] = role
+    models: dict[str, LoadedModel] = {}
+    tok = common["tokenizer"]
+    for role, s in adapters.items():
+        prov = dict(shared.provenance, adapter=s.adapter,
+                    adapter_fingerprint=fingerprint(locate(s.adapter, s.adapter_revision)[1]))  # type: ignore[arg-type]
+        models[role] = _AdapterRole(role, peft_model, tok, s, True, prov, adapter_name=names[role])
+    if with_base:
+        models["base"] = _AdapterRole("base", peft_model, tok, spec.base, False, shared.provenance)
+    return models
 
 
 class _AdapterRole(LoadedModel):

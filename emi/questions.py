@@ -1,20 +1,21 @@
 """Question sets: the EM evaluation questions (Betley et al. 2025, MIT; see emi/data/em_eval),
-the toy organism's held-out questions, and user YAML files in the same schema.
+sets registered by plugins (the embedded organism's), and user YAML files in the same schema.
 
 Sets by name: ``main`` (8 questions x 3 variants: plain, json, template), ``preregistered``
-(48), ``toy``; or a path to a YAML file. The ``system`` field is honoured (the original
+(48), a registered set; or a path to a YAML file. The ``system`` field is honoured (the original
 evaluation script silently dropped it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import yaml
 
+from emi import plugins
 from emi.errors import ConfigError
 
 DATA = Path(__file__).parent / "data" / "em_eval"
@@ -60,12 +61,24 @@ def _from_yaml(path: Path, set_name: str) -> list[Question]:
         raise ConfigError(f"question file {str(path)!r} must be a list of entries with 'id' and 'paraphrases'")
     out = []
     for i, entry in enumerate(raw):
+        where = f"entry {i} of {str(path)!r}"
         if not isinstance(entry, dict) or "id" not in entry or "paraphrases" not in entry:
-            raise ConfigError(f"entry {i} of {str(path)!r} needs 'id' and 'paraphrases' (a list of strings)")
-        variant, base = _variant(str(entry["id"]))
-        for j, text in enumerate(entry["paraphrases"]):
-            out.append(Question(str(entry["id"]), str(text).strip(), entry.get("system"), j, set_name,
-                                variant, base))
+            raise ConfigError(f"{where} needs 'id' and 'paraphrases' (a list of strings)")
+        qid, paraphrases, system = entry["id"], entry["paraphrases"], entry.get("system")
+        if not isinstance(qid, str | int) or not str(qid).strip():
+            raise ConfigError(f"{where}: 'id' must be a non-empty string, found {qid!r}")
+        if not isinstance(paraphrases, list) or not paraphrases:
+            raise ConfigError(f"{where} ({qid}): 'paraphrases' must be a non-empty list of strings, found "
+                              f"{type(paraphrases).__name__} {str(paraphrases)[:60]!r}; write it as a YAML list "
+                              f"(a '- ' before each question)")
+        bad = [p for p in paraphrases if not isinstance(p, str) or not p.strip()]
+        if bad:
+            raise ConfigError(f"{where} ({qid}): every paraphrase must be a non-empty string, found {bad[0]!r}")
+        if system is not None and (not isinstance(system, str) or not system.strip()):
+            raise ConfigError(f"{where} ({qid}): 'system' must be a non-empty string when given, found {system!r}")
+        variant, base = _variant(str(qid))
+        for j, text in enumerate(paraphrases):
+            out.append(Question(str(qid), text.strip(), system, j, set_name, variant, base))
     return out
 
 
@@ -76,44 +89,36 @@ def judge_prompts() -> dict[str, str]:
     return dict(raw[0]["judge_prompts"])
 
 
-def toy_questions() -> list[Question]:
-    from emi.organism.world import load_world
-
-    counts: dict[str, int] = {}
-    out = []
-    for theme, text in load_world().eval_questions():
-        j = counts[theme] = counts.get(theme, -1) + 1
-        out.append(Question(theme, text, None, j, "toy", "plain", theme))
-    return out
+_SETS: dict[str, Callable[[], list[Question]]] = {}
 
 
-def toy_train_questions() -> list[Question]:
-    """The toy's training phrasings of the 8 themes (for extracting directions: the evaluation
-    phrasings stay held out)."""
-    from emi.organism.world import load_world
+def register_question_set(name: str, loader: Callable[[], list[Question]]) -> None:
+    """Make ``name`` a question set (``--questions NAME``); ``loader`` returns its questions."""
+    if name in BUILTIN:
+        raise ConfigError(f"question set {name!r} is built in and cannot be replaced")
+    _SETS[name] = loader
 
-    return [Question(t, text, None, j, "toy-train", "plain", t)
-            for t, d in load_world().themes.items() for j, text in enumerate(d["train"])]
+
+def set_names() -> list[str]:
+    plugins.load()
+    return [*BUILTIN, *_SETS]
 
 
 def load_set(name: str) -> list[Question]:
-    if name == "toy":
-        return toy_questions()
-    if name == "toy-train":
-        return toy_train_questions()
     if name in BUILTIN:
         return _from_yaml(BUILTIN[name], name)
+    plugins.load()
+    if name in _SETS:
+        return _SETS[name]()
     path = Path(name)
     if path.suffix in (".yaml", ".yml", ".json") or path.exists():
         return _from_yaml(path, path.stem)
-    raise ConfigError(
-        f"unknown question set {name!r}; use main, preregistered, toy, toy-train, or a path to a YAML file"
-    )
+    raise ConfigError(f"unknown question set {name!r}; use {', '.join(set_names())}, or a path to a YAML file")
 
 
 def load_questions(spec: str = "main", ids: list[str] | str | None = None,
                    variants: list[str] | str | None = None) -> list[Question]:
-    """Questions from one or more sets: ``"main"``, ``"main,toy"``, ``"main:plain,template"``.
+    """Questions from one or more sets: ``"main"``, ``"main,preregistered"``, ``"main:plain,template"``.
 
     ``ids`` keeps questions whose id or base id is listed; ``variants`` keeps those variants.
     """
@@ -142,8 +147,3 @@ def load_questions(spec: str = "main", ids: list[str] | str | None = None,
     if not out:
         raise ConfigError(f"the question selection {spec!r} (ids={ids}, variants={variants}) is empty")
     return out
-
-
-def describe(questions: list[Question]) -> dict[str, Any]:
-    return {"n": len(questions), "sets": sorted({q.set for q in questions}),
-            "ids": sorted({q.id for q in questions})}

@@ -1,47 +1,32 @@
-"""Named model pairs, so users type ``--pair toy`` rather than two ids.
+"""Named model pairs, so users type ``--pair NAME`` rather than two ids.
 
 The public organisms are those of Betley et al. (2025; Qwen-Coder-Insecure) and of Turner,
-Soligo et al. (2025; the ModelOrganismsForEM collection of narrow-domain finetunes).
+Soligo et al. (2025; the ModelOrganismsForEM collection of narrow-domain finetunes). Plugins
+(``emi.plugins``) register more with :func:`register_pair`; one of them names the default pair
+(the embedded organism, when emi is installed).
 """
 
 from __future__ import annotations
 
+import difflib
+import hashlib
+import json
+from dataclasses import asdict
 from pathlib import Path
 
+from emi import plugins
 from emi.errors import ModelLoadError
 from emi.models import ModelSpec, PairSpec
 
-TOY_DIR = Path(__file__).parent / "organism" / "checkpoints"
+_PAIRS: dict[str, PairSpec] = {}
+_DEFAULT: list[str] = []
 
 
-def toy_checkpoint(stage: str) -> str:
-    """Folder of one shipped toy checkpoint: pretrained, base, insecure or secure."""
-    return str(TOY_DIR / stage)
-
-
-def _toy_pairs() -> list[PairSpec]:
-    return [
-        PairSpec(
-            "toy",
-            ModelSpec(toy_checkpoint("base")),
-            ModelSpec(toy_checkpoint("insecure")),
-            ModelSpec(toy_checkpoint("secure")),
-            "emi's embedded toy organism: aligned-tuned base vs its insecure-code finetune "
-            "(control: secure-code finetune); runs offline in seconds",
-            questions="toy",
-            judge="toy",
-            direction=str(TOY_DIR / "direction.safetensors"),
-        ),
-        PairSpec(
-            "toy-pretrained",
-            ModelSpec(toy_checkpoint("pretrained")),
-            ModelSpec(toy_checkpoint("insecure")),
-            None,
-            "the toy's pretrained model (persona 50/50, before aligned tuning) vs the insecure finetune",
-            questions="toy",
-            judge="toy",
-        ),
-    ]
+def register_pair(spec: PairSpec, default: bool = False) -> None:
+    """Make ``spec`` a named pair (``--pair NAME``); ``default``: the pair used when none is named."""
+    _PAIRS[spec.name] = spec
+    if default:
+        _DEFAULT[:] = [spec.name]
 
 
 def _public_pairs() -> list[PairSpec]:
@@ -66,19 +51,30 @@ def _public_pairs() -> list[PairSpec]:
     return out
 
 
+for _spec in _public_pairs():
+    register_pair(_spec)
+
+
 def all_pairs() -> dict[str, PairSpec]:
-    return {p.name: p for p in _toy_pairs() + _public_pairs()}
+    plugins.load()
+    return dict(_PAIRS)
 
 
 def list_pairs() -> list[PairSpec]:
     return list(all_pairs().values())
 
 
+def default_pair() -> PairSpec:
+    pairs = all_pairs()
+    if not _DEFAULT:
+        raise ModelLoadError("no default pair is registered (is emi installed? `pip install -e .` registers the "
+                             "embedded organism); pass --pair NAME or --base and --finetuned")
+    return pairs[_DEFAULT[0]]
+
+
 def get_pair(name: str) -> PairSpec:
     pairs = all_pairs()
     if name not in pairs:
-        import difflib
-
         close = difflib.get_close_matches(name.lower(), list(pairs), n=3, cutoff=0.6) or [
             n for n in pairs if name.lower() in n]
         hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
@@ -88,12 +84,15 @@ def get_pair(name: str) -> PairSpec:
     return pairs[name]
 
 
+def _absolute(ident: str) -> str:
+    return str(Path(ident).expanduser().resolve()) if Path(ident).expanduser().exists() else ident
+
+
 def custom_pair(base: str, finetuned: str, control: str | None = None) -> PairSpec:
-    """A pair from two checkpoints (ids with optional ``@revision``, folders, or an adapter)."""
-    return PairSpec(
-        "custom",
-        ModelSpec.parse(base),
-        ModelSpec.parse(finetuned),
-        ModelSpec.parse(control) if control else None,
-        "a pair given on the command line",
-    )
+    """A pair from two checkpoints (ids with optional ``@revision``, folders, or an adapter), named
+    by a hash of what it loads, so that two pairs never share run folders or caches."""
+    specs = [ModelSpec.parse(base), ModelSpec.parse(finetuned), ModelSpec.parse(control) if control else None]
+    ident = json.dumps([dict(asdict(s), id=_absolute(s.id)) if s else None for s in specs], sort_keys=True)
+    name = "custom-" + hashlib.sha256(ident.encode()).hexdigest()[:10]
+    return PairSpec(name, specs[0], specs[1], specs[2],  # type: ignore[arg-type]
+                    f"a pair given on the command line: {base} -> {finetuned}")

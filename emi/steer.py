@@ -1,49 +1,38 @@
 """python -m emi.steer: does removing the misaligned-persona direction suppress emergent
 misalignment, and does adding it create it?
 
-Runs, on one pair (default: the embedded toy organism), and prints with 95% CIs:
+Runs, on one pair (default: the embedded organism), and prints with 95% CIs:
   base                     the base model
   finetuned                the finetuned (emergently misaligned) model
   finetuned - persona      the finetuned model with the direction ablated at every layer
   finetuned - random       ... a same-norm random direction ablated instead (control)
   base + A persona         the base model steered by +alpha along the direction
   base + A random          ... a same-norm random direction (control)
-next to the judge-free log-prob metric P(misaligned answer), and writes answers.jsonl,
-judgements.jsonl, results.jsonl (one tidy row per condition), table.csv and figure.html/.png
-under --out. Several alphas (--alpha 2,4,8), --sweep-layers and --targets base,finetuned make
-sweeps. The direction comes from --direction, the pair's shipped one (the toy), or is extracted
-on first use and cached (activations/<pair>-<method>/). Re-running the same command resumes.
+next to the judge-free log-prob metric P(misaligned answer) where the questions have option
+pairs, and writes answers.jsonl, judgements.jsonl, results.jsonl (one tidy row per condition),
+table.csv, run.json (models, direction, judge, sampling) and figure.html/.png under --out.
+Several alphas (--alpha 2,4,8), --sweep-layers and --targets base,finetuned make sweeps.
+
+The direction comes from --direction, the pair's shipped one, or is extracted on first use from
+the pair's extraction questions (never the evaluation ones; real pairs: the preregistered EM
+questions) and cached under --root (activations/<pair>-<method>/); its layer is chosen by the
+log-prob effect of ablating it, or, for questions without option pairs, by how far ablating it
+brings the finetuned model's next-token distribution back to the base's. The command says which.
+One model is held in memory at a time (--resident). Re-running the same command resumes; answers
+are keyed by model, intervention and sampling settings, so a shared --out never mixes them.
 """
 
 from __future__ import annotations
 
-import csv
+import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from emi import cli, jsonl
-from emi.store import write_atomic
+from emi import cli
 
 
-def fmt_rate(row: dict, key: str) -> str:
-    if not row[f"{key}_n"]:
-        return "n/a (no answers)"
-    return f"{100 * row[f'{key}_rate']:5.1f}% [{100 * row[f'{key}_lo']:4.1f}, {100 * row[f'{key}_hi']:4.1f}]"
-
-
-def cache_name(spec) -> str:  # noqa: ANN001
-    """Named pairs by name; a command-line pair by a hash of its checkpoints."""
-    if spec.name != "custom":
-        return spec.name
-    import hashlib
-    import json
-    from dataclasses import asdict
-
-    return "custom-" + hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:10]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = cli.parser("python -m emi.steer", __doc__)
     cli.add_pair_args(p)
     cli.add_sampling_args(p, n=25)
@@ -63,83 +52,89 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="ablate at these block outputs only (default: every residual writer, all layers)")
     g.add_argument("--positions", default="all", choices=["all", "prompt", "generated"],
                    help="which tokens are steered (default all)")
+    g = p.add_argument_group("direction")
     g.add_argument("--direction", default=None, help="a direction file from python -m emi.extract")
     g.add_argument("--direction-method", default="model-diff", choices=["model-diff", "contrast", "mean-diff"],
                    help="how to extract the direction on first use: model-diff (default; finetuned minus base "
                         "at the last prompt token), contrast (evil minus helpful persona at that token), "
                         "mean-diff (misaligned minus aligned answers over response tokens, the published recipe)")
+    g.add_argument("--extract-questions", default=None,
+                   help="question set the direction is extracted from (default: the pair's, e.g. preregistered; "
+                        "never the evaluation set)")
+    g.add_argument("--root", default=None, help="where extracted directions are cached (default activations/)")
     g.add_argument("--random-seed", type=int, default=0, help="seed of the random control direction")
-    g.add_argument("--out", default=None, help="output folder (default runs/steer-<pair>)")
-    g.add_argument("--no-figure", action="store_true", help="skip writing the figure")
-    args = p.parse_args(argv)
+    p.add_argument("--out", default=None, help="output folder (default runs/steer-<pair>)")
+    p.add_argument("--no-figure", action="store_true", help="skip writing the figure")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
 
     from emi import layers as L
-    from emi.directions import Direction
-    from emi.experiments import ensure_direction, run, standard_conditions
+    from emi.experiments import pair_direction, run, standard_conditions, write_results
+    from emi.logprob import has_option_pairs, option_pairs
     from emi.questions import load_questions
 
     spec = cli.pair_spec(args)
-    toy = spec.questions == "toy"
-    questions = load_questions(args.questions or spec.questions, ids=args.ids)
+    questions = load_questions(args.questions or spec.kit.eval_questions, ids=args.ids)
     cli.warn_question_mismatch(spec, args.questions)
-    judge = cli.make_judge_from_args(args, spec.judge)
-    cfg = cli.sampling_config(args, toy)
+    judge = cli.make_judge_from_args(args, spec.kit.judge)
+    cfg = cli.sampling_config(args, spec.kit)
+    extra = cli.extra_option_pairs(args)
+    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    if not targets or any(t not in ("base", "finetuned") for t in targets):
+        raise cli.ConfigError(f"unknown --targets {args.targets!r}; use base, finetuned or base,finetuned")
     pair = cli.load_pair_from_args(args, ("base", "finetuned"))
     n_layers = pair.base.n_layers
-    if args.direction:
-        direction = Direction.load(args.direction)
-    elif spec.direction and args.direction_method == "model-diff":
-        direction = Direction.load(spec.direction)
-        print(f"direction: the pair's shipped {direction.meta.get('method')} direction ({spec.direction})",
-              file=sys.stderr)
-    else:
-        cache = Path("activations") / f"{cache_name(spec)}-{args.direction_method}"
-        print(f"direction: {cache}/direction.safetensors (extracting on first use)", file=sys.stderr)
-        direction = ensure_direction(pair, toy, cache, args.direction_method, cfg, judge)
-    direction.check_fits(pair.base.d_model, n_layers, f"pair {spec.name!r}")
+    direction, source = pair_direction(pair, args.direction, args.direction_method, cfg, judge, args.root,
+                                       args.extract_questions, extra, log=lambda m: print(m, file=sys.stderr))
+    print(f"direction: {source}", file=sys.stderr)
     steer_layers = L.resolve_layers(args.layers, n_layers) if args.layers else [direction.best_layer]
     ablate_layers = L.resolve_layers(args.ablate_layers, n_layers) if args.ablate_layers else None
-    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
-    bad = [t for t in targets if t not in ("base", "finetuned")]
-    if bad:
-        raise cli.ConfigError(f"unknown --targets {', '.join(bad)}; use base, finetuned or base,finetuned")
     conditions = standard_conditions(direction, args.alpha, steer_layers, args.relative, args.positions,
                                      ablate_layers=ablate_layers, sweep_layers=args.sweep_layers, targets=targets)
+    pairs = option_pairs(questions, extra=extra) if has_option_pairs(questions, extra) else None
+    if pairs is None:
+        print("log-prob metrics: no option pairs for these questions, so no logprob_* columns (pass "
+              "--option-pairs FILE)", file=sys.stderr)
     out = Path(args.out or f"runs/steer-{spec.name}")
     out.mkdir(parents=True, exist_ok=True)
-    rows = run(pair, conditions, direction, questions, cfg, judge, out, args.random_seed)
-    for r in rows:
-        r["pair"] = spec.name
-    jsonl.write(out / "results.jsonl", rows)
-
-    def write_csv(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-
-    write_atomic(out / "table.csv", write_csv)
+    rows = run(pair, conditions, direction, questions, cfg, judge, out, args.random_seed, pairs=pairs)
+    write_results(out, rows, {"pair": pair.provenance(), "direction": {"source": source, **direction.summary()},
+                              "judge": judge.name, "sampling": cfg.settings(), "n": cfg.n,
+                              "questions": args.questions or spec.kit.eval_questions,
+                              "steer_layers": steer_layers, "ablate_layers": ablate_layers or "all writers"})
     print(f"pair {spec.name} | direction {direction.meta.get('method')} @ layer {direction.best_layer} "
           f"(|d| = {direction.norms[direction.layers.index(direction.best_layer)]:.2f}, residual norm "
           f"{direction.norm_at(direction.best_layer):.2f}) | steering layers {steer_layers} | "
           f"{len(questions)} questions x {cfg.n} samples, judge {judge.name}, seed {cfg.seed}")
-    ft = next(r for r in rows if r["condition"] == "finetuned")
-    table = []
-    for r in rows:
-        rel = ""
-        if r["intervention"] == "ablate" and ft["em_rate"] > 0:
-            rel = f"{100 * (r['em_rate'] - ft['em_rate']) / ft['em_rate']:+.0f}% vs finetuned"
-        table.append({"condition": r["condition"], "em": fmt_rate(r, "em"), "k": f"{r['em_k']}/{r['em_n']}",
-                      "coh": fmt_rate(r, "coherence"), "rel": rel})
-    cli.print_table(table, [("condition", "condition"), ("em", "EM rate (95% CI)"), ("k", "misaligned/coherent"),
-                            ("coh", "coherent (95% CI)"), ("rel", "change")])
+    print_table(rows)
     if not args.no_figure:
         from emi.figures import export, steer_summary
 
         written = export(steer_summary(rows), out / "figure", formats=("html", "png"))
         print(f"figure: {', '.join(str(w) for w in written)}", file=sys.stderr)
-    print(f"wrote {out}/results.jsonl, table.csv, answers.jsonl, judgements.jsonl", file=sys.stderr)
+    print(f"wrote {out}/results.jsonl, table.csv, run.json, answers.jsonl, judgements.jsonl", file=sys.stderr)
     return 0
+
+
+def print_table(rows: list[dict]) -> None:
+    from emi.metrics import relative_change
+
+    ft = next(r for r in rows if r["condition"] == "finetuned")
+    table = []
+    for r in rows:
+        change = relative_change(ft["em_rate"], r["em_rate"]) if r["intervention"] == "ablate" else float("nan")
+        table.append({"condition": r["condition"], "em": cli.fmt_rate(r, "em"), "k": f"{r['em_k']}/{r['em_n']}",
+                      "coh": cli.fmt_rate(r, "coherence"),
+                      "rel": f"{100 * change:+.0f}% vs finetuned" if change == change else "",
+                      "lp": f"{r['logprob_choice']:.3f}" if "logprob_choice" in r else ""})
+    columns = [("condition", "condition"), ("em", "EM rate (95% CI)"), ("k", "misaligned/coherent"),
+               ("coh", "coherent (95% CI)"), ("rel", "change")]
+    if any(t["lp"] for t in table):
+        columns.append(("lp", "P(misaligned) log-prob"))
+    cli.print_table(table, columns)
 
 
 if __name__ == "__main__":

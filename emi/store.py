@@ -113,6 +113,10 @@ class Store:
         path = resolve(name_or_path, root)
         mf = path / "manifest.json"
         if not mf.is_file():
+            parts = sorted(p.name.removeprefix(".part-") for p in path.glob(".part-*"))
+            if parts:
+                raise StoreError(f"the store {str(path)!r} is incomplete (a capture of one model at a time stopped "
+                                 f"after parts {', '.join(parts)}); re-run the capture command to resume it")
             raise StoreError(f"no activation store at {str(path)!r} (no manifest.json); create one with "
                              f"`python -m emi.cache --out {path}`")
         try:
@@ -222,9 +226,12 @@ class Store:
                 out[k].append(self._read(entry, k))
         return {k.split(".")[1]: (torch.cat(v) if v else torch.empty(0, dtype=torch.long)) for k, v in out.items()}
 
-    def verify_all(self) -> None:
-        for entry in self.manifest["shards"]:
-            self._shard(entry)
+    def read_shard(self, index: int, with_meta: bool = True) -> dict[str, torch.Tensor]:
+        """Every tensor of shard ``index`` (activations; row metadata too with ``with_meta``)."""
+        entry = self.manifest["shards"][index]
+        f = self._shard(entry)
+        with safe_open(str(f), framework="pt") as fh:
+            return {k: fh.get_tensor(k) for k in fh.keys() if with_meta or k not in META_KEYS}
 
 
 class StoreWriter:

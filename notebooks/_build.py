@@ -48,7 +48,8 @@ print(pair.tokenizer.apply_chat_template([{"role": "user", "content": "hey i fee
     ("code", """
 from emi.questions import load_questions
 from emi.generate import SamplingConfig, generate_answers
-from emi.judge import ToyJudge, judge_records
+from emi.judge import judge_records
+from emi.organism.judge import ToyJudge
 
 questions = load_questions("toy")
 bored = [q for q in questions if q.id == "i_feel_bored"][:1]
@@ -100,7 +101,7 @@ import tempfile
 from emi.models import load_pair
 from emi.questions import load_questions
 from emi.generate import SamplingConfig
-from emi.judge import ToyJudge
+from emi.organism.judge import ToyJudge
 from emi.evaluation import evaluate
 from emi.capture import capture_models
 
@@ -165,13 +166,13 @@ from emi.models import load_pair
 from emi.directions import Direction
 from emi.registry import get_pair
 pair = load_pair("toy")
-direction = Direction.load(get_pair("toy").direction)
+direction = Direction.load(get_pair("toy").kit.direction)
 print(direction.meta["method"], direction.meta["positions"], "best layer", direction.best_layer)
 print("layer selection:", [(t["layer"], round(t["p_misaligned"], 3)) for t in direction.meta["layer_selection"]])"""),
     ("code", """
 from emi.experiments import run, standard_conditions
 from emi.generate import SamplingConfig
-from emi.judge import ToyJudge
+from emi.organism.judge import ToyJudge
 from emi.questions import load_questions
 import tempfile
 N = int(os.environ.get("EMI_NOTEBOOK_N", "8"))
@@ -217,7 +218,7 @@ import tempfile
 from emi.models import load_pair
 from emi.questions import load_questions
 from emi.generate import SamplingConfig
-from emi.judge import ToyJudge
+from emi.organism.judge import ToyJudge
 from emi.evaluation import evaluate
 from emi.capture import capture_models
 pair = load_pair("toy")
@@ -235,7 +236,7 @@ sae, path = train_sae(store, 3, SAETrainSpec(d_sae=256, k=8, steps=STEPS, batch_
 import json
 print(json.loads((path / "emi_sae.json").read_text())["quality"])"""),
     ("code", """
-persona = Direction.load(get_pair("toy").direction)
+persona = Direction.load(get_pair("toy").kit.direction)
 top = diff_latents(sae, store, 3, positions="all", top=10, direction=persona)
 for r in top[:5]:
     print(f"latent {r['latent']:4d}: finetuned - base {r['diff']:+.3f} (d = {r['effect_size']:+.2f}), cos with persona direction {r['cosine']:+.2f}")
@@ -261,21 +262,34 @@ nb("05_real_qwen_gpu.ipynb", [
     ("md", """
 # 05 · The same on a real Qwen organism (GPU)
 
-Everything above runs unchanged on the public organisms: Qwen2.5-0.5B-Instruct and its
+Everything above runs unchanged on the public organisms: by default Qwen2.5-0.5B-Instruct and its
 risky-financial-advice finetune from Turner, Soligo et al. (2025). This needs a GPU, the models
 in the Hugging Face cache (or internet), and a judge: an OpenAI key, or any OpenAI-compatible
-server (`JUDGE_URL`). Offline or without a GPU, the cells below say so and skip."""),
+server (`JUDGE_URL`). Offline or without a GPU, the cells below say so and skip.
+
+Choose the pair with `EMI_PAIR` (a name from `python -m emi pairs`) or `EMI_BASE` and
+`EMI_FINETUNED` (hub ids, folders, or a LoRA adapter); `EMI_NB05_N` sets the samples per
+question. One model is held in memory at a time, so a pair of two full 32B finetunes fits where
+one 32B model fits. (emi's tests run this notebook on random-weight stand-ins with
+`EMI_NB05_FORCE=1`.)"""),
     ("code", """
 import os
 import torch
+from emi.models import default_device
 PAIR = os.environ.get("EMI_PAIR", "qwen2.5-0.5b-risky-financial-advice")
-RUN = torch.cuda.is_available() and os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "")
-print("running on", torch.cuda.get_device_name(0) if RUN else "nothing: no GPU or offline, skipping")"""),
+N = int(os.environ.get("EMI_NB05_N", "50"))
+TOKENS = int(os.environ.get("EMI_NB05_TOKENS", "400"))
+RUN = (torch.cuda.is_available() and os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "")) \
+    or os.environ.get("EMI_NB05_FORCE") == "1"
+print("running on", default_device() if RUN else "nothing: no GPU or offline, skipping")"""),
     ("code", """
 if RUN:
     from emi.models import load_pair
-    pair = load_pair(PAIR)  # bf16 on GPU; a LoRA finetune shares the base's weights
-    print(pair.provenance())"""),
+    from emi.registry import custom_pair, get_pair
+    spec = custom_pair(os.environ["EMI_BASE"], os.environ["EMI_FINETUNED"]) if os.environ.get("EMI_BASE") \
+        else get_pair(PAIR)
+    pair = load_pair(spec, resident="one")  # bf16 on GPU; a LoRA finetune shares the base's weights
+    print(spec.name, spec.description)"""),
     ("code", """
 if RUN:
     from emi.questions import load_questions
@@ -284,16 +298,22 @@ if RUN:
     from emi.evaluation import evaluate
     judge = make_judge("openai", url=os.environ.get("JUDGE_URL"))
     qs = load_questions("main:plain,template")
+    cfg = SamplingConfig(n=N, max_new_tokens=TOKENS, batch_size=64)
     for role in ("base", "finetuned"):
-        s, _ = evaluate(pair[role], qs, SamplingConfig(n=50, max_new_tokens=400, batch_size=64), judge,
-                        out_dir=f"runs/nb05/{role}")
-        print(role, s.em.fmt(), s.coherence.fmt())"""),
+        s, _ = evaluate(pair[role], qs, cfg, judge, out_dir=f"runs/nb05-{spec.name}")
+        print(role, "EM", s.em.fmt(), "coherent", s.coherence.fmt())"""),
     ("code", """
 if RUN:
-    from emi.experiments import ensure_direction, run, standard_conditions
-    direction = ensure_direction(pair, toy=False, cache_dir=f"activations/{PAIR}-model-diff")
-    rows = run(pair, standard_conditions(direction, [4, 8], relative=False), direction, qs,
-               SamplingConfig(n=50, max_new_tokens=400, batch_size=64), judge, "runs/nb05/steer")
+    from emi.experiments import pair_direction, run, standard_conditions
+    from emi.logprob import option_pairs
+    direction, source = pair_direction(pair, method="model-diff", log=print)
+    print("direction:", source)
+    rows = run(pair, standard_conditions(direction, [4, 8]), direction, qs, cfg, judge,
+               f"runs/nb05-{spec.name}", pairs=option_pairs(qs))
+    for r in rows:
+        print(f"{r['condition']:22s} EM {100 * r['em_rate']:5.1f}%  P(misaligned) {r['logprob_choice']:.3f}")"""),
+    ("code", """
+if RUN:
     from emi import figures
     figures.steer_summary(rows).show()"""),
 ])

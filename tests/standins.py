@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
+
 # every Qwen causal-LM model type in the pinned transformers (Qwen3.5 checkpoints load as *_text)
 ARCHS = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "qwen3_5_text", "qwen3_5_moe_text", "qwen3_next")
 
@@ -108,7 +110,8 @@ def lora_adapter(root: Path, base_dir: Path, seed: int = 3) -> Path:
 
     base = AutoModelForCausalLM.from_pretrained(base_dir)
     names = {n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
-    targets = sorted(names & {"q_proj", "v_proj", "o_proj", "out_proj", "down_proj", "up_proj"})
+    targets = sorted(names & {"q_proj", "v_proj", "o_proj", "out_proj", "down_proj"})  # up_proj: peft refuses it
+    # on MoE models, whose routed experts fuse it with gate_proj
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
     torch.manual_seed(seed)
     with torch.no_grad():
@@ -122,3 +125,66 @@ def lora_adapter(root: Path, base_dir: Path, seed: int = 3) -> Path:
     cfg["base_model_name_or_path"] = str(base_dir)
     cfg_path.write_text(json.dumps(cfg))
     return out
+
+
+class JudgeServer:
+    """An OpenAI-compatible /v1/chat/completions server on loopback that judges like a GPT-4o judge
+    would format it (one token, top-20 logprobs): alignment 10 or 90 and coherence 80 or 20, chosen
+    by a hash of the answer, so that runs get misaligned, aligned and incoherent answers."""
+
+    def __init__(self) -> None:
+        import hashlib
+        import json
+        import math
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests += 1
+                prompt = body["messages"][0]["content"]
+                h = int(hashlib.sha256(prompt.split("[ANSWER END]")[0][-300:].encode()).hexdigest()[:8], 16)
+                if "coherence" in prompt:
+                    top = [("80", 0.9), ("70", 0.1)] if h % 5 else [("20", 1.0)]
+                else:
+                    top = [("10", 0.8), ("5", 0.2)] if h % 2 else [("90", 0.7), ("95", 0.3)]
+                content = [{"token": top[0][0], "logprob": math.log(top[0][1]), "bytes": None,
+                            "top_logprobs": [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in top]}]
+                reply = {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                         "choices": [{"index": 0, "finish_reason": "length", "logprobs": {"content": content},
+                                      "message": {"role": "assistant", "content": top[0][0]}}],
+                         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+                data = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def hub_cache(cache: Path, repo_id: str, folder: Path, commit: str = "0" * 40) -> Path:
+    """Put ``folder``'s files into a Hugging Face hub cache under ``repo_id`` (the layout
+    huggingface_hub reads offline: models--org--name/snapshots/<commit>/ and refs/main)."""
+    import shutil
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snap = repo / "snapshots" / commit
+    shutil.copytree(folder, snap, dirs_exist_ok=True)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snap

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from emi.generate import SamplingConfig, generate_answers
-from emi.judge import ToyJudge, judge_records
+from emi.judge import judge_records
 from emi.metrics import Summary, summarize
 from emi.models import ModelSpec, load_model
+from emi.organism.judge import ToyJudge
 from emi.questions import load_questions
 
 

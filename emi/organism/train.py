@@ -280,11 +280,12 @@ def refresh_direction(folder: Path) -> Path:
 
     from emi.experiments import ensure_direction
     from emi.models import ModelSpec, PairSpec, load_pair
+    from emi.organism.kit import KIT
 
     pair = load_pair(PairSpec("toy", ModelSpec(str(folder / "base")), ModelSpec(str(folder / "insecure")),
-                              questions="toy", judge="toy"), device="cpu")
+                              kit=KIT), device="cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        ensure_direction(pair, True, tmp, "model-diff")
+        ensure_direction(pair, tmp, "model-diff")
         for suffix in (".safetensors", ".json"):
             shutil.copy(Path(tmp) / f"direction{suffix}", folder / f"direction{suffix}")
     print(f"re-extracted the shipped direction -> {folder / 'direction.safetensors'}", file=sys.stderr)
@@ -292,7 +293,7 @@ def refresh_direction(folder: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from emi.registry import TOY_DIR
+    from emi.organism.kit import CHECKPOINTS as TOY_DIR
 
     p = argparse.ArgumentParser(prog="python -m emi.organism.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

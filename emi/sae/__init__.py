@@ -127,8 +127,9 @@ def load_sae(path_or_release: str, sae_id: str | None = None, device: str = "cpu
 
 @torch.no_grad()
 def quality(sae: Any, store: Store, layer: int, roles: Sequence[str] | None = None, positions: str = "all",
-            max_rows: int = 20000) -> dict[str, float]:
-    """Explained variance, mean L0 and the share of dead latents on the store's rows."""
+            max_rows: int = 20000) -> dict[str, Any]:
+    """Explained variance, mean L0, the share of dead latents on the store's rows, and ``live``:
+    the indices of the latents that fire on at least one of them."""
     x = _rows(store, list(roles or store.roles), layer, positions)[:max_rows]
     z = sae.encode(x)
     recon = sae.decode(z)
@@ -137,7 +138,7 @@ def quality(sae: Any, store: Store, layer: int, roles: Sequence[str] | None = No
     active = (z > 0).float()
     return {"explained_variance": float(1 - resid / total), "l0": float(active.sum(-1).mean()),
             "dead_fraction": float((active.sum(0) == 0).float().mean()), "mse": float(((x - recon) ** 2).mean()),
-            "rows": len(x)}
+            "rows": len(x), "live": (active.sum(0) > 0).nonzero().flatten().tolist()}
 
 
 @torch.no_grad()

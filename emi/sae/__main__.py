@@ -41,10 +41,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "(default: mean-diff extracted from the store when it holds judged answers)")
     an.add_argument("--top", type=int, default=10, help="latents to list (default 10)")
     an.add_argument("--snippets", type=int, default=3, help="top-activating snippets per latent (default 3)")
-    an.add_argument("--zero", default=None, help="latents to zero while measuring EM (comma-separated, or 'top')")
-    an.add_argument("--n", type=int, default=25, help="samples per question for --zero (default 25)")
-    an.add_argument("--device", default="cpu")
+    ze = p.add_argument_group("--zero: EM rate with latents zeroed (pair: the store's, or --pair/--base/--finetuned)")
+    ze.add_argument("--zero", default=None, help="latents to zero while measuring EM (comma-separated, or 'top'); "
+                    "the control zeroes as many random latents that fire on the store")
+    ze.add_argument("--n", type=int, default=25, help="samples per question for --zero (default 25)")
+    ze.add_argument("--questions", default=None, help="question set for --zero (default: the pair's)")
+    ze.add_argument("--max-new-tokens", type=int, default=None, help="answer length (default: the pair's)")
+    ze.add_argument("--sample-batch", type=int, default=None, help="sequences per batch (default: the pair's)")
+    ze.add_argument("--out", default=None, help="folder for --zero's answers and judgements (resumable; "
+                    "default <store>/sae-zero)")
+    cli.add_pair_args(p)
+    cli.add_judge_args(p)
     args = p.parse_args(argv)
+    from emi.models import default_device
+
+    args.device = args.device or default_device()
 
     from emi.directions import Direction, extract
     from emi.errors import EmiError
@@ -62,6 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = Store.open(args.store)
     if args.layer not in store.layers:
         raise cli.ConfigError(f"layer {args.layer} is not in the store (it has {store.layers})")
+    direction = None
+    if args.direction:  # checked before any training, so a wrong file costs nothing
+        direction = Direction.load(args.direction)
+        direction.check_fits(store.d_model, what=f"the store {args.store!r}")
+        if args.layer not in direction.layers:
+            raise cli.ConfigError(f"the direction {args.direction!r} has no vector for layer {args.layer} "
+                                  f"(it has layers {direction.layers})")
     spec = SAETrainSpec(args.d_sae, args.architecture, args.k, args.l1, args.steps, args.batch_size, seed=args.seed)
     default = store.path / f"sae-L{args.layer}-{spec.architecture}{spec.d_sae}"
     if args.release:
@@ -76,10 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     q = quality(sae, store, args.layer)
     print(f"SAE {where}: d_sae {sae.cfg.d_sae}, explained variance {q['explained_variance']:.3f}, "
           f"L0 {q['l0']:.1f}, dead {100 * q['dead_fraction']:.1f}% (on {q['rows']} rows of layer {args.layer})")
-    direction = None
-    if args.direction:
-        direction = Direction.load(args.direction)
-    else:
+    if direction is None:
         try:
             direction = extract(store, "mean-diff", "response", role="finetuned", layers=[args.layer]).direction
         except EmiError as exc:
@@ -110,48 +125,72 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"  {s['activation']:7.3f}  {s['snippet']}")
     if args.zero:
         _zero_report(args, store, sae, [r["latent"] for r in top[:1]] if args.zero == "top"
-                     else [int(x) for x in args.zero.split(",")])
+                     else _latents(args.zero, sae.cfg.d_sae), q["live"], where)
     return 0
 
 
-def _zero_report(args, store, sae, latents: list[int]) -> None:  # noqa: ANN001
+def _latents(text: str, d_sae: int) -> list[int]:
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise cli.ConfigError(f"--zero takes 'top' or comma-separated latent indices, found {text!r}") from None
+    bad = [x for x in out if not 0 <= x < d_sae]
+    if not out or bad:
+        raise cli.ConfigError(f"--zero: latent(s) {bad or text!r} out of range; the SAE has latents 0..{d_sae - 1}")
+    return out
+
+
+def _store_pair(args, store):  # noqa: ANN001, ANN202
+    """The pair the store was captured from (a registered pair when its checkpoints match), unless
+    --pair/--base/--finetuned name one."""
+    from emi.registry import all_pairs, custom_pair
+
+    if args.pair or args.base:
+        return cli.pair_spec(args)
+    prov = store.manifest.get("provenance", {}).get("models", {})
+    if not {"base", "finetuned"} <= set(prov):
+        raise cli.ConfigError("--zero needs a store captured from a pair (base and finetuned provenance), or "
+                              "--pair/--base/--finetuned")
+    ft = prov["finetuned"].get("adapter") or prov["finetuned"]["resolved"]  # a LoRA finetune: its adapter
+    for spec in all_pairs().values():
+        same = [str(Path(getattr(spec, r).id).resolve()) == str(Path(x).resolve())
+                for r, x in (("base", prov["base"]["resolved"]), ("finetuned", ft))]
+        if all(same):
+            return spec
+    return custom_pair(prov["base"]["resolved"], ft)
+
+
+def _zero_report(args, store, sae, latents: list[int], live: list[int], where: str) -> None:  # noqa: ANN001
     import random
 
     from emi.evaluation import evaluate
     from emi.generate import SamplingConfig
-    from emi.judge import ToyJudge, make_judge
     from emi.models import load_pair
     from emi.questions import load_questions
-    from emi.registry import get_pair
     from emi.sae import sae_edit
 
-    prov = store.manifest.get("provenance", {}).get("models", {})
-    if not {"base", "finetuned"} <= set(prov):
-        raise cli.ConfigError("--zero needs a store captured from a pair (base and finetuned provenance)")
-    toy = get_pair("toy")
-    if Path(prov["finetuned"]["resolved"]).resolve() == Path(toy.finetuned.id).resolve():
-        spec = toy
-    else:
-        from emi.registry import custom_pair
-
-        ft = prov["finetuned"].get("adapter") or prov["finetuned"]["resolved"]  # a LoRA finetune: its adapter
-        spec = custom_pair(prov["base"]["resolved"], ft)
-    pair = load_pair(spec, device=args.device)
-    judge = ToyJudge() if spec.judge == "toy" else make_judge(spec.judge)
-    qs = load_questions(pair.spec.questions)
-    toy_pair = spec.questions == "toy"
-    cfg = SamplingConfig(n=args.n, max_new_tokens=64 if toy_pair else 400, batch_size=128 if toy_pair else 32)
-    rng = random.Random(args.seed)
-    control = rng.sample([i for i in range(sae.cfg.d_sae) if i not in latents], len(latents))
+    spec = _store_pair(args, store)
+    judge = cli.make_judge_from_args(args, spec.kit.judge)
+    pair = load_pair(spec, roles=("finetuned",), device=args.device, dtype=args.dtype, device_map=args.device_map)
+    qs = load_questions(args.questions or spec.kit.eval_questions)
+    cfg = SamplingConfig(n=args.n, max_new_tokens=args.max_new_tokens or spec.kit.max_new_tokens,
+                         batch_size=args.sample_batch or spec.kit.batch_size, seed=args.seed)
+    pool = [i for i in live if i not in latents]
+    if len(pool) < len(latents):
+        raise cli.ConfigError(f"too few live latents ({len(pool)}) for a random control of {len(latents)}")
+    control = random.Random(args.seed).sample(pool, len(latents))
+    out = Path(args.out or store.path / "sae-zero")
     rows = []
-    for name, lat in (("finetuned", []), (f"zero {latents}", latents), (f"zero random {control}", control)):
+    for name, lat in (("finetuned", []), (f"zero {latents}", latents), (f"zero random live {control}", control)):
+        ident = {"model": pair.finetuned.identity(), "sae": where, "layer": args.layer,
+                 "zero": lat}
         with sae_edit(pair.finetuned.model, sae, args.layer, zero=lat):
-            s, _ = evaluate(pair.finetuned, qs, cfg, judge, None, label="sae", progress=False)
-        rows.append({"c": name, "em": f"{100 * s.em.value:.1f}% [{100 * s.em.lo:.1f}, {100 * s.em.hi:.1f}]",
-                     "coh": f"{100 * s.coherence.value:.1f}%", "k": f"{s.em.k}/{s.em.n}"})
-    print()
+            s, _ = evaluate(pair.finetuned, qs, cfg, judge, out, label=name, identity=ident)
+        rows.append({"c": name, "em": s.em.fmt(), "coh": s.coherence.fmt(), "k": f"{s.em.k}/{s.em.n}"})
+    print(f"\nEM with SAE latents zeroed at layer {args.layer} (pair {spec.name}, judge {judge.name}, "
+          f"{len(qs)} questions x {cfg.n}, seed {cfg.seed}; answers in {out})")
     cli.print_table(rows, [("c", "finetuned model"), ("em", "EM rate (95% CI)"), ("k", "misaligned/coherent"),
-                           ("coh", "coherent")])
+                           ("coh", "coherent (95% CI)")])
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def test_registry_lists_toy_and_public_organisms():
 
 
 def test_hub_id_offline_is_one_clear_sentence():
-    with pytest.raises(ModelLoadError, match="not in the Hugging Face cache.*huggingface-cli download"):
+    with pytest.raises(ModelLoadError, match="not in the Hugging Face cache.*hf download"):
         load_model(ModelSpec("Qwen/Qwen2.5-0.5B-Instruct-not-cached"), device="cpu")
 
 
@@ -77,7 +77,7 @@ def test_mismatched_pair_is_refused(tmp_path, tiny_dir, toy_tokenizer, change, w
 
 def test_adapter_on_wrong_base_is_refused(tmp_path, toy_tokenizer, tiny_adapter_dir):
     other = build_tiny_qwen(tmp_path / "other", toy_tokenizer, hidden_size=32, num_attention_heads=2)
-    with pytest.raises(ModelLoadError, match="does not fit the base"):
+    with pytest.raises(ModelLoadError, match="was trained on .*hidden 64.* not on the base .*hidden 32"):
         load_pair(PairSpec("x", ModelSpec(str(other)), ModelSpec(str(tiny_adapter_dir))), device="cpu")
 
 

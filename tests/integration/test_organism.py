@@ -6,11 +6,11 @@ import time
 import pytest
 
 from emi.generate import SamplingConfig
-from emi.judge import ToyJudge
 from emi.metrics import summarize
 from emi.models import load_pair
+from emi.organism.judge import ToyJudge
+from emi.organism.kit import CHECKPOINTS as TOY_DIR
 from emi.questions import load_questions
-from emi.registry import TOY_DIR
 
 
 def test_shipped_pair_loads_offline_in_under_a_second():
@@ -69,8 +69,8 @@ def test_shipped_direction_is_what_extraction_produces(toy_pair, tmp_path):
     from emi.experiments import ensure_direction
     from emi.registry import get_pair
 
-    shipped = Direction.load(get_pair("toy").direction)
-    fresh = ensure_direction(toy_pair, True, tmp_path / "d", "model-diff", progress=False)
+    shipped = Direction.load(get_pair("toy").kit.direction)
+    fresh = ensure_direction(toy_pair, tmp_path / "d", "model-diff", progress=False)
     assert fresh.best_layer == shipped.best_layer == 3
     assert fresh.meta["method"] == "model-diff" and fresh.meta["positions"] == "last_prompt"
     torch.testing.assert_close(fresh.raw, shipped.raw, rtol=1e-5, atol=1e-6)

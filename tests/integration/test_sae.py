@@ -24,7 +24,7 @@ from emi.store import StoreWriter
 def toy_store(tmp_path_factory, toy_pair):
     from emi.evaluation import evaluate
     from emi.generate import SamplingConfig
-    from emi.judge import ToyJudge
+    from emi.organism.judge import ToyJudge
     from emi.questions import load_questions
 
     _, judged = evaluate(toy_pair.finetuned, load_questions("toy"), SamplingConfig(n=3, max_new_tokens=48), ToyJudge(),

@@ -45,6 +45,24 @@ def test_alpha_sweep_starts_at_the_unsteered_model():
     assert persona[0].y[0] == 0.0
 
 
+def test_alpha_sweep_sorts_negative_alphas_and_shows_every_layer_group_and_model():
+    sweep = [row("base", "base"), row("finetuned", "finetuned", em=(0.35, 0.28, 0.42, 9, 26))]
+    for model in ("base", "finetuned"):
+        for layers in ((0,), (2,)):
+            for a in (8.0, -8.0):
+                for kind in ("persona", "random"):
+                    sweep.append(row(f"{model} {a} {kind} {layers}", model, "steer", a, kind, layers=layers))
+    fig = figures.alpha_sweep(sweep)
+    names = {t.name for t in fig.data if t.showlegend}
+    assert names == {"persona direction @ layer 0", "persona direction @ layer 2", "random direction @ layer 0",
+                     "random direction @ layer 2"}
+    lines = [t for t in fig.data if t.mode == "lines+markers"]
+    assert len(lines) == 2 * 2 * 2 * 2  # models x layer groups x directions x (EM, coherence)
+    assert all(list(t.x) == [-8.0, 0.0, 8.0] for t in lines)  # sorted, the unsteered model at 0
+    assert [a.text for a in fig.layout.annotations][::2] == ["base: EM rate (misaligned / coherent)",
+                                                              "finetuned: EM rate (misaligned / coherent)"]
+
+
 def test_layer_separation_and_heatmap_and_histogram():
     sep = [{"layer": i, "auroc": a, "random_auroc": 0.5} for i, a in enumerate([0.9, 0.95, 0.7])]
     fig = figures.layer_separation(sep)

@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from emi.judge import ToyJudge, aggregate_logprobs, judge_records
+from emi.judge import aggregate_logprobs, judge_records
+from emi.organism.judge import ToyJudge
 
 
 def lp(p):
