@@ -327,6 +327,7 @@ class ModelPair:
     units: dict[str, str] = field(default_factory=dict)  # role -> what loads it (roles sharing a base share one)
     loaders: dict[str, Callable[[], dict[str, LoadedModel]]] = field(default_factory=dict)
     resident: str = "all"
+    seen: dict[str, dict[str, Any]] = field(default_factory=dict)  # provenance of every role loaded so far
 
     @property
     def roles(self) -> list[str]:
@@ -352,7 +353,9 @@ class ModelPair:
         unit = self.units[role]
         if self.resident == "one":
             self.release(keep=unit)
-        self.models.update(self.loaders[unit]())
+        loaded = self.loaders[unit]()
+        self.models.update(loaded)
+        self.seen.update({r: m.provenance for r, m in loaded.items()})
         return self.models[role]
 
     def shares_weights(self, roles: Sequence[str]) -> bool:
@@ -372,7 +375,8 @@ class ModelPair:
     def provenance(self) -> dict[str, Any]:
         out: dict[str, Any] = {"pair": self.spec.name}
         for r in self.roles:
-            out[r] = self.models[r].provenance if r in self.models else {"id": getattr(self.spec, r).label()}
+            prov = self.models[r].provenance if r in self.models else self.seen.get(r)
+            out[r] = prov or {"id": getattr(self.spec, r).label(), "loaded": False}
         return out
 
 

@@ -316,3 +316,15 @@ def test_real_qwen_notebook_logic_on_stand_ins(pairs, judge_server, tmp_path, mo
     text = "".join(o.get("text", "") for c in book.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "finetuned EM" in text and "finetuned - persona" in text and "P(misaligned)" in text
     assert any("plotly" in json.dumps(o.get("data", {})) for c in book.cells for o in c.get("outputs", []))
+
+
+def test_provenance_names_every_role_after_it_was_freed(pairs):
+    from emi.models import load_pair
+    from emi.registry import custom_pair
+
+    base, ft, _ = pairs["qwen2"]
+    lazy = load_pair(custom_pair(str(base), str(ft)), device="cpu", resident="one")
+    lazy.base, lazy.finetuned  # noqa: B018  (the base is freed when the finetune loads)
+    prov = lazy.provenance()
+    assert list(lazy.models) == ["finetuned"]
+    assert prov["base"]["resolved"] == str(base) and prov["base"]["fingerprint"]
