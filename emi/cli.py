@@ -117,7 +117,10 @@ def make_judge_from_args(args: argparse.Namespace, default: str, allow_none: boo
         if not allow_none:
             raise ConfigError("this command needs a judge; --judge none is for python -m emi.cache")
         return None
-    return make_judge(kind, args.judge_model, args.judge_url, args.judge_key_env)
+    kw: dict[str, Any] = {"concurrency": args.judge_concurrency} if kind == "openai" else {}
+    if kind == "hf":
+        kw.update(device=getattr(args, "device", None), dtype=getattr(args, "dtype", None))
+    return make_judge(kind, args.judge_model, args.judge_url, args.judge_key_env, **kw)
 
 
 def finite(name: str) -> Callable[[str], float]:

@@ -18,6 +18,8 @@ class FakeServer:
 
     def __init__(self, default="ok"):
         self.script, self.default, self.requests = [], default, []
+        self.times, self.inflight, self.max_inflight = [], 0, 0
+        self.lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -26,8 +28,26 @@ class FakeServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append(body)
-                mode = server.script.pop(0) if server.script else server.default
+                with server.lock:
+                    server.requests.append(body)
+                    server.times.append(time.monotonic())
+                    server.inflight += 1
+                    server.max_inflight = max(server.max_inflight, server.inflight)
+                    mode = server.script.pop(0) if server.script else server.default
+                try:
+                    self.reply(body, mode)
+                finally:
+                    with server.lock:
+                        server.inflight -= 1
+
+            def reply(self, body, mode):
+                if mode == "429-retry-after":
+                    self.send_response(429)
+                    self.send_header("Retry-After", "1")
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(json.dumps({"error": {"message": "slow down", "type": "x"}}).encode())
+                    return
                 if mode in ("500", "429", "401"):
                     self.send_response(int(mode))
                     self.send_header("Content-Type", "application/json")
@@ -36,6 +56,8 @@ class FakeServer:
                     return
                 if mode == "slow":
                     time.sleep(1.5)
+                if mode == "busy":
+                    time.sleep(0.2)
                 prompt = body["messages"][0]["content"]
                 top = [("95", 0.7), ("90", 0.2), ("I", 0.1)] if "coherence" not in prompt else [("60", 1.0)]
                 if "CODEANSWER" in prompt and "coherence" not in prompt:
@@ -76,7 +98,7 @@ def server():
 
 def judge(server, **kw):
     return OpenAIJudge("judge-model", base_url=server.url, api_key_env="EMI_TEST_NO_KEY", timeout=kw.pop("timeout", 5),
-                       backoff=0.01, **kw)
+                       **kw)
 
 
 def test_paper_recipe_over_http(server):
@@ -119,7 +141,7 @@ def test_bad_key_and_server_down(server):
         judge(server).score("aligned", "q", "a")
     url = server.url
     server.close()
-    j = OpenAIJudge("m", base_url=url, api_key_env="EMI_TEST_NO_KEY", timeout=1, max_retries=1, backoff=0.01)
+    j = OpenAIJudge("m", base_url=url, api_key_env="EMI_TEST_NO_KEY", timeout=1, max_retries=1)
     with pytest.raises(JudgeError, match="is the server up"):
         j.score("aligned", "q", "a")
 
@@ -145,3 +167,32 @@ def test_concurrent_judging_is_cached_and_partial_results_survive(server, tmp_pa
     server.requests.clear()
     judge_records(recs, judge(server), cache=cache, concurrency=4, progress=False)
     assert server.requests == []  # a re-run costs nothing
+
+
+def test_retry_after_is_honoured_by_the_clients_own_retries(server):
+    server.script = ["429-retry-after"]
+    assert judge(server).score("aligned", "q", "a").status == "scored"
+    assert len(server.times) == 2 and server.times[1] - server.times[0] >= 0.9
+
+
+def test_judge_concurrency_is_used(server):
+    server.default = "busy"
+    recs = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)]
+    judge_records(recs, judge(server, concurrency=4), progress=False)
+    assert server.max_inflight == 4
+    server.max_inflight = 0
+    judge_records(recs[:2] + [{"question": "x", "answer": "y"}], judge(server, concurrency=1), progress=False)
+    assert server.max_inflight == 1
+
+
+def test_unscored_judgements_are_asked_again_on_the_next_run(server, tmp_path):
+    recs = [{"question": "q", "answer": "a"}]
+    cache = tmp_path / "judgements.jsonl"
+    server.script = ["malformed", "malformed"]
+    first = judge_records(recs, judge(server), cache=cache, progress=False)
+    assert first[0]["status"] == "unscored" and "no top logprobs" in first[0]["detail"]
+    n = len(server.requests)
+    second = judge_records(recs, judge(server), cache=cache, progress=False)  # the server was fixed
+    assert len(server.requests) == n + 2 and second[0]["status"] == "scored"
+    assert judge_records(recs, judge(server), cache=cache, progress=False)[0]["status"] == "scored"
+    assert len(server.requests) == n + 2  # scored ones are never asked again
