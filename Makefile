@@ -41,6 +41,7 @@ lint: setup
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/capture_speed.py
 	HF_HUB_OFFLINE=1 $(PY) bench/steer_speed.py
+	HF_HUB_OFFLINE=1 $(PY) bench/pair_memory.py
 
 clean:
 	rm -rf $(VENV) runs figs

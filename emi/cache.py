@@ -41,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from emi import layers as L
+    from emi import locks
     from emi.capture import capture_pair
     from emi.store import resolve
 
@@ -49,13 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = resolve(args.out, args.root)
     pair = cli.load_pair_from_args(args, tuple(dict.fromkeys((args.generator,) + roles)))
     layers = L.resolve_layers(args.layers, pair[args.generator].n_layers)  # bad --layers fail before sampling
-    if args.overwrite:
-        import shutil
-
-        shutil.rmtree(path, ignore_errors=True)  # answers, judgements and shards of the old store alike
-    items = _texts(args, spec, pair, path)
-    store = capture_pair(pair, roles, items, path, layers, tuple(s.strip() for s in args.sites.split(",")),
-                         args.positions, args.store_dtype, args.capture_batch, args.shard_texts)
+    with locks.exclusive(path):  # a second run on this store is refused, not interleaved
+        if args.overwrite:
+            locks.clear(path)  # answers, judgements and shards of the old store alike
+        items = _texts(args, spec, pair, path)
+        store = capture_pair(pair, roles, items, path, layers, tuple(s.strip() for s in args.sites.split(",")),
+                             args.positions, args.store_dtype, args.capture_batch, args.shard_texts)
     mf = store.manifest
     print(f"store {store.path}: {mf['spec']['n_texts']} texts, {store.n_rows} rows x {len(store.layers)} layers x "
           f"{len(store.roles)} models ({', '.join(store.roles)}), d_model {store.d_model}, {store.spec['dtype']}, "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from emi import layers as L
-from emi.errors import ConfigError
+from emi import locks
+from emi.errors import ConfigError, StoreError
 from emi.models import LoadedModel, ModelPair
 from emi.store import DTYPES, Store, StoreWriter, resolve, tensor_key
 
@@ -247,34 +249,37 @@ def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[dict[str
                   "positions": spec.positions, "dtype": spec.dtype, "d_model": d_model,
                   "shard_texts": spec.shard_texts, "shard_mb": spec.shard_mb,
                   "models": identity or {}, "layer_convention": "residual stream after decoder block l"}
-    writer = StoreWriter(path, store_spec, [t.meta for t in texts], provenance, overwrite)
-    if writer.manifest.get("complete"):
-        return Store.open(path)
-    dtype, dev = DTYPES[spec.dtype], torch.device(device)
-    total = len(texts)
-    bar = tqdm(total=total, initial=writer.done_texts, desc=f"capture -> {path}", disable=not progress, leave=False)
-    # One background writer: shard k is serialised, hashed, written and fsynced (all of which
-    # release the GIL) while shard k+1 is computed; at most two shards are in memory.
-    from concurrent.futures import Future, ThreadPoolExecutor
+    with locks.exclusive(path):
+        writer = StoreWriter(path, store_spec, [t.meta for t in texts], provenance, overwrite)
+        if writer.repaired:
+            print(f"emi: {path}: rebuilding {', '.join(writer.repaired)} (damaged or missing)", file=sys.stderr)
+        if writer.manifest.get("complete"):
+            return Store.open(path)
+        dtype, dev = DTYPES[spec.dtype], torch.device(device)
+        total = len(texts)
+        bar = tqdm(total=total, initial=writer.done_texts, desc=f"capture -> {path}", disable=not progress, leave=False)
+        # One background writer: shard k is serialised, hashed, written and fsynced (all of which
+        # release the GIL) while shard k+1 is computed; at most two shards are in memory.
+        from concurrent.futures import Future, ThreadPoolExecutor
 
-    pending: Future | None = None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="emi-store") as pool:
-        try:
-            for start, end in plan_shards(counts, spec, plan_roles or len(readers), d_model):
-                if start < writer.done_texts:
-                    continue
-                chunk = texts[start:end]
-                tensors, n_tok = _capture_shard(readers, chunk, positions[start:end], start, spec,
-                                                tokenizer.pad_token_id, dev, dtype, active)
+        pending: Future | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="emi-store") as pool:
+            try:
+                for index, (start, end) in enumerate(plan_shards(counts, spec, plan_roles or len(readers), d_model)):
+                    if (start, end) in writer.done:
+                        continue
+                    chunk = texts[start:end]
+                    tensors, n_tok = _capture_shard(readers, chunk, positions[start:end], start, spec,
+                                                    tokenizer.pad_token_id, dev, dtype, active)
+                    if pending is not None:
+                        pending.result()  # in order; re-raises a failed write (e.g. a full disk)
+                    pending = pool.submit(writer.add_shard, tensors, (start, end), n_tok, index)
+                    bar.update(len(chunk))
+            finally:
                 if pending is not None:
-                    pending.result()  # in order; re-raises a failed write (e.g. a full disk)
-                pending = pool.submit(writer.add_shard, tensors, (start, end), n_tok)
-                bar.update(len(chunk))
-        finally:
-            if pending is not None:
-                pending.result()  # whatever was computed lands, even on an interrupt
-    bar.close()
-    return writer.finish()
+                    pending.result()  # whatever was computed lands, even on an interrupt
+        bar.close()
+        return writer.finish()
 
 
 def _capture_shard(readers: dict[str, Reader], chunk: Sequence[Text], positions: Sequence[range], offset: int,
@@ -355,15 +360,51 @@ def capture_pair(pair: ModelPair, roles: Sequence[str], items: Sequence[dict[str
     if pair.resident == "all" or pair.shares_weights(roles):
         return capture_models({r: pair[r] for r in roles}, items, out, overwrite=overwrite, root=root, **kw)
     path = resolve(out, root)
-    if overwrite:
-        shutil.rmtree(path, ignore_errors=True)
-    parts = {r: capture_models({r: pair[r]}, items, path / f".part-{r}", plan_roles=len(roles), **kw)
-             for r in roles}
-    pair.release()
-    store = merge_role_stores(parts, path)
-    for part in parts.values():
-        shutil.rmtree(part.path, ignore_errors=True)
-    return store
+    with locks.exclusive(path):
+        if overwrite:
+            locks.clear(path)
+        else:
+            intact = _intact_pair_store(path, pair, roles, items, layers, sites, positions, dtype)
+            if intact is not None:  # nothing to do: no model is loaded
+                return intact
+        parts = {r: capture_models({r: pair[r]}, items, path / f".part-{r}", plan_roles=len(roles), **kw)
+                 for r in roles}
+        pair.release()
+        store = merge_role_stores(parts, path)
+        for part in parts.values():
+            shutil.rmtree(part.path, ignore_errors=True)
+        return store
+
+
+def _intact_pair_store(path: Path, pair: ModelPair, roles: Sequence[str], items: Sequence[dict[str, Any] | str],
+                       layers: Any, sites: Sequence[str], positions: str, dtype: str | None) -> Store | None:
+    """The complete store at ``path`` when it verifies (every shard, the texts) and was captured
+    from these checkpoints, texts, layers, sites and positions; None when it must be (re)built."""
+    from emi.models import locate
+    from emi.store import texts_digest
+
+    try:
+        store = Store.open(path)
+        spec = store.spec
+        want_layers = list(layers) if isinstance(layers, Sequence) and not isinstance(layers, str) else spec["layers"]
+        same = (spec["roles"] == list(roles) and spec["sites"] == list(sites) and spec["positions"] == positions
+                and spec["layers"] == want_layers and (dtype is None or spec["dtype"] == dtype)
+                and spec["texts_sha256"] == texts_digest([t.meta for t in prepare_texts(items, pair.tokenizer)]))
+        for r in roles:
+            s = getattr(pair.spec, r)
+            kind, where = locate(s.id, s.revision)
+            model = spec["models"].get(r, {})
+            expect = (model.get("adapter") == where) if kind == "adapter" else (
+                model.get("resolved") == where and model.get("adapter") == s.adapter)
+            same = same and expect and model.get("revision") == (s.revision if kind == "model" else None)
+        if not same:
+            return None
+        for entry in store.manifest["shards"]:
+            store._shard(entry)
+        store.texts()
+        return store
+    except (StoreError, KeyError, ConfigError):
+        return None
 
 
 def merge_role_stores(parts: dict[str, Store], path: Path) -> Store:
@@ -378,14 +419,16 @@ def merge_role_stores(parts: dict[str, Store], path: Path) -> Store:
     spec.update(roles=list(parts), models={r: p.spec["models"][r] for r, p in parts.items()})
     prov = {"models": {r: p.manifest["provenance"]["models"][r] for r, p in parts.items()}}
     writer = StoreWriter(path, spec, first.texts(), prov)
+    if writer.repaired:
+        print(f"emi: {path}: rebuilding {', '.join(writer.repaired)} (damaged or missing)", file=sys.stderr)
     if writer.manifest.get("complete"):
         return Store.open(path)
     for i, entry in enumerate(first.manifest["shards"]):
-        if i < len(writer.manifest["shards"]):
+        if tuple(entry["texts"]) in writer.done:
             continue
         tensors: dict[str, torch.Tensor] = {}
         for r, part in parts.items():
             tensors.update(part.read_shard(i, with_meta=r == first.roles[0]))
-        writer.add_shard(tensors, tuple(entry["texts"]), entry["tokens"])  # type: ignore[arg-type]
+        writer.add_shard(tensors, tuple(entry["texts"]), entry["tokens"], i)  # type: ignore[arg-type]
     return writer.finish()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import sys
@@ -140,7 +141,10 @@ def floats(name: str) -> Callable[[str], list[float]]:
     one = finite(name)
 
     def parse(text: str) -> list[float]:
-        return [one(x) for x in text.split(",") if x.strip()]
+        out = [one(x) for x in text.split(",") if x.strip()]
+        if not out:
+            raise argparse.ArgumentTypeError(f"{name} needs at least one number, found {text!r}")
+        return out
 
     return parse
 
@@ -150,6 +154,17 @@ def fmt_rate(row: dict[str, Any], key: str) -> str:
     if not row[f"{key}_n"]:
         return "n/a (no answers)"
     return f"{100 * row[f'{key}_rate']:5.1f}% [{100 * row[f'{key}_lo']:4.1f}, {100 * row[f'{key}_hi']:4.1f}]"
+
+
+def report_unscored(records: Sequence[dict[str, Any]]) -> None:
+    """Say how many judgements are unscored and why (they are asked again on the next run)."""
+    from collections import Counter
+
+    why = Counter(r.get("detail") or "no reason given" for r in records if r.get("status") == "unscored")
+    if why:
+        reasons = "; ".join(f"{n} x {d}" for d, n in why.most_common(3))
+        print(f"emi: {sum(why.values())} answers are unscored by the judge ({reasons}); they are left out of "
+              f"the rates and asked again when you re-run the same command", file=sys.stderr)
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
@@ -163,6 +178,13 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     except KeyboardInterrupt:
         print("emi: interrupted; finished work is saved, re-run the same command to resume", file=sys.stderr)
         return 130
+    except OSError as exc:  # the disk, not emi: say which file and what to do
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EISDIR, errno.ENOTDIR):
+            raise
+        print(f"emi: error: cannot write {exc.filename or 'a file'}: {exc.strerror}; free space or fix the "
+              f"path and re-run the same command: finished work is kept and half-written records are "
+              f"dropped on resume", file=sys.stderr)
+        return 2
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], file: Any = None) -> None:

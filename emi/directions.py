@@ -109,6 +109,9 @@ class Direction:
     @classmethod
     def load(cls, path: str | Path) -> Direction:
         path = Path(path)
+        if path.suffix not in ("", ".safetensors", ".json"):
+            raise DirectionError(f"{str(path)!r} is not an emi direction file (those end in .safetensors, with a "
+                                 f".json beside them); make one with `python -m emi.extract`")
         st = path if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
         if not st.is_file():
             raise DirectionError(f"no direction file at {str(st)!r}; make one with `python -m emi.extract`")

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from emi import cli, jsonl
+from emi import cli, jsonl, locks
 from emi.store import write_json
 
 
@@ -33,33 +33,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     from emi.questions import load_questions
 
     spec = cli.pair_spec(args)
-    roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
-    questions = load_questions(args.questions or spec.kit.eval_questions, ids=args.ids)
-    cli.warn_question_mismatch(spec, args.questions)
-    judge = cli.make_judge_from_args(args, spec.kit.judge)  # fail on a missing key before loading models
-    pair = cli.load_pair_from_args(args, roles)
-    cfg = cli.sampling_config(args, spec.kit)
     out = Path(args.out or f"runs/evaluate-{spec.name}")
-    out.mkdir(parents=True, exist_ok=True)
-    rows, judged_all, by_q = [], [], {}
-    for role in pair.roles:
-        lm = pair[role]
-        s, judged = evaluate(lm, questions, cfg, judge, out, label=role)
-        judged_all += judged
-        rows.append(s.row())
-        by_q[role] = {q: v.row() for q, v in per_question(judged).items()}
-    jsonl.write(out / "judged.jsonl", judged_all)
-    write_json(out / "summary.json", {"pair": spec.name, "judge": judge.name, "sampling": cfg.settings(), "n": cfg.n,
-                                      "questions": args.questions or spec.kit.eval_questions, "models": rows,
-                                      "per_question": by_q, "provenance": pair.provenance()})
-    print(f"pair {spec.name}: {len(questions)} questions x {cfg.n} samples, judge {judge.name}, seed {cfg.seed}")
-    cli.print_table([{**r, "em": cli.fmt_rate(r, "em"), "coh": cli.fmt_rate(r, "coherence"),
-                      "counts": f"{r['em_k']}/{r['em_n']}",
-                      "other": f"{r['n_unscored']} unscored, {r['n_code']} code, {r['n_refusal']} refusals"}
-                     for r in rows],
-                    [("model", "model"), ("em", "EM rate (95% CI)"), ("counts", "misaligned/coherent"),
-                     ("coh", "coherent (95% CI)"), ("n_answers", "n"), ("other", "excluded")])
-    print(f"wrote {out}/answers.jsonl, judged.jsonl, summary.json", file=sys.stderr)
+    with locks.exclusive(out):  # one run per folder; a bad --out fails before any model loads
+        roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
+        questions = load_questions(args.questions or spec.kit.eval_questions, ids=args.ids)
+        cli.warn_question_mismatch(spec, args.questions)
+        judge = cli.make_judge_from_args(args, spec.kit.judge)  # fail on a missing key before loading models
+        pair = cli.load_pair_from_args(args, roles)
+        cfg = cli.sampling_config(args, spec.kit)
+        rows, judged_all, by_q = [], [], {}
+        for role in pair.roles:
+            lm = pair[role]
+            s, judged = evaluate(lm, questions, cfg, judge, out, label=role)
+            judged_all += judged
+            rows.append(s.row())
+            by_q[role] = {q: v.row() for q, v in per_question(judged).items()}
+        jsonl.write(out / "judged.jsonl", judged_all)
+        write_json(out / "summary.json", {"pair": spec.name, "judge": judge.name, "sampling": cfg.settings(), "n": cfg.n,
+                                          "questions": args.questions or spec.kit.eval_questions, "models": rows,
+                                          "per_question": by_q, "provenance": pair.provenance()})
+        print(f"pair {spec.name}: {len(questions)} questions x {cfg.n} samples, judge {judge.name}, seed {cfg.seed}")
+        cli.print_table([{**r, "em": cli.fmt_rate(r, "em"), "coh": cli.fmt_rate(r, "coherence"),
+                          "counts": f"{r['em_k']}/{r['em_n']}",
+                          "other": f"{r['n_unscored']} unscored, {r['n_code']} code, {r['n_refusal']} refusals"}
+                         for r in rows],
+                        [("model", "model"), ("em", "EM rate (95% CI)"), ("counts", "misaligned/coherent"),
+                         ("coh", "coherent (95% CI)"), ("n_answers", "n"), ("other", "excluded")])
+        cli.report_unscored(judged_all)
+        print(f"wrote {out}/answers.jsonl, judged.jsonl, summary.json", file=sys.stderr)
     return 0
 
 

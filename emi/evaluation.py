@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from emi import locks
 from emi.generate import SamplingConfig, generate_answers
 from emi.judge import Judge, judge_records
 from emi.metrics import Summary, Thresholds, summarize
@@ -22,7 +24,8 @@ def evaluate(model: LoadedModel, questions: Sequence[Question], cfg: SamplingCon
     answers (default: the model's own; see :func:`emi.generate.generate_answers`)."""
     label = label or model.role
     out = Path(out_dir) if out_dir else None
-    answers = generate_answers(model, questions, cfg, out=out / "answers.jsonl" if out else None,
-                               label=label, progress=progress, extra=extra, identity=identity)
-    judged = judge_records(answers, judge, cache=out / "judgements.jsonl" if out else None, progress=progress)
+    with locks.exclusive(out) if out else contextlib.nullcontext():
+        answers = generate_answers(model, questions, cfg, out=out / "answers.jsonl" if out else None,
+                                   label=label, progress=progress, extra=extra, identity=identity)
+        judged = judge_records(answers, judge, cache=out / "judgements.jsonl" if out else None, progress=progress)
     return summarize(judged, label, thresholds, seed=cfg.seed), judged

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emi import hooks
+from emi import hooks, locks
 from emi.directions import Direction, extract, next_token_logprobs, random_like
 from emi.evaluation import evaluate
 from emi.generate import SamplingConfig
@@ -218,7 +218,9 @@ def pair_direction(pair: ModelPair, path: str | None = None, method: str = "mode
         src = f"the pair's shipped {d.meta.get('method')} direction ({kit.direction}), layer {d.best_layer}"
     else:
         cache = Path(root or "activations") / f"{pair.spec.name}-{method}"
-        d = ensure_direction(pair, cache, method, cfg, judge, questions=questions, extra_pairs=extra_pairs, log=log)
+        with locks.exclusive(cache):  # two runs extracting the same direction: the second waits its turn
+            d = ensure_direction(pair, cache, method, cfg, judge, questions=questions, extra_pairs=extra_pairs,
+                                 log=log)
         src = (f"{method} on the {d.meta.get('extract_questions')} questions, cached in {cache}; layer "
                f"{d.best_layer} chosen by {d.meta.get('selection')}")
     d.check_fits(pair.base.d_model, pair.base.n_layers, f"pair {pair.spec.name!r}")

@@ -151,8 +151,9 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         for r in jsonl.read(out, repair=True):
-            if r.get("model") == label and r.get("run") == run:
-                done.add((r["set"], r["key"], r["sample"]))
+            ident = (r.get("set"), r.get("key"), r.get("sample"))
+            if r.get("model") == label and r.get("run") == run and ident not in done:  # duplicates never count
+                done.add(ident)  # type: ignore[arg-type]
                 records.append(r)
     todo = [(b, batch) for b, batch in enumerate(batches)
             if not all((q.set, q.key, s) in done for q, s in batch)]

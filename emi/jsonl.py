@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from emi.errors import ConfigError
 
 
 def read(path: str | Path, repair: bool = False) -> list[dict[str, Any]]:
@@ -18,13 +20,17 @@ def read(path: str | Path, repair: bool = False) -> list[dict[str, Any]]:
     records, good = [], 0
     with open(path, "rb") as fh:
         data = fh.read()
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
+    lines = data.splitlines(keepends=True)
+    for i, line in enumerate(lines):
         try:
+            if not line.endswith(b"\n"):
+                raise ValueError("torn")
             records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+        except (ValueError, UnicodeDecodeError):
+            if i == len(lines) - 1:  # a kill mid-append tears only the last line
+                break
+            raise ConfigError(f"line {i + 1} of {str(path)!r} is damaged (not a JSON record), with records after "
+                              f"it; restore the file, or delete it to redo its work") from None
         good += len(line)
     if repair and good < len(data):
         with open(path, "r+b") as fh:
@@ -40,10 +46,6 @@ def append(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def iterate(path: str | Path) -> Iterator[dict[str, Any]]:
-    yield from read(path)
 
 
 def write(path: str | Path, records: Iterable[dict[str, Any]]) -> None:

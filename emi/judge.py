@@ -291,8 +291,8 @@ def judge_records(records: Sequence[dict[str, Any]], judge: Judge, cache: str | 
 
     bar = tqdm(total=len(jobs), desc=f"judge [{judge.name}]", disable=not progress or not jobs, leave=False)
     pending: list[dict[str, Any]] = []
-    concurrency = concurrency or getattr(judge, "concurrency", 1)
-    workers = max(1, concurrency) if getattr(judge, "parallel", False) else 1
+    wanted = int(concurrency or getattr(judge, "concurrency", 1) or 1)
+    workers = max(1, wanted) if getattr(judge, "parallel", False) else 1
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for entry in pool.map(run, jobs):

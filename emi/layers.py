@@ -117,9 +117,13 @@ def resolve_layers(spec: str | int | Sequence[int] | None, total: int) -> list[i
             if "-" in part[1:]:
                 lo, hi = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
                 try:
-                    items.extend(range(int(lo), int(hi) + 1))
+                    a, b = int(lo), int(hi)
                 except ValueError:
                     raise ConfigError(f"layer range {part!r} is not of the form 'A-B'") from None
+                if b < a:
+                    raise ConfigError(f"layer range {part!r} is empty (it ends before it starts); write it "
+                                      f"as '{b}-{a}'")
+                items.extend(range(a, b + 1))
             else:
                 try:
                     items.append(int(part))

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import yaml
 
+from emi import layers as L
 from emi import plugins
 from emi.capture import pad_right
 from emi.errors import ConfigError
@@ -117,18 +118,24 @@ def has_option_pairs(questions: Sequence[Question], extra: dict[str, list[tuple[
 @torch.no_grad()
 def _answer_logprobs(lm: LoadedModel, prompts: list[str], answers: list[str], batch_size: int
                      ) -> list[torch.Tensor]:
-    """Per answer: the log-probability of each of its tokens given the prompt and earlier tokens."""
+    """Per answer: the log-probability of each of its tokens given the prompt and earlier tokens.
+    Only the positions that predict answer tokens are unembedded (a full [batch, pos, vocab]
+    log-softmax is gigabytes at Qwen's 152k vocabulary)."""
     tok = lm.tokenizer
     out: list[torch.Tensor] = []
     with lm.active() as model:
+        inner = L.unwrap(model)
         for i in range(0, len(prompts), batch_size):
             p_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[i: i + batch_size]]
             a_ids = [tok(a, add_special_tokens=False)["input_ids"] for a in answers[i: i + batch_size]]
             ids, mask = pad_right([p + a for p, a in zip(p_ids, a_ids, strict=True)], tok.pad_token_id, lm.device)
-            logp = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1).cpu()
-            for r, (p, a) in enumerate(zip(p_ids, a_ids, strict=True)):
-                pos = torch.arange(len(p) - 1, len(p) + len(a) - 1)
-                out.append(logp[r, pos, torch.tensor(a)])
+            hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            rows = torch.cat([torch.full((len(a),), r) for r, a in enumerate(a_ids)])
+            cols = torch.cat([torch.arange(len(p) - 1, len(p) + len(a) - 1) for p, a in zip(p_ids, a_ids, strict=True)])
+            targets = torch.tensor([t for a in a_ids for t in a], device=hidden.device)
+            logits = inner.lm_head(hidden[rows.to(hidden.device), cols.to(hidden.device)]).float()
+            lp = (logits.gather(1, targets[:, None])[:, 0] - logits.logsumexp(-1)).cpu()
+            out += list(lp.split([len(a) for a in a_ids]))
     return out
 
 

@@ -29,7 +29,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from emi import cli
+from emi import cli, locks
 
 
 def parser() -> argparse.ArgumentParser:
@@ -71,9 +71,6 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
-    from emi import layers as L
-    from emi.experiments import pair_direction, run, standard_conditions, write_results
-    from emi.logprob import has_option_pairs, option_pairs
     from emi.questions import load_questions
 
     spec = cli.pair_spec(args)
@@ -85,6 +82,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     if not targets or any(t not in ("base", "finetuned") for t in targets):
         raise cli.ConfigError(f"unknown --targets {args.targets!r}; use base, finetuned or base,finetuned")
+    out = Path(args.out or f"runs/steer-{spec.name}")
+    with locks.exclusive(out):  # one run per folder; a bad --out fails before any model loads
+        return _steer(args, spec, questions, judge, cfg, extra, targets, out)
+
+
+def _steer(args, spec, questions, judge, cfg, extra, targets, out) -> int:  # noqa: ANN001
+    from emi import layers as L
+    from emi.experiments import pair_direction, run, standard_conditions, write_results
+    from emi.logprob import has_option_pairs, option_pairs
+
     pair = cli.load_pair_from_args(args, ("base", "finetuned"))
     n_layers = pair.base.n_layers
     direction, source = pair_direction(pair, args.direction, args.direction_method, cfg, judge, args.root,
@@ -98,8 +105,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if pairs is None:
         print("log-prob metrics: no option pairs for these questions, so no logprob_* columns (pass "
               "--option-pairs FILE)", file=sys.stderr)
-    out = Path(args.out or f"runs/steer-{spec.name}")
-    out.mkdir(parents=True, exist_ok=True)
     rows = run(pair, conditions, direction, questions, cfg, judge, out, args.random_seed, pairs=pairs)
     write_results(out, rows, {"pair": pair.provenance(), "direction": {"source": source, **direction.summary()},
                               "judge": judge.name, "sampling": cfg.settings(), "n": cfg.n,
@@ -135,6 +140,10 @@ def print_table(rows: list[dict]) -> None:
     if any(t["lp"] for t in table):
         columns.append(("lp", "P(misaligned) log-prob"))
     cli.print_table(table, columns)
+    unscored = sum(r.get("n_unscored", 0) for r in rows)
+    if unscored:
+        print(f"emi: {unscored} answers are unscored by the judge (see judgements.jsonl, 'detail'); they are left "
+              f"out of the rates and asked again when you re-run the same command", file=sys.stderr)
 
 
 if __name__ == "__main__":

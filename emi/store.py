@@ -39,6 +39,10 @@ META_KEYS = ("row.text", "row.pos", "row.response")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+REPAIR = ("re-run the same `python -m emi.cache` command: it verifies the store and rebuilds exactly the "
+          "damaged shards")
+
+
 def tensor_key(role: str, layer: int, site: str = "resid") -> str:
     return f"{role}/{site}/{layer}"
 
@@ -82,13 +86,27 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, w)
 
 
-def _fault(point: str, index: int) -> None:
-    """Test-only fault injection: ``EMI_FAULT=<point>:<shard index>`` SIGKILLs this process there."""
-    spec = os.environ.get("EMI_FAULT")
-    if spec and spec == f"{point}:{index}":
-        import signal
+def _texts_blob(texts: Sequence[dict[str, Any]]) -> str:
+    return "".join(json.dumps(t, sort_keys=True, default=str) + "\n" for t in texts)
 
-        os.kill(os.getpid(), signal.SIGKILL)
+
+def texts_digest(texts: Sequence[dict[str, Any]]) -> str:
+    """The hash a store's spec records for its texts (``texts_sha256``)."""
+    return hashlib.sha256(_texts_blob(texts).encode()).hexdigest()
+
+
+def _file_sha256(path: Path) -> str | None:
+    return sha256(path) if path.is_file() else None
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest, or None when it is truncated or not an emi manifest."""
+    try:
+        mf = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    ok = isinstance(mf, dict) and isinstance(mf.get("spec"), dict) and isinstance(mf.get("shards"), list)
+    return mf if ok else None
 
 
 def resolve(name_or_path: str | Path, root: str | Path | None = None) -> Path:
@@ -119,10 +137,10 @@ class Store:
                                  f"after parts {', '.join(parts)}); re-run the capture command to resume it")
             raise StoreError(f"no activation store at {str(path)!r} (no manifest.json); create one with "
                              f"`python -m emi.cache --out {path}`")
-        try:
-            manifest = json.loads(mf.read_text())
-        except json.JSONDecodeError as exc:
-            raise StoreError(f"the manifest of {str(path)!r} is not valid JSON ({exc}); the store is damaged") from None
+        manifest = _read_manifest(mf)
+        if manifest is None:
+            raise StoreError(f"the manifest of {str(path)!r} is truncated or not an emi manifest; the store is "
+                             f"damaged: re-run the same `python -m emi.cache` command to rebuild it")
         if manifest.get("format") != FORMAT:
             raise StoreError(f"{str(path)!r} is not an emi store of format {FORMAT} (found {manifest.get('format')!r})")
         if not manifest.get("complete") and not allow_incomplete:
@@ -160,21 +178,28 @@ class Store:
         return sum(s["rows"] for s in self.manifest["shards"])
 
     def texts(self) -> list[dict[str, Any]]:
-        return jsonl.read(self.path / "texts.jsonl")
+        """The captured texts' records, checked against the manifest (count and hash)."""
+        f = self.path / "texts.jsonl"
+        if self.verify and _file_sha256(f) != self.spec.get("texts_sha256", _file_sha256(f)):
+            raise StoreError(f"texts.jsonl of {str(self.path)!r} is missing, truncated or altered; {REPAIR}")
+        out = jsonl.read(f)
+        if len(out) != self.spec.get("n_texts", len(out)):
+            raise StoreError(f"texts.jsonl of {str(self.path)!r} holds {len(out)} texts, the manifest "
+                             f"{self.spec['n_texts']}; {REPAIR}")
+        return out
 
     # ---------------- reading ----------------
     def _shard(self, entry: dict[str, Any]) -> Path:
         f = self.path / entry["file"]
         if not f.is_file():
-            raise StoreError(f"shard {entry['file']} of {str(self.path)!r} is missing; re-run the capture to rebuild it")
+            raise StoreError(f"shard {entry['file']} of {str(self.path)!r} is missing; {REPAIR}")
         if f.stat().st_size != entry["bytes"]:
             raise StoreError(f"shard {entry['file']} of {str(self.path)!r} is truncated or altered "
-                             f"({f.stat().st_size} bytes, expected {entry['bytes']}); delete it and re-run "
-                             f"the capture to rebuild it")
+                             f"({f.stat().st_size} bytes, expected {entry['bytes']}); {REPAIR}")
         if self.verify and entry["file"] not in self._verified:
             if sha256(f) != entry["sha256"]:
                 raise StoreError(f"shard {entry['file']} of {str(self.path)!r} is corrupted (checksum mismatch); "
-                                 f"delete it and re-run the capture to rebuild it")
+                                 f"{REPAIR}")
             self._verified.add(entry["file"])
         return f
 
@@ -235,19 +260,28 @@ class Store:
 
 
 class StoreWriter:
-    """Creates or resumes a store; refuses to resume with a different spec."""
+    """Creates or resumes a store; refuses to resume with a different spec.
+
+    Resuming verifies what is there: shards that are missing, truncated or fail their checksum
+    are dropped from the manifest (and ``repaired`` names them), so the capture recomputes exactly
+    those; a damaged ``texts.jsonl`` is rewritten from the run's texts; a damaged manifest starts
+    the store over (it is the only record of what the shards hold).
+    """
 
     def __init__(self, path: Path, spec: dict[str, Any], texts: Sequence[dict[str, Any]],
                  provenance: dict[str, Any] | None = None, overwrite: bool = False) -> None:
         self.path = path
+        self.repaired: list[str] = []
         path.mkdir(parents=True, exist_ok=True)
         mf = path / "manifest.json"
-        texts_blob = "".join(json.dumps(t, sort_keys=True, default=str) + "\n" for t in texts)
+        texts_blob = _texts_blob(texts)
         spec = {**spec, "texts_sha256": hashlib.sha256(texts_blob.encode()).hexdigest(), "n_texts": len(texts)}
         for stale in path.glob(".*.tmp-*"):  # from a run killed mid-write
             stale.unlink(missing_ok=True)
-        if mf.is_file() and not overwrite:
-            old = json.loads(mf.read_text())
+        old = _read_manifest(mf) if mf.is_file() and not overwrite else None
+        if mf.is_file() and not overwrite and old is None:
+            self.repaired.append("manifest.json (unreadable: the store is rebuilt)")
+        if old is not None:
             diffs = [k for k in sorted(set(old["spec"]) | set(spec)) if old["spec"].get(k) != spec.get(k)]
             if diffs:
                 detail = "; ".join(f"{k}: store has {old['spec'].get(k)!r}, this run {spec.get(k)!r}" for k in diffs[:3])
@@ -255,6 +289,13 @@ class StoreWriter:
                                  f"--out, or --overwrite to replace it")
             self.manifest = old
             self._drop_unlisted()
+            self._drop_damaged()
+            if _file_sha256(path / "texts.jsonl") != spec["texts_sha256"]:
+                self.repaired.append("texts.jsonl")
+                write_atomic(path / "texts.jsonl", lambda tmp: tmp.write_text(texts_blob))
+            if self.repaired:
+                self.manifest["complete"] = False
+                write_json(mf, self.manifest)
         else:
             for f in path.glob("shard-*.safetensors"):
                 f.unlink()
@@ -273,12 +314,31 @@ class StoreWriter:
             if f.name not in listed:  # written, but the run died before the manifest named it
                 f.unlink()
 
+    def _drop_damaged(self) -> None:
+        keep = []
+        for entry in self.manifest["shards"]:
+            f = self.path / entry["file"]
+            ok = f.is_file() and f.stat().st_size == entry["bytes"] and sha256(f) == entry["sha256"]
+            if ok:
+                keep.append(entry)
+            else:
+                self.repaired.append(entry["file"])
+                f.unlink(missing_ok=True)
+        self.manifest["shards"] = keep
+
+    @property
+    def done(self) -> set[tuple[int, int]]:
+        """The text ranges [start, end) whose shards are written and verified."""
+        return {tuple(s["texts"]) for s in self.manifest["shards"]}  # type: ignore[misc]
+
     @property
     def done_texts(self) -> int:
-        return max((s["texts"][1] for s in self.manifest["shards"]), default=0)
+        return sum(s["texts"][1] - s["texts"][0] for s in self.manifest["shards"])
 
-    def add_shard(self, tensors: dict[str, torch.Tensor], texts: tuple[int, int], tokens: int) -> None:
-        index = len(self.manifest["shards"])
+    def add_shard(self, tensors: dict[str, torch.Tensor], texts: tuple[int, int], tokens: int,
+                  index: int | None = None) -> None:
+        """Write one shard (``index``: its place in the store's shard plan; default: the next)."""
+        index = len(self.manifest["shards"]) if index is None else index
         name = f"shard-{index:05d}.safetensors"
         rows = int(tensors["row.text"].shape[0])
         data = save({k: v.contiguous() for k, v in tensors.items()}, metadata={"format": FORMAT})
@@ -289,11 +349,11 @@ class StoreWriter:
                 fh.write(data)
 
         write_atomic(self.path / name, w)
-        _fault("before_manifest", index)
-        self.manifest["shards"].append({"file": name, "texts": list(texts), "rows": rows, "tokens": tokens,
-                                        "bytes": len(data), "sha256": digest})
+        entries = [s for s in self.manifest["shards"] if s["file"] != name]
+        entries.append({"file": name, "texts": list(texts), "rows": rows, "tokens": tokens,
+                        "bytes": len(data), "sha256": digest})
+        self.manifest["shards"] = sorted(entries, key=lambda s: s["texts"][0])
         write_json(self.path / "manifest.json", self.manifest)
-        _fault("after_shard", index)
 
     def finish(self) -> Store:
         self.manifest["complete"] = True

@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,13 +100,18 @@ def train_sae(store: Store, layer: int, spec: SAETrainSpec = SAETrainSpec(), out
                            feature_sampling_window=1000)
     SAETrainer(cfg, sae, _provider(x, spec.batch_size, spec.seed)).fit()
     out = Path(out or store.path / f"sae-L{layer}-{spec.architecture}{spec.d_sae}")
-    sae.save_model(out)
-    inference = SAE.load_from_disk(out, device=device)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")  # the folder appears whole or not at all
+    shutil.rmtree(tmp, ignore_errors=True)
+    sae.save_model(tmp)
+    inference = SAE.load_from_disk(tmp, device=device)
     q = quality(inference, store, layer, roles, spec.positions)
-    (out / "emi_sae.json").write_text(json.dumps({
-        "store": str(store.path), "layer": layer, "roles": roles, "spec": vars(spec), "quality": q,
+    (tmp / "emi_sae.json").write_text(json.dumps({
+        "store": str(store.path), "layer": layer, "roles": roles, "spec": vars(spec),
+        "quality": {k: v for k, v in q.items() if k != "live"},
         "models": store.manifest.get("provenance", {}).get("models", {}),
         "layer_convention": "residual stream after decoder block l"}, indent=1, default=str))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
     return inference, out
 
 

