@@ -98,6 +98,10 @@ def _steer(args, spec, questions, judge, cfg, extra, targets, out) -> int:  # no
                                        args.extract_questions, extra, log=lambda m: print(m, file=sys.stderr))
     print(f"direction: {source}", file=sys.stderr)
     steer_layers = L.resolve_layers(args.layers, n_layers) if args.layers else [direction.best_layer]
+    missing = [x for x in steer_layers if x not in direction.layers]
+    if missing:  # before any answer is sampled
+        raise cli.ConfigError(f"the direction has no vector for steering layer(s) {missing} (it has layers "
+                              f"{direction.layers}); pass --layers among those")
     ablate_layers = L.resolve_layers(args.ablate_layers, n_layers) if args.ablate_layers else None
     conditions = standard_conditions(direction, args.alpha, steer_layers, args.relative, args.positions,
                                      ablate_layers=ablate_layers, sweep_layers=args.sweep_layers, targets=targets)
