@@ -46,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "the control zeroes as many random latents that fire on the store")
     ze.add_argument("--n", type=int, default=25, help="samples per question for --zero (default 25)")
     ze.add_argument("--questions", default=None, help="question set for --zero (default: the pair's)")
+    ze.add_argument("--ids", default=None, help="comma-separated question ids to keep")
     ze.add_argument("--max-new-tokens", type=int, default=None, help="answer length (default: the pair's)")
     ze.add_argument("--sample-batch", type=int, default=None, help="sequences per batch (default: the pair's)")
     ze.add_argument("--out", default=None, help="folder for --zero's answers and judgements (resumable; "
@@ -172,7 +173,7 @@ def _zero_report(args, store, sae, latents: list[int], live: list[int], where: s
     spec = _store_pair(args, store)
     judge = cli.make_judge_from_args(args, spec.kit.judge)
     pair = load_pair(spec, roles=("finetuned",), device=args.device, dtype=args.dtype, device_map=args.device_map)
-    qs = load_questions(args.questions or spec.kit.eval_questions)
+    qs = load_questions(args.questions or spec.kit.eval_questions, ids=args.ids)
     cfg = SamplingConfig(n=args.n, max_new_tokens=args.max_new_tokens or spec.kit.max_new_tokens,
                          batch_size=args.sample_batch or spec.kit.batch_size, seed=args.seed)
     pool = [i for i in live if i not in latents]
