@@ -25,12 +25,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.what == "pairs":
         import emi
-        from emi.registry import list_pairs
+        from emi.registry import default_pair, list_pairs
 
         package = str(Path(emi.__file__).parent) + "/"
-        rows = [{"name": s.name, "base": s.base.label(), "finetuned": s.finetuned.label(),
+        first = default_pair().name
+        specs = sorted(list_pairs(), key=lambda s: s.name != first)
+        rows = [{"name": s.name + (" (default)" if s.name == first else ""), "base": s.base.label(), "finetuned": s.finetuned.label(),
                  "control": s.control.label() if s.control else "", "judge": s.kit.judge,
-                 "questions": f"{s.kit.eval_questions} / {s.kit.extract_questions}"} for s in list_pairs()]
+                 "questions": f"{s.kit.eval_questions} / {s.kit.extract_questions}"} for s in specs]
         for r in rows:
             for k in ("base", "finetuned", "control"):
                 r[k] = r[k].replace(package, "<emi>/")
