@@ -63,24 +63,9 @@ def tiny_finetuned_dir(tmp_path_factory, toy_tokenizer) -> Path:
 @pytest.fixture(scope="session")
 def tiny_adapter_dir(tmp_path_factory, tiny_dir) -> Path:
     """A LoRA adapter on the tiny base, built with peft, with non-zero B so it changes outputs."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from tests.standins import lora_adapter
 
-    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"]))
-    torch.manual_seed(3)
-    for name, p in peft_model.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(0, 0.5)
-    out = tmp_path_factory.mktemp("adapter") / "lora"
-    peft_model.save_pretrained(out)
-    cfg_path = out / "adapter_config.json"
-    import json
-
-    cfg = json.loads(cfg_path.read_text())
-    cfg["base_model_name_or_path"] = str(tiny_dir)
-    cfg_path.write_text(json.dumps(cfg))
-    return out
+    return lora_adapter(tmp_path_factory.mktemp("adapter"), tiny_dir, seed=3, std=0.5)
 
 
 @pytest.fixture(scope="session")

@@ -102,7 +102,7 @@ def full_pair(root: Path, model_type: str, tokenizer: Any, seed: int = 0) -> tup
     return b, f
 
 
-def lora_adapter(root: Path, base_dir: Path, seed: int = 3) -> Path:
+def lora_adapter(root: Path, base_dir: Path, seed: int = 3, std: float = 0.2) -> Path:
     """A peft LoRA adapter on ``base_dir`` on the attention and MLP projections it has, with non-zero
     B so it changes outputs; its config names the base folder."""
     from peft import LoraConfig, get_peft_model
@@ -117,7 +117,7 @@ def lora_adapter(root: Path, base_dir: Path, seed: int = 3) -> Path:
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.normal_(0, 0.2)
+                p.normal_(0, std)
     out = root / f"{base_dir.name}-lora"
     model.save_pretrained(out)
     cfg_path = out / "adapter_config.json"
