@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.standins: random models at real shapes
 
 
 def qwen05_random(dtype: torch.dtype = torch.float32):
     """Random weights at the Qwen2.5-0.5B-Instruct shape (as issue #5 measured), with the toy tokenizer."""
     from emi.models import LoadedModel, ModelSpec, load_tokenizer
     from emi.organism.kit import checkpoint as toy_checkpoint
-    from emi.testing import qwen2_5_0_5b_config, random_qwen2
+    from tests.standins import qwen2_5_0_5b_config, random_qwen2
 
     model = random_qwen2(qwen2_5_0_5b_config(), dtype)
     tok = load_tokenizer(toy_checkpoint("base"))

@@ -18,10 +18,23 @@ COMMANDS = [
 ]
 
 
+# `python -m emi COMMAND ...` is `python -m emi.COMMAND ...`
+VERBS = {"steer": "emi.steer", "evaluate": "emi.evaluate", "cache": "emi.cache", "extract": "emi.extract",
+         "sae": "emi.sae.__main__", "figures": "emi.figures", "train-organism": "emi.organism.train"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import importlib
+    import sys
+
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in VERBS:
+        command = importlib.import_module(VERBS[args_list[0]]).main
+        return int(command(args_list[1:]) or 0)
     p = cli.parser("python -m emi", __doc__)
     p.add_argument("what", nargs="?", default="help", choices=["help", "pairs", "layers"],
-                   help="pairs: the named model pairs; layers: the layer convention")
+                   help="pairs: the named model pairs; layers: the layer convention; or a command: "
+                        + ", ".join(VERBS) + " (the same as python -m emi.COMMAND)")
     args = p.parse_args(argv)
     if args.what == "pairs":
         import emi

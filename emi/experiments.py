@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from emi import hooks, locks
-from emi.directions import Direction, extract, next_token_logprobs, random_like
+from emi.directions import Direction, extract, random_like
 from emi.evaluation import evaluate
 from emi.generate import SamplingConfig
 from emi.judge import Judge
@@ -135,10 +135,14 @@ def ensure_direction(pair: ModelPair, cache_dir: str | Path, method: str = "mode
     direction's meta records the prompts, the criterion and its table.
     """
     from emi.capture import capture_models, capture_pair
-    from emi.directions import select_layer_by_ablation, select_layer_by_restoration
     from emi.logprob import has_option_pairs, option_pairs
     from emi.persona import contrast_items
     from emi.questions import load_questions
+    from emi.selection import (
+        next_token_logprobs,
+        select_layer_by_ablation,
+        select_layer_by_restoration,
+    )
 
     say = log or (lambda _m: None)
     kit = pair.spec.kit

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from emi.atomic import write_atomic
 from emi.errors import ConfigError
 
 
@@ -50,7 +51,5 @@ def append(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
 
 def write(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
     """Replace ``path`` with these records, atomically (a reader sees the old file or the new one)."""
-    from emi.store import write_atomic
-
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     write_atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -21,48 +21,9 @@ from torch import nn
 
 from emi import layers
 from emi.errors import ModelLoadError
-from emi.kit import REAL, PairKit
+from emi.specs import ModelSpec, PairSpec
 
 ROLES = ("base", "finetuned", "control")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Where a checkpoint lives: a hub id or folder, an optional revision, an optional adapter.
-
-    ``adapter`` is a LoRA adapter (hub id or folder) applied on top of ``id``.
-    """
-
-    id: str
-    revision: str | None = None
-    adapter: str | None = None
-    adapter_revision: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.id or not isinstance(self.id, str):
-            raise ModelLoadError(f"a model id must be a non-empty string, found {self.id!r}")
-
-    @classmethod
-    def parse(cls, text: str) -> ModelSpec:
-        """``"org/name"``, ``"org/name@revision"`` or a folder path."""
-        if "@" in text and not os.path.exists(text):
-            ident, rev = text.rsplit("@", 1)
-            return cls(ident, revision=rev or None)
-        return cls(text)
-
-    def label(self) -> str:
-        out = self.id + (f"@{self.revision}" if self.revision else "")
-        return out + (f" + adapter {self.adapter}" if self.adapter else "")
-
-
-@dataclass(frozen=True)
-class PairSpec:
-    name: str
-    base: ModelSpec
-    finetuned: ModelSpec
-    control: ModelSpec | None = None
-    description: str = ""
-    kit: PairKit = REAL  # question sets, judge, sampling defaults, shipped direction (emi.kit)
 
 
 def _check_adapter_base(adapter: str, revision: str | None, base_cfg: Any, base_label: str,

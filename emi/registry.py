@@ -16,7 +16,7 @@ from pathlib import Path
 
 from emi import plugins
 from emi.errors import ModelLoadError
-from emi.models import ModelSpec, PairSpec
+from emi.specs import ModelSpec, PairSpec
 
 _PAIRS: dict[str, PairSpec] = {}
 _DEFAULT: list[str] = []

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from emi import jsonl
+from emi.atomic import write_atomic, write_json
 from emi.errors import StoreError
 
 FORMAT = "emi.store/1"
@@ -53,37 +53,6 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def write_atomic(path: Path, write: Any) -> None:
-    """``write(tmp_path)`` then fsync and rename over ``path``; the temporary file never stays."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dirfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno == 28:  # ENOSPC
-            raise StoreError(f"the disk is full while writing {path.name} in {path.parent}; nothing "
-                             f"half-written was left; free space and re-run the same command to resume") from None
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    def w(tmp: Path) -> None:
-        tmp.write_text(json.dumps(obj, indent=1, default=str))
-
-    write_atomic(path, w)
 
 
 def _texts_blob(texts: Sequence[dict[str, Any]]) -> str:

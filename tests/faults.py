@@ -3,7 +3,7 @@ the middle of its n-th write.
 
     python -m tests.faults N MODULE [ARGS...]
 
-Write points are every atomic file write (``emi.store.write_atomic``: shards, manifests, texts,
+Write points are every atomic file write (``emi.atomic.write_atomic``: shards, manifests, texts,
 results, summaries, directions) and every JSONL append (``emi.jsonl.append``: answers,
 judgements). At the N-th point the process half-writes (a temporary file that is never renamed,
 or half a JSONL line) and kills itself with SIGKILL, as a power cut or an OOM kill would. N = 0
@@ -21,11 +21,10 @@ from pathlib import Path
 
 def arm(n: int) -> list[int]:
     """Patch emi's two writers (before any other emi module binds them); returns the counter."""
-    import emi.jsonl
-    import emi.store
+    import emi.atomic
 
     count = [0]
-    real_atomic, real_append = emi.store.write_atomic, emi.jsonl.append
+    real_atomic = emi.atomic.write_atomic
 
     def hit() -> bool:
         count[0] += 1
@@ -48,7 +47,10 @@ def arm(n: int) -> list[int]:
             os.kill(os.getpid(), signal.SIGKILL)
         return real_append(path, records)
 
-    emi.store.write_atomic = write_atomic
+    emi.atomic.write_atomic = write_atomic  # before emi.jsonl and emi.store bind it
+    import emi.jsonl
+
+    real_append = emi.jsonl.append
     emi.jsonl.append = append
     return count
 

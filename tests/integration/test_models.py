@@ -116,7 +116,7 @@ def test_layer_convention_tiny(tiny_dir):
 @pytest.fixture(scope="module")
 def qwen05_shape(tmp_path_factory, toy_tokenizer):
     """Random weights at the real Qwen2.5-0.5B-Instruct shape, run in fp32."""
-    from emi.testing import qwen2_5_0_5b_config, random_qwen2
+    from tests.standins import qwen2_5_0_5b_config, random_qwen2
 
     cfg = qwen2_5_0_5b_config()
     return cfg, random_qwen2(cfg)
