@@ -115,3 +115,15 @@ def test_sae_command_trains_diffs_and_lists(toy_store, capsys):
     assert (toy_store.path / "sae-L3-topk64" / "cfg.json").is_file()
     assert "zero random" in out and "EM rate (95% CI)" in out  # the latent-zeroing table with its control
     assert list((toy_store.path / "sae-L3-topk64").glob("latent-*.safetensors"))  # decoder directions saved
+
+
+def test_a_direction_of_the_wrong_width_is_refused_before_training(toy_store, tmp_path):
+    from emi.directions import Direction
+    from emi.errors import DirectionError
+    from emi.sae.__main__ import main
+
+    Direction([1], torch.ones(1, 7), torch.ones(1), {}).save(tmp_path / "narrow")
+    with pytest.raises(DirectionError, match="width 7 but the store .* has d_model 128"):
+        main(["--store", str(toy_store.path), "--layer", "1", "--direction", str(tmp_path / "narrow.safetensors"),
+              "--sae", str(tmp_path / "never-trained")])
+    assert not (tmp_path / "never-trained").exists()
