@@ -105,8 +105,8 @@ def _steer(args, spec, questions, judge, cfg, extra, targets, out) -> int:  # no
     ablate_layers = L.resolve_layers(args.ablate_layers, n_layers) if args.ablate_layers else None
     conditions = standard_conditions(direction, args.alpha, steer_layers, args.relative, args.positions,
                                      ablate_layers=ablate_layers, sweep_layers=args.sweep_layers, targets=targets)
-    pairs = option_pairs(questions, extra=extra) if has_option_pairs(questions, extra) else None
-    if pairs is None:
+    pairs = option_pairs(questions, extra=extra) if has_option_pairs(questions, extra) else []
+    if not pairs:
         print("log-prob metrics: no option pairs for these questions, so no logprob_* columns (pass "
               "--option-pairs FILE)", file=sys.stderr)
     rows = run(pair, conditions, direction, questions, cfg, judge, out, args.random_seed, pairs=pairs)
