@@ -62,7 +62,7 @@ class SamplingConfig:
         checkpoint's generation config could switch on is set to its neutral value."""
         neutral: dict[str, Any] = dict(repetition_penalty=self.repetition_penalty, no_repeat_ngram_size=0,
                                        min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
-                                       encoder_repetition_penalty=1.0, min_new_tokens=0, min_length=0,
+                                       encoder_repetition_penalty=1.0, min_length=0,
                                        bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None,
                                        sequence_bias=None, num_beams=1, renormalize_logits=False,
                                        max_new_tokens=self.max_new_tokens)
