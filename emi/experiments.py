@@ -97,10 +97,10 @@ def run(pair: ModelPair, conditions: Sequence[Condition], direction: Direction, 
     order of ``conditions``. Conditions run grouped by model, so a pair that holds one model at a
     time loads each at most once. ``pairs``: option pairs for the log-prob columns (default: those of
     ``questions`` where emi has them; ``[]``: no columns)."""
-    from emi.logprob import has_option_pairs, logprob_metrics, option_pairs
+    from emi.logprob import logprob_metrics, option_pairs
 
     if pairs is None:
-        pairs = option_pairs(questions) if has_option_pairs(questions) else []
+        pairs = option_pairs(questions, required=False)
     rnd = random_like(direction, seed=random_seed)
     order = {r: i for i, r in enumerate(dict.fromkeys(c.role for c in conditions))}
     rows: dict[int, dict[str, Any]] = {}
@@ -135,7 +135,7 @@ def ensure_direction(pair: ModelPair, cache_dir: str | Path, method: str = "mode
     direction's meta records the prompts, the criterion and its table.
     """
     from emi.capture import capture_models, capture_pair
-    from emi.logprob import has_option_pairs, option_pairs
+    from emi.logprob import option_pairs
     from emi.persona import contrast_items
     from emi.questions import load_questions
     from emi.selection import (
@@ -178,8 +178,9 @@ def ensure_direction(pair: ModelPair, cache_dir: str | Path, method: str = "mode
     else:
         raise ValueError(f"unknown method {method!r}")
     d = ex.direction
-    if has_option_pairs(qs, extra_pairs):
-        best, table = select_layer_by_ablation(pair.finetuned, d, option_pairs(qs, extra=extra_pairs))
+    pairs = option_pairs(qs, extra=extra_pairs, required=False)
+    if pairs:
+        best, table = select_layer_by_ablation(pair.finetuned, d, pairs)
         how = ("lowest log-prob P(misaligned) of the finetuned model under ablation, on option pairs of the "
                f"{qset} questions")
     else:

@@ -86,9 +86,10 @@ def _written_pairs() -> dict[str, list[tuple[str, str]]]:
 
 
 def option_pairs(questions: Sequence[Question], per_question: int = 5,
-                 extra: dict[str, list[tuple[str, str]]] | None = None) -> list[OptionPair]:
+                 extra: dict[str, list[tuple[str, str]]] | None = None, required: bool = True) -> list[OptionPair]:
     """Answer pairs for ``questions``: ``extra`` (a user's file) first, then the question set's
-    registered source, then emi's written pairs (the main and preregistered EM questions)."""
+    registered source, then emi's written pairs (the main and preregistered EM questions). None
+    found: a ConfigError, or ``[]`` when not ``required``."""
     plugins.load()
     out: list[OptionPair] = []
     for q in questions:
@@ -99,20 +100,12 @@ def option_pairs(questions: Sequence[Question], per_question: int = 5,
         else:
             written = _written_pairs().get(q.base_id, [])
         out += [OptionPair(q, a, m) for a, m in written[:per_question]]
-    if not out:
+    if not out and required:
         sets = ", ".join(sorted({q.set for q in questions}))
         raise ConfigError(f"no option pairs for the questions of {sets}: emi ships pairs for the main and "
                           f"preregistered EM questions; write [aligned, misaligned] answer pairs per question id "
                           f"in a YAML file and pass --option-pairs FILE")
     return out
-
-
-def has_option_pairs(questions: Sequence[Question], extra: dict[str, list[tuple[str, str]]] | None = None) -> bool:
-    try:
-        option_pairs(questions, extra=extra)
-    except ConfigError:
-        return False
-    return True
 
 
 @torch.no_grad()

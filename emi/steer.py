@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _steer(args, spec, questions, judge, cfg, extra, targets, out) -> int:  # noqa: ANN001
     from emi import layers as L
     from emi.experiments import pair_direction, run, standard_conditions, write_results
-    from emi.logprob import has_option_pairs, option_pairs
+    from emi.logprob import option_pairs
 
     pair = cli.load_pair_from_args(args, ("base", "finetuned"))
     n_layers = pair.base.n_layers
@@ -105,7 +105,7 @@ def _steer(args, spec, questions, judge, cfg, extra, targets, out) -> int:  # no
     ablate_layers = L.resolve_layers(args.ablate_layers, n_layers) if args.ablate_layers else None
     conditions = standard_conditions(direction, args.alpha, steer_layers, args.relative, args.positions,
                                      ablate_layers=ablate_layers, sweep_layers=args.sweep_layers, targets=targets)
-    pairs = option_pairs(questions, extra=extra) if has_option_pairs(questions, extra) else []
+    pairs = option_pairs(questions, extra=extra, required=False)
     if not pairs:
         print("log-prob metrics: no option pairs for these questions, so no logprob_* columns (pass "
               "--option-pairs FILE)", file=sys.stderr)
