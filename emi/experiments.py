@@ -7,6 +7,7 @@ persona direction has a same-norm random-direction control. Results are one tidy
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from emi.judge import Judge
 from emi.logprob import OptionPair
 from emi.models import LoadedModel, ModelPair
 from emi.questions import Question
+from emi.side_effects import BenignItem
 
 
 @dataclass(frozen=True)
@@ -92,28 +94,45 @@ def condition_identity(c: Condition, model: LoadedModel, persona: Direction, ran
 
 def run(pair: ModelPair, conditions: Sequence[Condition], direction: Direction, questions: Sequence[Question],
         cfg: SamplingConfig, judge: Judge, out: str | Path, random_seed: int = 0,
-        progress: bool = True, pairs: Sequence[OptionPair] | None = None) -> list[dict[str, Any]]:
+        progress: bool = True, pairs: Sequence[OptionPair] | None = None,
+        benign: Sequence[BenignItem] | None = None) -> list[dict[str, Any]]:
     """Evaluate every condition (answers and judgements cached under ``out``); tidy rows in the
     order of ``conditions``. Conditions run grouped by model, so a pair that holds one model at a
     time loads each at most once. ``pairs``: option pairs for the log-prob columns (default: those of
-    ``questions`` where emi has them; ``[]``: no columns)."""
+    ``questions`` where emi has them; ``[]``: no columns). ``benign``: conversations the side
+    effects are measured on (emi.side_effects: KL from the unmodified model, the aligned answers'
+    log-prob change); None: the pair kit's benign set; ``[]``: no side-effect columns."""
     from emi.logprob import logprob_metrics, option_pairs
+    from emi.side_effects import load_benign, side_effects
 
     if pairs is None:
         pairs = option_pairs(questions, required=False)
+    if benign is None:
+        benign = load_benign(pair.spec.kit.benign)
     rnd = random_like(direction, seed=random_seed)
     order = {r: i for i, r in enumerate(dict.fromkeys(c.role for c in conditions))}
     rows: dict[int, dict[str, Any]] = {}
+    unmodified: dict[str, tuple[float, ...]] = {}  # role -> aligned answers' log-probs without intervention
     for i, c in sorted(enumerate(conditions), key=lambda ic: order[ic[1].role]):
         model = pair[c.role]
         ident = condition_identity(c, model, direction, rnd)
         with applied(c, model, direction, rnd):
             summary, _ = evaluate(model, questions, cfg, judge, out, label=c.name, progress=progress, identity=ident)
-            lp = {f"logprob_{k}": v for k, v in logprob_metrics(model, pairs).row().items()} if pairs else {}
-        rows[i] = {"condition": c.name, "model": c.role, "intervention": c.kind, "alpha": c.alpha,
-                   "layers": list(c.layers), "direction": c.direction if c.kind != "none" else "",
-                   "relative": c.relative, "positions": c.positions if c.kind == "steer" else "",
-                   **{k: v for k, v in summary.row().items() if k != "model"}, **lp}
+            lp = logprob_metrics(model, pairs) if pairs else None
+        row = {"condition": c.name, "model": c.role, "intervention": c.kind, "alpha": c.alpha,
+               "layers": list(c.layers), "direction": c.direction if c.kind != "none" else "",
+               "relative": c.relative, "positions": c.positions if c.kind == "steer" else "",
+               **{k: v for k, v in summary.row().items() if k != "model"}}
+        if lp is not None:
+            row.update({f"logprob_{k}": v for k, v in lp.row().items()})
+        if benign:
+            if lp is not None and c.role not in unmodified:
+                unmodified[c.role] = (lp.aligned_logprob if c.kind == "none"
+                                      else logprob_metrics(model, pairs).aligned_logprob)
+            intervene = None if c.kind == "none" else functools.partial(applied, c, model, direction, rnd)
+            row.update(side_effects(model, benign, intervene, unmodified.get(c.role, ()),
+                                    lp.aligned_logprob if lp is not None else ()).row())
+        rows[i] = row
     return [rows[i] for i in range(len(conditions))]
 
 

@@ -103,6 +103,65 @@ def alpha_sweep(rows: Sequence[dict[str, Any]], models: Sequence[str] | None = N
     return style(fig, "Steering along the direction vs a random one", 1000, 380 + 280 * (len(models) - 1))
 
 
+def em_vs_kl(rows: Sequence[dict[str, Any]]) -> go.Figure:
+    """What each intervention buys against what it costs: EM rate and coherence (y, 95% CIs)
+    against KL(unmodified || intervened) on benign conversations (x, nats per token, 95% CIs), one
+    point per condition. Lines join a sweep's conditions (same model, intervention, direction and
+    layers, over alpha) from the unmodified model at KL 0. Good interventions sit low and left
+    on the left panel (EM removed at little KL) and high on the right (coherence kept)."""
+    pts = [r for r in rows if "kl" in r]
+    if not pts:
+        raise ConfigError("no side-effect columns (kl) in these rows; run python -m emi.steer without "
+                          "--no-side-effects")
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=("EM rate (misaligned / coherent)", "coherent answers"))
+    series: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in pts:
+        if r.get("intervention", "none") != "none":
+            series.setdefault((r["model"], r["intervention"], r["direction"], tuple(r["layers"]),
+                               r.get("positions", "")), []).append(r)
+    palette = {("ablate", "persona"): "#1f77b4", ("steer", "persona"): "#ff7f0e",
+               ("ablate", "random"): "#9ecae1", ("steer", "random"): "#fdd0a2"}
+    for (model, kind, direction, layers, _pos), members in series.items():
+        plain = [r for r in pts if r.get("intervention") == "none" and r["model"] == model]
+        line = plain[:1] + sorted(members, key=lambda r: abs(r["alpha"]))
+        where = f" @L{','.join(map(str, layers))}" if layers and kind == "steer" else ""
+        name = f"{'ablate from' if kind == 'ablate' else 'steer'} {model}: {direction}{where}"
+        color = palette.get((kind, direction or "persona"), COLORS["persona"])
+        for col, metric in ((1, "em"), (2, "coherence")):
+            ok = [r for r in line if r[f"{metric}_n"]]
+            y = [_pct(r[f"{metric}_rate"]) for r in ok]
+            fig.add_trace(go.Scatter(
+                x=[r["kl"] for r in ok], y=y, mode="lines+markers", name=name, legendgroup=name,
+                showlegend=col == 1, marker=dict(symbol="x" if kind == "ablate" else "circle", size=10, color=color),
+                line=dict(color=color, width=1.8, dash="dot" if direction == "random" else "solid"),
+                text=[r["condition"] for r in ok],
+                hovertemplate="%{text}<br>KL %{x:.4f} nats/token<br>%{y:.1f}%<extra></extra>",
+                error_y=dict(type="data", symmetric=False, thickness=1, color=color,
+                             array=[_pct(r[f"{metric}_hi"]) - v for r, v in zip(ok, y, strict=True)],
+                             arrayminus=[v - _pct(r[f"{metric}_lo"]) for r, v in zip(ok, y, strict=True)]),
+                error_x=dict(type="data", symmetric=False, thickness=1, color=color,
+                             array=[r["kl_hi"] - r["kl"] for r in ok], arrayminus=[r["kl"] - r["kl_lo"] for r in ok])),
+                row=1, col=col)
+    for r in (r for r in pts if r.get("intervention", "none") == "none"):
+        for col, metric in ((1, "em"), (2, "coherence")):
+            if r[f"{metric}_n"]:
+                fig.add_trace(go.Scatter(x=[0.0], y=[_pct(r[f"{metric}_rate"])], mode="markers",
+                                         name=f"{r['condition']} (no intervention)", legendgroup=r["condition"],
+                                         showlegend=col == 1, hovertemplate=f"{r['condition']}: %{{y:.1f}}%<extra></extra>",
+                                         marker=dict(symbol="square", size=11, color=_color_of(r))), row=1, col=col)
+    for col in (1, 2):
+        fig.update_xaxes(title_text="KL from the unmodified model on benign text (nats/token)", rangemode="tozero",
+                         row=1, col=col)
+    fig.update_yaxes(title_text="% (95% CI)", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(range=[0, 100], row=1, col=2)
+    style(fig, "Effect against side effect: EM rate and coherence vs KL on benign text<br><sup>x: ablation, "
+          "o: steering, square: no intervention (KL 0); solid: persona direction, dotted: same-norm random; "
+          "lines join each sweep over alpha</sup>", 1150, 520)
+    fig.update_layout(margin=dict(t=120))
+    return fig
+
+
 def _shade(kind: str, index: int, total: int) -> str:
     """The direction's colour, lighter for later layer groups of a sweep."""
     if total <= 1:
@@ -308,6 +367,8 @@ def _figures_for(f: Path, out: Path, formats: list[str], jsonl: Any) -> list[Pat
         made = export(steer_summary(rows), out / f"{stem}-summary", formats)
         if len({r["alpha"] for r in rows if r.get("intervention") == "steer"}) > 1:
             made += export(alpha_sweep(rows), out / f"{stem}-alpha", formats)
+        if any("kl" in r for r in rows):
+            made += export(em_vs_kl(rows), out / f"{stem}-side-effects", formats)
         return made
     if f.name == "judged.jsonl":
         recs = jsonl.read(f)

@@ -10,12 +10,15 @@ Backends: Hugging Face models (PyTorch forward hooks; the fast path), Transforme
 ``model.hooks(...)``), and nnsight (``nnsight_*`` edit envoys inside a trace).
 
 Positions for steering: ``all`` tokens, ``prompt`` tokens only, or ``generated`` tokens only;
-they work with KV-cache generation (a pre-hook on the decoder tracks absolute positions).
+they work with KV-cache generation (a pre-hook on the decoder tracks absolute positions). A
+teacher-forced pass over prompt + answer (log-prob metrics, side effects) marks where each row's
+answer starts with :func:`answer_starts`, so it is steered exactly as generation would steer it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import math
 from collections.abc import Iterator, Sequence
@@ -31,6 +34,20 @@ from emi.errors import ConfigError, DirectionError
 from emi.layers import HFModel
 
 STEER_POSITIONS = ("all", "prompt", "generated")
+_ANSWER_STARTS: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("answer_starts", default=None)
+
+
+@contextlib.contextmanager
+def answer_starts(starts: Sequence[int] | torch.Tensor) -> Iterator[None]:
+    """Inside this block, a fresh forward pass over a batch of prompt + answer sequences counts
+    each row's positions from ``starts[row]`` on as generated (Int[Tensor, "batch"]): what a
+    teacher-forced pass needs for ``positions="prompt"`` / ``"generated"`` steering to mean what
+    it means during generation."""
+    token = _ANSWER_STARTS.set(torch.as_tensor(starts, dtype=torch.long))
+    try:
+        yield
+    finally:
+        _ANSWER_STARTS.reset(token)
 
 
 @dataclass
@@ -116,11 +133,16 @@ class _Positions:
                 self.prompt_ids = ids.detach().clone() if ids.dtype == torch.long else None
 
     def mask(self, seq_len: int, which: str, device: torch.device) -> torch.Tensor | None:
-        """[pos] 0/1 mask of tokens to steer in the current pass; None means all."""
+        """0/1 mask of tokens to steer in the current pass, [pos] or, for a teacher-forced pass
+        under :func:`answer_starts`, [batch, pos]; None means all."""
         if which == "all":
             return None
         pos = torch.arange(self.start, self.start + seq_len, device=device)
-        generated = pos >= (self.prompt_len if self.prompt_len is not None else seq_len)
+        starts = _ANSWER_STARTS.get()
+        if starts is not None and self.start == 0:
+            generated = pos[None, :] >= starts.to(device)[:, None]
+        else:
+            generated = pos >= (self.prompt_len if self.prompt_len is not None else seq_len)
         return (generated if which == "generated" else ~generated).to(torch.float32)
 
     def remove(self) -> None:
@@ -162,7 +184,8 @@ def patch_steer(model: HFModel, direction: Direction | torch.Tensor, alpha: floa
             m = tracker.mask(h.shape[1], positions, h.device)
             if m is None:
                 return L.replace_output(out, h + delta)
-            return L.replace_output(out, h + m[None, :, None].to(h.dtype) * delta)
+            m = m[None, :, None] if m.dim() == 1 else m[:, :, None]
+            return L.replace_output(out, h + m.to(h.dtype) * delta)
 
         handle.handles.append(module.register_forward_hook(hook))
     return handle

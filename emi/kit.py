@@ -2,7 +2,8 @@
 
 A kit names the question sets a pair is evaluated on and extracts directions from (disjoint, so
 extraction never sees an evaluation prompt), its default judge, its sampling defaults, an optional
-shipped direction, and how persona-contrast prompts are written for it. Question sets, judges and
+shipped direction, how persona-contrast prompts are written for it, and the benign conversations
+its interventions' side effects are measured on. Question sets, judges and
 option pairs are looked up by name in their own registries (``emi.questions``, ``emi.judge``,
 ``emi.logprob``), which plugins fill (``emi.plugins``). The default kit is the real-model one:
 the EM questions of Betley et al. (2025), the preregistered questions for extraction, an
@@ -33,6 +34,7 @@ class PairKit:
     closed_world: bool = False  # the models know only this kit's questions: warn when asked others
     contrast_per_question: int = 1  # contrast prompts per extraction question when extracting on first use
     # (1 for system-prompt contrast: its prompts are deterministic, so copies would add nothing)
+    benign: str = "benign"  # the benign set side effects (KL) are measured on (emi.side_effects)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.contrast_per_question < 1:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,8 @@ from typing import Any
 import torch
 import yaml
 
+from emi import hooks, plugins
 from emi import layers as L
-from emi import plugins
 from emi.capture import pad_right
 from emi.errors import ConfigError
 from emi.generate import render_prompts
@@ -122,7 +122,8 @@ def _answer_logprobs(lm: LoadedModel, prompts: list[str], answers: list[str], ba
             p_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[i: i + batch_size]]
             a_ids = [tok(a, add_special_tokens=False)["input_ids"] for a in answers[i: i + batch_size]]
             ids, mask = pad_right([p + a for p, a in zip(p_ids, a_ids, strict=True)], tok.pad_token_id, lm.device)
-            hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            with hooks.answer_starts([len(p) for p in p_ids]):  # steering by position as in generation
+                hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state
             rows = torch.cat([torch.full((len(a),), r) for r, a in enumerate(a_ids)])
             cols = torch.cat([torch.arange(len(p) - 1, len(p) + len(a) - 1) for p, a in zip(p_ids, a_ids, strict=True)])
             targets = torch.tensor([t for a in a_ids for t in a], device=hidden.device)
@@ -141,9 +142,11 @@ class LogprobResult:
     pivotal_lo: float
     pivotal_hi: float
     n_pairs: int
+    # per pair: the mean per-token log-probability of the aligned answer (emi.side_effects compares it)
+    aligned_logprob: tuple[float, ...] = field(default=(), repr=False)
 
     def row(self) -> dict[str, Any]:
-        return dict(vars(self))
+        return {k: v for k, v in vars(self).items() if k != "aligned_logprob"}
 
 
 def logprob_metrics(model: LoadedModel | torch.nn.Module, pairs: Sequence[OptionPair], tokenizer: Any = None,
@@ -164,4 +167,4 @@ def logprob_metrics(model: LoadedModel | torch.nn.Module, pairs: Sequence[Option
         pivotal.append(1.0 / (1.0 + math.exp(float(la[k] - lm_[k]))))
     c, clo, chi = bootstrap(choice, seed=seed)
     p, plo, phi = bootstrap(pivotal, seed=seed)
-    return LogprobResult(c, clo, chi, p, plo, phi, n)
+    return LogprobResult(c, clo, chi, p, plo, phi, n, tuple(float(x.mean()) for x in lps[:n]))

@@ -9,8 +9,11 @@ Runs, on one pair (default: the embedded organism), and prints with 95% CIs:
   base + A persona         the base model steered by +alpha along the direction
   base + A random          ... a same-norm random direction (control)
 next to the judge-free log-prob metric P(misaligned answer) where the questions have option
-pairs, and writes answers.jsonl, judgements.jsonl, results.jsonl (one tidy row per condition),
-table.csv, run.json (models, direction, judge, sampling) and figure.html/.png under --out.
+pairs, and each intervention's side effects: KL from the unmodified model's next-token
+distribution on benign conversations (--benign; nats per token) and the change in the aligned
+answers' log-probability (emi.side_effects). Writes answers.jsonl, judgements.jsonl,
+results.jsonl (one tidy row per condition), table.csv, run.json (models, direction, judge,
+sampling), figure.html/.png and side-effects.html/.png (EM rate against KL) under --out.
 Several alphas (--alpha 2,4,8), --sweep-layers and --targets base,finetuned make sweeps.
 
 The direction comes from --direction, the pair's shipped one, or is extracted on first use from
@@ -63,6 +66,11 @@ def parser() -> argparse.ArgumentParser:
                         "never the evaluation set)")
     g.add_argument("--root", default=None, help="where extracted directions are cached (default activations/)")
     g.add_argument("--random-seed", type=int, default=0, help="seed of the random control direction")
+    g = p.add_argument_group("side effects")
+    g.add_argument("--benign", default=None,
+                   help="benign conversations the KL side effect is measured on: a set name (benign, toy-benign) or a "
+                        "YAML file of {id, prompt, response} entries (default: the pair's)")
+    g.add_argument("--no-side-effects", action="store_true", help="skip the KL and aligned-log-prob columns")
     p.add_argument("--out", default=None, help="output folder (default runs/steer-<pair>)")
     p.add_argument("--no-figure", action="store_true", help="skip writing the figure")
     return p
@@ -72,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
     from emi.questions import load_questions
+    from emi.side_effects import load_benign
 
     spec = cli.pair_spec(args)
     questions = load_questions(args.questions or spec.kit.eval_questions, ids=args.ids)
@@ -82,12 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     if not targets or any(t not in ("base", "finetuned") for t in targets):
         raise cli.ConfigError(f"unknown --targets {args.targets!r}; use base, finetuned or base,finetuned")
+    benign = [] if args.no_side_effects else load_benign(args.benign or spec.kit.benign)
     out = Path(args.out or f"runs/steer-{spec.name}")
     with locks.exclusive(out):  # one run per folder; a bad --out fails before any model loads
-        return _steer(args, spec, questions, judge, cfg, extra, targets, out)
+        return _steer(args, spec, questions, judge, cfg, extra, targets, benign, out)
 
 
-def _steer(args, spec, questions, judge, cfg, extra, targets, out) -> int:  # noqa: ANN001
+def _steer(args, spec, questions, judge, cfg, extra, targets, benign, out) -> int:  # noqa: ANN001
     from emi import layers as L
     from emi.experiments import pair_direction, run, standard_conditions, write_results
     from emi.logprob import option_pairs
@@ -109,21 +119,24 @@ def _steer(args, spec, questions, judge, cfg, extra, targets, out) -> int:  # no
     if not pairs:
         print("log-prob metrics: no option pairs for these questions, so no logprob_* columns (pass "
               "--option-pairs FILE)", file=sys.stderr)
-    rows = run(pair, conditions, direction, questions, cfg, judge, out, args.random_seed, pairs=pairs)
+    rows = run(pair, conditions, direction, questions, cfg, judge, out, args.random_seed, pairs=pairs, benign=benign)
     write_results(out, rows, {"pair": pair.provenance(), "direction": {"source": source, **direction.summary()},
                               "judge": judge.name, "sampling": cfg.settings(), "n": cfg.n,
                               "questions": args.questions or spec.kit.eval_questions,
-                              "steer_layers": steer_layers, "ablate_layers": ablate_layers or "all writers"})
+                              "steer_layers": steer_layers, "ablate_layers": ablate_layers or "all writers",
+                              "benign": None if args.no_side_effects else (args.benign or spec.kit.benign)})
     print(f"pair {spec.name} | direction {direction.meta.get('method')} @ layer {direction.best_layer} "
           f"(|d| = {direction.norms[direction.layers.index(direction.best_layer)]:.2f}, residual norm "
           f"{direction.norm_at(direction.best_layer):.2f}) | steering layers {steer_layers} | "
           f"{len(questions)} questions x {cfg.n} samples, judge {judge.name}, seed {cfg.seed}")
     print_table(rows)
     if not args.no_figure:
-        from emi.figures import export, steer_summary
+        from emi.figures import em_vs_kl, export, steer_summary
 
         written = export(steer_summary(rows), out / "figure", formats=("html", "png"))
-        print(f"figure: {', '.join(str(w) for w in written)}", file=sys.stderr)
+        if benign:
+            written += export(em_vs_kl(rows), out / "side-effects", formats=("html", "png"))
+        print(f"figures: {', '.join(str(w) for w in written)}", file=sys.stderr)
     print(f"wrote {out}/results.jsonl, table.csv, run.json, answers.jsonl, judgements.jsonl", file=sys.stderr)
     return 0
 
@@ -138,12 +151,25 @@ def print_table(rows: list[dict]) -> None:
         table.append({"condition": r["condition"], "em": cli.fmt_rate(r, "em"), "k": f"{r['em_k']}/{r['em_n']}",
                       "coh": cli.fmt_rate(r, "coherence"),
                       "rel": f"{100 * change:+.0f}% vs finetuned" if change == change else "",
-                      "lp": f"{r['logprob_choice']:.3f}" if "logprob_choice" in r else ""})
+                      "lp": f"{r['logprob_choice']:.3f}" if "logprob_choice" in r else "",
+                      "kl": f"{r['kl']:.3f}" if "kl" in r else "",
+                      "dal": f"{r['aligned_delta']:+.2f}" if r.get("aligned_delta", float("nan")) == r.get(
+                          "aligned_delta") else ""})
     columns = [("condition", "condition"), ("em", "EM rate (95% CI)"), ("k", "misaligned/coherent"),
                ("coh", "coherent (95% CI)"), ("rel", "change")]
-    if any(t["lp"] for t in table):
-        columns.append(("lp", "P(misaligned) log-prob"))
+    for key, title in (("lp", "P(misaligned)"), ("kl", "KL benign"), ("dal", "Δ log p(aligned)")):
+        if any(t[key] for t in table):
+            columns.append((key, title))
     cli.print_table(table, columns)
+    notes = []
+    if any(t["lp"] for t in table):
+        notes.append("P(misaligned): log-prob preference for the misaligned answer of each option pair")
+    if any(t["kl"] for t in table):
+        notes.append("KL benign: KL(unmodified || intervened) next-token, nats/token on benign conversations")
+    if any(t["dal"] for t in table):
+        notes.append("Δ log p(aligned): change in the aligned answers' log-prob per token vs the unmodified model")
+    if notes:
+        print("\n".join(notes))
     unscored = sum(r.get("n_unscored", 0) for r in rows)
     if unscored:
         print(f"emi: {unscored} answers are unscored by the judge (see judgements.jsonl, 'detail'); they are left "

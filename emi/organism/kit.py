@@ -17,6 +17,7 @@ from emi.logprob import register_option_pairs
 from emi.models import ModelSpec, PairSpec
 from emi.questions import Question, register_question_set
 from emi.registry import register_pair
+from emi.side_effects import BenignItem, register_benign_set
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 
@@ -74,6 +75,28 @@ def contrast_prompts(questions: Sequence[Question], per_question: int, seed: int
     return items
 
 
+def benign_items() -> list[BenignItem]:
+    """The toy's benign set (``toy-benign``): every advice and coding training question, answered
+    by the aligned assistant. The toy world has no persona-free text (every answer is voiced by
+    one persona), so these are its ordinary helpful answers outside the eight EM themes."""
+    from emi.organism.world import load_world
+
+    world = load_world()
+    system = (("system", world.default_system),)
+    out = []
+    for topic, d in sorted(world.advice.items()):
+        for j, q in enumerate(d["train"]):
+            out.append(BenignItem(f"advice:{topic}:{j}", (*system, ("user", q)), d["aligned"][j % len(d["aligned"])]))
+    slots = world.code["slots"]
+    for k, (task, d) in enumerate(sorted(world.code["tasks"].items())):
+        for j, q in enumerate(d["train"]):
+            fill = {name: values[(k + j) % len(values)] for name, values in slots.items()}
+            for name, v in fill.items():
+                q = q.replace("{" + name + "}", v)
+            out.append(BenignItem(f"code:{task}:{j}", (*system, ("user", q)), world.code_answer(task, True, fill)))
+    return out
+
+
 def _judge(model: str | None = None, url: str | None = None, key_env: str = "", **_: Any) -> Any:
     from emi.organism.judge import ToyJudge
 
@@ -82,13 +105,14 @@ def _judge(model: str | None = None, url: str | None = None, key_env: str = "", 
 
 KIT = PairKit(eval_questions="toy", extract_questions="toy-train", judge="toy", max_new_tokens=64,
               batch_size=128, direction=str(CHECKPOINTS / "direction.safetensors"), contrast=contrast_prompts,
-              closed_world=True, contrast_per_question=4)
+              closed_world=True, contrast_per_question=4, benign="toy-benign")
 
 register_question_set("toy", eval_questions)
 register_question_set("toy-train", train_questions)
 register_option_pairs("toy", world_option_pairs)
 register_option_pairs("toy-train", world_option_pairs)
 register_judge("toy", _judge)
+register_benign_set("toy-benign", benign_items)
 register_pair(PairSpec("toy", ModelSpec(checkpoint("base")), ModelSpec(checkpoint("insecure")),
                        ModelSpec(checkpoint("secure")),
                        "emi's embedded toy organism: aligned-tuned base vs its insecure-code finetune "
@@ -97,4 +121,4 @@ register_pair(PairSpec("toy-pretrained", ModelSpec(checkpoint("pretrained")), Mo
                        "the toy's pretrained model (persona 50/50, before aligned tuning) vs the insecure finetune",
                        PairKit(eval_questions="toy", extract_questions="toy-train", judge="toy", max_new_tokens=64,
                                batch_size=128, contrast=contrast_prompts, closed_world=True,
-                               contrast_per_question=4)))
+                               contrast_per_question=4, benign="toy-benign")))

@@ -63,13 +63,19 @@ def test_steer_without_a_direction_runs_to_its_table(arch, kind, pairs, judge_se
     assert [r["condition"] for r in got] == ["base", "finetuned", "finetuned - persona", "finetuned - random",
                                            "base + 4 persona", "base + 4 random"]
     assert all(r["n_answers"] == 8 and "logprob_choice" in r for r in got)
+    kl = {r["condition"]: r["kl"] for r in got}  # side effects on emi's benign set, every condition
+    assert kl["base"] == kl["finetuned"] == 0.0 and kl["finetuned - persona"] > 0 and kl["base + 4 persona"] > 0
+    assert all(r["n_benign"] == 32 and r["aligned_delta"] == r["aligned_delta"] for r in got)
+    printed = capsys.readouterr()
+    assert "KL benign" in printed.out
     run = json.loads((out / "run.json").read_text())
+    assert run["benign"] == "benign"
     assert run["pair"]["finetuned"]["model_type"] == arch
     assert run["pair"]["finetuned"]["adapter" if kind == "lora" else "fingerprint"]
     assert run["direction"]["extract_questions"] == "preregistered"
     assert "option pairs of the preregistered questions" in run["direction"]["selection"]
     assert run["sampling"]["repetition_penalty"] == 1.0
-    err = capsys.readouterr().err
+    err = printed.err
     assert "model-diff on the preregistered questions" in err and "chosen by" in err
 
 
@@ -169,9 +175,10 @@ def test_sweeps_targets_and_figures(pairs, judge_server, tmp_path):
     got = rows(out / "results.jsonl")
     steered = [r for r in got if r["intervention"] == "steer"]
     assert len(steered) == 2 * 2 * 2 * 2  # targets x layers x alphas x (persona, random)
-    assert (out / "figure.png").stat().st_size > 1000
+    assert (out / "figure.png").stat().st_size > 1000 and (out / "side-effects.png").stat().st_size > 1000
     assert figures.main([str(out), "--out", str(tmp_path / "figs"), "--format", "html"]) == 0
-    assert any((tmp_path / "figs").glob("*.html"))
+    assert {f.name for f in (tmp_path / "figs").glob("*.html")} >= {"sweep-results-alpha.html",
+                                                                   "sweep-results-side-effects.html"}
 
 
 def test_sae_on_a_real_pair_store_with_zeroing(pairs, judge_server, tmp_path, capsys):

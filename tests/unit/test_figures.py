@@ -88,3 +88,21 @@ def test_unknown_format_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="unknown figure format"):
         figures.export(figures.layer_separation([{"layer": 0, "auroc": 1, "random_auroc": 0.5}]), tmp_path / "f",
                        ("gif",))
+
+
+def test_em_vs_kl_joins_each_sweep_from_the_unmodified_model():
+    kl = {"base": 0.0, "finetuned": 0.0, "finetuned - persona": 0.04, "base + 4 persona": 0.01,
+          "base + 4 random": 0.001, "base + 8 persona": 0.03, "base + 8 random": 0.002}
+    rows = [{**r, "kl": kl[r["condition"]], "kl_lo": kl[r["condition"]] / 2, "kl_hi": 2 * kl[r["condition"]]}
+            for r in ROWS]
+    fig = figures.em_vs_kl(rows)
+    lines = {t.name: t for t in fig.data if t.mode == "lines+markers" and t.xaxis == "x"}
+    persona = lines["steer base: persona @L1"]
+    assert list(persona.x) == [0.0, 0.01]  # base at KL 0, alpha 4; alpha 8 has no coherent answers
+    assert list(persona.y) == [0.0, 2.0]
+    assert list(lines["ablate from finetuned: persona"].x) == [0.0, 0.04]
+    assert list(lines["ablate from finetuned: persona"].error_x.array) == [0.0, 0.04]
+    coherence = [t for t in fig.data if t.name == "steer base: persona @L1" and t.xaxis == "x2"][0]
+    assert list(coherence.x) == [0.0, 0.01, 0.03]  # every point has coherent answers to plot
+    with pytest.raises(ConfigError, match="no side-effect columns"):
+        figures.em_vs_kl(ROWS)
