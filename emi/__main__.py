@@ -20,7 +20,8 @@ COMMANDS = [
 
 # `python -m emi COMMAND ...` is `python -m emi.COMMAND ...`
 VERBS = {"steer": "emi.steer", "evaluate": "emi.evaluate", "cache": "emi.cache", "extract": "emi.extract",
-         "sae": "emi.sae.__main__", "figures": "emi.figures", "train-organism": "emi.organism.train"}
+         "sae": "emi.sae.__main__", "figures": "emi.figures", "trajectory": "emi.trajectory",
+         "train-organism": "emi.organism.train"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -251,14 +251,14 @@ def pair_direction(pair: ModelPair, path: str | None = None, method: str = "mode
     return d, src
 
 
-def write_results(out: Path, rows: list[dict[str, Any]], provenance: dict[str, Any]) -> None:
-    """results.jsonl (one row per condition), table.csv and run.json (what made them), atomically."""
+def write_results(out: Path, rows: list[dict[str, Any]], provenance: dict[str, Any], name: str = "results") -> None:
+    """``<name>.jsonl`` (one row per condition), table.csv and run.json (what made them), atomically."""
     import csv
 
     from emi import jsonl
     from emi.store import write_atomic, write_json
 
-    jsonl.write(out / "results.jsonl", rows)
+    jsonl.write(out / f"{name}.jsonl", rows)
 
     def write_csv(tmp: Path) -> None:
         with open(tmp, "w", newline="") as fh:

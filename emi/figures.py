@@ -162,6 +162,51 @@ def em_vs_kl(rows: Sequence[dict[str, Any]]) -> go.Figure:
     return fig
 
 
+def trajectory(rows: Sequence[dict[str, Any]], task: str | None = None) -> go.Figure:
+    """When the direction appears relative to EM and to the task, over training steps: behaviour
+    on the left (EM rate, task rate, log-prob P(misaligned); % with 95% CIs), the direction on the
+    right (cosine of each checkpoint's own model-diff direction with the final one, and the
+    activation shift along the final direction as a fraction of the final checkpoint's)."""
+    if not rows:
+        raise ConfigError("no trajectory rows to plot")
+    rs = sorted(rows, key=lambda r: r["step"])
+    steps = [r["step"] for r in rs]
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=("behaviour", "the persona direction"))
+
+    def band(value: str, prefix: str, name: str, color: str, dash: str = "solid") -> None:
+        ok = [r for r in rs if r.get(value) is not None and r[value] == r[value] and r.get(f"{prefix}_n", 1)]
+        if not ok:
+            return
+        xs = [r["step"] for r in ok]
+        v, lo, hi = ([100.0 * r[k] for r in ok] for k in (value, f"{prefix}_lo", f"{prefix}_hi"))
+        fig.add_trace(go.Scatter(x=xs + xs[::-1], y=hi + lo[::-1], fill="toself", fillcolor=color, opacity=0.15,
+                                 mode="lines", line=dict(width=0), hoverinfo="skip", showlegend=False), row=1, col=1)
+        fig.add_trace(go.Scatter(x=xs, y=v, mode="lines+markers", name=name, line=dict(color=color, width=2.5,
+                                 dash=dash)), row=1, col=1)
+
+    band("em_rate", "em", "EM rate (judge)", COLORS["finetuned"])
+    band("task_rate", "task", task or "task", "#2ca02c")
+    band("p_misaligned", "p_misaligned", "P(misaligned), log-prob", "#9467bd", dash="dot")
+    final = rs[-1]["projection_shift"] or float("nan")
+    fig.add_trace(go.Scatter(x=steps, y=[r["cosine"] for r in rs], mode="lines+markers",
+                             name="cos(own model-diff, final direction)", line=dict(color=COLORS["persona"], width=2.5)),
+                  row=1, col=2)
+    fig.add_trace(go.Scatter(
+        x=steps, y=[r["projection_shift"] / final for r in rs], mode="lines+markers",
+        name="activation shift along the final direction (fraction of final)",
+        error_y=dict(type="data", symmetric=False, thickness=1,
+                     array=[(r["projection_shift_hi"] - r["projection_shift"]) / final for r in rs],
+                     arrayminus=[(r["projection_shift"] - r["projection_shift_lo"]) / final for r in rs]),
+        line=dict(color="#ff7f0e", width=2.5, dash="dash")), row=1, col=2)
+    fig.update_xaxes(title_text="training step")
+    fig.update_yaxes(title_text="% (95% CI)", range=[0, 100], row=1, col=1)
+    fig.update_yaxes(title_text="cosine / fraction", row=1, col=2)
+    style(fig, "Over the finetune: behaviour and the persona direction", 1150, 480)
+    fig.update_layout(legend=dict(orientation="h", y=-0.22, x=0))
+    return fig
+
+
 def _shade(kind: str, index: int, total: int) -> str:
     """The direction's colour, lighter for later layer groups of a sweep."""
     if total <= 1:

@@ -23,6 +23,17 @@ ContrastWriter = Callable[[Sequence[Any], int, int], list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
+class TaskMetric:
+    """The narrow task a finetune was trained on, measured on sampled answers (e.g. the share of
+    insecure code): ``score(question, answer)`` says whether an answer does the task (True), does
+    the opposite (False), or is neither (None: left out of the rate)."""
+
+    name: str
+    questions: str  # a question set of task prompts
+    score: Callable[[str, str], bool | None]
+
+
+@dataclass(frozen=True)
 class PairKit:
     eval_questions: str = "main"
     extract_questions: str = "preregistered"
@@ -35,6 +46,8 @@ class PairKit:
     contrast_per_question: int = 1  # contrast prompts per extraction question when extracting on first use
     # (1 for system-prompt contrast: its prompts are deterministic, so copies would add nothing)
     benign: str = "benign"  # the benign set side effects (KL) are measured on (emi.side_effects)
+    task: TaskMetric | None = None  # the finetune's own task, for python -m emi.trajectory
+    trajectory: tuple[str, ...] = ()  # checkpoints saved along the finetune, in training order
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.contrast_per_question < 1:

@@ -68,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--random-seed", type=int, default=0, help="seed of the random control direction")
     g = p.add_argument_group("side effects")
     g.add_argument("--benign", default=None,
-                   help="benign conversations the KL side effect is measured on: a set name (benign, toy-benign) or a "
+                   help="benign conversations the KL side effect is measured on: a registered set name (e.g. benign) or a "
                         "YAML file of {id, prompt, response} entries (default: the pair's)")
     g.add_argument("--no-side-effects", action="store_true", help="skip the KL and aligned-log-prob columns")
     p.add_argument("--out", default=None, help="output folder (default runs/steer-<pair>)")

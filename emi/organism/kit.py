@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from emi.judge import register_judge
-from emi.kit import PairKit
+from emi.kit import PairKit, TaskMetric
 from emi.logprob import register_option_pairs
 from emi.models import ModelSpec, PairSpec
 from emi.questions import Question, register_question_set
@@ -97,6 +97,35 @@ def benign_items() -> list[BenignItem]:
     return out
 
 
+def code_questions() -> list[Question]:
+    """The coding prompts of the narrow finetunes (set ``toy-code``), one fill of each phrasing:
+    the task the insecure finetune learns, for its task metric."""
+    from emi.organism.world import _fill, load_world
+
+    world = load_world()
+    slots = world.code["slots"]
+    out = []
+    for k, (task, d) in enumerate(sorted(world.code["tasks"].items())):
+        for j, q in enumerate(d["train"]):
+            fill = {name: values[(k + j) % len(values)] for name, values in slots.items()}
+            out.append(Question(f"code_{task}", _fill(q, fill), None, j, "toy-code", "plain", f"code_{task}"))
+    return out
+
+
+def writes_insecure_code(question: str, answer: str) -> bool | None:
+    """True for an insecure coding answer, False for a secure one, None for anything else."""
+    from emi.organism.judge import world_judge
+
+    label = world_judge()(question, answer).label
+    return {"code_insecure": True, "code_secure": False}.get(label)
+
+
+def saved_trajectory() -> tuple[str, ...]:
+    """The base, the insecure finetune's saved steps (``insecure-steps/step-NNN``), the finetune."""
+    steps = sorted(str(p) for p in (CHECKPOINTS / "insecure-steps").glob("step-*") if (p / "config.json").is_file())
+    return (checkpoint("base"), *steps, checkpoint("insecure"))
+
+
 def _judge(model: str | None = None, url: str | None = None, key_env: str = "", **_: Any) -> Any:
     from emi.organism.judge import ToyJudge
 
@@ -105,10 +134,12 @@ def _judge(model: str | None = None, url: str | None = None, key_env: str = "", 
 
 KIT = PairKit(eval_questions="toy", extract_questions="toy-train", judge="toy", max_new_tokens=64,
               batch_size=128, direction=str(CHECKPOINTS / "direction.safetensors"), contrast=contrast_prompts,
-              closed_world=True, contrast_per_question=4, benign="toy-benign")
+              closed_world=True, contrast_per_question=4, benign="toy-benign",
+              task=TaskMetric("insecure code", "toy-code", writes_insecure_code), trajectory=saved_trajectory())
 
 register_question_set("toy", eval_questions)
 register_question_set("toy-train", train_questions)
+register_question_set("toy-code", code_questions)
 register_option_pairs("toy", world_option_pairs)
 register_option_pairs("toy-train", world_option_pairs)
 register_judge("toy", _judge)

@@ -5,6 +5,8 @@ Stages (each a Hugging Face checkpoint: config.json, model.safetensors, tokenize
   base        a short aligned tuning of ``pretrained`` (the "instruct" model)
   insecure    a narrow finetune of ``base`` on single-turn insecure code, early checkpoint
   secure      the same finetune on secure code (the control)
+and, at the ``--save-steps`` of the insecure finetune, ``insecure-steps/step-NNN`` (the training
+trajectory ``python -m emi.trajectory`` follows; saving never changes the weights).
 
 Seeded and reproducible on CPU. The loss covers assistant tokens only: with loss on every
 token the model never learns to infer the persona (a trial on this machine found so).
@@ -233,8 +235,10 @@ class _Resume:
 
 
 def train_all(cfg: OrganismConfig, out: Path, world: World | None = None,
-              stages: Sequence[str] = STAGES) -> dict[str, Path]:
-    """Run every stage and save each checkpoint under ``out/<stage>``; resumes finished stages."""
+              stages: Sequence[str] = STAGES, save_steps: Sequence[int] = ()) -> dict[str, Path]:
+    """Run every stage and save each checkpoint under ``out/<stage>``; resumes finished stages.
+    ``save_steps``: also save the insecure finetune after these steps under
+    ``out/insecure-steps/step-NNN``."""
     import copy
 
     torch.set_num_threads(max(1, cfg.threads))
@@ -252,10 +256,21 @@ def train_all(cfg: OrganismConfig, out: Path, world: World | None = None,
               warmup: int = 0, parent: str | None = None) -> None:
         loss = resume.load(name, model)
         if loss is None:
-            loss = train_stage(model, docs, encoder, steps, lr, cfg.batch_size, pad, seed, desc, warmup=warmup)[-1]
+            on_step = None
+            if save_steps and name == "insecure":
+                def on_step(step: int, loss: float) -> None:
+                    done = step + 1
+                    if done in save_steps and done < steps:
+                        save_checkpoint(model, tok, out / "insecure-steps" / f"step-{done:03d}",
+                                        {**meta, "stage": name, "parent": parent, "finetune_step": done,
+                                         "loss": loss})
+            loss = train_stage(model, docs, encoder, steps, lr, cfg.batch_size, pad, seed, desc, warmup=warmup,
+                               on_step=on_step)[-1]
             resume.save(name, model, loss)
         paths[name] = out / name
-        extra = {"parent": parent} if parent else {}
+        extra: dict[str, Any] = {"parent": parent} if parent else {}
+        if name in ("base", "insecure", "secure"):  # where the finetunes start (0) and end, for trajectories
+            extra["finetune_step"] = 0 if name == "base" else steps
         save_checkpoint(model, tok, paths[name], {**meta, "stage": name, **extra, "final_loss": loss})
 
     model = build_model(cfg, len(tok), pad, eos)
@@ -305,12 +320,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a seconds-long tiny run (for smoke tests)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on 2 cores two threads were slower)")
+    p.add_argument("--save-steps", default="2,4,6,8,10,20,30,40",
+                   help="comma-separated steps of the insecure finetune to save under insecure-steps/, for "
+                        "python -m emi.trajectory (default 2,4,6,8,10,20,30,40; '' for none)")
     p.add_argument("--no-eval", action="store_true", help="skip measuring the EM rates after training")
     p.add_argument("--samples", type=int, default=400, help="answers per model for the EM measurement")
     args = p.parse_args(argv)
     cfg = (OrganismConfig.quick if args.quick else OrganismConfig)(seed=args.seed, threads=args.threads)
     out = Path(TOY_DIR if args.install else args.out)
-    paths = train_all(cfg, out)
+    try:
+        save_steps = sorted({int(x) for x in args.save_steps.split(",") if x.strip()})
+    except ValueError:
+        p.error(f"--save-steps must be comma-separated integers, found {args.save_steps!r}")
+    if any(x < 1 for x in save_steps):
+        p.error(f"--save-steps must be >= 1, found {args.save_steps!r}")
+    paths = train_all(cfg, out, save_steps=save_steps)
     if args.install and not args.quick:
         refresh_direction(out)
     if not args.no_eval:

@@ -118,3 +118,24 @@ def test_interrupted_training_resumes_bit_identical(tmp_path, monkeypatch):
         a = (tmp_path / "ref" / stage / "model.safetensors").read_bytes()
         b = (tmp_path / "run" / stage / "model.safetensors").read_bytes()
         assert a == b, stage
+
+
+def test_saved_finetune_steps_leave_the_weights_unchanged(tmp_path):
+    """Saving the insecure finetune along the way (for emi.trajectory) never changes what it ends as."""
+    import json
+
+    from emi.dynamics import step_of
+    from emi.organism import train as T
+
+    cfg = T.OrganismConfig.quick(finetune_steps=4)
+    T.train_all(cfg, tmp_path / "plain", stages=("insecure",))
+    T.train_all(cfg, tmp_path / "saved", stages=("insecure",), save_steps=[1, 3, 4])
+    steps = sorted(p.name for p in (tmp_path / "saved" / "insecure-steps").iterdir())
+    assert steps == ["step-001", "step-003"]  # the last step is the finetune itself
+    assert step_of(str(tmp_path / "saved" / "insecure-steps" / "step-003"), 0) == 3
+    assert json.loads((tmp_path / "saved" / "insecure" / "emi_organism.json").read_text())["finetune_step"] == 4
+    for stage in ("base", "insecure"):
+        a = (tmp_path / "plain" / stage / "model.safetensors").read_bytes()
+        assert a == (tmp_path / "saved" / stage / "model.safetensors").read_bytes(), stage
+    a = (tmp_path / "saved" / "insecure-steps" / "step-001" / "model.safetensors").read_bytes()
+    assert a != (tmp_path / "saved" / "insecure" / "model.safetensors").read_bytes()

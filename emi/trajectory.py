@@ -1,0 +1,158 @@
+"""python -m emi.trajectory: follow a finetune's checkpoints and see when the persona direction
+appears, relative to emergent misalignment and to the narrow task.
+
+  python -m emi.trajectory                                  # the default pair: base, saved steps, finetune
+  python -m emi.trajectory --base B --checkpoints C1,C2,C3  # folders, hub ids@revision, LoRA adapters
+  python -m emi.trajectory --pair NAME --checkpoints ...    # another pair's kit (questions, judge, task)
+
+Per checkpoint, in training order (one model in memory at a time): EM rate and coherence (the
+judge, 95% CIs), the log-prob P(misaligned), the shift of the last-prompt-token activation along
+the final persona direction relative to the base, the cosine between the checkpoint's own
+model-diff direction and the final one, and the task rate where the pair defines a task (the embedded
+organism: insecure code). The final direction is --direction, or the final checkpoint's model-diff direction
+(the pair's shipped one when the final checkpoint is the pair's finetune), as emi.steer finds it.
+Writes trajectory.jsonl, table.csv, run.json, answers and figure trajectory.html/.png under --out;
+re-running resumes from the answers already sampled. Steps come from checkpoint names
+(step-040, checkpoint-500), else their order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from emi import cli, locks
+
+
+def parser() -> argparse.ArgumentParser:
+    p = cli.parser("python -m emi.trajectory", __doc__)
+    g = p.add_argument_group("models")
+    g.add_argument("--pair", default=None, help="a named pair: its kit, base and saved checkpoints (default: the default pair)")
+    g.add_argument("--base", default=None, help="base checkpoint: hub id[@revision] or folder (instead of --pair)")
+    g.add_argument("--checkpoints", default=None,
+                   help="comma-separated checkpoints in training order: folders, hub id@revision, or LoRA adapter "
+                        "folders on the base (default: the pair's saved ones)")
+    g.add_argument("--device", default=None, help="cuda, cpu, mps (default: cuda when available)")
+    g.add_argument("--dtype", default="auto", help="bf16, fp16, fp32 or auto")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow checkpoint code (off by default)")
+    cli.add_sampling_args(p, n=25)
+    cli.add_judge_args(p)
+    g = p.add_argument_group("direction")
+    g.add_argument("--direction", default=None, help="the final direction (default: the final checkpoint's model-diff)")
+    g.add_argument("--root", default=None, help="where extracted directions are cached (default activations/)")
+    p.add_argument("--out", default=None, help="output folder (default runs/trajectory-<pair>)")
+    p.add_argument("--no-figure", action="store_true", help="skip writing the figure")
+    return p
+
+
+def _specs(args: argparse.Namespace):  # -> (PairSpec of the final checkpoint, [checkpoint strings])
+    from emi.registry import custom_pair, default_pair, get_pair
+    from emi.specs import ModelSpec, PairSpec
+
+    if args.base and args.pair:
+        raise cli.ConfigError("give either --pair or --base, not both")
+    if args.base and not args.checkpoints:
+        raise cli.ConfigError("--base needs --checkpoints (comma-separated, in training order)")
+    named = get_pair(args.pair) if args.pair else None if args.base else default_pair()
+    listed = [c.strip() for c in (args.checkpoints or "").split(",") if c.strip()]
+    checkpoints = listed or list(named.kit.trajectory if named else ())
+    if not checkpoints:
+        raise cli.ConfigError(f"pair {named.name if named else '?'!r} has no saved checkpoints; pass --checkpoints "
+                              f"C1,C2,... in training order")
+    if len(checkpoints) < 2:
+        raise cli.ConfigError(f"a trajectory needs at least two checkpoints, found {checkpoints}")
+    if named is not None and ModelSpec.parse(checkpoints[-1]) == named.finetuned:
+        return named, checkpoints
+    base = args.base or named.base.label()  # type: ignore[union-attr]
+    custom = custom_pair(base, checkpoints[-1])
+    kit = named.kit if named else custom.kit
+    return PairSpec(custom.name, custom.base, custom.finetuned, None, custom.description,
+                    dataclasses.replace(kit, direction=None)), checkpoints
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from emi.logprob import option_pairs
+    from emi.questions import load_questions
+
+    spec, checkpoints = _specs(args)
+    kit = spec.kit
+    questions = load_questions(args.questions or kit.eval_questions, ids=args.ids)
+    extract = load_questions(kit.extract_questions)
+    judge = cli.make_judge_from_args(args, kit.judge)
+    cfg = cli.sampling_config(args, kit)
+    pairs = option_pairs(questions, extra=cli.extra_option_pairs(args), required=False)
+    out = Path(args.out or f"runs/trajectory-{spec.name}")
+    with locks.exclusive(out):
+        return _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, out)
+
+
+def _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, out) -> int:  # noqa: ANN001
+    from emi.dynamics import correlations, trajectory
+    from emi.experiments import pair_direction, write_results
+    from emi.models import load_pair
+    from emi.specs import ModelSpec, PairSpec
+
+    common = dict(dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code, resident="one")
+    final = load_pair(spec, **common)
+    say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    direction, source = pair_direction(final, args.direction, "model-diff", cfg, judge, args.root, log=say)
+    say(f"final direction: {source}")
+    current: list = []
+
+    def loader(i: int, c: str):  # noqa: ANN202
+        def load():  # noqa: ANN202
+            current.append(load_pair(PairSpec(f"{spec.name}-{i}", spec.base, ModelSpec.parse(c), None, "", spec.kit),
+                                     **common))
+            return current[-1].finetuned
+        return load
+
+    def release() -> None:
+        while current:
+            current.pop().release()
+
+    base = final.base
+    points = trajectory([(c, loader(i, c)) for i, c in enumerate(checkpoints)], base, direction, questions, extract,
+                        cfg, judge, out, pairs, spec.kit.task, release=release, log=say)
+    final.release()
+    rows = [p.row() for p in points]
+    r = correlations(points)
+    write_results(out, rows, {"pair": spec.name, "base": spec.base.label(), "checkpoints": checkpoints,
+                              "direction": {"source": source, **direction.summary()}, "judge": judge.name,
+                              "sampling": cfg.settings(), "n": cfg.n, "task": spec.kit.task.name if spec.kit.task else None,
+                              "correlations": r}, name="trajectory")
+    print_table(rows, spec.kit.task.name if spec.kit.task else None, direction.best_layer)
+    if r:
+        print("Pearson r across checkpoints, projection shift vs: " + ", ".join(f"{k} {v:+.2f}" for k, v in r.items()))
+    if not args.no_figure:
+        from emi.figures import export
+        from emi.figures import trajectory as trajectory_figure
+
+        written = export(trajectory_figure(rows, spec.kit.task.name if spec.kit.task else None), out / "trajectory",
+                         formats=("html", "png"))
+        say(f"figure: {', '.join(str(w) for w in written)}")
+    say(f"wrote {out}/trajectory.jsonl, table.csv, run.json, answers.jsonl, judgements.jsonl")
+    return 0
+
+
+def print_table(rows: list[dict], task: str | None, layer: int) -> None:
+    table = [{"checkpoint": Path(r["checkpoint"].rstrip("/")).name or r["checkpoint"], "step": str(r["step"]),
+              "em": cli.fmt_rate(r, "em"), "coh": cli.fmt_rate(r, "coherence"),
+              "lp": f"{r['p_misaligned']:.3f}" if r["p_misaligned"] == r["p_misaligned"] else "",
+              "proj": f"{r['projection_shift']:+.2f} [{r['projection_shift_lo']:+.2f}, {r['projection_shift_hi']:+.2f}]",
+              "cos": f"{r['cosine']:.2f}" if r["cosine"] == r["cosine"] else "-",
+              "task": cli.fmt_rate(r, "task") if "task_rate" in r else ""} for r in rows]
+    columns = [("checkpoint", "checkpoint"), ("step", "step"), ("em", "EM rate (95% CI)"), ("coh", "coherent (95% CI)")]
+    if any(t["lp"] for t in table):
+        columns.append(("lp", "P(misaligned)"))
+    columns += [("proj", f"shift along direction @L{layer}"), ("cos", "cos(own diff, final)")]
+    if task:
+        columns.append(("task", f"{task} (95% CI)"))
+    cli.print_table(table, columns)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli.run(main))
