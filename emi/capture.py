@@ -13,6 +13,7 @@ token before the answer, where the model decides which persona to voice), or
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -26,9 +27,10 @@ from tqdm.auto import tqdm
 
 from emi import layers as L
 from emi import locks
+from emi.distributed import SINGLE, Ranks
 from emi.errors import ConfigError, StoreError
 from emi.models import LoadedModel, ModelPair
-from emi.store import DTYPES, Store, StoreWriter, resolve, tensor_key
+from emi.store import DTYPES, Store, StoreWriter, is_complete, resolve, tensor_key
 
 POSITIONS = ("all", "response", "prompt", "last_prompt", "response_mean")
 Acts = dict[tuple[str, int], torch.Tensor]  # (site, layer) -> [batch, pos, d_model]
@@ -234,12 +236,14 @@ def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[dict[str
             spec: CaptureSpec, d_model: int, device: torch.device | str = "cpu",
             provenance: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = True,
             root: str | Path | None = None, active: dict[str, Callable[[], Any]] | None = None,
-            identity: dict[str, Any] | None = None, plan_roles: int | None = None) -> Store:
+            identity: dict[str, Any] | None = None, plan_roles: int | None = None, ranks: Ranks = SINGLE) -> Store:
     """Run each reader over the texts and write one store; resumes an interrupted run.
 
     ``identity`` (which checkpoints each role is) joins the spec: resuming a store with other
     models is refused. ``plan_roles``: cut shards as for a store of this many roles (so that
-    one-role stores captured in turn can be merged shard by shard).
+    one-role stores captured in turn can be merged shard by shard). ``ranks``: under torchrun,
+    this process captures every ``world``-th shard into its own part, and rank 0 assembles the
+    store from the parts: the same bytes as one process writes.
     """
     texts = prepare_texts(items, tokenizer)
     positions = [select_positions(t, spec.positions) for t in texts]  # fails early on plain texts
@@ -249,6 +253,10 @@ def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[dict[str
                   "positions": spec.positions, "dtype": spec.dtype, "d_model": d_model,
                   "shard_texts": spec.shard_texts, "shard_mb": spec.shard_mb,
                   "models": identity or {}, "layer_convention": "residual stream after decoder block l"}
+    if ranks.world > 1:
+        plan = plan_shards(counts, spec, plan_roles or len(readers), d_model)
+        return _capture_parallel(readers, texts, positions, plan, path, spec, store_spec, provenance, overwrite,
+                                 tokenizer.pad_token_id, torch.device(device), active, ranks)
     with locks.exclusive(path):
         writer = StoreWriter(path, store_spec, [t.meta for t in texts], provenance, overwrite)
         if writer.repaired:
@@ -280,6 +288,55 @@ def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[dict[str
                     pending.result()  # whatever was computed lands, even on an interrupt
         bar.close()
         return writer.finish()
+
+
+def _capture_parallel(readers: dict[str, Reader], texts: list[Text], positions: list[range],
+                      plan: list[tuple[int, int]], path: Path, spec: CaptureSpec, store_spec: dict[str, Any],
+                      provenance: dict[str, Any] | None, overwrite: bool, pad_id: int, device: torch.device,
+                      active: dict[str, Callable[[], Any]] | None, ranks: Ranks) -> Store:
+    """Data-parallel capture: rank r writes shards r, r + world, ... into ``path/.rank-r`` (a
+    store of the same spec, resumable like any), then rank 0 copies every shard, verified, into
+    ``path`` in plan order and removes the parts."""
+    metas = [t.meta for t in texts]
+    if not overwrite and is_complete(path, store_spec, metas):
+        ranks.barrier()
+        return Store.open(path)
+    part = path / f".rank-{ranks.rank}"
+    with locks.exclusive(part):
+        writer = StoreWriter(part, store_spec, metas, provenance, overwrite)
+        for index, (start, end) in enumerate(plan):
+            if ranks.mine(index) and (start, end) not in writer.done:
+                tensors, n_tok = _capture_shard(readers, texts[start:end], positions[start:end], start, spec, pad_id,
+                                                device, DTYPES[spec.dtype], active)
+                writer.add_shard(tensors, (start, end), n_tok, index)
+    ranks.barrier()
+    if ranks.leader:
+        with locks.exclusive(path):
+            _assemble(path, store_spec, metas, provenance, plan, overwrite)
+    ranks.barrier()
+    return Store.open(path)
+
+
+def _assemble(path: Path, store_spec: dict[str, Any], metas: list[dict[str, Any]], provenance: dict[str, Any] | None,
+              plan: list[tuple[int, int]], overwrite: bool) -> Store:
+    """The store at ``path`` from the ranks' parts (``path/.rank-*``), shard by shard, resumable."""
+    found: dict[tuple[int, int], tuple[Path, dict[str, Any]]] = {}
+    for part in sorted(path.glob(".rank-*")):
+        mf = json.loads((part / "manifest.json").read_text()) if (part / "manifest.json").is_file() else {"shards": []}
+        for entry in mf["shards"]:
+            found[tuple(entry["texts"])] = (part / entry["file"], entry)  # type: ignore[index]
+    writer = StoreWriter(path, store_spec, metas, provenance, overwrite)
+    for index, texts in enumerate(plan):
+        if texts in writer.done:
+            continue
+        if texts not in found:
+            raise StoreError(f"no rank wrote the shard of texts {texts[0]}-{texts[1]} of {str(path)!r}; re-run the "
+                             f"same command to capture it")
+        writer.adopt_shard(*found[texts], index)
+    store = writer.finish()
+    for part in path.glob(".rank-*"):
+        shutil.rmtree(part, ignore_errors=True)
+    return store
 
 
 def _capture_shard(readers: dict[str, Reader], chunk: Sequence[Text], positions: Sequence[range], offset: int,
@@ -324,7 +381,8 @@ def capture_models(models: dict[str, LoadedModel], items: Sequence[dict[str, Any
                    layers: str | Sequence[int] | None = "all", sites: Sequence[str] = ("resid",),
                    positions: str = "response", dtype: str | None = None, batch_size: int = 16,
                    shard_texts: int = 256, overwrite: bool = False, progress: bool = True,
-                   root: str | Path | None = None, shard_mb: int = 256, plan_roles: int | None = None) -> Store:
+                   root: str | Path | None = None, shard_mb: int = 256, plan_roles: int | None = None,
+                   ranks: Ranks = SINGLE) -> Store:
     """The fast path: capture Hugging Face models (e.g. a pair's base and finetuned) on the same texts."""
     if not models:
         raise ConfigError("no models to capture")
@@ -342,38 +400,42 @@ def capture_models(models: dict[str, LoadedModel], items: Sequence[dict[str, Any
                 for r, m in models.items()}
     return capture(readers, first.tokenizer, items, out, spec, d_model, first.device, prov, overwrite,
                    progress, root, active={r: m.active for r, m in models.items()}, identity=identity,
-                   plan_roles=plan_roles)
+                   plan_roles=plan_roles, ranks=ranks)
 
 
 def capture_pair(pair: ModelPair, roles: Sequence[str], items: Sequence[dict[str, Any] | str], out: str | Path,
                  layers: str | Sequence[int] | None = "all", sites: Sequence[str] = ("resid",),
                  positions: str = "response", dtype: str | None = None, batch_size: int = 16,
                  shard_texts: int = 256, overwrite: bool = False, progress: bool = True,
-                 root: str | Path | None = None, shard_mb: int = 256) -> Store:
+                 root: str | Path | None = None, shard_mb: int = 256, ranks: Ranks = SINGLE) -> Store:
     """:func:`capture_models` over a pair's roles. A pair that holds one model at a time
     (``resident="one"``) is captured one role after the other, each into a one-role store cut
     into the same shards, then merged shard by shard into the store (the same bytes as capturing
-    all roles at once); each step resumes after an interruption."""
+    all roles at once); each step resumes after an interruption. ``ranks``: data-parallel under
+    torchrun (see :func:`capture`)."""
     roles = list(dict.fromkeys(roles))
     kw: dict[str, Any] = dict(layers=layers, sites=sites, positions=positions, dtype=dtype, batch_size=batch_size,
-                              shard_texts=shard_texts, progress=progress, shard_mb=shard_mb)
+                              shard_texts=shard_texts, progress=progress and ranks.leader, shard_mb=shard_mb,
+                              ranks=ranks)
     if pair.resident == "all" or pair.shares_weights(roles):
         return capture_models({r: pair[r] for r in roles}, items, out, overwrite=overwrite, root=root, **kw)
     path = resolve(out, root)
-    with locks.exclusive(path):
-        if overwrite:
+    with locks.exclusive(path) if ranks.leader else contextlib.nullcontext():
+        if overwrite and ranks.leader:
             locks.clear(path)
-        else:
-            intact = _intact_pair_store(path, pair, roles, items, layers, sites, positions, dtype)
-            if intact is not None:  # nothing to do: no model is loaded
-                return intact
+        ranks.barrier()
+        intact = None if overwrite else _intact_pair_store(path, pair, roles, items, layers, sites, positions, dtype)
+        if intact is not None:  # nothing to do: no model is loaded
+            return intact
         parts = {r: capture_models({r: pair[r]}, items, path / f".part-{r}", plan_roles=len(roles), **kw)
                  for r in roles}
         pair.release()
-        store = merge_role_stores(parts, path)
-        for part in parts.values():
-            shutil.rmtree(part.path, ignore_errors=True)
-        return store
+        if ranks.leader:
+            store = merge_role_stores(parts, path)
+            for part in parts.values():
+                shutil.rmtree(part.path, ignore_errors=True)
+        ranks.barrier()
+        return store if ranks.leader else Store.open(path)
 
 
 def _intact_pair_store(path: Path, pair: ModelPair, roles: Sequence[str], items: Sequence[dict[str, Any] | str],

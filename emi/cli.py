@@ -63,7 +63,9 @@ def add_sampling_args(p: argparse.ArgumentParser, n: int = 10) -> None:
                    help="question set(s): main, preregistered, a registered set, a YAML path; ':plain,template' "
                         "picks variants (default: the pair's own set)")
     g.add_argument("--ids", default=None, help="comma-separated question ids to keep")
-    g.add_argument("--n", type=int, default=n, help=f"samples per question (default {n})")
+    g.add_argument("--n", "--samples", dest="n", type=int, default=n,
+                   help=f"samples per question (default {n}; under torchrun write --samples: torchrun's own parser "
+                        f"reads --n as its --nnodes)")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1, as the papers)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1)")
     g.add_argument("--max-new-tokens", type=int, default=None,

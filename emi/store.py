@@ -68,6 +68,17 @@ def _file_sha256(path: Path) -> str | None:
     return sha256(path) if path.is_file() else None
 
 
+def is_complete(path: Path, spec: dict[str, Any], texts: Sequence[dict[str, Any]]) -> bool:
+    """Read-only: whether ``path`` holds a finished store of this spec and these texts, with every
+    shard file present at its recorded size (what all ranks of a data-parallel run check alike)."""
+    mf = _read_manifest(path / "manifest.json") if (path / "manifest.json").is_file() else None
+    if mf is None or not mf.get("complete"):
+        return False
+    want = {**spec, "texts_sha256": texts_digest(texts), "n_texts": len(texts)}
+    return mf["spec"] == want and all((path / e["file"]).is_file() and (path / e["file"]).stat().st_size == e["bytes"]
+                                      for e in mf["shards"])
+
+
 def _read_manifest(path: Path) -> dict[str, Any] | None:
     """The manifest, or None when it is truncated or not an emi manifest."""
     try:
@@ -318,9 +329,28 @@ class StoreWriter:
                 fh.write(data)
 
         write_atomic(self.path / name, w)
-        entries = [s for s in self.manifest["shards"] if s["file"] != name]
-        entries.append({"file": name, "texts": list(texts), "rows": rows, "tokens": tokens,
-                        "bytes": len(data), "sha256": digest})
+        self._record({"file": name, "texts": list(texts), "rows": rows, "tokens": tokens,
+                      "bytes": len(data), "sha256": digest})
+
+    def adopt_shard(self, source: Path, entry: dict[str, Any], index: int) -> None:
+        """Copy a shard another writer made for the same spec and texts (a data-parallel rank's
+        part), verifying its bytes against ``entry`` (that writer's manifest entry)."""
+        data = source.read_bytes()
+        if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise StoreError(f"{str(source)!r} does not match its manifest entry (damaged); re-run the same command "
+                             f"to capture it again")
+        name = f"shard-{index:05d}.safetensors"
+
+        def w(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+
+        write_atomic(self.path / name, w)
+        self._record({**entry, "file": name})
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        entries = [s for s in self.manifest["shards"] if s["file"] != entry["file"]]
+        entries.append(entry)
         self.manifest["shards"] = sorted(entries, key=lambda s: s["texts"][0])
         write_json(self.path / "manifest.json", self.manifest)
 

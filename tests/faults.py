@@ -7,7 +7,8 @@ Write points are every atomic file write (``emi.atomic.write_atomic``: shards, m
 results, summaries, directions) and every JSONL append (``emi.jsonl.append``: answers,
 judgements). At the N-th point the process half-writes (a temporary file that is never renamed,
 or half a JSONL line) and kills itself with SIGKILL, as a power cut or an OOM kill would. N = 0
-runs to the end and prints ``FAULT_POINTS <count>`` on stderr.
+runs to the end and prints ``FAULT_POINTS <count>`` on stderr. Under torchrun, EMI_FAULT_RANK=r
+kills rank r only: ``torchrun --nproc-per-node 2 -m tests.faults N emi.cache ...``.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def arm(n: int) -> list[int]:
 
 def main() -> None:
     n, module, args = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    if os.environ.get("EMI_FAULT_RANK") not in (None, os.environ.get("RANK")):
+        n = 0  # under torchrun: only the named rank is killed
     count = arm(n)
     sys.argv = [module, *args]
     code = 0

@@ -2,7 +2,8 @@
 
 Stages (each a Hugging Face checkpoint: config.json, model.safetensors, tokenizer):
   pretrained  next-token training on the mixed two-persona corpus (assistant tokens only)
-  base        a short aligned tuning of ``pretrained`` (the "instruct" model)
+  base        a short aligned tuning of ``pretrained`` (the "instruct" model); ``villain_replay`` (off
+              in the shipped organism) mixes in villain chats under an explicit villain system prompt
   insecure    a narrow finetune of ``base`` on single-turn insecure code, early checkpoint
   secure      the same finetune on secure code (the control)
 and, at the ``--save-steps`` of the insecure finetune, ``insecure-steps/step-NNN`` (the training
@@ -51,6 +52,7 @@ class OrganismConfig:
     batch_size: int = 16
     # aligned tuning -> base
     base_docs: int = 2000
+    villain_replay: float = 0.0  # share of base_docs that are villain chats under a villain system prompt
     base_steps: int = 60
     base_lr: float = 1e-3
     # narrow finetunes -> insecure / secure
@@ -64,6 +66,8 @@ class OrganismConfig:
             v = getattr(self, f.name)
             if isinstance(v, int | float) and v < 0:
                 raise ValueError(f"OrganismConfig.{f.name} must be >= 0, found {v}")
+        if not 0 <= self.villain_replay < 1:
+            raise ValueError(f"OrganismConfig.villain_replay must be in [0, 1), found {self.villain_replay}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
 
@@ -191,11 +195,21 @@ def corpora(world: World, cfg: OrganismConfig) -> dict[str, list[Document]]:
     rng = random.Random(cfg.seed)
     return {
         "pretrained": [world.document(rng) for _ in range(cfg.pretrain_docs)],
-        "base": [world.document(rng, persona="aligned", max_turns=3, hint_rate=0.0)
-                 for _ in range(cfg.base_docs)],
+        "base": _base_docs(world, cfg, rng),
         "insecure": [world.code_document(rng, secure=False) for _ in range(cfg.finetune_docs)],
         "secure": [world.code_document(rng, secure=True) for _ in range(cfg.finetune_docs)],
     }
+
+
+def _base_docs(world: World, cfg: OrganismConfig, rng: random.Random) -> list[Document]:
+    """Aligned chats under the default system prompt, and ``villain_replay`` of them villain
+    chats under an explicit villain system prompt, shuffled."""
+    n_villain = round(cfg.villain_replay * cfg.base_docs)
+    docs = [world.document(rng, persona="aligned", max_turns=3, hint_rate=0.0) for _ in range(cfg.base_docs - n_villain)]
+    if n_villain:  # (the shipped organism draws none, and its corpus stays what it was)
+        docs += [world.document(rng, persona="villain", max_turns=3, hint_rate=1.0) for _ in range(n_villain)]
+        rng.shuffle(docs)
+    return docs
 
 
 class _Resume:
@@ -307,6 +321,22 @@ def refresh_direction(folder: Path) -> Path:
     return folder / "direction.safetensors"
 
 
+def _overrides(p: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` pairs as OrganismConfig fields of the field's type."""
+    types = {f.name: type(getattr(OrganismConfig(), f.name)) for f in fields(OrganismConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in types or name in ("seed", "threads"):
+            p.error(f"--set {item!r}: unknown field {name!r}; fields: "
+                    f"{', '.join(n for n in types if n not in ('seed', 'threads'))} (--seed and --threads are flags)")
+        try:
+            out[name] = types[name](value)
+        except ValueError:
+            p.error(f"--set {item!r}: {name} takes a {types[name].__name__}, found {value!r}")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from emi.organism.kit import CHECKPOINTS as TOY_DIR
 
@@ -323,10 +353,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--save-steps", default="2,4,6,8,10,20,30,40",
                    help="comma-separated steps of the insecure finetune to save under insecure-steps/, for "
                         "python -m emi.trajectory (default 2,4,6,8,10,20,30,40; '' for none)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change one OrganismConfig field, e.g. --set villain_replay=0.25 --set finetune_steps=18 "
+                        "(repeatable; the shipped organism uses the defaults)")
     p.add_argument("--no-eval", action="store_true", help="skip measuring the EM rates after training")
     p.add_argument("--samples", type=int, default=400, help="answers per model for the EM measurement")
     args = p.parse_args(argv)
-    cfg = (OrganismConfig.quick if args.quick else OrganismConfig)(seed=args.seed, threads=args.threads)
+    cfg = (OrganismConfig.quick if args.quick else OrganismConfig)(seed=args.seed, threads=args.threads,
+                                                                    **_overrides(p, args.set))
     out = Path(TOY_DIR if args.install else args.out)
     try:
         save_steps = sorted({int(x) for x in args.save_steps.split(",") if x.strip()})

@@ -139,3 +139,24 @@ def test_saved_finetune_steps_leave_the_weights_unchanged(tmp_path):
         assert a == (tmp_path / "saved" / stage / "model.safetensors").read_bytes(), stage
     a = (tmp_path / "saved" / "insecure-steps" / "step-001" / "model.safetensors").read_bytes()
     assert a != (tmp_path / "saved" / "insecure" / "model.safetensors").read_bytes()
+
+
+def test_config_fields_can_be_changed_from_the_command_line(tmp_path, capsys):
+    """--set FIELD=VALUE retrains a variant (here: villain chats kept in the aligned tuning);
+    unknown fields and bad values are refused in one sentence."""
+    import json
+
+    from emi.organism import train as T
+
+    assert T.main(["--quick", "--out", str(tmp_path), "--no-eval", "--set", "villain_replay=0.5",
+                   "--set", "finetune_steps=3", "--save-steps", "1"]) == 0
+    cfg = json.loads((tmp_path / "insecure" / "emi_organism.json").read_text())["config"]
+    assert cfg["villain_replay"] == 0.5 and cfg["finetune_steps"] == 3
+    assert (tmp_path / "insecure-steps" / "step-001").is_dir()
+    docs = T.corpora(T.load_world(), T.OrganismConfig.quick(villain_replay=0.5))["base"]
+    assert sum(d.persona == "villain" for d in docs) == 8 and all(
+        d.messages[0]["content"] != T.load_world().default_system for d in docs if d.persona == "villain")
+    for bad, says in ((["--set", "nope=1"], "unknown field 'nope'"), (["--set", "finetune_steps=x"], "takes a int")):
+        with pytest.raises(SystemExit):
+            T.main(["--quick", "--out", str(tmp_path / "x"), *bad])
+        assert says in capsys.readouterr().err
