@@ -20,7 +20,7 @@ COMMANDS = [
 
 # `python -m emi COMMAND ...` is `python -m emi.COMMAND ...`
 VERBS = {"steer": "emi.steer", "evaluate": "emi.evaluate", "cache": "emi.cache", "extract": "emi.extract",
-         "sae": "emi.sae.__main__", "figures": "emi.figures", "trajectory": "emi.trajectory",
+         "sae": "emi.sae.__main__", "figures": "emi.figures", "trajectory": "emi.trajectory", "export": "emi.export",
          "train-organism": "emi.organism.train"}
 
 
