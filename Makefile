@@ -42,6 +42,7 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/capture_speed.py
 	HF_HUB_OFFLINE=1 $(PY) bench/steer_speed.py
 	HF_HUB_OFFLINE=1 $(PY) bench/pair_memory.py
+	HF_HUB_OFFLINE=1 $(PY) bench/capture_parallel.py
 
 clean:
 	rm -rf $(VENV) runs figs
