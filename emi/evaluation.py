@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from emi import locks
-from emi.generate import SamplingConfig, generate_answers
+from emi.generate import Sampler, SamplingConfig, generate_answers
 from emi.judge import Judge, judge_records
 from emi.metrics import Summary, Thresholds, summarize
 from emi.models import LoadedModel
@@ -18,7 +18,8 @@ from emi.questions import Question
 def evaluate(model: LoadedModel, questions: Sequence[Question], cfg: SamplingConfig, judge: Judge,
              out_dir: str | Path | None = None, label: str | None = None, progress: bool = True,
              thresholds: Thresholds = Thresholds(), extra: dict[str, Any] | None = None,
-             identity: dict[str, Any] | None = None) -> tuple[Summary, list[dict[str, Any]]]:
+             identity: dict[str, Any] | None = None, sampler: Sampler | None = None
+             ) -> tuple[Summary, list[dict[str, Any]]]:
     """Answers (appended to ``out_dir/answers.jsonl``), judgements (cached in
     ``out_dir/judgements.jsonl``) and the summary. Re-running resumes both. ``identity`` keys the
     answers (default: the model's own; see :func:`emi.generate.generate_answers`)."""
@@ -26,6 +27,6 @@ def evaluate(model: LoadedModel, questions: Sequence[Question], cfg: SamplingCon
     out = Path(out_dir) if out_dir else None
     with locks.exclusive(out) if out else contextlib.nullcontext():
         answers = generate_answers(model, questions, cfg, out=out / "answers.jsonl" if out else None,
-                                   label=label, progress=progress, extra=extra, identity=identity)
+                                   label=label, progress=progress, extra=extra, identity=identity, sampler=sampler)
         judged = judge_records(answers, judge, cache=out / "judgements.jsonl" if out else None, progress=progress)
     return summarize(judged, label, thresholds, seed=cfg.seed), judged

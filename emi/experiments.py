@@ -15,6 +15,7 @@ from typing import Any
 
 from emi import hooks, locks
 from emi.directions import Direction, extract, random_like
+from emi.engines import ServerEngine
 from emi.evaluation import evaluate
 from emi.generate import SamplingConfig
 from emi.judge import Judge
@@ -95,13 +96,15 @@ def condition_identity(c: Condition, model: LoadedModel, persona: Direction, ran
 def run(pair: ModelPair, conditions: Sequence[Condition], direction: Direction, questions: Sequence[Question],
         cfg: SamplingConfig, judge: Judge, out: str | Path, random_seed: int = 0,
         progress: bool = True, pairs: Sequence[OptionPair] | None = None,
-        benign: Sequence[BenignItem] | None = None) -> list[dict[str, Any]]:
+        benign: Sequence[BenignItem] | None = None, engine: ServerEngine | None = None) -> list[dict[str, Any]]:
     """Evaluate every condition (answers and judgements cached under ``out``); tidy rows in the
     order of ``conditions``. Conditions run grouped by model, so a pair that holds one model at a
     time loads each at most once. ``pairs``: option pairs for the log-prob columns (default: those of
     ``questions`` where emi has them; ``[]``: no columns). ``benign``: conversations the side
     effects are measured on (emi.side_effects: KL from the unmodified model, the aligned answers'
-    log-prob change); None: the pair kit's benign set; ``[]``: no side-effect columns."""
+    log-prob change); None: the pair kit's benign set; ``[]``: no side-effect columns. ``engine``:
+    sample the conditions a server can load as checkpoints there (see :func:`served_model`); the
+    metrics that need the model (log-prob, side effects) stay in-process. Rows say ``engine``."""
     from emi.logprob import logprob_metrics, option_pairs
     from emi.side_effects import load_benign, side_effects
 
@@ -116,10 +119,17 @@ def run(pair: ModelPair, conditions: Sequence[Condition], direction: Direction, 
     for i, c in sorted(enumerate(conditions), key=lambda ic: order[ic[1].role]):
         model = pair[c.role]
         ident = condition_identity(c, model, direction, rnd)
+        served = served_model(c, model, direction, rnd, Path(out)) if engine else None
+        sampler = None
+        if engine and served:
+            ident = {**ident, "engine": engine.describe(), "served": served}
+            sampler = functools.partial(engine.sample, served)
         with applied(c, model, direction, rnd):
-            summary, _ = evaluate(model, questions, cfg, judge, out, label=c.name, progress=progress, identity=ident)
+            summary, _ = evaluate(model, questions, cfg, judge, out, label=c.name, progress=progress, identity=ident,
+                                  sampler=sampler)
             lp = logprob_metrics(model, pairs) if pairs else None
-        row = {"condition": c.name, "model": c.role, "intervention": c.kind, "alpha": c.alpha,
+        row = {"condition": c.name, "model": c.role, "engine": "server" if sampler else "in-process",
+               "intervention": c.kind, "alpha": c.alpha,
                "layers": list(c.layers), "direction": c.direction if c.kind != "none" else "",
                "relative": c.relative, "positions": c.positions if c.kind == "steer" else "",
                **{k: v for k, v in summary.row().items() if k != "model"}}
@@ -134,6 +144,25 @@ def run(pair: ModelPair, conditions: Sequence[Condition], direction: Direction, 
                                     lp.aligned_logprob if lp is not None else ()).row())
         rows[i] = row
     return [rows[i] for i in range(len(conditions))]
+
+
+def served_model(c: Condition, model: LoadedModel, persona: Direction, random: Direction, out: Path) -> str | None:
+    """What a server samples for condition ``c``: the checkpoint as it is (a condition without an
+    intervention), or the checkpoint with the direction ablated from its weights (ablation at
+    every residual writer is exactly that edit; exported once under ``out/served/``). None: the
+    condition runs in-process (steering; ablation at chosen layers only; LoRA roles, which a
+    server would need base and adapter for)."""
+    if model.provenance.get("adapter") or c.kind == "steer" or (c.kind == "ablate" and c.layers):
+        return None
+    if c.kind == "none":
+        return str(model.provenance.get("resolved") or model.spec.id)
+    from emi.export import write_ablated
+
+    d = persona if c.direction == "persona" else random
+    folder = Path(out).resolve() / "served" / f"{model.role}-ablated-{d.fingerprint()[:12]}-L{persona.best_layer}"
+    if not (folder / "export.json").is_file():
+        write_ablated(model, d, persona.best_layer, folder, {"role": model.role, "condition": c.name})
+    return str(folder)
 
 
 def ensure_direction(pair: ModelPair, cache_dir: str | Path, method: str = "model-diff",

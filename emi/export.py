@@ -23,6 +23,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from emi import cli
 
@@ -51,13 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _export(args, spec, out: Path) -> int:  # noqa: ANN001
-    import shutil
-    import tempfile
-
-    from emi import layers as L
-    from emi.atomic import write_json
     from emi.experiments import pair_direction
-    from emi.hooks import orthogonalize
 
     roles = ("base", "finetuned") if args.role != "control" else ("base", "finetuned", "control")
     pair = cli.load_pair_from_args(args, roles)
@@ -65,10 +60,28 @@ def _export(args, spec, out: Path) -> int:  # noqa: ANN001
                                        log=lambda m: print(m, file=sys.stderr))
     layer = direction.best_layer if args.layer is None else args.layer
     lm = pair[args.role]
+    adapter = write_ablated(lm, direction, layer, out, {"role": args.role, "source": source})
+    print(f"exported {spec.name} {args.role} with the direction ablated ({direction.meta.get('method')}, layer "
+          f"{layer}) -> {out}" + (" (full weights, and adapter/)" if adapter else ""))
+    print(f"serve it as it is (e.g. vllm serve {out}); what was edited: {out / 'export.json'}", file=sys.stderr)
+    return 0
+
+
+def write_ablated(lm: Any, direction: Any, layer: int, out: Path, provenance: dict[str, Any]) -> bool:
+    """Write ``lm`` with ``direction`` (its ``layer`` vector) ablated from its weights to ``out``
+    (a new folder, written whole or not at all); True when ``lm`` is a LoRA role, whose edited
+    adapter goes to ``out/adapter`` beside the merged full weights."""
+    import shutil
+    import tempfile
+
+    from emi import layers as L
+    from emi.atomic import write_json
+    from emi.hooks import orthogonalize
+
     with lm.active() as model:
         edited = orthogonalize(model, direction, source_layer=layer)
     peft = hasattr(edited, "peft_config")
-    adapter = peft and args.role != "base"
+    adapter = peft and lm.adapter_enabled is not False
     out.parent.mkdir(parents=True, exist_ok=True)
     # written into a temporary sibling and renamed at the end: never a half-written export
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -84,19 +97,15 @@ def _export(args, spec, out: Path) -> int:  # noqa: ANN001
         lm.tokenizer.save_pretrained(tmp)
         write_json(tmp / "export.json", {
             "edit": "orthogonalize: the direction removed from every residual writer (emi.hooks.orthogonalize)",
-            "role": args.role, "model": lm.identity(), "direction": {"source": source, **direction.summary()},
-            "source_layer": layer,
+            **provenance, "model": lm.identity(), "direction": direction.summary(), "source_layer": layer,
             "adapter": "adapter/: apply it to the base exported with --role base" if adapter else None})
         if out.is_dir():
-            out.rmdir()  # empty (checked above); a folder that filled up meanwhile makes rename fail
+            out.rmdir()  # empty (checked by the caller); a folder that filled up meanwhile makes rename fail
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    print(f"exported {spec.name} {args.role} with the direction ablated ({direction.meta.get('method')}, layer "
-          f"{layer}) -> {out}" + (" (full weights, and adapter/)" if adapter else ""))
-    print(f"serve it as it is (e.g. vllm serve {out}); what was edited: {out / 'export.json'}", file=sys.stderr)
-    return 0
+    return adapter
 
 
 if __name__ == "__main__":

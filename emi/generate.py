@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,10 @@ class SamplingConfig:
                 "seed": self.seed, "batch_size": self.batch_size}
 
 
+# (conversations, settings, seed) -> [{"answer", "n_tokens", "finish"}] in order
+Sampler = Callable[[list[list[dict[str, str]]], SamplingConfig, int], list[dict[str, Any]]]
+
+
 def run_key(identity: dict[str, Any] | None, cfg: SamplingConfig) -> str:
     """Who and how: the hash that keys answers (model identity, intervention, sampling settings)."""
     blob = json.dumps({"identity": identity or {}, "sampling": cfg.settings()}, sort_keys=True, default=str)
@@ -130,14 +134,15 @@ def sample(model: LoadedModel | torch.nn.Module, messages: Sequence[list[dict[st
 def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Question],
                      cfg: SamplingConfig = SamplingConfig(), out: str | Path | None = None,
                      tokenizer: Any = None, label: str | None = None, progress: bool = True,
-                     extra: dict[str, Any] | None = None, identity: dict[str, Any] | None = None
-                     ) -> list[dict[str, Any]]:
+                     extra: dict[str, Any] | None = None, identity: dict[str, Any] | None = None,
+                     sampler: Sampler | None = None) -> list[dict[str, Any]]:
     """Sample ``cfg.n`` answers per question; append them to ``out`` (JSONL) batch by batch.
 
     With ``out`` already holding a part of the same run (same label and :func:`run_key` of
     ``identity`` and ``cfg``), only the missing batches are sampled. ``identity`` defaults to the
     model's own. Records carry the question fields, the sample index, the model label, the seed,
-    the sampling settings and the run key.
+    the sampling settings and the run key. ``sampler(messages, cfg, seed)`` samples a batch
+    elsewhere (e.g. :class:`emi.engines.ServerEngine`; default: ``model.generate`` in-process).
     """
     if not questions:
         raise ConfigError("no questions to answer: the question list is empty")
@@ -160,7 +165,8 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
     bar = tqdm(total=len(jobs), initial=len(jobs) - sum(len(b) for _, b in todo),
                desc=f"generate [{label}]", disable=not progress, leave=False)
     for b, batch in todo:
-        answers = sample(lm, [q.messages() for q, _ in batch], cfg, seed=cfg.seed + b)
+        msgs = [q.messages() for q, _ in batch]
+        answers = sampler(msgs, cfg, cfg.seed + b) if sampler else sample(lm, msgs, cfg, seed=cfg.seed + b)
         new = []
         for (q, s), a in zip(batch, answers, strict=True):
             if (q.set, q.key, s) in done:

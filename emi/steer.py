@@ -71,6 +71,19 @@ def parser() -> argparse.ArgumentParser:
                    help="benign conversations the KL side effect is measured on: a registered set name (e.g. benign) or a "
                         "YAML file of {id, prompt, response} entries (default: the pair's)")
     g.add_argument("--no-side-effects", action="store_true", help="skip the KL and aligned-log-prob columns")
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", default="in-process", choices=["in-process", "server"],
+                   help="where answers are sampled: in-process (default: HF generate with emi's hooks), or an "
+                        "OpenAI-compatible server (vLLM, SGLang, transformers serve) for the conditions it can "
+                        "load as checkpoints: base, finetuned, and ablation at every writer (exported under "
+                        "--out/served/); steering stays in-process")
+    g.add_argument("--engine-url", default=None, help="the server's base URL, e.g. http://localhost:8000/v1")
+    g.add_argument("--engine-body", default=None,
+                   help="JSON of extra request fields for that server, e.g. vLLM: '{\"top_k\": -1, "
+                        "\"repetition_penalty\": 1.0}'")
+    g.add_argument("--engine-concurrency", type=int, default=8, help="requests in flight (default 8)")
+    g.add_argument("--engine-key-env", default="EMI_ENGINE_API_KEY",
+                   help="environment variable holding the server's API key, if it needs one")
     p.add_argument("--out", default=None, help="output folder (default runs/steer-<pair>)")
     p.add_argument("--no-figure", action="store_true", help="skip writing the figure")
     return p
@@ -92,12 +105,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not targets or any(t not in ("base", "finetuned") for t in targets):
         raise cli.ConfigError(f"unknown --targets {args.targets!r}; use base, finetuned or base,finetuned")
     benign = [] if args.no_side_effects else load_benign(args.benign or spec.kit.benign)
+    engine = None
+    if args.engine == "server":
+        from emi.engines import ServerEngine, parse_body
+
+        if not args.engine_url:
+            raise cli.ConfigError("--engine server needs --engine-url URL (an OpenAI-compatible server, e.g. "
+                                  "http://localhost:8000/v1)")
+        engine = ServerEngine(args.engine_url, args.engine_key_env, args.engine_concurrency,
+                              body=parse_body(args.engine_body))
+    elif args.engine_url:
+        raise cli.ConfigError("--engine-url is for --engine server; add --engine server, or drop --engine-url")
     out = Path(args.out or f"runs/steer-{spec.name}")
     with locks.exclusive(out):  # one run per folder; a bad --out fails before any model loads
-        return _steer(args, spec, questions, judge, cfg, extra, targets, benign, out)
+        return _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, out)
 
 
-def _steer(args, spec, questions, judge, cfg, extra, targets, benign, out) -> int:  # noqa: ANN001
+def _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, out) -> int:  # noqa: ANN001
     from emi import layers as L
     from emi.experiments import pair_direction, run, standard_conditions, write_results
     from emi.logprob import option_pairs
@@ -119,12 +143,18 @@ def _steer(args, spec, questions, judge, cfg, extra, targets, benign, out) -> in
     if not pairs:
         print("log-prob metrics: no option pairs for these questions, so no logprob_* columns (pass "
               "--option-pairs FILE)", file=sys.stderr)
-    rows = run(pair, conditions, direction, questions, cfg, judge, out, args.random_seed, pairs=pairs, benign=benign)
+    rows = run(pair, conditions, direction, questions, cfg, judge, out, args.random_seed, pairs=pairs, benign=benign,
+               engine=engine)
+    if engine:
+        where = {e: [r["condition"] for r in rows if r["engine"] == e] for e in ("server", "in-process")}
+        print(f"engine: sampled by the server at {engine.url}: {', '.join(where['server']) or 'none'}; in-process: "
+              f"{', '.join(where['in-process']) or 'none'}", file=sys.stderr)
     write_results(out, rows, {"pair": pair.provenance(), "direction": {"source": source, **direction.summary()},
                               "judge": judge.name, "sampling": cfg.settings(), "n": cfg.n,
                               "questions": args.questions or spec.kit.eval_questions,
                               "steer_layers": steer_layers, "ablate_layers": ablate_layers or "all writers",
-                              "benign": None if args.no_side_effects else (args.benign or spec.kit.benign)})
+                              "benign": None if args.no_side_effects else (args.benign or spec.kit.benign),
+                              "engine": engine.describe() if engine else {"engine": "in-process"}})
     print(f"pair {spec.name} | direction {direction.meta.get('method')} @ layer {direction.best_layer} "
           f"(|d| = {direction.norms[direction.layers.index(direction.best_layer)]:.2f}, residual norm "
           f"{direction.norm_at(direction.best_layer):.2f}) | steering layers {steer_layers} | "
