@@ -154,8 +154,8 @@ def served_model(c: Condition, model: LoadedModel, persona: Direction, random: D
     server would need base and adapter for)."""
     if model.provenance.get("adapter") or c.kind == "steer" or (c.kind == "ablate" and c.layers):
         return None
-    if c.kind == "none":
-        return str(model.provenance.get("resolved") or model.spec.id)
+    if c.kind == "none":  # by what the user named: a hub id as a server knows it, a folder by its absolute path
+        return str(Path(model.spec.id).resolve()) if Path(model.spec.id).exists() else model.spec.id
     from emi.export import write_ablated
 
     d = persona if c.direction == "persona" else random
