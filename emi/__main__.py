@@ -8,11 +8,13 @@ from pathlib import Path
 from emi import cli
 
 COMMANDS = [
-    ("python -m emi.steer --alpha 8", "ablate and steer the persona direction; EM table, figure (the main job)"),
+    ("python -m emi.steer --alpha 8", "ablate and steer the persona direction; EM, side effects, figures (main job)"),
     ("python -m emi.evaluate", "EM rate and coherence of a pair's models, with 95% CIs"),
     ("python -m emi.cache --out NAME", "cache activations of both models into activations/NAME"),
     ("python -m emi.extract --store NAME", "the misaligned-persona direction by mean difference, per layer"),
     ("python -m emi.sae --store NAME --layer L", "train/load an SAE with sae-lens; diff latents base -> finetuned"),
+    ("python -m emi.trajectory", "over a finetune's checkpoints: EM, task, when the direction appears"),
+    ("python -m emi.export --out DIR", "a checkpoint with the direction ablated from its weights, for any server"),
     ("python -m emi.figures RESULTS --out figs", "publication figures (html, png, svg, pdf)"),
     ("python -m emi.organism.train", "rebuild the embedded organism from scratch (~7 min on 2 cores)"),
 ]
