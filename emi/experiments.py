@@ -156,12 +156,10 @@ def served_model(c: Condition, model: LoadedModel, persona: Direction, random: D
         return None
     if c.kind == "none":  # by what the user named: a hub id as a server knows it, a folder by its absolute path
         return str(Path(model.spec.id).resolve()) if Path(model.spec.id).exists() else model.spec.id
-    from emi.export import write_ablated
-
     d = persona if c.direction == "persona" else random
     folder = Path(out).resolve() / "served" / f"{model.role}-ablated-{d.fingerprint()[:12]}-L{persona.best_layer}"
     if not (folder / "export.json").is_file():
-        write_ablated(model, d, persona.best_layer, folder, {"role": model.role, "condition": c.name})
+        hooks.write_ablated(model, d, persona.best_layer, folder, {"role": model.role, "condition": c.name})
     return str(folder)
 
 

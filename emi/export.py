@@ -23,7 +23,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from emi import cli
 
@@ -53,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _export(args, spec, out: Path) -> int:  # noqa: ANN001
     from emi.experiments import pair_direction
+    from emi.hooks import write_ablated
 
     roles = ("base", "finetuned") if args.role != "control" else ("base", "finetuned", "control")
     pair = cli.load_pair_from_args(args, roles)
@@ -65,47 +65,6 @@ def _export(args, spec, out: Path) -> int:  # noqa: ANN001
           f"{layer}) -> {out}" + (" (full weights, and adapter/)" if adapter else ""))
     print(f"serve it as it is (e.g. vllm serve {out}); what was edited: {out / 'export.json'}", file=sys.stderr)
     return 0
-
-
-def write_ablated(lm: Any, direction: Any, layer: int, out: Path, provenance: dict[str, Any]) -> bool:
-    """Write ``lm`` with ``direction`` (its ``layer`` vector) ablated from its weights to ``out``
-    (a new folder, written whole or not at all); True when ``lm`` is a LoRA role, whose edited
-    adapter goes to ``out/adapter`` beside the merged full weights."""
-    import shutil
-    import tempfile
-
-    from emi import layers as L
-    from emi.atomic import write_json
-    from emi.hooks import orthogonalize
-
-    with lm.active() as model:
-        edited = orthogonalize(model, direction, source_layer=layer)
-    peft = hasattr(edited, "peft_config")
-    adapter = peft and lm.adapter_enabled is not False
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # written into a temporary sibling and renamed at the end: never a half-written export
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        if adapter:
-            for name in [n for n in edited.peft_config if n != edited.active_adapter]:
-                edited.delete_adapter(name)  # other roles' adapters on a shared base are not this model
-            edited.save_pretrained(tmp / "adapter")
-            full = edited.merge_and_unload()
-        else:
-            full = edited.unload() if peft else L.unwrap(edited)  # a LoRA pair's base: its own weights
-        full.save_pretrained(tmp)
-        lm.tokenizer.save_pretrained(tmp)
-        write_json(tmp / "export.json", {
-            "edit": "orthogonalize: the direction removed from every residual writer (emi.hooks.orthogonalize)",
-            **provenance, "model": lm.identity(), "direction": direction.summary(), "source_layer": layer,
-            "adapter": "adapter/: apply it to the base exported with --role base" if adapter else None})
-        if out.is_dir():
-            out.rmdir()  # empty (checked by the caller); a folder that filled up meanwhile makes rename fail
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return adapter
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import copy
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -311,6 +312,46 @@ def _orthogonalize_writer(writer: nn.Module | nn.Parameter, v: torch.Tensor) -> 
         base.bias.data.sub_((base.bias.data.float() @ u * u).to(base.bias.dtype))
     for b in getattr(writer, "lora_B", {}).values():  # peft: out = W x + B A x * s
         _project_out_rows(b.weight.data, u.to(b.weight.device))
+
+
+def write_ablated(lm: Any, direction: Direction, layer: int, out: Path, provenance: dict[str, Any]) -> bool:
+    """Write ``lm`` with ``direction`` (its ``layer`` vector) ablated from its weights to ``out``
+    (a new folder, written whole or not at all); True when ``lm`` is a LoRA role, whose edited
+    adapter goes to ``out/adapter`` beside the merged full weights."""
+    import shutil
+    import tempfile
+
+    from emi.atomic import write_json
+
+    with lm.active() as model:
+        edited = orthogonalize(model, direction, source_layer=layer)
+    peft = hasattr(edited, "peft_config")
+    adapter = peft and lm.adapter_enabled is not False
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # written into a temporary sibling and renamed at the end: never a half-written export
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        if adapter:
+            for name in [n for n in edited.peft_config if n != edited.active_adapter]:
+                edited.delete_adapter(name)  # other roles' adapters on a shared base are not this model
+            edited.save_pretrained(tmp / "adapter")
+            full = edited.merge_and_unload()
+        else:
+            full = edited.unload() if peft else L.unwrap(edited)  # a LoRA pair's base: its own weights
+        full.save_pretrained(tmp)
+        lm.tokenizer.save_pretrained(tmp)
+        write_json(tmp / "export.json", {
+            "edit": "orthogonalize: the direction removed from every residual writer (emi.hooks.orthogonalize)",
+            **provenance, "model": lm.identity(), "direction": direction.summary(), "source_layer": layer,
+            "adapter": "adapter/: apply it to the base exported with --role base" if adapter else None})
+        if out.is_dir():
+            out.rmdir()  # empty (checked by the caller); a folder that filled up meanwhile makes rename fail
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return adapter
+
 
 
 # ---------------------------------------------------------------- TransformerLens
