@@ -64,11 +64,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     with locks.exclusive(path) if rk.leader else contextlib.nullcontext():
         if args.overwrite and rk.leader:
             locks.clear(path)  # answers, judgements and shards of the old store alike
-        items = _texts(args, spec, pair, path) if rk.leader else None
-        rk.barrier()  # the other ranks read the texts rank 0 sampled and judged (cached, nothing is redone)
-        items = items if items is not None else _texts(args, spec, pair, path)
+        shared = path / ".rank-texts.jsonl"  # rank 0 samples and judges; the others read exactly its texts
+        if rk.leader:
+            items = _texts(args, spec, pair, path)
+            if rk.world > 1:
+                jsonl.write(shared, items)
+        rk.barrier()
+        if not rk.leader:
+            items = jsonl.read(shared)
         store = capture_pair(pair, roles, items, path, layers, tuple(s.strip() for s in args.sites.split(",")),
                              args.positions, args.store_dtype, args.capture_batch, args.shard_texts, ranks=rk)
+        if rk.leader:
+            shared.unlink(missing_ok=True)
     if not rk.leader:
         return 0
     mf = store.manifest
