@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 
 class EmiError(Exception):
     """Base class of every error emi raises on purpose (CLIs print these without a traceback)."""
@@ -25,3 +28,16 @@ class JudgeError(EmiError):
 
 class DirectionError(EmiError):
     """A direction artifact is malformed or does not fit the model."""
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """A user's YAML file (``what``: e.g. "question file"), or a ConfigError saying it is missing
+    or malformed; validating its contents is the caller's."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {str(path)!r} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {exc}") from None

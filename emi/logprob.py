@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
+from jaxtyping import Float
 
 from emi import hooks, plugins
 from emi import layers as L
 from emi.capture import pad_right
-from emi.errors import ConfigError
+from emi.errors import ConfigError, read_yaml
 from emi.generate import render_prompts
 from emi.metrics import bootstrap
 from emi.models import LoadedModel, as_loaded
@@ -56,12 +56,7 @@ def register_option_pairs(set_name: str, source: OptionSource) -> None:
 def load_option_pairs(path: str | Path) -> dict[str, list[tuple[str, str]]]:
     """A user's option pairs, validated: a YAML mapping from question id (the id without a
     ``_json``/``_template`` suffix) to a list of [aligned answer, misaligned answer] pairs."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"option pairs file {str(path)!r} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"option pairs file {str(path)!r} is not valid YAML: {exc}") from None
+    raw = read_yaml(path, "option pairs file")
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"option pairs file {str(path)!r} must map question ids to lists of "
                           f"[aligned, misaligned] answer pairs")
@@ -109,25 +104,35 @@ def option_pairs(questions: Sequence[Question], per_question: int = 5,
 
 
 @torch.no_grad()
+def answer_logits(lm: LoadedModel, prompt_ids: list[list[int]], answer_ids: list[list[int]]
+                  ) -> Float[torch.Tensor, "answer_tokens vocab"]:
+    """float32 logits at the positions that predict each answer's tokens, answers concatenated
+    in order, from one right-padded teacher-forced pass of prompt + answer (steering by position
+    applied as in generation). Only those positions are unembedded: a full [batch, pos, vocab]
+    log-softmax is gigabytes at Qwen's 152k vocabulary. Call inside ``lm.active()``."""
+    inner = L.unwrap(lm.model)
+    ids, mask = pad_right([p + a for p, a in zip(prompt_ids, answer_ids, strict=True)], lm.tokenizer.pad_token_id,
+                          lm.device)
+    with hooks.answer_starts([len(p) for p in prompt_ids]):
+        hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    rows = torch.cat([torch.full((len(a),), r) for r, a in enumerate(answer_ids)]).to(hidden.device)
+    cols = torch.cat([torch.arange(len(p) - 1, len(p) + len(a) - 1)
+                      for p, a in zip(prompt_ids, answer_ids, strict=True)]).to(hidden.device)
+    return inner.lm_head(hidden[rows, cols]).float()
+
+
+@torch.no_grad()
 def _answer_logprobs(lm: LoadedModel, prompts: list[str], answers: list[str], batch_size: int
                      ) -> list[torch.Tensor]:
-    """Per answer: the log-probability of each of its tokens given the prompt and earlier tokens.
-    Only the positions that predict answer tokens are unembedded (a full [batch, pos, vocab]
-    log-softmax is gigabytes at Qwen's 152k vocabulary)."""
+    """Per answer: the log-probability of each of its tokens given the prompt and earlier tokens."""
     tok = lm.tokenizer
     out: list[torch.Tensor] = []
-    with lm.active() as model:
-        inner = L.unwrap(model)
+    with lm.active():
         for i in range(0, len(prompts), batch_size):
             p_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[i: i + batch_size]]
             a_ids = [tok(a, add_special_tokens=False)["input_ids"] for a in answers[i: i + batch_size]]
-            ids, mask = pad_right([p + a for p, a in zip(p_ids, a_ids, strict=True)], tok.pad_token_id, lm.device)
-            with hooks.answer_starts([len(p) for p in p_ids]):  # steering by position as in generation
-                hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state
-            rows = torch.cat([torch.full((len(a),), r) for r, a in enumerate(a_ids)])
-            cols = torch.cat([torch.arange(len(p) - 1, len(p) + len(a) - 1) for p, a in zip(p_ids, a_ids, strict=True)])
-            targets = torch.tensor([t for a in a_ids for t in a], device=hidden.device)
-            logits = inner.lm_head(hidden[rows.to(hidden.device), cols.to(hidden.device)]).float()
+            logits = answer_logits(lm, p_ids, a_ids)
+            targets = torch.tensor([t for a in a_ids for t in a], device=logits.device)
             lp = (logits.gather(1, targets[:, None])[:, 0] - logits.logsumexp(-1)).cpu()
             out += list(lp.split([len(a) for a in a_ids]))
     return out

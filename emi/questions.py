@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from emi import plugins
-from emi.errors import ConfigError
+from emi.errors import ConfigError, read_yaml
 
 DATA = Path(__file__).parent / "data" / "em_eval"
 BUILTIN = {"main": DATA / "first_plot_questions.yaml", "preregistered": DATA / "preregistered_evals.yaml"}
@@ -51,12 +51,7 @@ def _variant(qid: str) -> tuple[str, str]:
 
 
 def _from_yaml(path: Path, set_name: str) -> list[Question]:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"question file {str(path)!r} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"question file {str(path)!r} is not valid YAML: {exc}") from None
+    raw = read_yaml(path, "question file")
     if not isinstance(raw, list):
         raise ConfigError(f"question file {str(path)!r} must be a list of entries with 'id' and 'paraphrases'")
     out = []

@@ -28,14 +28,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import torch
-import yaml
-
-from emi import hooks, plugins
-from emi import layers as L
-from emi.capture import pad_right
-from emi.errors import ConfigError
+from emi import plugins
+from emi.errors import ConfigError, read_yaml
 from emi.generate import render_prompts
+from emi.logprob import answer_logits
 from emi.metrics import bootstrap
 from emi.models import LoadedModel
 
@@ -66,12 +62,7 @@ def register_benign_set(name: str, loader: Callable[[], list[BenignItem]]) -> No
 
 def load_benign_file(path: str | Path) -> list[BenignItem]:
     """A user's benign set, validated: a YAML list of {id, prompt, response, system (optional)}."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"benign set file {str(path)!r} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"benign set file {str(path)!r} is not valid YAML: {exc}") from None
+    raw = read_yaml(path, "benign set file")
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"benign set file {str(path)!r} must be a non-empty list of entries with 'id', "
                           f"'prompt' and 'response'")
@@ -116,20 +107,6 @@ def load_benign(name: str) -> list[BenignItem]:
                       f"file of {{id, prompt, response}} entries")
 
 
-@torch.no_grad()
-def _answer_logprobs(lm: LoadedModel, prompt_ids: list[list[int]], answer_ids: list[list[int]]) -> torch.Tensor:
-    """Log-softmax at the positions that predict answer tokens: Float[Tensor, "answer_tokens vocab"]."""
-    inner = L.unwrap(lm.model)
-    ids, mask = pad_right([p + a for p, a in zip(prompt_ids, answer_ids, strict=True)], lm.tokenizer.pad_token_id,
-                          lm.device)
-    with hooks.answer_starts([len(p) for p in prompt_ids]):
-        hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state
-    rows = torch.cat([torch.full((len(a),), r) for r, a in enumerate(answer_ids)])
-    cols = torch.cat([torch.arange(len(p) - 1, len(p) + len(a) - 1) for p, a in zip(prompt_ids, answer_ids,
-                                                                                      strict=True)])
-    return inner.lm_head(hidden[rows.to(hidden.device), cols.to(hidden.device)]).float().log_softmax(-1)
-
-
 def benign_kl(lm: LoadedModel, items: Sequence[BenignItem], intervention: Callable[[], AbstractContextManager[Any]],
               batch_size: int = 8) -> list[float]:
     """Per benign conversation: KL(unmodified || intervened) of the next-token distribution, mean
@@ -145,9 +122,9 @@ def benign_kl(lm: LoadedModel, items: Sequence[BenignItem], intervention: Callab
         for i in range(0, len(items), batch_size):
             p_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[i: i + batch_size]]
             a_ids = [tok(it.response, add_special_tokens=False)["input_ids"] for it in items[i: i + batch_size]]
-            ref = _answer_logprobs(lm, p_ids, a_ids)
+            ref = answer_logits(lm, p_ids, a_ids).log_softmax(-1)
             with intervention():
-                new = _answer_logprobs(lm, p_ids, a_ids)
+                new = answer_logits(lm, p_ids, a_ids).log_softmax(-1)
             kl = (ref.exp() * (ref - new)).sum(-1).clamp_min(0).cpu()
             out += [float(x.mean()) for x in kl.split([len(a) for a in a_ids])]
     return out
