@@ -43,6 +43,7 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/steer_speed.py
 	HF_HUB_OFFLINE=1 $(PY) bench/pair_memory.py
 	HF_HUB_OFFLINE=1 $(PY) bench/capture_parallel.py
+	HF_HUB_OFFLINE=1 $(PY) bench/sampling_speed.py --server
 
 clean:
 	rm -rf $(VENV) runs figs

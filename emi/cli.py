@@ -72,6 +72,13 @@ def add_sampling_args(p: argparse.ArgumentParser, n: int = 10) -> None:
                    help="answer length cap (default: the pair's; 400 for real models)")
     g.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default: the pair's; 32)")
     g.add_argument("--seed", type=int, default=0, help="same seed, same answers (default 0)")
+    g.add_argument("--sampler", default="generate", choices=["generate", "static", "paged"],
+                   help="in-process decoding: generate (default; HF generate, dynamic KV cache: the reference), "
+                        "static (static KV cache; compiled decode step on CUDA), paged (continuous batching, "
+                        "transformers generate_batch; steering at all positions only). Every intervention applies "
+                        "to each; see the README's sampling benchmark")
+    g.add_argument("--compile", default=None, action=argparse.BooleanOptionalAction,
+                   help="with --sampler static: torch.compile the decode step (default: on CUDA only)")
     g.add_argument("--option-pairs", default=None,
                    help="YAML of [aligned, misaligned] answer pairs per question id, for the log-prob metrics "
                         "on your own questions (emi ships pairs for main and preregistered)")
@@ -82,7 +89,8 @@ def sampling_config(args: argparse.Namespace, kit: Any):  # -> SamplingConfig
 
     return SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
                           max_new_tokens=args.max_new_tokens or kit.max_new_tokens, seed=args.seed,
-                          batch_size=args.batch_size or kit.batch_size)
+                          batch_size=args.batch_size or kit.batch_size, sampler=args.sampler,
+                          compile=args.compile)
 
 
 def extra_option_pairs(args: argparse.Namespace) -> dict[str, list[tuple[str, str]]] | None:

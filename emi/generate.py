@@ -44,8 +44,12 @@ class SamplingConfig:
     seed: int = 0
     batch_size: int = 32
     repetition_penalty: float = 1.0  # 1 = none, as in the papers; never the checkpoint's own
+    sampler: str = "generate"  # in-process decoding: generate | static | paged (see SAMPLERS)
+    compile: bool | None = None  # static: torch.compile the decode step (None: on CUDA only)
 
     def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
         if self.n < 1:
             raise ConfigError(f"SamplingConfig.n (samples per question) must be >= 1, found {self.n}")
         if not math.isfinite(self.temperature) or self.temperature < 0:
@@ -71,10 +75,23 @@ class SamplingConfig:
         return dict(neutral, do_sample=False, temperature=None, top_p=None, top_k=None)
 
     def settings(self) -> dict[str, Any]:
-        """What decides the answers (recorded with each one): all but ``n``."""
-        return {"temperature": self.temperature, "top_p": self.top_p, "top_k": 0,
-                "repetition_penalty": self.repetition_penalty, "max_new_tokens": self.max_new_tokens,
-                "seed": self.seed, "batch_size": self.batch_size}
+        """What decides the answers (recorded with each one): all but ``n`` and ``compile``. The
+        sampler is recorded when it is not the reference ``generate`` (so answers written before
+        samplers existed keep their key)."""
+        s = {"temperature": self.temperature, "top_p": self.top_p, "top_k": 0,
+             "repetition_penalty": self.repetition_penalty, "max_new_tokens": self.max_new_tokens,
+             "seed": self.seed, "batch_size": self.batch_size}
+        return s if self.sampler == "generate" else {**s, "sampler": self.sampler}
+
+
+# In-process decoding. All three run the model's own modules, so every emi hook applies.
+SAMPLERS = {
+    "generate": "Hugging Face generate with a dynamic KV cache: the reference",
+    "static": "generate with a static KV cache; on CUDA the decode step is compiled (torch.compile, "
+              "CUDA graphs); same answers as generate for the same seed (greedy: exactly)",
+    "paged": "continuous batching with paged attention (transformers generate_batch): finished rows "
+             "leave the batch, no padding; steering only at all positions",
+}
 
 
 # (conversations, settings, seed) -> [{"answer", "n_tokens", "finish"}] in order
@@ -103,24 +120,78 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str], device: torch.device)
     return {k: v.to(device) for k, v in enc.items()}
 
 
+def _generate(hf: Any, tok: Any, prompts: list[str], cfg: SamplingConfig, device: torch.device) -> list[list[int]]:
+    enc = encode_prompts(tok, prompts, device)
+    kwargs: dict[str, Any] = dict(cfg.generate_kwargs(), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    if cfg.sampler == "static":
+        from transformers.generation import CompileConfig
+
+        kwargs["cache_implementation"] = "static"
+        if cfg.compile is False:
+            kwargs["disable_compile"] = True
+        elif cfg.compile:  # also off CUDA, where transformers would not compile by itself
+            cc: Any = CompileConfig()
+            cc._compile_all_devices = True
+            kwargs["compile_config"] = cc
+    out = hf.generate(**enc, **kwargs)
+    return out[:, enc["input_ids"].shape[1]:].tolist()
+
+
+def _generate_paged(hf: Any, tok: Any, prompts: list[str], cfg: SamplingConfig) -> list[list[int]]:
+    from transformers import GenerationConfig
+    from transformers.generation import ContinuousBatchingConfig
+
+    from emi import layers
+    from emi.hooks import position_dependent
+
+    if layers.linear_layers(hf):
+        raise ConfigError(f"the paged sampler does not run linear-attention layers ({layers.check_architecture(hf)}; "
+                          f"transformers' continuous batching pages only attention caches); use --sampler static "
+                          f"or generate")
+    if position_dependent(hf):
+        raise ConfigError("steering at chosen positions (--positions prompt/generated) needs to know which tokens "
+                          "are the prompt, which the paged sampler's packed batches do not say; use --sampler "
+                          "generate or static, or --positions all")
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    gc = GenerationConfig(**cfg.generate_kwargs(), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    # Size the paged KV cache for this batch (left to itself, transformers sizes it from free
+    # device memory at every call: seconds per batch, tens on CPU).
+    page = 256
+    blocks = sum(-(-(len(i) + cfg.max_new_tokens) // page) for i in ids) + 1
+    cb = ContinuousBatchingConfig(page_size=page, num_blocks=blocks,
+                                  max_batch_tokens=max(max(len(i) for i in ids), min(sum(len(i) for i in ids), 8192)))
+    out = hf.generate_batch(ids, generation_config=gc, continuous_batching_config=cb, progress_bar=False)
+    rows = [out.get(f"req_{i}") for i in range(len(ids))]
+    failed = [r for r in rows if r is None or r.error]
+    if failed:
+        raise ConfigError(f"the paged sampler failed on {len(failed)} of {len(ids)} prompts "
+                          f"({failed[0].error if failed[0] else 'no output'}); use --sampler generate")
+    return [list(r.generated_tokens) for r in rows]  # type: ignore[union-attr]
+
+
 @torch.no_grad()
-def sample(model: LoadedModel | torch.nn.Module, messages: Sequence[list[dict[str, str]]],
-           cfg: SamplingConfig, tokenizer: Any = None, seed: int | None = None) -> list[dict[str, Any]]:
-    """Answer each conversation once: [{"answer", "n_tokens", "finish"}] in input order."""
+def sample_ids(model: LoadedModel | torch.nn.Module, messages: Sequence[list[dict[str, str]]],
+               cfg: SamplingConfig, tokenizer: Any = None, seed: int | None = None) -> list[list[int]]:
+    """The new token ids of one answer per conversation, in input order, decoded by ``cfg.sampler``
+    (generate pads finished rows: callers cut at the first EOS)."""
     lm = as_loaded(model, tokenizer)
     tok = lm.tokenizer
     with lm.active() as m:
-        enc = encode_prompts(tok, render_prompts(tok, messages), lm.device)
+        prompts = render_prompts(tok, messages)
         if seed is not None:
             torch.manual_seed(seed)
-        kwargs: dict[str, Any] = dict(cfg.generate_kwargs(), pad_token_id=tok.pad_token_id,
-                                      eos_token_id=tok.eos_token_id)
         hf: Any = m  # a transformers model: generate() is not visible to nn.Module typing
-        out = hf.generate(**enc, **kwargs)
-    new = out[:, enc["input_ids"].shape[1]:]
+        if cfg.sampler == "paged":
+            return _generate_paged(hf, tok, prompts, cfg)
+        return _generate(hf, tok, prompts, cfg, lm.device)
+
+
+def sample(model: LoadedModel | torch.nn.Module, messages: Sequence[list[dict[str, str]]],
+           cfg: SamplingConfig, tokenizer: Any = None, seed: int | None = None) -> list[dict[str, Any]]:
+    """Answer each conversation once: [{"answer", "n_tokens", "finish"}] in input order."""
+    tok = as_loaded(model, tokenizer).tokenizer
     results = []
-    for row in new:
-        ids = row.tolist()
+    for ids in sample_ids(model, messages, cfg, tokenizer, seed):
         finish = "length"
         if tok.eos_token_id in ids:
             ids = ids[: ids.index(tok.eos_token_id)]

@@ -150,6 +150,12 @@ class _Positions:
         self.handle.remove()
 
 
+def position_dependent(model: nn.Module) -> bool:
+    """Whether a hook on ``model`` steers only some positions (it needs unpacked batches)."""
+    return any(isinstance(getattr(h, "__self__", None), _Positions)
+               for m in model.modules() for h in m._forward_pre_hooks.values())
+
+
 def patch_steer(model: HFModel, direction: Direction | torch.Tensor, alpha: float,
                 layers: Sequence[int] | str | int | None = None, positions: str = "all",
                 relative: bool = False) -> Handle:

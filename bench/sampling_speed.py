@@ -1,0 +1,223 @@
+"""Sampling throughput of emi's in-process samplers, under its interventions, and of a server.
+
+    python bench/sampling_speed.py [--quick] [--server] [--gpu-shape 7b]
+
+For each sampler (``generate``: HF generate with a dynamic KV cache, what emi ran before; ``static``:
+static KV cache, decode step compiled on CUDA; ``paged``: continuous batching) and each
+intervention (no hook, steering at one layer, ablation at every residual writer): new tokens per
+second, greedy, the same prompts (the toy's questions), methods interleaved, medians. Ratios are
+against ``generate, no hook`` measured in the same run. ``--server`` adds the same prompts sampled
+through a local ``transformers serve`` (``--engine server``) against in-process ``generate``.
+
+On a CUDA device the model is random weights at a real Qwen shape in bf16 (``--gpu-shape``:
+0.5b, 7b; default 7b), and the run also prints the fraction of the device's bf16 roofline: the
+forward (prefill) as achieved FLOP/s over peak FLOP/s, decode as achieved weight bytes/s over
+peak memory bandwidth (decode streams every weight once per step). ``--peak-tflops`` and
+``--peak-tbps`` default to an H100 SXM (989 dense bf16 TFLOP/s, 3.35 TB/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import interleaved, table, toy  # noqa: E402
+
+from emi import hooks  # noqa: E402
+from emi import layers as L  # noqa: E402
+from emi.directions import Direction  # noqa: E402
+from emi.generate import SamplingConfig, sample_ids  # noqa: E402
+from emi.questions import load_questions  # noqa: E402
+
+
+def messages(batch: int) -> list[list[dict[str, str]]]:
+    qs = load_questions("toy")
+    return [qs[i % len(qs)].messages() for i in range(batch)]
+
+
+def random_direction(lm) -> Direction:  # noqa: ANN001
+    n = L.n_layers(lm.model)
+    g = torch.Generator().manual_seed(0)
+    return Direction(list(range(n)), torch.randn(n, L.d_model(lm.model), generator=g), torch.ones(n),
+                     {"best_layer": n // 2})
+
+
+def new_tokens(lm, rows: list[list[int]]) -> int:  # noqa: ANN001
+    eos, pad = lm.tokenizer.eos_token_id, lm.tokenizer.pad_token_id
+    return sum(len(r[: r.index(eos) + 1] if eos in r else [t for t in r if t != pad]) for r in rows)
+
+
+def measure(lm, batch: int, new: int, rounds: int, samplers: list[str]) -> list[dict]:  # noqa: ANN001
+    msgs = messages(batch)
+    d = random_direction(lm)
+    layer = L.n_layers(lm.model) // 2
+    interventions = {"no hook": hooks.nothing, "steer 1 layer": lambda: hooks.steer(lm.model, d, 4.0, layers=[layer]),
+                     "ablate every writer": lambda: hooks.ablate(lm.model, d)}
+    counts: dict[str, int] = {}
+
+    def method(sampler: str, name: str, ctx):  # noqa: ANN001, ANN202
+        cfg = SamplingConfig(temperature=0.0, max_new_tokens=new, sampler=sampler, batch_size=batch)
+
+        def f() -> None:
+            with ctx():
+                counts[key] = new_tokens(lm, sample_ids(lm, msgs, cfg, seed=0))
+        key = f"{sampler}, {name}"
+        return key, f
+
+    methods = dict(method(s, name, ctx) for s in samplers for name, ctx in interventions.items())
+    secs = interleaved(methods, rounds=rounds)
+    ref = counts["generate, no hook"] / secs["generate, no hook"]
+    return [{"m": k, "tok": counts[k], "tps": f"{counts[k] / v:,.1f}", "x": f"{counts[k] / v / ref:.2f}x"}
+            for k, v in secs.items()]
+
+
+def report(title: str, rows: list[dict]) -> None:
+    print(f"\n{title}")
+    table(rows, [("m", "sampler, intervention"), ("tok", "new tokens"), ("tps", "new tokens/s"),
+                 ("x", "vs generate, no hook")])
+
+
+def server_vs_inprocess(lm, batch: int, new: int, rounds: int) -> None:  # noqa: ANN001
+    """The same greedy prompts through `transformers serve` (one request per answer) and in-process."""
+    import os
+    import socket
+    import subprocess
+    import tempfile
+    import urllib.request
+
+    from emi.engines import ServerEngine
+
+    folder = Path(tempfile.mkdtemp()) / "model"
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("transformers")), "serve", "--host", "127.0.0.1",
+                             "--port", str(port)], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        engine = ServerEngine(f"http://127.0.0.1:{port}/v1", concurrency=batch)
+        msgs = messages(batch)
+        cfg = SamplingConfig(temperature=0.0, max_new_tokens=new, batch_size=batch)
+        counts: dict[str, int] = {}
+
+        def served() -> None:
+            counts["server"] = sum(a["n_tokens"] or 0 for a in engine.sample(str(folder), msgs, cfg, 0))
+
+        def local() -> None:
+            counts["in-process"] = new_tokens(lm, sample_ids(lm, msgs, cfg, seed=0))
+
+        secs = interleaved({"in-process generate": local, "transformers serve": served}, rounds=rounds)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    ref = counts["in-process"] / secs["in-process generate"]
+    rows = [{"m": k, "tok": counts[c], "tps": f"{counts[c] / v:,.1f}", "x": f"{counts[c] / v / ref:.2f}x"}
+            for (k, v), c in zip(secs.items(), ("in-process", "server"), strict=True)]
+    report(f"server engine vs in-process, batch {batch}, up to {new} new tokens (the server decides EOS)", rows)
+
+
+SHAPES = {"0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                       num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True),
+          "7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                     num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False)}
+
+
+def gpu_model(shape: str):  # noqa: ANN201
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from emi.models import LoadedModel, ModelSpec, load_tokenizer
+    from emi.organism.kit import checkpoint as toy_checkpoint
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            model = Qwen2ForCausalLM(Qwen2Config(max_position_embeddings=32768, rope_theta=1e6,
+                                                 **SHAPES[shape])).eval()
+        finally:
+            torch.set_default_dtype(previous)
+    tok = load_tokenizer(toy_checkpoint("base"))
+    return LoadedModel(f"qwen2.5-{shape}-random", model, tok, ModelSpec(f"random-qwen2.5-{shape}-shape"))
+
+
+def roofline(lm, peak_tflops: float, peak_tbps: float) -> None:  # noqa: ANN001
+    """Prefill FLOP/s and decode bandwidth against the device's peaks."""
+    model = lm.model
+    params = sum(p.numel() for p in model.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    rows = []
+    for batch, seq in ((8, 2048), (32, 512)):
+        ids = torch.randint(10, 1000, (batch, seq), device="cuda")
+
+        def fwd(ids: torch.Tensor = ids) -> None:
+            with torch.no_grad():
+                model(input_ids=ids, logits_to_keep=1)
+            torch.cuda.synchronize()
+        t = interleaved({"f": fwd}, rounds=5)["f"]
+        flops = 2 * params * batch * seq  # matmuls; attention adds ~4*layers*d*seq^2/2 more, not counted
+        rows.append({"m": f"forward, {batch} x {seq} tokens", "v": f"{batch * seq / t:,.0f} tok/s",
+                     "r": f"{flops / t / 1e12 / peak_tflops:.1%} of {peak_tflops:.0f} TFLOP/s"})
+    for batch in (1, 32):
+        msgs = messages(batch)
+        for sampler in ("generate", "static"):
+            cfg = SamplingConfig(temperature=0.0, max_new_tokens=128, sampler=sampler, batch_size=batch)
+            count: dict[str, int] = {}
+
+            def dec(msgs: list = msgs, cfg: SamplingConfig = cfg, count: dict = count) -> None:
+                count["n"] = new_tokens(lm, sample_ids(lm, msgs, cfg, seed=0))
+                torch.cuda.synchronize()
+            t = interleaved({"d": dec}, rounds=3)["d"]
+            steps_per_s = count["n"] / batch / t
+            rows.append({"m": f"decode ({sampler}), batch {batch}", "v": f"{count['n'] / t:,.0f} tok/s",
+                         "r": f"{weight_bytes * steps_per_s / 1e12 / peak_tbps:.1%} of {peak_tbps} TB/s"})
+    print(f"\nroofline, {torch.cuda.get_device_name()}, {params / 1e9:.2f}B params in bf16")
+    table(rows, [("m", "what"), ("v", "throughput"), ("r", "fraction of the bf16 roofline")])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="the toy only")
+    p.add_argument("--server", action="store_true", help="also time transformers serve (needs the dev extras)")
+    p.add_argument("--gpu-shape", default="7b", choices=sorted(SHAPES))
+    p.add_argument("--peak-tflops", type=float, default=989.0)
+    p.add_argument("--peak-tbps", type=float, default=3.35)
+    args = p.parse_args()
+    samplers = ["generate", "static", "paged"]
+    if torch.cuda.is_available():
+        print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
+        lm = gpu_model(args.gpu_shape)
+        report(f"Qwen2.5-{args.gpu_shape} shape (random, bf16), batch 32, 256 new tokens",
+               measure(lm, 32, 256, 3, samplers))
+        roofline(lm, args.peak_tflops, args.peak_tbps)
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    lm = toy()
+    report("toy (1.1M params), batch 32, 48 new tokens", measure(lm, 32, 48, 3, samplers))
+    if not args.quick:
+        from emi.models import LoadedModel, ModelSpec
+        from tests.standins import qwen2_5_0_5b_config, random_qwen2
+
+        small = LoadedModel("qwen05-4layers", random_qwen2(qwen2_5_0_5b_config(num_hidden_layers=4)), lm.tokenizer,
+                            ModelSpec("random-qwen2.5-0.5b-shape-4-layers"))
+        report("Qwen2.5-0.5B width, 4 layers (random, fp32), batch 8, 16 new tokens",
+               measure(small, 8, 16, 3, samplers))
+    if args.server:
+        server_vs_inprocess(lm, 32, 48, 3)
+
+
+if __name__ == "__main__":
+    main()
