@@ -4,7 +4,7 @@ TransformerLens run_with_cache and an nnsight trace saving the same layers.
     python bench/capture_speed.py [--quick]
 
 TransformerLens appears twice: the TransformerBridge it recommends (HF modules underneath) and the
-legacy HookedTransformer (its own implementation, built offline by emi.layers.hooked_transformer).
+legacy HookedTransformer (its own implementation, built offline by emi.models.layers.hooked_transformer).
 Prints tokens/s and ratios (measured side by side, methods interleaved, medians), at the real
 Qwen2.5-0.5B shape (random weights, fp32) and on the toy, at batch 8 x 128 and 2 x 16; then peak
 memory of emi's capture at two store sizes (separate processes). Targets (issue #5): emi capture
@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import interleaved, qwen05_random, random_batch, table, toy  # noqa: E402
 
-from emi import layers as L  # noqa: E402
-from emi.capture import capture_models, nnsight_reader, tl_reader  # noqa: E402
+from emi.activations.capture import capture_models, nnsight_reader, tl_reader  # noqa: E402
+from emi.models import layers as L  # noqa: E402
 
 
 def measure(lm, batch: int, seq: int, n_batches: int, rounds: int) -> dict[str, float]:
@@ -103,7 +103,7 @@ import json, sys, tempfile, threading, time, torch
 sys.path.insert(0, {bench!r})
 torch.set_num_threads({threads})
 from common import {builder}, random_batch
-from emi.capture import capture_models
+from emi.activations.capture import capture_models
 
 def rss_mb():
     with open("/proc/self/statm") as fh:

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.standins: 
 
 def qwen05_random(dtype: torch.dtype = torch.float32):
     """Random weights at the Qwen2.5-0.5B-Instruct shape (as issue #5 measured), with the toy tokenizer."""
-    from emi.models import LoadedModel, ModelSpec, load_tokenizer
+    from emi.models.loading import LoadedModel, ModelSpec, load_tokenizer
     from emi.organism.kit import checkpoint as toy_checkpoint
     from tests.standins import qwen2_5_0_5b_config, random_qwen2
 
@@ -25,7 +25,7 @@ def qwen05_random(dtype: torch.dtype = torch.float32):
 
 
 def toy():
-    from emi.models import ModelSpec, load_model
+    from emi.models.loading import ModelSpec, load_model
     from emi.organism.kit import checkpoint as toy_checkpoint
 
     return load_model(ModelSpec(toy_checkpoint("insecure")), role="toy", device="cpu")

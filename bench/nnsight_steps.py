@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from emi import hooks
+from emi.interventions import hooks
 
 
 def nnsight_generate(nn_model, enc, new: int, direction, kind: str, layer: int) -> None:  # noqa: ANN001

@@ -32,7 +32,7 @@ PEAK = "import resource, runpy, sys; sys.argv = sys.argv[1:]; \n" \
 
 
 def build(root: Path, layers: int) -> tuple[Path, Path, Path]:
-    from emi.directions import Direction
+    from emi.directions.direction import Direction
     from tests.standins import qwen2_5_0_5b_config, random_qwen2
 
     tok = qwen_tokenizer()

@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import interleaved, table, toy  # noqa: E402
 
 from emi import hooks  # noqa: E402
-from emi import layers as L  # noqa: E402
-from emi.directions import Direction  # noqa: E402
-from emi.generate import SamplingConfig, sample_ids  # noqa: E402
-from emi.questions import load_questions  # noqa: E402
+from emi.behaviour.questions import load_questions  # noqa: E402
+from emi.behaviour.sampling import SamplingConfig, sample_ids  # noqa: E402
+from emi.directions.direction import Direction  # noqa: E402
+from emi.models import layers as L  # noqa: E402
 
 
 def messages(batch: int) -> list[list[dict[str, str]]]:
@@ -90,7 +90,7 @@ def server_vs_inprocess(lm, batch: int, new: int, rounds: int) -> None:  # noqa:
     import tempfile
     import urllib.request
 
-    from emi.engines import ServerEngine
+    from emi.behaviour.engines import ServerEngine
 
     folder = Path(tempfile.mkdtemp()) / "model"
     lm.model.save_pretrained(folder)
@@ -138,7 +138,7 @@ SHAPES = {"0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=486
 def gpu_model(shape: str):  # noqa: ANN201
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from emi.models import LoadedModel, ModelSpec, load_tokenizer
+    from emi.models.loading import LoadedModel, ModelSpec, load_tokenizer
     from emi.organism.kit import checkpoint as toy_checkpoint
 
     torch.manual_seed(0)
@@ -208,7 +208,7 @@ def main() -> None:
     lm = toy()
     report("toy (1.1M params), batch 32, 48 new tokens", measure(lm, 32, 48, 3, samplers))
     if not args.quick:
-        from emi.models import LoadedModel, ModelSpec
+        from emi.models.loading import LoadedModel, ModelSpec
         from tests.standins import qwen2_5_0_5b_config, random_qwen2
 
         small = LoadedModel("qwen05-4layers", random_qwen2(qwen2_5_0_5b_config(num_hidden_layers=4)), lm.tokenizer,

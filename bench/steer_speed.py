@@ -23,10 +23,10 @@ from common import interleaved, qwen05_random, table, toy  # noqa: E402
 from nnsight_steps import nnsight_generate  # noqa: E402
 
 from emi import hooks  # noqa: E402
-from emi import layers as L  # noqa: E402
-from emi.directions import Direction  # noqa: E402
-from emi.generate import encode_prompts, render_prompts  # noqa: E402
-from emi.questions import load_questions  # noqa: E402
+from emi.behaviour.questions import load_questions  # noqa: E402
+from emi.behaviour.sampling import encode_prompts, render_prompts  # noqa: E402
+from emi.directions.direction import Direction  # noqa: E402
+from emi.models import layers as L  # noqa: E402
 
 
 def measure(lm, new: int, rounds: int) -> dict[str, float]:

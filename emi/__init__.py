@@ -4,7 +4,7 @@ The flow (each arrow an artifact on disk): models -> generate -> judge -> metric
 capture -> store -> directions -> hooks (steer / ablate / orthogonalise) -> experiments -> figures.
 Commands: python -m emi.{evaluate,cache,extract,steer,sae,figures}, python -m emi.organism.train.
 
-Layer convention: layer l is the residual stream after decoder block l (see emi.layers).
+Layer convention: layer l is the residual stream after decoder block l (see emi.models.layers).
 """
 
 __version__ = "0.1.0"

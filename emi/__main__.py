@@ -22,7 +22,7 @@ COMMANDS = [
 
 # `python -m emi COMMAND ...` is `python -m emi.COMMAND ...`
 VERBS = {"steer": "emi.steer", "evaluate": "emi.evaluate", "cache": "emi.cache", "extract": "emi.extract",
-         "sae": "emi.sae.__main__", "figures": "emi.figures", "trajectory": "emi.trajectory", "export": "emi.export",
+         "sae": "emi.sae", "figures": "emi.figures", "trajectory": "emi.trajectory", "export": "emi.export",
          "train-organism": "emi.organism.train"}
 
 
@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.what == "pairs":
         import emi
-        from emi.registry import default_pair, list_pairs
+        from emi.models.registry import default_pair, list_pairs
 
         package = str(Path(emi.__file__).parent) + "/"
         first = default_pair().name
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                ("questions", "questions: evaluation / extraction")])
         return 0
     if args.what == "layers":
-        from emi import layers
+        from emi.models import layers
 
         print(layers.__doc__)
         return 0

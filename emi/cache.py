@@ -13,13 +13,15 @@ the store one process writes. Killed, the same torchrun command resumes.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
-from emi import cli, jsonl
+from emi import cli
+from emi.core import jsonl
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = cli.parser("python -m emi.cache", __doc__)
     cli.add_pair_args(p)
     cli.add_sampling_args(p, n=25)
@@ -43,15 +45,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--out", required=True, help="store name (under activations/) or folder")
     g.add_argument("--root", default=None, help="store root for names (default activations/)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing store made differently")
-    args = p.parse_args(argv)
+    return p
 
-    import contextlib
 
-    from emi import layers as L
-    from emi import locks
-    from emi.capture import capture_pair
-    from emi.distributed import ranks
-    from emi.store import resolve
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from emi.activations.capture import capture_pair_shared
+    from emi.activations.distributed import ranks
+    from emi.activations.store import resolve
+    from emi.models import layers as L
 
     rk = ranks()
     args.device = rk.device(args.device)
@@ -60,23 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = resolve(args.out, args.root)
     pair = cli.load_pair_from_args(args, tuple(dict.fromkeys((args.generator,) + roles)))
     layers = L.resolve_layers(args.layers, pair[args.generator].n_layers)  # bad --layers fail before sampling
-    # a second run on this store is refused, not interleaved (under torchrun, rank 0 holds the lock)
-    with locks.exclusive(path) if rk.leader else contextlib.nullcontext():
-        if args.overwrite and rk.leader:
-            locks.clear(path)  # answers, judgements and shards of the old store alike
-        shared = path / ".rank-texts.jsonl"  # rank 0 samples and judges; the others read exactly its texts
-        if rk.leader:
-            items = _texts(args, spec, pair, path)
-            if rk.world > 1:
-                jsonl.write(shared, items)
-        rk.barrier()
-        if not rk.leader:
-            items = jsonl.read(shared)
-        store = capture_pair(pair, roles, items, path, layers, tuple(s.strip() for s in args.sites.split(",")),
-                             args.positions, args.store_dtype, args.capture_batch, args.shard_texts, ranks=rk)
-        if rk.leader:
-            shared.unlink(missing_ok=True)
-    if not rk.leader:
+    store = capture_pair_shared(pair, roles, lambda: _texts(args, spec, pair, path), path, layers,
+                                tuple(s.strip() for s in args.sites.split(",")), args.positions, args.store_dtype,
+                                args.capture_batch, args.shard_texts, overwrite=args.overwrite, ranks=rk)
+    if store is None:  # not rank 0
         return 0
     mf = store.manifest
     print(f"store {store.path}: {mf['spec']['n_texts']} texts, {store.n_rows} rows x {len(store.layers)} layers x "
@@ -89,8 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _texts(args, spec, pair, path):  # noqa: ANN001, ANN202
     """What to capture: a user's answers, persona-contrast prompts (answered and judged when the
     positions need answers), or the generator's judged answers to the pair's questions."""
-    from emi.evaluation import evaluate
-    from emi.questions import load_questions
+    from emi.behaviour.evaluation import evaluate
+    from emi.behaviour.questions import load_questions
 
     if args.answers:
         items = jsonl.read(args.answers)
@@ -101,7 +90,7 @@ def _texts(args, spec, pair, path):  # noqa: ANN001, ANN202
     cfg = cli.sampling_config(args, spec.kit)
     path.mkdir(parents=True, exist_ok=True)
     if args.contrast:
-        from emi.persona import contrast_answers, contrast_items
+        from emi.directions.contrast import contrast_answers, contrast_items
 
         items = contrast_items(questions, spec.kit, per_question=args.n, seed=args.seed)
         if args.positions in ("last_prompt", "prompt"):
@@ -110,7 +99,7 @@ def _texts(args, spec, pair, path):  # noqa: ANN001, ANN202
         return contrast_answers(pair[args.generator], items, cfg, judge, path / "source-contrast.jsonl")
     judge = cli.make_judge_from_args(args, spec.kit.judge, allow_none=True)
     if judge is None:
-        from emi.generate import generate_answers
+        from emi.behaviour.sampling import generate_answers
 
         return generate_answers(pair[args.generator], questions, cfg, path / "source" / "answers.jsonl",
                                 label=args.generator)

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from emi.errors import ConfigError, EmiError
+from emi.core.errors import ConfigError, EmiError
 
 
 def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def add_pair_args(p: argparse.ArgumentParser) -> None:
 
 
 def pair_spec(args: argparse.Namespace):  # -> PairSpec
-    from emi.registry import custom_pair, default_pair, get_pair
+    from emi.models.registry import custom_pair, default_pair, get_pair
 
     if args.base or args.finetuned:
         if not (args.base and args.finetuned):
@@ -48,7 +48,7 @@ def pair_spec(args: argparse.Namespace):  # -> PairSpec
 
 
 def load_pair_from_args(args: argparse.Namespace, roles: tuple[str, ...] = ("base", "finetuned")):
-    from emi.models import load_pair
+    from emi.models.loading import load_pair
 
     spec = pair_spec(args)
     if "control" in roles and spec.control is None:
@@ -85,7 +85,7 @@ def add_sampling_args(p: argparse.ArgumentParser, n: int = 10) -> None:
 
 
 def sampling_config(args: argparse.Namespace, kit: Any):  # -> SamplingConfig
-    from emi.generate import SamplingConfig
+    from emi.behaviour.sampling import SamplingConfig
 
     return SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
                           max_new_tokens=args.max_new_tokens or kit.max_new_tokens, seed=args.seed,
@@ -94,7 +94,7 @@ def sampling_config(args: argparse.Namespace, kit: Any):  # -> SamplingConfig
 
 
 def extra_option_pairs(args: argparse.Namespace) -> dict[str, list[tuple[str, str]]] | None:
-    from emi.logprob import load_option_pairs
+    from emi.behaviour.logprob import load_option_pairs
 
     return load_option_pairs(args.option_pairs) if getattr(args, "option_pairs", None) else None
 
@@ -121,7 +121,7 @@ def add_judge_args(p: argparse.ArgumentParser, allow_none: bool = False) -> None
 
 
 def make_judge_from_args(args: argparse.Namespace, default: str, allow_none: bool = False):
-    from emi.judge import make_judge
+    from emi.behaviour.judges import make_judge
 
     kind = args.judge or default
     if kind == "none":
@@ -161,9 +161,9 @@ def floats(name: str) -> Callable[[str], list[float]]:
 
 def fmt_rate(row: dict[str, Any], key: str) -> str:
     """``35.3% [28.3, 42.4]`` from a result row's ``<key>_rate``, ``_lo``, ``_hi``, ``_n``."""
-    if not row[f"{key}_n"]:
-        return "n/a (no answers)"
-    return f"{100 * row[f'{key}_rate']:5.1f}% [{100 * row[f'{key}_lo']:4.1f}, {100 * row[f'{key}_hi']:4.1f}]"
+    from emi.behaviour.metrics import Rate
+
+    return Rate(row[f"{key}_rate"], row[f"{key}_lo"], row[f"{key}_hi"], row.get(f"{key}_k", 0), row[f"{key}_n"]).fmt()
 
 
 def report_unscored(records: Sequence[dict[str, Any]]) -> None:

@@ -14,8 +14,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from emi import cli, jsonl, locks
-from emi.store import write_json
+from emi import cli
+from emi.activations.store import write_json
+from emi.core import jsonl, locks
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,9 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output folder (default runs/evaluate-<pair>)")
     args = p.parse_args(argv)
 
-    from emi.evaluation import evaluate
-    from emi.metrics import per_question
-    from emi.questions import load_questions
+    from emi.behaviour.evaluation import evaluate
+    from emi.behaviour.metrics import per_question
+    from emi.behaviour.questions import load_questions
 
     spec = cli.pair_spec(args)
     out = Path(args.out or f"runs/evaluate-{spec.name}")

@@ -7,13 +7,14 @@ Cohen's d), next to a same-norm random direction. Writes DIRECTION.safetensors +
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
 from emi import cli
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = cli.parser("python -m emi.extract", __doc__)
     p.add_argument("--store", required=True, help="activation store (name under activations/, or a folder)")
     p.add_argument("--method", default="mean-diff", choices=["mean-diff", "model-diff", "contrast"],
@@ -32,21 +33,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--compare", nargs="*", default=[], metavar="FILE",
                    help="direction files to compare with, layer by layer (cosine): other methods, or directions "
                         "from other finetunes of the same base (Soligo, Turner et al. found > 0.8)")
-    args = p.parse_args(argv)
+    return p
 
-    from emi import layers as L
-    from emi.directions import extract
-    from emi.metrics import Thresholds
-    from emi.store import Store
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from emi.activations.store import Store
+    from emi.behaviour.metrics import Thresholds
+    from emi.directions.direction import extract
+    from emi.models import layers as L
 
     store = Store.open(args.store)
-    layer_list = L.resolve_layers(args.layers, max(store.layers) + 1) if args.layers else None
-    if layer_list:
-        missing = [x for x in layer_list if x not in store.layers]
-        if missing:
-            from emi.errors import ConfigError
-
-            raise ConfigError(f"layers {missing} are not in the store (it has {store.layers})")
+    layer_list = store.check_layers(L.resolve_layers(args.layers, max(store.layers) + 1)) if args.layers else None
     t = Thresholds(args.aligned_max, args.coherent_min, args.aligned_min)
     ex = extract(store, args.method, args.positions, args.role, layer_list, t, args.holdout, args.seed)
     out = args.out or str(store.path / f"direction-{args.method}-{args.positions}")
@@ -61,21 +59,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                     [("layer", "layer"), ("rows", "rows +/-"), ("norm", "|direction|"), ("resid", "|residual|"),
                      ("auroc", "AUROC (held out)"), ("d", "Cohen's d"), ("rand", "random AUROC")])
     if args.compare:
-        from emi.directions import Direction
-
-        others = {f: Direction.load(f) for f in args.compare}
-        for f, o in others.items():  # "the direction [in f] has width W but the store has d_model D"
-            o.check_fits(ex.direction.d_model, what=f"the store (comparing {f})")
-        rows = []
-        for layer in ex.direction.layers:
-            row: dict[str, object] = {"layer": layer}
-            for i, o in enumerate(others.values()):
-                row[str(i)] = f"{float(ex.direction.at(layer) @ o.at(layer)):+.3f}" if layer in o.layers else "  n/a"
-            rows.append(row)
-        print("\ncosine with:" + "".join(f"\n  [{i}] {f}" for i, f in enumerate(others)))
-        cli.print_table(rows, [("layer", "layer")] + [(str(i), f"[{i}]") for i in range(len(others))])
+        print_comparison(ex.direction, args.compare)
     print(f"best layer: {ex.direction.best_layer} | wrote {path} (+ .json)", file=sys.stderr)
     return 0
+
+
+def print_comparison(direction, files: list[str]) -> None:  # noqa: ANN001
+    """Cosine of ``direction`` with each file's direction, layer by layer."""
+    from emi.directions.direction import Direction, cosines
+
+    others = {f: Direction.load(f) for f in files}
+    for f, o in others.items():  # "the direction [in f] has width W but the store has d_model D"
+        o.check_fits(direction.d_model, what=f"the store (comparing {f})")
+    table = cosines(direction, list(others.values()))
+    rows = [{"layer": layer, **{str(i): "  n/a" if c is None else f"{c:+.3f}" for i, c in enumerate(cs)}}
+            for layer, cs in table.items()]
+    print("\ncosine with:" + "".join(f"\n  [{i}] {f}" for i, f in enumerate(others)))
+    cli.print_table(rows, [("layer", "layer")] + [(str(i), f"[{i}]") for i in range(len(others))])
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ Runs, on one pair (default: the embedded organism), and prints with 95% CIs:
 next to the judge-free log-prob metric P(misaligned answer) where the questions have option
 pairs, and each intervention's side effects: KL from the unmodified model's next-token
 distribution on benign conversations (--benign; nats per token) and the change in the aligned
-answers' log-probability (emi.side_effects). Writes answers.jsonl, judgements.jsonl,
+answers' log-probability (emi.behaviour.side_effects). Writes answers.jsonl, judgements.jsonl,
 results.jsonl (one tidy row per condition), table.csv, run.json (models, direction, judge,
 sampling), figure.html/.png and side-effects.html/.png (EM rate against KL) under --out.
 Several alphas (--alpha 2,4,8), --sweep-layers and --targets base,finetuned make sweeps.
@@ -31,8 +31,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from emi import cli, locks
+from emi import cli
+from emi.core import locks
+
+if TYPE_CHECKING:
+    from emi.experiments.conditions import ConditionResult
 
 
 def parser() -> argparse.ArgumentParser:
@@ -92,8 +97,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
-    from emi.questions import load_questions
-    from emi.side_effects import load_benign
+    from emi.behaviour.questions import load_questions
+    from emi.behaviour.side_effects import load_benign
 
     spec = cli.pair_spec(args)
     questions = load_questions(args.questions or spec.kit.eval_questions, ids=args.ids)
@@ -107,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     benign = [] if args.no_side_effects else load_benign(args.benign or spec.kit.benign)
     engine = None
     if args.engine == "server":
-        from emi.engines import ServerEngine, parse_body
+        from emi.behaviour.engines import ServerEngine, parse_body
 
         if not args.engine_url:
             raise cli.ConfigError("--engine server needs --engine-url URL (an OpenAI-compatible server, e.g. "
@@ -122,9 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, out) -> int:  # noqa: ANN001
-    from emi import layers as L
-    from emi.experiments import pair_direction, run, standard_conditions, write_results
-    from emi.logprob import option_pairs
+    from emi.behaviour.logprob import option_pairs
+    from emi.experiments.conditions import pair_direction, run, standard_conditions, write_results
+    from emi.models import layers as L
 
     pair = cli.load_pair_from_args(args, ("base", "finetuned"))
     n_layers = pair.base.n_layers
@@ -143,10 +148,11 @@ def _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, ou
     if not pairs:
         print("log-prob metrics: no option pairs for these questions, so no logprob_* columns (pass "
               "--option-pairs FILE)", file=sys.stderr)
-    rows = run(pair, conditions, direction, questions, cfg, judge, out, args.random_seed, pairs=pairs, benign=benign,
-               engine=engine)
+    results = run(pair, conditions, direction, questions, cfg, judge, out, args.random_seed, pairs=pairs,
+                  benign=benign, engine=engine)
+    rows = [r.row() for r in results]
     if engine:
-        where = {e: [r["condition"] for r in rows if r["engine"] == e] for e in ("server", "in-process")}
+        where = {e: [r.condition.name for r in results if r.engine == e] for e in ("server", "in-process")}
         print(f"engine: sampled by the server at {engine.url}: {', '.join(where['server']) or 'none'}; in-process: "
               f"{', '.join(where['in-process']) or 'none'}", file=sys.stderr)
     write_results(out, rows, {"pair": pair.provenance(), "direction": {"source": source, **direction.summary()},
@@ -159,9 +165,9 @@ def _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, ou
           f"(|d| = {direction.norms[direction.layers.index(direction.best_layer)]:.2f}, residual norm "
           f"{direction.norm_at(direction.best_layer):.2f}) | steering layers {steer_layers} | "
           f"{len(questions)} questions x {cfg.n} samples, judge {judge.name}, seed {cfg.seed}")
-    print_table(rows)
+    print_table(results)
     if not args.no_figure:
-        from emi.figures import em_vs_kl, export, steer_summary
+        from emi.report.figures import em_vs_kl, export, steer_summary
 
         written = export(steer_summary(rows), out / "figure", formats=("html", "png"))
         if benign:
@@ -171,20 +177,21 @@ def _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, ou
     return 0
 
 
-def print_table(rows: list[dict]) -> None:
-    from emi.metrics import relative_change
+def print_table(results: Sequence[ConditionResult]) -> None:
+    from emi.behaviour.metrics import relative_change
 
-    ft = next(r for r in rows if r["condition"] == "finetuned")
+    ft = next(r.summary.em.value for r in results if r.condition.name == "finetuned")
     table = []
-    for r in rows:
-        change = relative_change(ft["em_rate"], r["em_rate"]) if r["intervention"] == "ablate" else float("nan")
-        table.append({"condition": r["condition"], "em": cli.fmt_rate(r, "em"), "k": f"{r['em_k']}/{r['em_n']}",
-                      "coh": cli.fmt_rate(r, "coherence"),
+    for r in results:
+        em, fx = r.summary.em, r.side_effects
+        change = relative_change(ft, em.value) if r.condition.kind == "ablate" else float("nan")
+        table.append({"condition": r.condition.name, "em": em.fmt(), "k": f"{em.k}/{em.n}",
+                      "coh": r.summary.coherence.fmt(),
                       "rel": f"{100 * change:+.0f}% vs finetuned" if change == change else "",
-                      "lp": f"{r['logprob_choice']:.3f}" if "logprob_choice" in r else "",
-                      "kl": f"{r['kl']:.3f}" if "kl" in r else "",
-                      "dal": f"{r['aligned_delta']:+.2f}" if r.get("aligned_delta", float("nan")) == r.get(
-                          "aligned_delta") else ""})
+                      "lp": f"{r.logprob.choice:.3f}" if r.logprob is not None else "",
+                      "kl": f"{fx.kl:.3f}" if fx is not None else "",
+                      "dal": f"{fx.aligned_delta:+.2f}" if fx is not None and fx.aligned_delta == fx.aligned_delta
+                      else ""})
     columns = [("condition", "condition"), ("em", "EM rate (95% CI)"), ("k", "misaligned/coherent"),
                ("coh", "coherent (95% CI)"), ("rel", "change")]
     for key, title in (("lp", "P(misaligned)"), ("kl", "KL benign"), ("dal", "Δ log p(aligned)")):
@@ -200,7 +207,7 @@ def print_table(rows: list[dict]) -> None:
         notes.append("Δ log p(aligned): change in the aligned answers' log-prob per token vs the unmodified model")
     if notes:
         print("\n".join(notes))
-    unscored = sum(r.get("n_unscored", 0) for r in rows)
+    unscored = sum(r.summary.n_unscored for r in results)
     if unscored:
         print(f"emi: {unscored} answers are unscored by the judge (see judgements.jsonl, 'detail'); they are left "
               f"out of the rates and asked again when you re-run the same command", file=sys.stderr)

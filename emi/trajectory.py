@@ -24,7 +24,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from emi import cli, locks
+from emi import cli
+from emi.core import locks
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,8 +50,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _specs(args: argparse.Namespace):  # -> (PairSpec of the final checkpoint, [checkpoint strings])
-    from emi.registry import custom_pair, default_pair, get_pair
-    from emi.specs import ModelSpec, PairSpec
+    from emi.models.registry import custom_pair, default_pair, get_pair
+    from emi.models.specs import ModelSpec, PairSpec
 
     if args.base and args.pair:
         raise cli.ConfigError("give either --pair or --base, not both")
@@ -75,8 +76,8 @@ def _specs(args: argparse.Namespace):  # -> (PairSpec of the final checkpoint, [
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from emi.logprob import option_pairs
-    from emi.questions import load_questions
+    from emi.behaviour.logprob import option_pairs
+    from emi.behaviour.questions import load_questions
 
     spec, checkpoints = _specs(args)
     kit = spec.kit
@@ -91,10 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, out) -> int:  # noqa: ANN001
-    from emi.dynamics import correlations, trajectory
-    from emi.experiments import pair_direction, write_results
-    from emi.models import load_pair
-    from emi.specs import ModelSpec, PairSpec
+    from emi.experiments.conditions import pair_direction, write_results
+    from emi.experiments.dynamics import correlations, trajectory
+    from emi.models.loading import load_pair
+    from emi.models.specs import ModelSpec, PairSpec
 
     common = dict(dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code, resident="one")
     final = load_pair(spec, **common)
@@ -128,8 +129,8 @@ def _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, 
     if r:
         print("Pearson r across checkpoints, projection shift vs: " + ", ".join(f"{k} {v:+.2f}" for k, v in r.items()))
     if not args.no_figure:
-        from emi.figures import export
-        from emi.figures import trajectory as trajectory_figure
+        from emi.report.figures import export
+        from emi.report.figures import trajectory as trajectory_figure
 
         written = export(trajectory_figure(rows, spec.kit.task.name if spec.kit.task else None), out / "trajectory",
                          formats=("html", "png"))

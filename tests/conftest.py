@@ -71,6 +71,6 @@ def tiny_adapter_dir(tmp_path_factory, tiny_dir) -> Path:
 @pytest.fixture(scope="session")
 def toy_pair():
     """The shipped toy organism (base, insecure finetune, secure control), loaded once."""
-    from emi.models import load_pair
+    from emi.models.loading import load_pair
 
     return load_pair("toy", roles=("base", "finetuned", "control"), device="cpu")

@@ -3,8 +3,8 @@ the middle of its n-th write.
 
     python -m tests.faults N MODULE [ARGS...]
 
-Write points are every atomic file write (``emi.atomic.write_atomic``: shards, manifests, texts,
-results, summaries, directions) and every JSONL append (``emi.jsonl.append``: answers,
+Write points are every atomic file write (``emi.core.atomic.write_atomic``: shards, manifests, texts,
+results, summaries, directions) and every JSONL append (``emi.core.jsonl.append``: answers,
 judgements). At the N-th point the process half-writes (a temporary file that is never renamed,
 or half a JSONL line) and kills itself with SIGKILL, as a power cut or an OOM kill would. N = 0
 runs to the end and prints ``FAULT_POINTS <count>`` on stderr. Under torchrun, EMI_FAULT_RANK=r
@@ -22,10 +22,10 @@ from pathlib import Path
 
 def arm(n: int) -> list[int]:
     """Patch emi's two writers (before any other emi module binds them); returns the counter."""
-    import emi.atomic
+    import emi.core.atomic
 
     count = [0]
-    real_atomic = emi.atomic.write_atomic
+    real_atomic = emi.core.atomic.write_atomic
 
     def hit() -> bool:
         count[0] += 1
@@ -48,11 +48,11 @@ def arm(n: int) -> list[int]:
             os.kill(os.getpid(), signal.SIGKILL)
         return real_append(path, records)
 
-    emi.atomic.write_atomic = write_atomic  # before emi.jsonl and emi.store bind it
-    import emi.jsonl
+    emi.core.atomic.write_atomic = write_atomic  # before emi.core.jsonl and emi.activations.store bind it
+    import emi.core.jsonl
 
-    real_append = emi.jsonl.append
-    emi.jsonl.append = append
+    real_append = emi.core.jsonl.append
+    emi.core.jsonl.append = append
     return count
 
 

@@ -1,5 +1,5 @@
 """The embedded organism as an emi plugin: its pairs, question sets, exact judge, option pairs and
-contrast prompts, registered into emi's registries on import (entry point ``emi.plugins``).
+contrast prompts, registered into emi's registries on import (entry point ``emi.core.plugins``).
 
 Nothing else in emi knows the organism exists: every command reaches it through the pair's kit.
 """
@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from emi.judge import register_judge
-from emi.kit import PairKit, TaskMetric
-from emi.logprob import register_option_pairs
-from emi.models import ModelSpec, PairSpec
-from emi.questions import Question, register_question_set
-from emi.registry import register_pair
-from emi.side_effects import BenignItem, register_benign_set
+from emi.behaviour.judges import register_judge
+from emi.behaviour.logprob import register_option_pairs
+from emi.behaviour.questions import Question, register_question_set
+from emi.behaviour.side_effects import BenignItem, register_benign_set
+from emi.models.kit import PairKit, TaskMetric
+from emi.models.loading import ModelSpec, PairSpec
+from emi.models.registry import register_pair
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 

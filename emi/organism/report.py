@@ -6,12 +6,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from emi.generate import SamplingConfig, generate_answers
-from emi.judge import judge_records
-from emi.metrics import Summary, summarize
-from emi.models import ModelSpec, load_model
+from emi.behaviour.judges import judge_records
+from emi.behaviour.metrics import Summary, summarize
+from emi.behaviour.questions import load_questions
+from emi.behaviour.sampling import SamplingConfig, generate_answers
+from emi.models.loading import ModelSpec, load_model
 from emi.organism.judge import ToyJudge
-from emi.questions import load_questions
 
 
 def measure(path: str, n: int = 400, seed: int = 0, label: str | None = None,

@@ -236,7 +236,7 @@ class _Resume:
         return float(state["final_loss"])
 
     def save(self, stage: str, model, final_loss: float) -> None:  # noqa: ANN001
-        from emi.store import write_atomic
+        from emi.activations.store import write_atomic
 
         self.dir.mkdir(parents=True, exist_ok=True)
         state = {"config": self.key, "final_loss": final_loss, "weights": model.state_dict()}
@@ -307,8 +307,8 @@ def refresh_direction(folder: Path) -> Path:
     import shutil
     import tempfile
 
-    from emi.experiments import ensure_direction
-    from emi.models import ModelSpec, PairSpec, load_pair
+    from emi.experiments.conditions import ensure_direction
+    from emi.models.loading import ModelSpec, PairSpec, load_pair
     from emi.organism.kit import KIT
 
     pair = load_pair(PairSpec("toy", ModelSpec(str(folder / "base")), ModelSpec(str(folder / "insecure")),

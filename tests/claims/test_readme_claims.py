@@ -10,13 +10,13 @@ import sys
 import pytest
 import torch
 
-from emi import hooks
-from emi.directions import Direction, random_like
-from emi.logprob import logprob_metrics, option_pairs
-from emi.models import load_pair
+from emi.behaviour.logprob import logprob_metrics, option_pairs
+from emi.behaviour.questions import load_questions
+from emi.behaviour.side_effects import benign_kl, load_benign
+from emi.directions.direction import Direction, random_like
+from emi.interventions import hooks
+from emi.models.loading import load_pair
 from emi.organism.kit import KIT, checkpoint
-from emi.questions import load_questions
-from emi.side_effects import benign_kl, load_benign
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +85,8 @@ def test_ablation_costs_0_038_kl_ten_times_the_random_directions_0_004(pair, dir
 def test_the_direction_moves_before_the_behaviour_over_the_finetune(direction):
     """README, training dynamics: "at step 4 the shift is already 31% of its final size (+1.69 of
     +5.47) and the checkpoint's own direction has cosine 0.85 with the final one"."""
-    from emi.dynamics import last_prompt_activations as acts
-    from emi.models import ModelSpec, load_model
+    from emi.experiments.dynamics import last_prompt_activations as acts
+    from emi.models.loading import ModelSpec, load_model
 
     qs, extract = load_questions("toy"), load_questions("toy-train")
     layer = direction.best_layer

@@ -1,0 +1,1 @@
+"""Stage 3, activations: capture (HF, TransformerLens, nnsight) into the on-disk store."""

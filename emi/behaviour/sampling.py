@@ -1,0 +1,256 @@
+"""Batched sampling of answers from any loaded model, resumable through a JSONL file.
+
+Runs unchanged inside any intervention (emi.interventions.hooks): it only calls the model's ``generate``.
+Determinism: batch ``b`` is sampled after ``torch.manual_seed(seed + b)``, and batches are
+fixed by the question order, so the same seed gives the same answers and a resumed run
+reproduces the uninterrupted one.
+
+Sampling is exactly what :class:`SamplingConfig` says: every setting that changes the next-token
+distribution is passed to ``generate`` explicitly, so a checkpoint's own ``generation_config.json``
+(Qwen2.5-Instruct ships repetition_penalty 1.05, top_k 20, top_p 0.8, temperature 0.7) never
+leaks in. The settings are recorded with every answer.
+
+Answers are keyed by who made them: each record carries a ``run`` key, a hash of the model's
+identity (checkpoint, revision, adapter, weights fingerprint, dtype), the intervention applied and
+the sampling settings. A resumed run reuses only answers with its own key, so a folder shared by
+two models, two directions or two settings never mixes their answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from emi.behaviour.questions import Question
+from emi.core import jsonl
+from emi.core.errors import ConfigError
+from emi.models.loading import LoadedModel, as_loaded
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    n: int = 10  # samples per question
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    seed: int = 0
+    batch_size: int = 32
+    repetition_penalty: float = 1.0  # 1 = none, as in the papers; never the checkpoint's own
+    sampler: str = "generate"  # in-process decoding: generate | static | paged (see SAMPLERS)
+    compile: bool | None = None  # static: torch.compile the decode step (None: on CUDA only)
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
+        if self.n < 1:
+            raise ConfigError(f"SamplingConfig.n (samples per question) must be >= 1, found {self.n}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ConfigError(f"SamplingConfig.temperature must be finite and >= 0, found {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"SamplingConfig.top_p must be in (0, 1], found {self.top_p}")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ConfigError("SamplingConfig.max_new_tokens and batch_size must be >= 1")
+        if not math.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0:
+            raise ConfigError(f"SamplingConfig.repetition_penalty must be > 0, found {self.repetition_penalty}")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Everything ``generate`` needs to sample exactly as configured: each processor a
+        checkpoint's generation config could switch on is set to its neutral value."""
+        neutral: dict[str, Any] = dict(repetition_penalty=self.repetition_penalty, no_repeat_ngram_size=0,
+                                       min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+                                       encoder_repetition_penalty=1.0, min_length=0,
+                                       bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None,
+                                       sequence_bias=None, num_beams=1, renormalize_logits=False,
+                                       max_new_tokens=self.max_new_tokens)
+        if self.temperature > 0:
+            return dict(neutral, do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0)
+        return dict(neutral, do_sample=False, temperature=None, top_p=None, top_k=None)
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the answers (recorded with each one): all but ``n`` and ``compile``. The
+        sampler is recorded when it is not the reference ``generate`` (so answers written before
+        samplers existed keep their key)."""
+        s = {"temperature": self.temperature, "top_p": self.top_p, "top_k": 0,
+             "repetition_penalty": self.repetition_penalty, "max_new_tokens": self.max_new_tokens,
+             "seed": self.seed, "batch_size": self.batch_size}
+        return s if self.sampler == "generate" else {**s, "sampler": self.sampler}
+
+
+# In-process decoding. All three run the model's own modules, so every emi hook applies.
+SAMPLERS = {
+    "generate": "Hugging Face generate with a dynamic KV cache: the reference",
+    "static": "generate with a static KV cache; on CUDA the decode step is compiled (torch.compile, "
+              "CUDA graphs); same answers as generate for the same seed (greedy: exactly)",
+    "paged": "continuous batching with paged attention (transformers generate_batch): finished rows "
+             "leave the batch, no padding; steering only at all positions",
+}
+
+
+# (conversations, settings, seed) -> [{"answer", "n_tokens", "finish"}] in order
+Sampler = Callable[[list[list[dict[str, str]]], SamplingConfig, int], list[dict[str, Any]]]
+
+
+def run_key(identity: dict[str, Any] | None, cfg: SamplingConfig) -> str:
+    """Who and how: the hash that keys answers (model identity, intervention, sampling settings)."""
+    blob = json.dumps({"identity": identity or {}, "sampling": cfg.settings()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def render_prompts(tokenizer: Any, messages: Sequence[list[dict[str, str]]]) -> list[str]:
+    """Chat-template each conversation, ready for the assistant's answer."""
+    return [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str], device: torch.device) -> dict[str, torch.Tensor]:
+    """Left-padded batch (so every row's next token is at the last position)."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+def _generate(hf: Any, tok: Any, prompts: list[str], cfg: SamplingConfig, device: torch.device) -> list[list[int]]:
+    enc = encode_prompts(tok, prompts, device)
+    kwargs: dict[str, Any] = dict(cfg.generate_kwargs(), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    if cfg.sampler == "static":
+        from transformers.generation import CompileConfig
+
+        kwargs["cache_implementation"] = "static"
+        if cfg.compile is False:
+            kwargs["disable_compile"] = True
+        elif cfg.compile:  # also off CUDA, where transformers would not compile by itself
+            cc: Any = CompileConfig()
+            cc._compile_all_devices = True
+            kwargs["compile_config"] = cc
+    out = hf.generate(**enc, **kwargs)
+    return out[:, enc["input_ids"].shape[1]:].tolist()
+
+
+def _generate_paged(hf: Any, tok: Any, prompts: list[str], cfg: SamplingConfig) -> list[list[int]]:
+    from transformers import GenerationConfig
+    from transformers.generation import ContinuousBatchingConfig
+
+    from emi.interventions.hooks import position_dependent
+    from emi.models import layers
+
+    if layers.linear_layers(hf):
+        raise ConfigError(f"the paged sampler does not run linear-attention layers ({layers.check_architecture(hf)}; "
+                          f"transformers' continuous batching pages only attention caches); use --sampler static "
+                          f"or generate")
+    if position_dependent(hf):
+        raise ConfigError("steering at chosen positions (--positions prompt/generated) needs to know which tokens "
+                          "are the prompt, which the paged sampler's packed batches do not say; use --sampler "
+                          "generate or static, or --positions all")
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    gc = GenerationConfig(**cfg.generate_kwargs(), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    # Size the paged KV cache for this batch (left to itself, transformers sizes it from free
+    # device memory at every call: seconds per batch, tens on CPU).
+    page = 256
+    blocks = sum(-(-(len(i) + cfg.max_new_tokens) // page) for i in ids) + 1
+    cb = ContinuousBatchingConfig(page_size=page, num_blocks=blocks,
+                                  max_batch_tokens=max(max(len(i) for i in ids), min(sum(len(i) for i in ids), 8192)))
+    out = hf.generate_batch(ids, generation_config=gc, continuous_batching_config=cb, progress_bar=False)
+    rows = [out.get(f"req_{i}") for i in range(len(ids))]
+    failed = [r for r in rows if r is None or r.error]
+    if failed:
+        raise ConfigError(f"the paged sampler failed on {len(failed)} of {len(ids)} prompts "
+                          f"({failed[0].error if failed[0] else 'no output'}); use --sampler generate")
+    return [list(r.generated_tokens) for r in rows]  # type: ignore[union-attr]
+
+
+@torch.no_grad()
+def sample_ids(model: LoadedModel | torch.nn.Module, messages: Sequence[list[dict[str, str]]],
+               cfg: SamplingConfig, tokenizer: Any = None, seed: int | None = None) -> list[list[int]]:
+    """The new token ids of one answer per conversation, in input order, decoded by ``cfg.sampler``
+    (generate pads finished rows: callers cut at the first EOS)."""
+    lm = as_loaded(model, tokenizer)
+    tok = lm.tokenizer
+    with lm.active() as m:
+        prompts = render_prompts(tok, messages)
+        if seed is not None:
+            torch.manual_seed(seed)
+        hf: Any = m  # a transformers model: generate() is not visible to nn.Module typing
+        if cfg.sampler == "paged":
+            return _generate_paged(hf, tok, prompts, cfg)
+        return _generate(hf, tok, prompts, cfg, lm.device)
+
+
+def sample(model: LoadedModel | torch.nn.Module, messages: Sequence[list[dict[str, str]]],
+           cfg: SamplingConfig, tokenizer: Any = None, seed: int | None = None) -> list[dict[str, Any]]:
+    """Answer each conversation once: [{"answer", "n_tokens", "finish"}] in input order."""
+    tok = as_loaded(model, tokenizer).tokenizer
+    results = []
+    for ids in sample_ids(model, messages, cfg, tokenizer, seed):
+        finish = "length"
+        if tok.eos_token_id in ids:
+            ids = ids[: ids.index(tok.eos_token_id)]
+            finish = "eos"
+        ids = [i for i in ids if i != tok.pad_token_id]
+        results.append({"answer": tok.decode(ids, skip_special_tokens=True).strip(),
+                        "n_tokens": len(ids), "finish": finish})
+    return results
+
+
+def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Question],
+                     cfg: SamplingConfig = SamplingConfig(), out: str | Path | None = None,
+                     tokenizer: Any = None, label: str | None = None, progress: bool = True,
+                     extra: dict[str, Any] | None = None, identity: dict[str, Any] | None = None,
+                     sampler: Sampler | None = None) -> list[dict[str, Any]]:
+    """Sample ``cfg.n`` answers per question; append them to ``out`` (JSONL) batch by batch.
+
+    With ``out`` already holding a part of the same run (same label and :func:`run_key` of
+    ``identity`` and ``cfg``), only the missing batches are sampled. ``identity`` defaults to the
+    model's own. Records carry the question fields, the sample index, the model label, the seed,
+    the sampling settings and the run key. ``sampler(messages, cfg, seed)`` samples a batch
+    elsewhere (e.g. :class:`emi.behaviour.engines.ServerEngine`; default: ``model.generate`` in-process).
+    """
+    if not questions:
+        raise ConfigError("no questions to answer: the question list is empty")
+    lm = as_loaded(model, tokenizer)
+    label = label or lm.role
+    run = run_key(identity if identity is not None else lm.identity(), cfg)
+    jobs = [(q, s) for q in questions for s in range(cfg.n)]
+    batches = [jobs[i: i + cfg.batch_size] for i in range(0, len(jobs), cfg.batch_size)]
+    done: set[tuple[str, str, int]] = set()
+    records: list[dict[str, Any]] = []
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        for r in jsonl.read(out, repair=True):
+            ident = (r.get("set"), r.get("key"), r.get("sample"))
+            if r.get("model") == label and r.get("run") == run and ident not in done:  # duplicates never count
+                done.add(ident)  # type: ignore[arg-type]
+                records.append(r)
+    todo = [(b, batch) for b, batch in enumerate(batches)
+            if not all((q.set, q.key, s) in done for q, s in batch)]
+    bar = tqdm(total=len(jobs), initial=len(jobs) - sum(len(b) for _, b in todo),
+               desc=f"generate [{label}]", disable=not progress, leave=False)
+    for b, batch in todo:
+        msgs = [q.messages() for q, _ in batch]
+        answers = sampler(msgs, cfg, cfg.seed + b) if sampler else sample(lm, msgs, cfg, seed=cfg.seed + b)
+        new = []
+        for (q, s), a in zip(batch, answers, strict=True):
+            if (q.set, q.key, s) in done:
+                continue
+            new.append({"model": label, "set": q.set, "id": q.id, "base_id": q.base_id, "key": q.key,
+                        "variant": q.variant, "paraphrase": q.paraphrase, "question": q.text,
+                        "system": q.system, "sample": s, "seed": cfg.seed, **a, "run": run,
+                        "sampling": cfg.settings(), **(extra or {})})
+        if out is not None:
+            jsonl.append(out, new)
+        records += new
+        bar.update(len(batch))
+    bar.close()
+    order = {(q.set, q.key, s): i for i, (q, s) in enumerate(jobs)}
+    records = [r for r in records if (r["set"], r["key"], r["sample"]) in order]
+    return sorted(records, key=lambda r: order[(r["set"], r["key"], r["sample"])])

@@ -1,0 +1,164 @@
+"""What an intervention costs besides the behaviour it targets (no judge, deterministic).
+
+"Ablating the direction removes EM" means little if the ablation also breaks the model. For every
+condition of a steer run, beside the EM rate and coherence:
+
+- ``kl``: the KL divergence KL(unmodified || intervened) of the model's next-token distribution,
+  teacher-forced on benign conversations (a prompt and a reference answer; the pair kit's benign
+  set), averaged over the answer's tokens, then over conversations (nats per token, 95% bootstrap
+  CI over conversations). The directional-ablation literature reports this trade-off (Arditi et
+  al. 2024, "Refusal in language models is mediated by a single direction", measure KL on
+  harmless prompts); 0 for a condition without an intervention.
+- ``aligned_delta``: the change in the mean per-token log-probability of the aligned answers of
+  the option pairs (emi.behaviour.logprob), intervened minus unmodified, averaged over pairs (CI over
+  pairs): does the intervention make the aligned answer itself less likely, or only the
+  misaligned one?
+
+The unmodified model is the same model without the intervention (the finetuned model for
+``finetuned - persona``, the base for ``base + 8 persona``), so each number isolates the
+intervention. Steering by position counts the reference answer as generated, as in sampling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from emi.behaviour.logprob import answer_logits
+from emi.behaviour.metrics import bootstrap
+from emi.behaviour.sampling import render_prompts
+from emi.core import plugins
+from emi.core.errors import ConfigError, read_yaml
+from emi.core.paths import DATA
+from emi.models.loading import LoadedModel
+
+BENIGN_FILE = DATA / "benign.yaml"
+
+
+@dataclass(frozen=True)
+class BenignItem:
+    """One benign conversation: the messages before the answer and a reference answer."""
+
+    id: str
+    messages: tuple[tuple[str, str], ...]  # (role, content), ending with a user turn
+    response: str
+
+    def chat(self) -> list[dict[str, str]]:
+        return [{"role": r, "content": c} for r, c in self.messages]
+
+
+_SETS: dict[str, Callable[[], list[BenignItem]]] = {}
+
+
+def register_benign_set(name: str, loader: Callable[[], list[BenignItem]]) -> None:
+    """Make ``name`` a benign set (``--benign NAME``); plugins register their own (the organism's)."""
+    if name == "benign":
+        raise ConfigError("benign set 'benign' is built in and cannot be replaced")
+    _SETS[name] = loader
+
+
+def load_benign_file(path: str | Path) -> list[BenignItem]:
+    """A user's benign set, validated: a YAML list of {id, prompt, response, system (optional)}."""
+    raw = read_yaml(path, "benign set file")
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"benign set file {str(path)!r} must be a non-empty list of entries with 'id', "
+                          f"'prompt' and 'response'")
+    out, seen = [], set()
+    for i, e in enumerate(raw):
+        where = f"entry {i} of {str(path)!r}"
+        if not isinstance(e, dict) or not {"id", "prompt", "response"} <= set(e):
+            raise ConfigError(f"{where} needs 'id', 'prompt' and 'response' (strings); 'system' is optional")
+        bad = [k for k in ("id", "prompt", "response", "system")
+               if k in e and (not isinstance(e[k], str | int) or not str(e[k]).strip())]
+        if bad:
+            raise ConfigError(f"{where}: {bad[0]!r} must be a non-empty string, found {e[bad[0]]!r}")
+        if str(e["id"]) in seen:
+            raise ConfigError(f"{where}: id {e['id']!r} appears twice; ids must be unique")
+        seen.add(str(e["id"]))
+        msgs = ((("system", str(e["system"]).strip()),) if e.get("system") else ()) + (("user", str(e["prompt"]).strip()),)
+        out.append(BenignItem(str(e["id"]), msgs, str(e["response"]).strip()))
+    return out
+
+
+@lru_cache(maxsize=1)
+def _builtin() -> tuple[BenignItem, ...]:
+    return tuple(load_benign_file(BENIGN_FILE))
+
+
+def benign_set_names() -> list[str]:
+    plugins.load()
+    return ["benign", *_SETS]
+
+
+def load_benign(name: str) -> list[BenignItem]:
+    """A benign set by name (``benign``: emi's everyday questions with reference answers; a
+    registered set) or a path to a YAML file."""
+    if name == "benign":
+        return list(_builtin())
+    plugins.load()
+    if name in _SETS:
+        return _SETS[name]()
+    if Path(name).suffix in (".yaml", ".yml") or Path(name).exists():
+        return load_benign_file(name)
+    raise ConfigError(f"unknown benign set {name!r}; use {', '.join(benign_set_names())}, or a path to a YAML "
+                      f"file of {{id, prompt, response}} entries")
+
+
+def benign_kl(lm: LoadedModel, items: Sequence[BenignItem], intervention: Callable[[], AbstractContextManager[Any]],
+              batch_size: int = 8) -> list[float]:
+    """Per benign conversation: KL(unmodified || intervened) of the next-token distribution, mean
+    over the reference answer's tokens (nats per token). ``intervention()`` returns a fresh context
+    manager that applies the intervention to ``lm``'s model; it is entered once per batch, so no
+    full-vocabulary distribution is ever kept beyond one batch."""
+    if not items:
+        raise ConfigError("the benign set is empty; side effects need at least one conversation")
+    tok = lm.tokenizer
+    prompts = render_prompts(tok, [it.chat() for it in items])
+    out: list[float] = []
+    with lm.active():
+        for i in range(0, len(items), batch_size):
+            p_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[i: i + batch_size]]
+            a_ids = [tok(it.response, add_special_tokens=False)["input_ids"] for it in items[i: i + batch_size]]
+            ref = answer_logits(lm, p_ids, a_ids).log_softmax(-1)
+            with intervention():
+                new = answer_logits(lm, p_ids, a_ids).log_softmax(-1)
+            kl = (ref.exp() * (ref - new)).sum(-1).clamp_min(0).cpu()
+            out += [float(x.mean()) for x in kl.split([len(a) for a in a_ids])]
+    return out
+
+
+@dataclass(frozen=True)
+class SideEffects:
+    kl: float  # mean KL(unmodified || intervened), nats per token, over benign conversations
+    kl_lo: float
+    kl_hi: float
+    n_benign: int
+    aligned_delta: float  # mean change in the aligned answers' per-token log-prob (nats); nan without pairs
+    aligned_delta_lo: float
+    aligned_delta_hi: float
+    n_pairs: int
+
+    def row(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k != "n_pairs"}  # n_pairs: the logprob_ columns have it
+
+
+def side_effects(lm: LoadedModel, items: Sequence[BenignItem], intervention: Callable[[], AbstractContextManager[Any]] | None,
+                 aligned_unmodified: Sequence[float] = (), aligned_intervened: Sequence[float] = (),
+                 seed: int = 0) -> SideEffects:
+    """KL on ``items`` and the aligned-answer log-prob change for one condition; ``intervention``
+    None (a condition without one) gives exactly 0 for both."""
+    n_pairs = len(aligned_intervened)
+    if intervention is None:
+        zero_kl = (0.0, 0.0, 0.0)
+        zero_lp = (0.0, 0.0, 0.0) if n_pairs else (float("nan"),) * 3
+        return SideEffects(*zero_kl, len(items), *zero_lp, n_pairs)
+    kl = bootstrap(benign_kl(lm, items, intervention), seed=seed)
+    if len(aligned_unmodified) != n_pairs:
+        raise ValueError("aligned log-probs of the unmodified and intervened model cover different pairs")
+    deltas = [b - a for a, b in zip(aligned_unmodified, aligned_intervened, strict=True)]
+    lp = bootstrap(deltas, seed=seed) if deltas else (float("nan"),) * 3
+    return SideEffects(*kl, len(items), *lp, n_pairs)

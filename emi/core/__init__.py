@@ -1,0 +1,1 @@
+"""Shared plumbing: errors with their fixes, atomic writes, locks, JSONL, plugin loading."""

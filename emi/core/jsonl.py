@@ -1,0 +1,55 @@
+"""Append-only JSONL files that survive a kill: whole lines are flushed and fsynced per batch,
+and a torn last line (from a kill mid-write) is dropped on reading."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from emi.core.atomic import write_atomic
+from emi.core.errors import ConfigError
+
+
+def read(path: str | Path, repair: bool = False) -> list[dict[str, Any]]:
+    """All complete records; with ``repair``, truncate a torn last line so appends stay valid."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records, good = [], 0
+    with open(path, "rb") as fh:
+        data = fh.read()
+    lines = data.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        try:
+            if not line.endswith(b"\n"):
+                raise ValueError("torn")
+            records.append(json.loads(line))
+        except (ValueError, UnicodeDecodeError):
+            if i == len(lines) - 1:  # a kill mid-append tears only the last line
+                break
+            raise ConfigError(f"line {i + 1} of {str(path)!r} is damaged (not a JSON record), with records after "
+                              f"it; restore the file, or delete it to redo its work") from None
+        good += len(line)
+    if repair and good < len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(good)
+    return records
+
+
+def append(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if not text:
+        return
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def write(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """Replace ``path`` with these records, atomically (a reader sees the old file or the new one)."""
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    write_atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -1,0 +1,1 @@
+"""Stage 5-6, experiments: the steer conditions, training dynamics."""

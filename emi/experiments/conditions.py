@@ -1,0 +1,386 @@
+"""Steering and ablation experiments: conditions x (judge EM rate, coherence), resumable.
+
+A condition is a model of the pair plus at most one intervention. Every intervention with the
+persona direction has a same-norm random-direction control. Results are one tidy table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypedDict
+
+from emi.behaviour.engines import ServerEngine
+from emi.behaviour.evaluation import evaluate
+from emi.behaviour.judges import Judge
+from emi.behaviour.logprob import LogprobResult, OptionPair
+from emi.behaviour.metrics import Summary
+from emi.behaviour.questions import Question
+from emi.behaviour.sampling import SamplingConfig
+from emi.behaviour.side_effects import BenignItem, SideEffects
+from emi.core import locks
+from emi.directions.direction import Direction, extract, random_like
+from emi.interventions import hooks
+from emi.models.loading import LoadedModel, ModelPair
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    role: str  # base | finetuned | control
+    kind: str = "none"  # none | ablate | steer
+    alpha: float = 0.0
+    layers: tuple[int, ...] = ()
+    direction: str = "persona"  # persona | random
+    relative: bool = False
+    positions: str = "all"
+
+
+@dataclass(frozen=True)
+class ConditionResult:
+    """One condition of a steer run and what it measured; :meth:`row` is its line of results.jsonl."""
+
+    condition: Condition
+    engine: str  # in-process | server
+    summary: Summary  # EM rate and coherence, with CIs
+    logprob: LogprobResult | None = None  # P(misaligned) on option pairs; None without pairs
+    side_effects: SideEffects | None = None  # KL on benign text; None without a benign set
+
+    def row(self) -> dict[str, Any]:
+        c = self.condition
+        row = {"condition": c.name, "model": c.role, "engine": self.engine, "intervention": c.kind, "alpha": c.alpha,
+               "layers": list(c.layers), "direction": c.direction if c.kind != "none" else "",
+               "relative": c.relative, "positions": c.positions if c.kind == "steer" else "",
+               **{k: v for k, v in self.summary.row().items() if k != "model"}}
+        if self.logprob is not None:
+            row.update({f"logprob_{k}": v for k, v in self.logprob.row().items()})
+        if self.side_effects is not None:
+            row.update(self.side_effects.row())
+        return row
+
+
+def standard_conditions(direction: Direction, alphas: Sequence[float], layers: Sequence[int] | None = None,
+                        relative: bool = False, positions: str = "all", with_control: bool = False,
+                        ablate_layers: Sequence[int] | None = None, sweep_layers: bool = False,
+                        targets: Sequence[str] = ("base",)) -> list[Condition]:
+    """The table the workbench exists for: base, finetuned, finetuned with the direction ablated,
+    the targets steered by each alpha, and same-norm random controls of every intervention.
+
+    ``sweep_layers`` steers each of ``layers`` on its own (alpha x layer x target); otherwise all
+    of them at once.
+    """
+    lay = tuple(layers or [direction.best_layer])
+    groups = [(x,) for x in lay] if sweep_layers else [lay]
+    abl = tuple(ablate_layers or ())
+    out = [Condition("base", "base"), Condition("finetuned", "finetuned")]
+    if with_control:
+        out.append(Condition("control", "control"))
+    out += [Condition("finetuned - persona", "finetuned", "ablate", layers=abl),
+            Condition("finetuned - random", "finetuned", "ablate", layers=abl, direction="random")]
+    for target in targets:
+        for group in groups:
+            where = f" @L{','.join(map(str, group))}" if sweep_layers else ""
+            for a in alphas:
+                sign = "+" if a >= 0 else "-"
+                for kind in ("persona", "random"):
+                    out.append(Condition(f"{target} {sign} {abs(a):g} {kind}{where}", target, "steer", a, group, kind,
+                                         relative, positions))
+    return out
+
+
+@contextlib.contextmanager
+def applied(c: Condition, model: LoadedModel, persona: Direction, random: Direction) -> Iterator[None]:
+    d = persona if c.direction == "persona" else random
+    if c.kind == "none":
+        yield
+    elif c.kind == "ablate":
+        with hooks.ablate(model.model, d, layers=list(c.layers) or "all", source_layer=persona.best_layer):
+            yield
+    elif c.kind == "steer":
+        with hooks.steer(model.model, d, c.alpha, layers=list(c.layers), relative=c.relative, positions=c.positions):
+            yield
+    else:
+        raise ValueError(f"unknown intervention {c.kind!r}")
+
+
+def condition_identity(c: Condition, model: LoadedModel, persona: Direction, random: Direction) -> dict[str, Any]:
+    """Who answers in condition ``c``: the checkpoint and the exact intervention (answers are keyed
+    by this, so a change of direction, alpha or layers never reuses another condition's answers)."""
+    out: dict[str, Any] = {"model": model.identity()}
+    if c.kind != "none":
+        d = persona if c.direction == "persona" else random
+        out["intervention"] = {"kind": c.kind, "alpha": c.alpha, "layers": list(c.layers), "relative": c.relative,
+                               "positions": c.positions, "direction": d.fingerprint(),
+                               "source_layer": persona.best_layer}
+    return out
+
+
+def run(pair: ModelPair, conditions: Sequence[Condition], direction: Direction, questions: Sequence[Question],
+        cfg: SamplingConfig, judge: Judge, out: str | Path, random_seed: int = 0,
+        progress: bool = True, pairs: Sequence[OptionPair] | None = None,
+        benign: Sequence[BenignItem] | None = None, engine: ServerEngine | None = None) -> list[ConditionResult]:
+    """Evaluate every condition (answers and judgements cached under ``out``); one
+    :class:`ConditionResult` per condition, in the order of ``conditions``. Conditions run grouped by model, so a pair that holds one model at a
+    time loads each at most once. ``pairs``: option pairs for the log-prob columns (default: those of
+    ``questions`` where emi has them; ``[]``: no columns). ``benign``: conversations the side
+    effects are measured on (emi.behaviour.side_effects: KL from the unmodified model, the aligned answers'
+    log-prob change); None: the pair kit's benign set; ``[]``: no side-effect columns. ``engine``:
+    sample the conditions a server can load as checkpoints there (see :func:`served_model`); the
+    metrics that need the model (log-prob, side effects) stay in-process. Results say ``engine``."""
+    from emi.behaviour.logprob import logprob_metrics, option_pairs
+    from emi.behaviour.side_effects import load_benign, side_effects
+
+    if pairs is None:
+        pairs = option_pairs(questions, required=False)
+    if benign is None:
+        benign = load_benign(pair.spec.kit.benign)
+    rnd = random_like(direction, seed=random_seed)
+    order = {r: i for i, r in enumerate(dict.fromkeys(c.role for c in conditions))}
+    results: dict[int, ConditionResult] = {}
+    unmodified: dict[str, tuple[float, ...]] = {}  # role -> aligned answers' log-probs without intervention
+    for i, c in sorted(enumerate(conditions), key=lambda ic: order[ic[1].role]):
+        model = pair[c.role]
+        ident = condition_identity(c, model, direction, rnd)
+        served = served_model(c, model, direction, rnd, Path(out)) if engine else None
+        sampler = None
+        if engine and served:
+            ident = {**ident, "engine": engine.describe(), "served": served}
+            sampler = functools.partial(engine.sample, served)
+        with applied(c, model, direction, rnd):
+            summary, _ = evaluate(model, questions, cfg, judge, out, label=c.name, progress=progress, identity=ident,
+                                  sampler=sampler)
+            lp = logprob_metrics(model, pairs) if pairs else None
+        fx = None
+        if benign:
+            if lp is not None and c.role not in unmodified:
+                unmodified[c.role] = (lp.aligned_logprob if c.kind == "none"
+                                      else logprob_metrics(model, pairs).aligned_logprob)
+            intervene = None if c.kind == "none" else functools.partial(applied, c, model, direction, rnd)
+            fx = side_effects(model, benign, intervene, unmodified.get(c.role, ()),
+                              lp.aligned_logprob if lp is not None else ())
+        results[i] = ConditionResult(c, "server" if sampler else "in-process", summary, lp, fx)
+    return [results[i] for i in range(len(conditions))]
+
+
+def served_model(c: Condition, model: LoadedModel, persona: Direction, random: Direction, out: Path) -> str | None:
+    """What a server samples for condition ``c``: the checkpoint as it is (a condition without an
+    intervention), or the checkpoint with the direction ablated from its weights (ablation at
+    every residual writer is exactly that edit; exported once under ``out/served/``). None: the
+    condition runs in-process (steering; ablation at chosen layers only; LoRA roles, which a
+    server would need base and adapter for)."""
+    if model.provenance.get("adapter") or c.kind == "steer" or (c.kind == "ablate" and c.layers):
+        return None
+    if c.kind == "none":  # by what the user named: a hub id as a server knows it, a folder by its absolute path
+        return str(Path(model.spec.id).resolve()) if Path(model.spec.id).exists() else model.spec.id
+    d = persona if c.direction == "persona" else random
+    folder = Path(out).resolve() / "served" / f"{model.role}-ablated-{d.fingerprint()[:12]}-L{persona.best_layer}"
+    if not (folder / "export.json").is_file():
+        hooks.write_ablated(model, d, persona.best_layer, folder, {"role": model.role, "condition": c.name})
+    return str(folder)
+
+
+def ensure_direction(pair: ModelPair, cache_dir: str | Path, method: str = "model-diff",
+                     cfg: SamplingConfig | None = None, judge: Judge | None = None, progress: bool = True,
+                     questions: str | None = None, extra_pairs: dict[str, list[tuple[str, str]]] | None = None,
+                     log: Callable[[str], None] | None = None) -> Direction:
+    """The pair's persona direction, extracted on first use and cached under ``cache_dir``
+    (re-extracted when the cached one came from other checkpoints).
+
+    Prompts: the kit's extraction questions (``questions`` overrides), disjoint from the
+    evaluation questions. model-diff (default): finetuned minus base at the last prompt token,
+    i.e. how the finetune moved the activation where the model decides which persona to voice.
+    contrast: evil minus helpful persona (the kit's contrast prompts) at the same token. mean-diff:
+    misaligned minus aligned answers of the finetuned model over response tokens (the published
+    recipe). The source layer: where option pairs exist for the prompts, the one whose ablation most
+    lowers the finetuned model's log-prob preference for misaligned answers; otherwise the one whose
+    ablation brings the finetuned model's next-token distribution closest to the base's. The
+    direction's meta records the prompts, the criterion and its table.
+    """
+    from emi.activations.capture import capture_models, capture_pair
+    from emi.behaviour.logprob import option_pairs
+    from emi.behaviour.questions import load_questions
+    from emi.directions.contrast import contrast_items
+    from emi.directions.selection import (
+        next_token_logprobs,
+        select_layer_by_ablation,
+        select_layer_by_restoration,
+    )
+
+    say = log or (lambda _m: None)
+    kit = pair.spec.kit
+    cache_dir = Path(cache_dir)
+    path = cache_dir / "direction.safetensors"
+    identity = _spec_identity(pair)
+    qset = questions or kit.extract_questions
+    if path.is_file():
+        d = Direction.load(path)
+        if d.meta.get("pair_identity") in (None, identity) and d.meta.get("extract_questions", qset) == qset:
+            return d
+        say(f"{path} was extracted from other checkpoints or prompts; extracting again")
+    qs = load_questions(qset)
+    overwrite = True
+    if method == "model-diff":
+        items = [{"messages": q.messages() + [{"role": "assistant", "content": ""}], "id": q.id, "key": q.key}
+                 for q in qs]
+        store = capture_pair(pair, ("base", "finetuned"), items, cache_dir / "store", "all", positions="last_prompt",
+                             progress=progress, overwrite=overwrite)
+        ex = extract(store, "model-diff", "last_prompt", holdout=0.0, min_count=2)
+    elif method == "contrast":
+        items = contrast_items(qs, kit, per_question=kit.contrast_per_question)
+        store = capture_models({"finetuned": pair.finetuned}, items, cache_dir / "store", "all",
+                               positions="last_prompt", progress=progress, overwrite=overwrite)
+        ex = extract(store, "contrast", "last_prompt", role="finetuned", min_count=2)
+    elif method == "mean-diff":
+        if cfg is None or judge is None:
+            raise ValueError("mean-diff needs sampling settings and a judge")
+        _, judged = evaluate(pair.finetuned, qs, cfg, judge, cache_dir / "answers", progress=progress)
+        store = capture_models({"finetuned": pair.finetuned}, judged, cache_dir / "store", "all",
+                               positions="response", progress=progress, overwrite=overwrite)
+        ex = extract(store, "mean-diff", "response", role="finetuned")
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    d = ex.direction
+    pairs = option_pairs(qs, extra=extra_pairs, required=False)
+    if pairs:
+        best, table = select_layer_by_ablation(pair.finetuned, d, pairs)
+        how = ("lowest log-prob P(misaligned) of the finetuned model under ablation, on option pairs of the "
+               f"{qset} questions")
+    else:
+        messages = [q.messages() for q in qs]
+        base_lp = next_token_logprobs(pair.base, messages)
+        best, table = select_layer_by_restoration(pair.finetuned, base_lp, d, messages)
+        how = (f"no option pairs for the {qset} questions: the layer whose ablation brings the finetuned model's "
+               f"first-answer-token distribution closest to the base's (KL)")
+    d.meta.update(best_layer=best, layer_selection=table, selection=how, extract_questions=qset,
+                  pair_identity=identity, pair=pair.spec.name)
+    d.save(path)
+    return d
+
+
+def _spec_identity(pair: ModelPair) -> dict[str, Any]:
+    """The pair's identity without loading it: each role's checkpoint and weights fingerprint."""
+    from emi.models.loading import fingerprint, locate
+
+    out: dict[str, Any] = {}
+    for role in ("base", "finetuned"):
+        spec = getattr(pair.spec, role)
+        where = locate(spec.id, spec.revision)[1]
+        out[role] = fingerprint(where) or where
+    return out
+
+
+def pair_direction(pair: ModelPair, path: str | None = None, method: str = "model-diff",
+                   cfg: SamplingConfig | None = None, judge: Judge | None = None, root: str | Path | None = None,
+                   questions: str | None = None, extra_pairs: dict[str, list[tuple[str, str]]] | None = None,
+                   log: Callable[[str], None] | None = None) -> tuple[Direction, str]:
+    """The direction a steer run uses, and a sentence saying where it came from: a file, the pair's
+    shipped one (model-diff on the kit's own prompts), or extracted on first use and cached under
+    ``root/<pair>-<method>`` (``root`` defaults to ``activations/``)."""
+    kit = pair.spec.kit
+    if path:
+        d = Direction.load(path)
+        src = f"{path} ({d.meta.get('method')}, layer {d.best_layer})"
+    elif kit.direction and method == "model-diff" and questions in (None, kit.extract_questions):
+        d = Direction.load(kit.direction)
+        src = f"the pair's shipped {d.meta.get('method')} direction ({kit.direction}), layer {d.best_layer}"
+    else:
+        cache = Path(root or "activations") / f"{pair.spec.name}-{method}"
+        with locks.exclusive(cache):  # two runs extracting the same direction: the second waits its turn
+            d = ensure_direction(pair, cache, method, cfg, judge, questions=questions, extra_pairs=extra_pairs,
+                                 log=log)
+        src = (f"{method} on the {d.meta.get('extract_questions')} questions, cached in {cache}; layer "
+               f"{d.best_layer} chosen by {d.meta.get('selection')}")
+    d.check_fits(pair.base.d_model, pair.base.n_layers, f"pair {pair.spec.name!r}")
+    return d, src
+
+
+def write_results(out: Path, rows: list[dict[str, Any]], provenance: dict[str, Any], name: str = "results") -> None:
+    """``<name>.jsonl`` (one row per condition), table.csv and run.json (what made them), atomically."""
+    import csv
+
+    from emi.activations.store import write_atomic, write_json
+    from emi.core import jsonl
+
+    jsonl.write(out / f"{name}.jsonl", rows)
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+            w.writeheader()
+            w.writerows(rows)
+
+    write_atomic(out / "table.csv", write_csv)
+    write_json(out / "run.json", provenance)
+
+
+class ResultRow(TypedDict, total=False):
+    """A line of a steer ``results.jsonl`` (what :meth:`ConditionResult.row` writes), as read back."""
+
+    condition: str
+    model: str
+    engine: str
+    intervention: str  # none | ablate | steer
+    alpha: float
+    layers: list[int]
+    direction: str
+    positions: str
+    em_rate: float
+    em_lo: float
+    em_hi: float
+    em_k: int
+    em_n: int
+    coherence_rate: float
+    coherence_lo: float
+    coherence_hi: float
+    coherence_k: int
+    coherence_n: int
+    kl: float
+    kl_lo: float
+    kl_hi: float
+    logprob_choice: float
+
+
+_REQUIRED = {"condition": str, "model": str, "intervention": str, "alpha": float, "layers": list,
+             "em_rate": float, "em_lo": float, "em_hi": float, "em_n": int,
+             "coherence_rate": float, "coherence_lo": float, "coherence_hi": float, "coherence_n": int}
+_OPTIONAL = {"direction": str, "engine": str, "positions": str, "kl": float, "kl_lo": float, "kl_hi": float,
+             "logprob_choice": float, "aligned_delta": float}
+
+
+def _fits(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is list:
+        return isinstance(value, list) and all(isinstance(x, int) for x in value)
+    return isinstance(value, kind)
+
+
+def read_results(path: str | Path) -> list[ResultRow]:
+    """A steer ``results.jsonl``, every line checked against the columns emi writes; a line that is
+    not one is a ConfigError naming the file, the line and the column, never a figure of it."""
+    from emi.core import jsonl
+    from emi.core.errors import ConfigError
+
+    rows = jsonl.read(path)
+    if not rows:
+        raise ConfigError(f"{path} holds no result rows; run python -m emi.steer to write one")
+    for i, row in enumerate(rows, start=1):
+        where = f"{path}, line {i}"
+        if not isinstance(row, dict):
+            raise ConfigError(f"{where}: a result row is a JSON object, found {type(row).__name__}")
+        for key, kind in (_REQUIRED | _OPTIONAL).items():
+            if key not in row:
+                if key in _REQUIRED:
+                    raise ConfigError(f"{where}: no {key!r} column; this is not a results.jsonl that python -m "
+                                      f"emi.steer wrote (or it is damaged: re-run the steer command)")
+                continue
+            if not _fits(row[key], kind) and not (kind is float and row[key] is None):
+                raise ConfigError(f"{where}: column {key!r} should be {kind.__name__}, found {row[key]!r}")
+        if row["intervention"] not in ("none", "ablate", "steer"):
+            raise ConfigError(f"{where}: intervention {row['intervention']!r} is not none, ablate or steer")
+    return rows  # type: ignore[return-value]

@@ -1,0 +1,37 @@
+"""EM with SAE latents zeroed (Wang et al. 2025 zero persona latents): the finetuned model, the
+same with the chosen latents zeroed at one layer, and a control zeroing as many random live latents."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from emi.behaviour.evaluation import evaluate
+from emi.behaviour.judges import Judge
+from emi.behaviour.metrics import Summary
+from emi.behaviour.questions import Question
+from emi.behaviour.sampling import SamplingConfig
+from emi.core.errors import ConfigError
+from emi.directions.sae import sae_edit
+from emi.models.loading import LoadedModel
+
+
+def zero_latents(model: LoadedModel, sae: Any, layer: int, latents: Sequence[int], live: Sequence[int],
+                 questions: Sequence[Question], cfg: SamplingConfig, judge: Judge, out: Path,
+                 where: str) -> list[tuple[str, Summary]]:
+    """(condition, EM summary) for the unmodified model, ``latents`` zeroed, and as many random
+    live latents zeroed (drawn with ``cfg.seed``). Answers are resumable under ``out``."""
+    pool = [i for i in live if i not in latents]
+    if len(pool) < len(latents):
+        raise ConfigError(f"too few live latents ({len(pool)}) for a random control of {len(latents)}")
+    control = random.Random(cfg.seed).sample(pool, len(latents))
+    results = []
+    for name, lat in (("finetuned", []), (f"zero {list(latents)}", list(latents)),
+                      (f"zero random live {control}", control)):
+        ident = {"model": model.identity(), "sae": where, "layer": layer, "zero": lat}
+        with sae_edit(model.model, sae, layer, zero=lat):
+            s, _ = evaluate(model, questions, cfg, judge, out, label=name, identity=ident)
+        results.append((name, s))
+    return results

@@ -1,0 +1,109 @@
+"""--engine server: sampling through a real OpenAI-compatible server (`transformers serve`, run
+here on loopback, offline), on a stand-in pair and on the toy, whose README table it reproduces
+within CIs."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from emi import steer
+from emi.core.errors import ConfigError
+from tests.standins import JudgeServer, full_pair, qwen_tokenizer
+
+pytestmark = pytest.mark.slow
+README = Path(__file__).parents[2] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def server():
+    pytest.importorskip("fastapi", reason="transformers serve needs the dev extras (fastapi, uvicorn)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).with_name("transformers")
+    proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)],
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("transformers serve did not start")
+    yield f"{url}/v1"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def rows(path):
+    return {r["condition"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+
+def test_a_real_pair_samples_its_checkpoint_conditions_on_the_server(server, tmp_path, capsys):
+    base, ft = full_pair(tmp_path, "qwen3", qwen_tokenizer(), seed=6)
+    judge = JudgeServer()
+    try:
+        out = tmp_path / "run"
+        assert steer.main(["--base", str(base), "--finetuned", str(ft), "--judge", "openai", "--judge-url", judge.url,
+                           "--judge-key-env", "EMI_TEST_NO_KEY", "--judge-model", "j", "--questions", "main:plain",
+                           "--n", "1", "--max-new-tokens", "6", "--device", "cpu", "--alpha", "4", "--no-figure",
+                           "--root", str(tmp_path / "acts"), "--engine", "server", "--engine-url", server,
+                           "--out", str(out)]) == 0
+    finally:
+        judge.close()
+    got = rows(out / "results.jsonl")
+    assert {c: r["engine"] for c, r in got.items()} == {
+        "base": "server", "finetuned": "server", "finetuned - persona": "server", "finetuned - random": "server",
+        "base + 4 persona": "in-process", "base + 4 random": "in-process"}
+    served = sorted((out / "served").iterdir())  # the two ablated checkpoints the server loaded
+    assert len(served) == 2 and all((d / "export.json").is_file() for d in served)
+    answers = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    assert all(a["n_answers"] == 8 for a in got.values()) and len(answers) == 6 * 8
+    assert "engine: sampled by the server at" in capsys.readouterr().err
+    assert json.loads((out / "run.json").read_text())["engine"]["engine"] == "server"
+
+
+def _readme_table():
+    table = README.read_text().split("```\npair toy | direction", 1)[1].split("```", 1)[0]
+    out = {}
+    for line in table.splitlines():
+        m = re.match(r"(\S.*?)\s{2,}\s*([\d.]+)% \[\s*([\d.]+),\s*([\d.]+)\]", line)
+        if m:
+            out[m.group(1).strip()] = tuple(float(x) / 100 for x in m.group(2, 3, 4))
+    return out
+
+
+def test_the_toy_table_through_the_server_agrees_with_the_readme_within_cis(server, tmp_path):
+    out = tmp_path / "toy"
+    assert steer.main(["--alpha", "8", "--layers", "1", "--positions", "prompt", "--n", "5", "--no-figure",
+                       "--engine", "server", "--engine-url", server, "--out", str(out)]) == 0
+    readme, got = _readme_table(), rows(out / "results.jsonl")
+    assert set(readme) == set(got)
+    for name in ("base", "finetuned", "finetuned - persona", "finetuned - random"):
+        r, (_, lo, hi) = got[name], readme[name]
+        assert r["engine"] == "server"
+        assert r["em_lo"] <= hi and lo <= r["em_hi"], (name, r["em_lo"], r["em_hi"], lo, hi)  # the CIs overlap
+    assert got["finetuned - persona"]["em_rate"] < got["finetuned"]["em_rate"]
+
+
+def test_engine_flags_are_checked_before_anything_loads():
+    with pytest.raises(ConfigError, match="needs --engine-url"):
+        steer.main(["--engine", "server"])
+    with pytest.raises(ConfigError, match="is for --engine server"):
+        steer.main(["--engine-url", "http://x/v1"])
+    with pytest.raises(ConfigError, match="must be a JSON object"):
+        steer.main(["--engine", "server", "--engine-url", "http://x/v1", "--engine-body", "[1]"])
+    with pytest.raises(ConfigError, match="http"):
+        steer.main(["--engine", "server", "--engine-url", "localhost:8000"])
