@@ -33,11 +33,11 @@ from safetensors.torch import save
 from emi.core import jsonl
 from emi.core.atomic import write_atomic, write_json
 from emi.core.errors import ConfigError, StoreError
+from emi.core.paths import DTYPES
 
 FORMAT = "emi.activations.store/1"
 DEFAULT_ROOT = Path("activations")
 META_KEYS = ("row.text", "row.pos", "row.response")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 REPAIR = ("re-run the same `python -m emi.cache` command: it verifies the store and rebuilds exactly the "

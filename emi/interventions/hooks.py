@@ -106,6 +106,14 @@ def steer_delta(direction: Direction | Float[torch.Tensor, " d_model"], layer: i
     return scale * unit_vector(direction, layer, model)
 
 
+def project_out(x: Float[torch.Tensor, "*batch d_model"], u: Float[torch.Tensor, " d_model"], target: float = 0.0
+                ) -> Float[torch.Tensor, "*batch d_model"]:
+    """``x`` with its component along the unit vector ``u`` set to ``target`` (0: removed). The one
+    projection behind every ablation: the HF hooks, TransformerLens, nnsight, and (applied to the
+    output dimension of a residual writer's weight) orthogonalisation."""
+    return x - ((x @ u) - target)[..., None] * u
+
+
 class _Positions:
     """Tracks the absolute positions of the tokens in the current forward pass."""
 
@@ -233,9 +241,7 @@ def patch_ablate(model: HFModel, direction: Direction | torch.Tensor, layers: Se
         target = 0.0 if mean is None or layer_list is None else mean
 
         def hook(_m: nn.Module, _i: Any, out: Any, u: torch.Tensor = u, target: float = target) -> Any:
-            h = L.output_tensor(out)
-            proj = h @ u
-            return L.replace_output(out, h - (proj - target)[..., None] * u)
+            return L.replace_output(out, project_out(L.output_tensor(out), u, target))
 
         handle.handles.append(module.register_forward_hook(hook))
     return handle
@@ -268,10 +274,11 @@ def nothing() -> Iterator[None]:
 
 # ---------------------------------------------------------------- weight orthogonalisation
 
-def _project_out_rows(w: torch.Tensor, u: torch.Tensor) -> None:
-    """In place: W <- W - u u^T W for a weight whose output dimension (rows) is d_model."""
-    uu = u.to(w.dtype)
-    w.sub_(torch.outer(uu, uu @ w))
+def _project_out_outputs(w: torch.Tensor, u: torch.Tensor, dim: int) -> None:
+    """In place: remove ``u`` from the output dimension ``dim`` (of size d_model) of a weight, in
+    float32: W <- (I - u u^T) W along that dimension."""
+    moved = w.float().movedim(dim, -1)
+    w.copy_(project_out(moved, u.to(w.device, torch.float32)).movedim(-1, dim).to(w.dtype))
 
 
 def orthogonalize(model: HFModel, direction: Direction | torch.Tensor, source_layer: int | None = None) -> HFModel:
@@ -302,23 +309,18 @@ def orthogonalize(model: HFModel, direction: Direction | torch.Tensor, source_la
 
 def _orthogonalize_writer(writer: nn.Module | nn.Parameter, v: torch.Tensor) -> None:
     """In place: remove ``v`` from what one residual writer can output."""
-    if isinstance(writer, nn.Parameter):  # fused experts [experts, d_model, d_expert]: rows per expert
-        w = writer.data
-        u = v.to(w.device, torch.float32)
-        w.sub_((u[None, :, None] * torch.einsum("d,edk->ek", u, w.float())[:, None, :]).to(w.dtype))
+    if isinstance(writer, nn.Parameter):  # fused experts [experts, d_model, d_expert]
+        _project_out_outputs(writer.data, v, dim=1)
         return
-    if isinstance(writer, nn.Embedding):
-        w = writer.weight.data
-        u = v.to(w.device, torch.float32)
-        w.sub_(torch.outer(w.float() @ u, u).to(w.dtype))
+    if isinstance(writer, nn.Embedding):  # [vocab, d_model]
+        _project_out_outputs(writer.weight.data, v, dim=1)
         return
-    base: Any = getattr(writer, "base_layer", writer)
-    u = v.to(base.weight.device)
-    _project_out_rows(base.weight.data, u)
+    base: Any = getattr(writer, "base_layer", writer)  # nn.Linear: [d_model, d_in]
+    _project_out_outputs(base.weight.data, v, dim=0)
     if base.bias is not None:
-        base.bias.data.sub_((base.bias.data.float() @ u * u).to(base.bias.dtype))
+        _project_out_outputs(base.bias.data, v, dim=0)
     for b in getattr(writer, "lora_B", {}).values():  # peft: out = W x + B A x * s
-        _project_out_rows(b.weight.data, u.to(b.weight.device))
+        _project_out_outputs(b.weight.data, v, dim=0)
 
 
 def write_ablated(lm: Any, direction: Direction, layer: int, out: Path, provenance: dict[str, Any]) -> bool:
@@ -387,8 +389,7 @@ def tl_ablate_hooks(direction: Direction | torch.Tensor, n_layers: int, source_l
     v = unit_vector(direction, source_layer)
 
     def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
-        u = v.to(act.device, act.dtype)
-        return act - (act @ u)[..., None] * u
+        return project_out(act, v.to(act.device, act.dtype))
 
     lin = set(linear_layers)
     names = ["hook_embed"] + [L.tl_hook_name(layer, s, layer in lin) for layer in range(n_layers)
@@ -414,13 +415,12 @@ def nnsight_ablate(nn_model: Any, direction: Direction | torch.Tensor, n_layers:
     """Inside a trace: project the direction out of the embedding and every attn and MLP output."""
     v = unit_vector(direction, source_layer)
     emb = nn_model.model.embed_tokens
-    emb.output = emb.output - (emb.output @ v)[..., None] * v
+    emb.output = project_out(emb.output, v)
     for layer in range(n_layers):
         attn = L.nnsight_envoy(nn_model, layer, "attn")
         if L.is_tuple_output(nn_model, layer, "attn"):
-            a = attn.output[0]
-            attn.output = (a - (a @ v)[..., None] * v, *attn.output[1:])
+            attn.output = (project_out(attn.output[0], v), *attn.output[1:])
         else:  # linear attention returns the tensor itself
-            attn.output = attn.output - (attn.output @ v)[..., None] * v
+            attn.output = project_out(attn.output, v)
         mlp = L.nnsight_envoy(nn_model, layer, "mlp")
-        mlp.output = mlp.output - (mlp.output @ v)[..., None] * v
+        mlp.output = project_out(mlp.output, v)

@@ -49,6 +49,10 @@ class PairKit:
     task: TaskMetric | None = None  # the finetune's own task, for python -m emi.trajectory
     trajectory: tuple[str, ...] = ()  # checkpoints saved along the finetune, in training order
 
+    def sampling(self) -> dict[str, int]:
+        """The pair's sampling defaults, as :class:`emi.behaviour.sampling.SamplingConfig` fields."""
+        return {"max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size}
+
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.contrast_per_question < 1:
             raise ConfigError("PairKit.max_new_tokens, batch_size and contrast_per_question must be >= 1")

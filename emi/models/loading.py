@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import is_offline_mode
 from torch import nn
 
 from emi.core.errors import ModelLoadError
+from emi.core.paths import DTYPES
 from emi.models import layers
 from emi.models.specs import ModelSpec, PairSpec
 
@@ -111,15 +113,10 @@ def parse_dtype(name: str | torch.dtype | None, device: str) -> torch.dtype:
         return default_dtype(device)
     if isinstance(name, torch.dtype):
         return name
-    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-             "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, **DTYPES}
     if name not in table:
         raise ModelLoadError(f"unknown dtype {name!r}; expected one of {', '.join(table)} or auto")
     return table[name]
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
 
 
 def _looks_like_path(ident: str) -> bool:
@@ -161,7 +158,7 @@ def locate(ident: str, revision: str | None = None) -> tuple[str, str]:
         except EntryNotFoundError:
             continue
         except Exception as exc:  # offline, unknown repo, gated, network down
-            if _offline() or "offline" in str(exc).lower() or "connect" in str(exc).lower():
+            if is_offline_mode() or "offline" in str(exc).lower() or "connect" in str(exc).lower():
                 raise _not_cached(ident) from None
             if fname == "adapter_config.json":
                 continue
