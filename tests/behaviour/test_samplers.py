@@ -104,3 +104,14 @@ def test_sampling_is_seeded_and_keyed_by_sampler(tiny_finetuned_dir):
     assert keys == {None, "static", "paged"}  # the reference keeps the key answers were written under
     with pytest.raises(ConfigError, match="unknown sampler"):
         SamplingConfig(sampler="vllm")
+
+
+def test_static_draws_the_same_samples_as_generate(toy_pair):
+    """Sampled (temperature 1, the papers' setting), the static cache gives generate's answers for
+    the same seed: why `--sampler static` reprints the `make demo` table to the digit."""
+    lm = toy_pair["base"]
+    d = Direction.load(toy_pair.spec.kit.direction)
+    with hooks.steer(lm.model, d, 8.0, layers=[1], positions="prompt"):
+        ref, fast = ([a["answer"] for a in sample(lm, MESSAGES * 4, SamplingConfig(max_new_tokens=40, sampler=s),
+                                                   seed=3)] for s in ("generate", "static"))
+    assert ref == fast and len(set(ref)) > 6
