@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import interleaved, table, toy  # noqa: E402
 
-from emi import hooks  # noqa: E402
+from emi.interventions import hooks  # noqa: E402
 from emi.behaviour.questions import load_questions  # noqa: E402
 from emi.behaviour.sampling import SamplingConfig, sample_ids  # noqa: E402
 from emi.directions.direction import Direction  # noqa: E402
@@ -84,31 +83,16 @@ def report(title: str, rows: list[dict]) -> None:
 
 def server_vs_inprocess(lm, batch: int, new: int, rounds: int) -> None:  # noqa: ANN001
     """The same greedy prompts through `transformers serve` (one request per answer) and in-process."""
-    import os
-    import socket
-    import subprocess
     import tempfile
-    import urllib.request
 
     from emi.behaviour.engines import ServerEngine
+    from tests.standins import transformers_serve
 
     folder = Path(tempfile.mkdtemp()) / "model"
     lm.model.save_pretrained(folder)
     lm.tokenizer.save_pretrained(folder)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("transformers")), "serve", "--host", "127.0.0.1",
-                             "--port", str(port)], env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        engine = ServerEngine(f"http://127.0.0.1:{port}/v1", concurrency=batch)
+    with transformers_serve(wait_s=120) as url:
+        engine = ServerEngine(url, concurrency=batch)
         msgs = messages(batch)
         cfg = SamplingConfig(temperature=0.0, max_new_tokens=new, batch_size=batch)
         counts: dict[str, int] = {}
@@ -120,9 +104,6 @@ def server_vs_inprocess(lm, batch: int, new: int, rounds: int) -> None:  # noqa:
             counts["in-process"] = new_tokens(lm, sample_ids(lm, msgs, cfg, seed=0))
 
         secs = interleaved({"in-process generate": local, "transformers serve": served}, rounds=rounds)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     ref = counts["in-process"] / secs["in-process generate"]
     rows = [{"m": k, "tok": counts[c], "tps": f"{counts[c] / v:,.1f}", "x": f"{counts[c] / v / ref:.2f}x"}
             for (k, v), c in zip(secs.items(), ("in-process", "server"), strict=True)]

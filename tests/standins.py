@@ -7,7 +7,9 @@ peft adapters on the base.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +127,42 @@ def lora_adapter(root: Path, base_dir: Path, seed: int = 3, std: float = 0.2) ->
     cfg["base_model_name_or_path"] = str(base_dir)
     cfg_path.write_text(json.dumps(cfg))
     return out
+
+
+@contextlib.contextmanager
+def transformers_serve(wait_s: float = 60.0) -> Iterator[str]:
+    """A real `transformers serve` (the OpenAI-compatible server in the pinned transformers) on a
+    free loopback port, offline; yields its /v1 base URL and stops it after."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = Path(sys.executable).with_name("transformers")
+    proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)],
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("transformers serve did not start (are fastapi and uvicorn installed? "
+                                       "they are in emi's dev extras)") from None
+                time.sleep(0.5)
+        yield f"{url}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 class JudgeServer:

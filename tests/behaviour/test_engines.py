@@ -3,20 +3,14 @@ here on loopback, offline), on a stand-in pair and on the toy, whose README tabl
 within CIs."""
 
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from emi import steer
 from emi.core.errors import ConfigError
-from tests.standins import JudgeServer, full_pair, qwen_tokenizer
+from tests.standins import JudgeServer, full_pair, qwen_tokenizer, transformers_serve
 
 pytestmark = pytest.mark.slow
 README = Path(__file__).parents[2] / "README.md"
@@ -25,26 +19,8 @@ README = Path(__file__).parents[2] / "README.md"
 @pytest.fixture(scope="module")
 def server():
     pytest.importorskip("fastapi", reason="transformers serve needs the dev extras (fastapi, uvicorn)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = Path(sys.executable).with_name("transformers")
-    proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("transformers serve did not start")
-    yield f"{url}/v1"
-    proc.terminate()
-    proc.wait(timeout=30)
+    with transformers_serve() as url:
+        yield url
 
 
 def rows(path):
