@@ -105,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.warn_question_mismatch(spec, args.questions)
     judge = cli.make_judge_from_args(args, spec.kit.judge)
     cfg = cli.sampling_config(args, spec.kit)
+    if cfg.sampler == "paged" and args.positions != "all":  # before any answer is sampled
+        raise cli.ConfigError(f"--sampler paged steers at all positions only (its packed batches do not say "
+                              f"which tokens are the prompt); drop --positions {args.positions} or use "
+                              f"--sampler static")
     extra = cli.extra_option_pairs(args)
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     if not targets or any(t not in ("base", "finetuned") for t in targets):

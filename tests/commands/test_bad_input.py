@@ -78,3 +78,10 @@ def test_a_results_file_is_validated_before_any_figure_is_drawn(tmp_path, capsys
     assert not (tmp_path / "figs").exists()
     f.write_text(GOOD_ROW + "\n")  # the same file, well formed, plots
     assert cli.run(figures.main, [str(f), "--out", str(tmp_path / "figs"), "--format", "html"]) == 0
+
+
+def test_paged_sampling_with_position_restricted_steering_stops_before_any_model_loads(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.run(steer.main, ["--sampler", "paged", "--positions", "prompt", "--out", str(out)]) == 2
+    assert "--sampler paged steers at all positions only" in capsys.readouterr().err
+    assert not (out / "answers.jsonl").exists()
