@@ -27,10 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import interleaved, table, toy  # noqa: E402
 
-from emi.interventions import hooks  # noqa: E402
 from emi.behaviour.questions import load_questions  # noqa: E402
 from emi.behaviour.sampling import SamplingConfig, sample_ids  # noqa: E402
 from emi.directions.direction import Direction  # noqa: E402
+from emi.interventions import hooks  # noqa: E402
 from emi.models import layers as L  # noqa: E402
 
 

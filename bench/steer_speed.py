@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import interleaved, qwen05_random, table, toy  # noqa: E402
 from nnsight_steps import nnsight_generate  # noqa: E402
 
-from emi.interventions import hooks  # noqa: E402
 from emi.behaviour.questions import load_questions  # noqa: E402
 from emi.behaviour.sampling import encode_prompts, render_prompts  # noqa: E402
 from emi.directions.direction import Direction  # noqa: E402
+from emi.interventions import hooks  # noqa: E402
 from emi.models import layers as L  # noqa: E402
 
 
