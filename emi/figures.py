@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from emi import cli
+from emi.core import jsonl
 from emi.core.errors import ConfigError
 from emi.report.figures import (
     aligned_coherent,
@@ -27,8 +28,6 @@ from emi.report.figures import (
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Make every figure a results folder or file supports."""
-    from emi.core import jsonl
-
     p = cli.parser("python -m emi.figures", "Figures from emi result files (steer results.jsonl, evaluate "
                    "judged.jsonl, direction .json) or folders holding them.")
     p.add_argument("results", nargs="+", help="result files or folders")
@@ -45,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not files or not all(f.exists() for f in files):
                 raise ConfigError(f"no result files at {res!r}")
             for f in files:
-                made += _figures_for(f, out, formats, jsonl)
+                made += _figures_for(f, out, formats)
     if not made:
         raise ConfigError("none of the given files is an emi result emi can plot (results.jsonl, judged.jsonl, "
                           "answers with judgements, or a direction .json)")
@@ -54,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _figures_for(f: Path, out: Path, formats: list[str], jsonl: Any) -> list[Path]:
+def _figures_for(f: Path, out: Path, formats: list[str]) -> list[Path]:
     import json
 
     stem = f.parent.name + "-" + f.stem

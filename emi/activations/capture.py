@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from emi.activations.distributed import SINGLE, Ranks
 from emi.activations.store import DTYPES, Store, StoreWriter, is_complete, resolve, tensor_key
-from emi.core import locks
+from emi.core import jsonl, locks
 from emi.core.errors import ConfigError, StoreError
 from emi.models import layers as L
 from emi.models.loading import LoadedModel, ModelPair
@@ -504,8 +504,6 @@ def capture_pair_shared(pair: ModelPair, roles: Sequence[str], texts: Callable[[
     """:func:`capture_pair` of the texts ``texts()`` makes, under the store's lock. Under torchrun
     rank 0 holds the lock, makes the texts once (sampled and judged: never twice), and the other
     ranks read exactly those; each rank captures its shards. The store on rank 0, None elsewhere."""
-    from emi.core import jsonl
-
     # a second run on this store is refused, not interleaved
     with locks.exclusive(path) if ranks.leader else contextlib.nullcontext():
         if overwrite and ranks.leader:

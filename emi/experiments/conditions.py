@@ -11,7 +11,7 @@ import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, get_args, get_origin, get_type_hints
 
 from emi.behaviour.engines import ServerEngine
 from emi.behaviour.evaluation import evaluate
@@ -301,8 +301,8 @@ def write_results(out: Path, rows: list[dict[str, Any]], provenance: dict[str, A
     """``<name>.jsonl`` (one row per condition), table.csv and run.json (what made them), atomically."""
     import csv
 
-    from emi.activations.store import write_atomic, write_json
     from emi.core import jsonl
+    from emi.core.atomic import write_atomic, write_json
 
     jsonl.write(out / f"{name}.jsonl", rows)
 
@@ -317,7 +317,8 @@ def write_results(out: Path, rows: list[dict[str, Any]], provenance: dict[str, A
 
 
 class ResultRow(TypedDict, total=False):
-    """A line of a steer ``results.jsonl`` (what :meth:`ConditionResult.row` writes), as read back."""
+    """A line of a steer ``results.jsonl`` (what :meth:`ConditionResult.row` writes), as read back;
+    :func:`read_results` checks each column it has against these types."""
 
     condition: str
     model: str
@@ -341,22 +342,21 @@ class ResultRow(TypedDict, total=False):
     kl_lo: float
     kl_hi: float
     logprob_choice: float
+    aligned_delta: float
 
 
-_REQUIRED = {"condition": str, "model": str, "intervention": str, "alpha": float, "layers": list,
-             "em_rate": float, "em_lo": float, "em_hi": float, "em_n": int,
-             "coherence_rate": float, "coherence_lo": float, "coherence_hi": float, "coherence_n": int}
-_OPTIONAL = {"direction": str, "engine": str, "positions": str, "kl": float, "kl_lo": float, "kl_hi": float,
-             "logprob_choice": float, "aligned_delta": float}
+# the columns a row cannot do without (the figures and tables read them)
+_REQUIRED = ("condition", "model", "intervention", "alpha", "layers", "em_rate", "em_lo", "em_hi", "em_n",
+             "coherence_rate", "coherence_lo", "coherence_hi", "coherence_n")
 
 
-def _fits(value: Any, kind: type) -> bool:
+def _fits(value: Any, kind: Any) -> bool:
     if kind is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+        return value is None or isinstance(value, int | float) and not isinstance(value, bool)
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if kind is list:
-        return isinstance(value, list) and all(isinstance(x, int) for x in value)
+    if get_origin(kind) is list:
+        return isinstance(value, list) and all(_fits(x, get_args(kind)[0]) for x in value)
     return isinstance(value, kind)
 
 
@@ -373,13 +373,12 @@ def read_results(path: str | Path) -> list[ResultRow]:
         where = f"{path}, line {i}"
         if not isinstance(row, dict):
             raise ConfigError(f"{where}: a result row is a JSON object, found {type(row).__name__}")
-        for key, kind in (_REQUIRED | _OPTIONAL).items():
+        for key in _REQUIRED:
             if key not in row:
-                if key in _REQUIRED:
-                    raise ConfigError(f"{where}: no {key!r} column; this is not a results.jsonl that python -m "
-                                      f"emi.steer wrote (or it is damaged: re-run the steer command)")
-                continue
-            if not _fits(row[key], kind) and not (kind is float and row[key] is None):
+                raise ConfigError(f"{where}: no {key!r} column; this is not a results.jsonl that python -m "
+                                  f"emi.steer wrote (or it is damaged: re-run the steer command)")
+        for key, kind in get_type_hints(ResultRow).items():
+            if key in row and not _fits(row[key], kind):
                 raise ConfigError(f"{where}: column {key!r} should be {kind.__name__}, found {row[key]!r}")
         if row["intervention"] not in ("none", "ablate", "steer"):
             raise ConfigError(f"{where}: intervention {row['intervention']!r} is not none, ablate or steer")
