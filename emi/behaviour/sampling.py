@@ -233,24 +233,24 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
                 records.append(r)
     todo = [(b, batch) for b, batch in enumerate(batches)
             if not all((q.set, q.key, s) in done for q, s in batch)]
-    bar = tqdm(total=len(jobs), initial=len(jobs) - sum(len(b) for _, b in todo),
-               desc=f"generate [{label}]", disable=not progress, leave=False)
-    for b, batch in todo:
-        msgs = [q.messages() for q, _ in batch]
-        answers = sampler(msgs, cfg, cfg.seed + b) if sampler else sample(lm, msgs, cfg, seed=cfg.seed + b)
-        new = []
-        for (q, s), a in zip(batch, answers, strict=True):
-            if (q.set, q.key, s) in done:
-                continue
-            new.append({"model": label, "set": q.set, "id": q.id, "base_id": q.base_id, "key": q.key,
-                        "variant": q.variant, "paraphrase": q.paraphrase, "question": q.text,
-                        "system": q.system, "sample": s, "seed": cfg.seed, **a, "run": run,
-                        "sampling": cfg.settings(), **(extra or {})})
-        if out is not None:
-            jsonl.append(out, new)
-        records += new
-        bar.update(len(batch))
-    bar.close()
+    # closed (and, leave=False, erased) on an error too, so an error message starts its own line
+    with tqdm(total=len(jobs), initial=len(jobs) - sum(len(b) for _, b in todo),
+              desc=f"generate [{label}]", disable=not progress, leave=False) as bar:
+        for b, batch in todo:
+            msgs = [q.messages() for q, _ in batch]
+            answers = sampler(msgs, cfg, cfg.seed + b) if sampler else sample(lm, msgs, cfg, seed=cfg.seed + b)
+            new = []
+            for (q, s), a in zip(batch, answers, strict=True):
+                if (q.set, q.key, s) in done:
+                    continue
+                new.append({"model": label, "set": q.set, "id": q.id, "base_id": q.base_id, "key": q.key,
+                            "variant": q.variant, "paraphrase": q.paraphrase, "question": q.text,
+                            "system": q.system, "sample": s, "seed": cfg.seed, **a, "run": run,
+                            "sampling": cfg.settings(), **(extra or {})})
+            if out is not None:
+                jsonl.append(out, new)
+            records += new
+            bar.update(len(batch))
     order = {(q.set, q.key, s): i for i, (q, s) in enumerate(jobs)}
     records = [r for r in records if (r["set"], r["key"], r["sample"]) in order]
     return sorted(records, key=lambda r: order[(r["set"], r["key"], r["sample"])])
