@@ -74,9 +74,25 @@ def _provider(x: torch.Tensor, batch: int, seed: int) -> Iterator[torch.Tensor]:
             yield x[perm[i: i + batch]]
 
 
+def require_sae_lens() -> None:
+    """Import sae-lens, or say in one sentence why it cannot be (TransformerLens 4 beside an old sae-lens)."""
+    try:
+        import sae_lens  # noqa: F401
+    except ImportError as exc:
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            tl = version("transformer-lens")
+        except PackageNotFoundError:
+            tl = "not installed"
+        raise ConfigError(f"sae-lens cannot be imported ({exc}); with transformer-lens {tl}: emi's SAE path needs "
+                          "transformer-lens 3.x (no sae-lens release supports 4 yet): "
+                          "pip install -c constraints.txt -e . restores the tested stack") from exc
+
+
 def train_sae(store: Store, layer: int, spec: SAETrainSpec = SAETrainSpec(), out: str | Path | None = None,
               roles: Sequence[str] | None = None, device: str = "cpu") -> tuple[Any, Path]:
     """Train an SAE with sae-lens on a layer of ``store`` (both models' rows by default)."""
+    require_sae_lens()
     from sae_lens import SAE
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
@@ -117,6 +133,7 @@ def train_sae(store: Store, layer: int, spec: SAETrainSpec = SAETrainSpec(), out
 
 def load_sae(path_or_release: str, sae_id: str | None = None, device: str = "cpu") -> Any:
     """A folder saved by sae-lens, or ``release`` + ``sae_id`` from sae-lens's pretrained list."""
+    require_sae_lens()
     from sae_lens import SAE
 
     if sae_id is None:

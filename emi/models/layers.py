@@ -293,9 +293,7 @@ def hooked_transformer(model: HFModel, tokenizer, n_ctx: int = 2048):  # noqa: A
     of the weights.
     """
     import copy
-
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions.qwen2 import convert_qwen2_weights
+    from importlib.metadata import version
 
     hf = unwrap(model)
     c = hf.config
@@ -303,6 +301,15 @@ def hooked_transformer(model: HFModel, tokenizer, n_ctx: int = 2048):  # noqa: A
         raise ConfigError(f"the legacy HookedTransformer is built offline for Qwen2 models only; this model is "
                           f"{c.model_type!r}: use emi.models.layers.tl_bridge (TransformerLens's TransformerBridge "
                           f"supports it) or nnsight_model")
+    tl_version = version("transformer-lens")
+    if int(tl_version.split(".")[0]) >= 4:
+        raise ConfigError(f"TransformerLens {tl_version} has no HookedTransformer (removed in 4.0): use "
+                          "emi.models.layers.tl_bridge (its TransformerBridge), or install transformer-lens 3.9 "
+                          "as emi's constraints.txt pins")
+
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions.qwen2 import convert_qwen2_weights
+
     theta = getattr(c, "rope_theta", None) or (getattr(c, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
     dtype = next(hf.parameters()).dtype
     cfg = HookedTransformerConfig(

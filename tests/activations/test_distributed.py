@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.standins import full_pair, lora_adapter, qwen_tokenizer
+from tests.standins import HANG_S, full_pair, lora_adapter, qwen_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def args(base, finetuned, out):
 
 def run(cmd, **env):
     e = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **env}
-    return subprocess.run([sys.executable, *cmd], capture_output=True, text=True, env=e, timeout=300)
+    return subprocess.run([sys.executable, *cmd], capture_output=True, text=True, env=e, timeout=HANG_S)
 
 
 def torchrun(*rest, **env):

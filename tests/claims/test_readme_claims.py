@@ -17,6 +17,7 @@ from emi.directions.direction import Direction, random_like
 from emi.interventions import hooks
 from emi.models.loading import load_pair
 from emi.organism.kit import KIT, checkpoint
+from tests.standins import HANG_S
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def test_make_demo_prints_the_readme_table(tmp_path):
     readme = (__import__("pathlib").Path(__file__).parents[2] / "README.md").read_text()
     table = readme.split("```\npair toy | direction", 1)[1].split("```", 1)[0]
     out = subprocess.run([sys.executable, "-m", "emi.steer", "--alpha", "8", "--layers", "1", "--positions", "prompt",
-                          "--out", str(tmp_path / "demo")], capture_output=True, text=True, timeout=600)
+                          "--out", str(tmp_path / "demo")], capture_output=True, text=True, timeout=HANG_S)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout == "pair toy | direction" + table
     rows = {r["condition"]: r for r in map(json.loads, (tmp_path / "demo" / "results.jsonl").read_text().splitlines())}

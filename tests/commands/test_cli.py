@@ -10,6 +10,7 @@ import pytest
 
 from emi import cli
 from emi.core import jsonl
+from tests.standins import HANG_S
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--n", "3", "--max-new-tokens", "40"]
@@ -113,7 +114,7 @@ def test_figures_command_exports_png_and_pdf(workdir):
 ])
 def test_each_command_runs_as_a_subprocess(module, argv):
     r = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}, timeout=120)
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}, timeout=HANG_S)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip()
 
@@ -123,7 +124,7 @@ def test_steer_subprocess_end_to_end(tmp_path):
                         str(ROOT / "emi" / "organism" / "checkpoints" / "direction.safetensors"),
                         "--out", str(tmp_path / "o"), "--no-figure"],
                        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1",
-                                                            "PYTHONPATH": str(ROOT)}, timeout=300, cwd=tmp_path)
+                                                            "PYTHONPATH": str(ROOT)}, timeout=HANG_S, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "finetuned - persona" in r.stdout
 

@@ -13,6 +13,7 @@ import pytest
 
 from emi.activations.store import Store
 from emi.core.errors import ConfigError, StoreError
+from tests.standins import HANG_S
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 def emi(module, *args, kill_at=0, cwd=None):
     return subprocess.run([sys.executable, "-m", "tests.faults", str(kill_at), module, *map(str, args)],
-                          env=ENV, capture_output=True, text=True, cwd=cwd or ROOT, timeout=600)
+                          env=ENV, capture_output=True, text=True, cwd=cwd or ROOT, timeout=HANG_S)
 
 
 def kill_through_every_write(module, *args, cwd=None, max_runs=40):
@@ -118,7 +119,7 @@ def test_two_writers_on_one_store_second_is_refused_and_nothing_is_duplicated(pa
                               str(tmp_path / "ev")], env=ENV, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     second = subprocess.run([sys.executable, "-m", "emi.evaluate", *map(str, pair_args), *SAMPLE, "--out",
                              str(tmp_path / "ev")], env=ENV, cwd=ROOT, capture_output=True, text=True)
-    first.wait(timeout=600)
+    first.wait(timeout=HANG_S)
     codes = sorted([first.returncode, second.returncode])
     assert codes in ([0, 0], [0, 2])  # the second waited for nothing: it ran after, or was refused
     lines = [json.loads(x) for x in (tmp_path / "ev" / "answers.jsonl").read_text().splitlines()]

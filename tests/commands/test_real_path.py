@@ -9,7 +9,7 @@ import pytest
 
 from emi import cache, evaluate, extract, figures, steer
 from emi.core.errors import ConfigError, ModelLoadError
-from tests.standins import ARCHS, JudgeServer, full_pair, lora_adapter, qwen_tokenizer
+from tests.standins import ARCHS, HANG_S, JudgeServer, full_pair, lora_adapter, qwen_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -243,7 +243,7 @@ def test_hub_recipe_from_the_readme_runs_on_cached_stand_ins(pairs, judge_server
     cmd = [sys.executable, "-m", "emi.steer", "--pair", "qwen2.5-0.5b-risky-financial-advice", *judge_args(judge_server),
            "--alpha", "8", *SMALL, "--questions", "main:plain", "--out", str(tmp_path / "out"),
            "--root", str(tmp_path / "acts"), "--no-figure"]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=HANG_S, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "finetuned - persona" in res.stdout
     run = json.loads((tmp_path / "out" / "run.json").read_text())
@@ -353,7 +353,7 @@ def test_real_qwen_notebook_logic_on_stand_ins(pairs, judge_server, tmp_path, mo
     monkeypatch.setenv("EMI_NB05_TOKENS", "5")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     book = nbformat.read(ROOT / "notebooks" / "05_real_qwen_gpu.ipynb", as_version=4)
-    NotebookClient(book, timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(book, timeout=HANG_S, resources={"metadata": {"path": str(tmp_path)}}).execute()
     text = "".join(o.get("text", "") for c in book.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "finetuned EM" in text and "finetuned - persona" in text and "P(misaligned)" in text
     assert any("plotly" in json.dumps(o.get("data", {})) for c in book.cells for o in c.get("outputs", []))
