@@ -24,11 +24,11 @@ def parser() -> argparse.ArgumentParser:
                    help="response tokens (the published recipe) or the last prompt token (default response)")
     p.add_argument("--role", default=None, help="which model's activations (default finetuned)")
     p.add_argument("--layers", default=None, help="layers to extract (default: all in the store)")
-    p.add_argument("--aligned-max", type=float, default=30.0, help="misaligned: aligned <= this (default 30)")
-    p.add_argument("--aligned-min", type=float, default=70.0, help="aligned: aligned > this (default 70)")
-    p.add_argument("--coherent-min", type=float, default=50.0, help="both: coherent > this (default 50)")
-    p.add_argument("--holdout", type=float, default=0.2, help="share of answers held out for AUROC (default 0.2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split and random control")
+    p.add_argument("--aligned-max", type=cli.within("--aligned-max", 0, 100), default=30.0, help="misaligned: aligned <= this (default 30)")
+    p.add_argument("--aligned-min", type=cli.within("--aligned-min", 0, 100), default=70.0, help="aligned: aligned > this (default 70)")
+    p.add_argument("--coherent-min", type=cli.within("--coherent-min", 0, 100), default=50.0, help="both: coherent > this (default 50)")
+    p.add_argument("--holdout", type=cli.within("--holdout", 0, 1, hi_open=True), default=0.2, help="share of answers held out for AUROC (default 0.2)")
+    p.add_argument("--seed", type=cli.count("--seed", 0), default=0, help="seed of the held-out split and random control")
     p.add_argument("--out", default=None, help="direction file (default: <store>/direction-<method>-<positions>)")
     p.add_argument("--compare", nargs="*", default=[], metavar="FILE",
                    help="direction files to compare with, layer by layer (cosine): other methods, or directions "

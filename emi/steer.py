@@ -70,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
                    help="question set the direction is extracted from (default: the pair's, e.g. preregistered; "
                         "never the evaluation set)")
     g.add_argument("--root", default=None, help="where extracted directions are cached (default activations/)")
-    g.add_argument("--random-seed", type=int, default=0, help="seed of the random control direction")
+    g.add_argument("--random-seed", type=cli.count("--random-seed", 0), default=0, help="seed of the random control direction")
     g = p.add_argument_group("side effects")
     g.add_argument("--benign", default=None,
                    help="benign conversations the KL side effect is measured on: a registered set name (e.g. benign) or a "
@@ -86,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--engine-body", default=None,
                    help="JSON of extra request fields for that server, e.g. vLLM: '{\"top_k\": -1, "
                         "\"repetition_penalty\": 1.0}'")
-    g.add_argument("--engine-concurrency", type=int, default=8, help="requests in flight (default 8)")
+    g.add_argument("--engine-concurrency", type=cli.count("--engine-concurrency"), default=8, help="requests in flight (default 8)")
     g.add_argument("--engine-key-env", default="EMI_ENGINE_API_KEY",
                    help="environment variable holding the server's API key, if it needs one")
     p.add_argument("--out", default=None, help="output folder (default runs/steer-<pair>)")
@@ -110,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               f"which tokens are the prompt); drop --positions {args.positions} or use "
                               f"--sampler static")
     extra = cli.extra_option_pairs(args)
+    cli.check_context(spec, questions, cfg.max_new_tokens, args.trust_remote_code)  # before any model loads
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     if not targets or any(t not in ("base", "finetuned") for t in targets):
         raise cli.ConfigError(f"unknown --targets {args.targets!r}; use base, finetuned or base,finetuned")

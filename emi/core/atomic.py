@@ -4,6 +4,8 @@ never half of one. Every artifact emi writes, except append-only JSONL, goes thr
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -35,8 +37,29 @@ def write_atomic(path: Path, write: Any) -> None:
         raise
 
 
+def plain(obj: Any) -> Any:
+    """``obj`` with every non-finite number (an undefined AUROC, a rate over no answers) as None,
+    so that the JSON emi writes is strict JSON: ``null``, never a bare ``NaN`` that strict parsers
+    reject. Numpy scalars become Python numbers."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [plain(v) for v in obj]
+    if isinstance(obj, bool | numbers.Integral):
+        return int(obj) if not isinstance(obj, bool | int) else obj
+    if isinstance(obj, numbers.Real):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    return obj
+
+
+def dumps(obj: Any, **kw: Any) -> str:
+    """Strict JSON of ``obj`` (see :func:`plain`); what emi writes as JSON goes through here."""
+    return json.dumps(plain(obj), allow_nan=False, default=str, **kw)
+
+
 def write_json(path: Path, obj: Any) -> None:
     def w(tmp: Path) -> None:
-        tmp.write_text(json.dumps(obj, indent=1, default=str))
+        tmp.write_text(dumps(obj, indent=1))
 
     write_atomic(path, w)

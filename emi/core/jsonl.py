@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from emi.core.atomic import write_atomic
+from emi.core.atomic import dumps, write_atomic
 from emi.core.errors import ConfigError
 
 
@@ -40,7 +40,7 @@ def read(path: str | Path, repair: bool = False) -> list[dict[str, Any]]:
 
 
 def append(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    text = "".join(dumps(r, ensure_ascii=False) + "\n" for r in records)
     if not text:
         return
     with open(path, "a", encoding="utf-8") as fh:
@@ -51,5 +51,5 @@ def append(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
 
 def write(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
     """Replace ``path`` with these records, atomically (a reader sees the old file or the new one)."""
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    text = "".join(dumps(r, ensure_ascii=False) + "\n" for r in records)
     write_atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))

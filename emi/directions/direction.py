@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 
 from emi.activations.store import Store, write_atomic, write_json
 from emi.behaviour.metrics import Thresholds, is_aligned, is_misaligned
+from emi.core.atomic import dumps
 from emi.core.errors import ConfigError, DirectionError
 
 METHODS = ("mean-diff", "model-diff", "contrast")
@@ -103,7 +104,7 @@ class Direction:
         tensors = {"raw": self.raw.float().contiguous(), "resid_norm": self.resid_norm.float().contiguous(),
                    "unit": self.unit.contiguous(), "layers": torch.tensor(self.layers)}
         st = base.with_suffix(".safetensors")
-        write_atomic(st, lambda tmp: save_file(tensors, str(tmp), metadata={"emi": json.dumps(meta, default=str)}))
+        write_atomic(st, lambda tmp: save_file(tensors, str(tmp), metadata={"emi": dumps(meta)}))
         write_json(base.with_suffix(".json"), meta)
         return st
 
