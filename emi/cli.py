@@ -225,9 +225,11 @@ def floats(name: str) -> Callable[[str], list[float]]:
 
 def fmt_rate(row: dict[str, Any], key: str) -> str:
     """``35.3% [28.3, 42.4]`` from a result row's ``<key>_rate``, ``_lo``, ``_hi``, ``_n``."""
-    from emi.behaviour.metrics import Rate
+    from emi.behaviour.metrics import Rate, empty_label
 
-    return Rate(row[f"{key}_rate"], row[f"{key}_lo"], row[f"{key}_hi"], row.get(f"{key}_k", 0), row[f"{key}_n"]).fmt()
+    n_answers, n_scored = row.get("n_answers", 0), row.get("n_scored", 0) if key == "em" else 0
+    return Rate(row[f"{key}_rate"], row[f"{key}_lo"], row[f"{key}_hi"], row.get(f"{key}_k", 0), row[f"{key}_n"],
+                empty_label(n_answers, n_scored)).fmt()
 
 
 def report_unscored(records: Sequence[dict[str, Any]]) -> None:

@@ -51,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _export(args, spec, out: Path) -> int:  # noqa: ANN001
+    from emi.core.atomic import readable
     from emi.experiments.conditions import pair_direction
     from emi.interventions.hooks import write_ablated
 
@@ -61,8 +62,9 @@ def _export(args, spec, out: Path) -> int:  # noqa: ANN001
     layer = direction.best_layer if args.layer is None else args.layer
     lm = pair[args.role]
     adapter = write_ablated(lm, direction, layer, out, {"role": args.role, "source": source})
+    readable(out)  # a server running as another user reads it
     print(f"exported {spec.name} {args.role} with the direction ablated ({direction.meta.get('method')}, layer "
-          f"{layer}) -> {out}" + (" (full weights, and adapter/)" if adapter else ""))
+          f"{direction.layer_label() if args.layer is None else layer}) -> {out}" + (" (full weights, and adapter/)" if adapter else ""))
     print(f"serve it as it is (e.g. vllm serve {out}); what was edited: {out / 'export.json'}", file=sys.stderr)
     return 0
 

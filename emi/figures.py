@@ -19,7 +19,7 @@ from emi.report.figures import (
     alpha_sweep,
     browser,
     em_vs_kl,
-    export,
+    has_values,
     layer_separation,
     per_question,
     steer_summary,
@@ -51,6 +51,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for m in made:
         print(m)
     return 0
+
+
+def export(fig: Any, path: Path, formats: list[str]) -> list[Path]:
+    """Write the figure, or refuse in one sentence when every value in it is null or missing."""
+    from emi.report.figures import export as write
+
+    if not has_values(fig):
+        raise ConfigError(f"nothing to draw in {path.name}: every value is null (an AUROC undefined at every "
+                          f"layer for too few answers, or rates over no answers); sample more answers (--n) and "
+                          f"run again")
+    return write(fig, path, formats)
 
 
 def _figures_for(f: Path, out: Path, formats: list[str]) -> list[Path]:

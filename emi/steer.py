@@ -166,7 +166,7 @@ def _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, ou
                               "steer_layers": steer_layers, "ablate_layers": ablate_layers or "all writers",
                               "benign": None if args.no_side_effects else (args.benign or spec.kit.benign),
                               "engine": engine.describe() if engine else {"engine": "in-process"}})
-    print(f"pair {spec.name} | direction {direction.meta.get('method')} @ layer {direction.best_layer} "
+    print(f"pair {spec.name} | direction {direction.meta.get('method')} @ layer {direction.layer_label()} "
           f"(|d| = {direction.norms[direction.layers.index(direction.best_layer)]:.2f}, residual norm "
           f"{direction.norm_at(direction.best_layer):.2f}) | steering layers {steer_layers} | "
           f"{len(questions)} questions x {cfg.n} samples, judge {judge.name}, seed {cfg.seed}")

@@ -126,6 +126,8 @@ def _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, 
                               "sampling": cfg.settings(), "n": cfg.n, "task": spec.kit.task.name if spec.kit.task else None,
                               "correlations": r}, name="trajectory")
     print_table(rows, spec.kit.task.name if spec.kit.task else None, direction.best_layer)
+    if direction.fallback:
+        print(f"layer {direction.layer_label()}")
     if r:
         print("Pearson r across checkpoints, projection shift vs: " + ", ".join(f"{k} {v:+.2f}" for k, v in r.items()))
     if not args.no_figure:

@@ -37,6 +37,32 @@ def write_atomic(path: Path, write: Any) -> None:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temp_folder(out: Path) -> Path:
+    """A new temporary sibling of ``out`` to write a folder into and rename over it, with the mode
+    ``mkdir`` would give (``tempfile.mkdtemp`` makes it 0700: a server running as another user
+    could not read what is renamed from it)."""
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o777 & ~_umask())
+    return tmp
+
+
+def readable(folder: Path) -> None:
+    """Give ``folder`` and everything under it the modes a plain ``mkdir``/``open`` would (0755 and
+    0644 under the usual umask), where a temporary folder or file was made private (0700/0600)."""
+    mask = _umask()
+    for p in [folder, *folder.rglob("*")]:
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def plain(obj: Any) -> Any:
     """``obj`` with every non-finite number (an undefined AUROC, a rate over no answers) as None,
     so that the JSON emi writes is strict JSON: ``null``, never a bare ``NaN`` that strict parsers
