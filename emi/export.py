@@ -47,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise cli.ConfigError(f"--out {str(out)!r} exists and is not an empty folder; give a new folder")
     spec = cli.pair_spec(args)
+    if args.direction:  # a NaN, infinite or all-zero direction stops before any model loads
+        from emi.directions.direction import Direction
+
+        Direction.load(args.direction)
     return _export(args, spec, out)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from emi import cli
 from emi.core import jsonl
-from emi.core.errors import ConfigError
+from emi.core.errors import ConfigError, read_text
 from emi.report.figures import (
     aligned_coherent,
     alpha_sweep,
@@ -84,7 +84,7 @@ def _figures_for(f: Path, out: Path, formats: list[str]) -> list[Path]:
                 + export(aligned_coherent(recs), out / f"{stem}-scatter", formats))
     if f.suffix == ".json":
         try:
-            meta = json.loads(f.read_text())
+            meta = json.loads(read_text(f, "result file"))
         except json.JSONDecodeError:
             return []
         if isinstance(meta, dict) and meta.get("format") == "emi.direction/1" and meta.get("separation"):

@@ -71,6 +71,8 @@ def plain(obj: Any) -> Any:
         return {k: plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [plain(v) for v in obj]
+    if hasattr(obj, "tolist") and hasattr(obj, "ndim"):  # numpy arrays and scalars, torch tensors
+        return plain(obj.tolist())
     if isinstance(obj, bool | numbers.Integral):
         return int(obj) if not isinstance(obj, bool | int) else obj
     if isinstance(obj, numbers.Real):
