@@ -109,6 +109,23 @@ def extra_option_pairs(args: argparse.Namespace, questions: Sequence[Any] = ()
     return pairs
 
 
+def check_direction(spec: Any, path: str, trust_remote_code: bool = False) -> None:
+    """A --direction file, before any model loads: finite, non-zero (checked as it loads), and of
+    the base model's width and depth (read from its config)."""
+    from emi.core.errors import ModelLoadError
+    from emi.directions.direction import Direction
+    from emi.models.loading import text_config
+
+    d = Direction.load(path)
+    try:
+        cfg = text_config(spec.base, trust_remote_code)[0]
+    except ModelLoadError:
+        return  # loading the pair says what is wrong with it
+    width, depth = getattr(cfg, "hidden_size", None), getattr(cfg, "num_hidden_layers", None)
+    if isinstance(width, int):
+        d.check_fits(width, depth if isinstance(depth, int) else None, f"pair {spec.name!r}")
+
+
 def check_context(spec: Any, questions: Sequence[Any], max_new_tokens: int, trust_remote_code: bool = False) -> None:
     """Every question and its answer fit the base model's context, read from its config before any
     weights load (the tokenizer loads only when a question could be too long)."""

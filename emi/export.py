@@ -47,10 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise cli.ConfigError(f"--out {str(out)!r} exists and is not an empty folder; give a new folder")
     spec = cli.pair_spec(args)
-    if args.direction:  # a NaN, infinite or all-zero direction stops before any model loads
-        from emi.directions.direction import Direction
-
-        Direction.load(args.direction)
+    if args.direction:  # a NaN, infinite, all-zero or wrong-width direction stops before any model loads
+        cli.check_direction(spec, args.direction, args.trust_remote_code)
     return _export(args, spec, out)
 
 

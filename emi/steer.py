@@ -111,10 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               f"--sampler static")
     extra = cli.extra_option_pairs(args)
     cli.check_context(spec, questions, cfg.max_new_tokens, args.trust_remote_code)  # before any model loads
-    if args.direction:  # a NaN, infinite or all-zero direction stops here, before any model loads
-        from emi.directions.direction import Direction
-
-        Direction.load(args.direction)
+    if args.direction:  # a NaN, infinite, all-zero or wrong-width direction stops before any model loads
+        cli.check_direction(spec, args.direction, args.trust_remote_code)
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     if not targets or any(t not in ("base", "finetuned") for t in targets):
         raise cli.ConfigError(f"unknown --targets {args.targets!r}; use base, finetuned or base,finetuned")

@@ -204,10 +204,10 @@ def load_tokenizer(ident: str, revision: str | None = None, trust_remote_code: b
     return tok
 
 
-def context_window(spec: ModelSpec, trust_remote_code: bool = False) -> tuple[int | None, str, str | None]:
-    """(context length, folder or hub id, revision) of a checkpoint, from its config alone (no
-    weights are loaded): ``max_position_embeddings``, the text config's for a multimodal one; an
-    adapter's, its base's. None where the config does not say."""
+def text_config(spec: ModelSpec, trust_remote_code: bool = False) -> tuple[Any, str, str | None]:
+    """(config, folder or hub id, revision) of a checkpoint, from its config alone (no weights are
+    loaded): the text config of a multimodal one; an adapter's base's. Config None where an
+    adapter does not name its base."""
     kind, where = locate(spec.id, spec.revision)
     revision = spec.revision if kind == "model" else None
     if kind == "adapter":
@@ -216,8 +216,14 @@ def context_window(spec: ModelSpec, trust_remote_code: bool = False) -> tuple[in
             return None, where, None
         where, revision = base, None
     cfg = _read_config(where, revision, trust_remote_code)
-    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    n = getattr(text, "max_position_embeddings", None) or getattr(cfg, "max_position_embeddings", None)
+    return (cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg), where, revision
+
+
+def context_window(spec: ModelSpec, trust_remote_code: bool = False) -> tuple[int | None, str, str | None]:
+    """(context length, folder or hub id, revision) of a checkpoint without loading it:
+    ``max_position_embeddings``; None where the config does not say."""
+    cfg, where, revision = text_config(spec, trust_remote_code)
+    n = getattr(cfg, "max_position_embeddings", None)
     return (int(n) if isinstance(n, int) and n > 0 else None), where, revision
 
 

@@ -206,11 +206,16 @@ def test_a_direction_with_nan_or_all_zeros_stops_before_any_model_loads(tmp_path
     assert not (tmp_path / "run").exists()
 
 
-def test_a_direction_of_the_wrong_width_is_refused_at_load(tmp_path, capsys):
+def test_a_direction_of_the_wrong_width_stops_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    from emi import export
+
     f = save_direction(tmp_path / "d", torch.randn(2, 8))  # the toy's d_model is not 8
+    no_model(monkeypatch)  # the width comes from the base model's config
     assert cli.run(steer.main, ["--direction", str(f), "--n", "1", "--out", str(tmp_path / "run")]) == 2
     assert "the direction has width 8 but pair 'toy' has d_model" in capsys.readouterr().err
-    assert not (tmp_path / "run" / "answers.jsonl").exists()
+    assert cli.run(export.main, ["--direction", str(f), "--out", str(tmp_path / "ortho")]) == 2
+    assert "the direction has width 8" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "ortho").exists()
 
 
 def strict_json(path):
