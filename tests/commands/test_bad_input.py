@@ -407,3 +407,17 @@ def _umask():
     m = os.umask(0)
     os.umask(m)
     return m
+
+
+def test_a_jsonl_line_that_is_whole_but_damaged_is_named_never_dropped(tmp_path):
+    from emi.core import jsonl
+
+    f = tmp_path / "answers.jsonl"
+    f.write_bytes(b'{"a": 1}\n{"a": "\xe9"}\n')  # a user's answers file, Latin-1 in its last line
+    with pytest.raises(ConfigError, match=r"line 2 of .* is not UTF-8 \(byte 16 of the file\)"):
+        jsonl.read(f)
+    f.write_bytes(b'{"a": 1}\n{"a": \n')
+    with pytest.raises(ConfigError, match="line 2 of .* is damaged .* a whole line, not one a kill tore"):
+        jsonl.read(f)
+    f.write_bytes(b'{"a": 1}\n{"a": 2')  # torn by a kill: dropped, and redone on resume
+    assert jsonl.read(f) == [{"a": 1}]
