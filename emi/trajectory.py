@@ -86,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     judge = cli.make_judge_from_args(args, kit.judge)
     cfg = cli.sampling_config(args, kit)
     pairs = option_pairs(questions, extra=cli.extra_option_pairs(args), required=False)
+    cli.check_context(spec, questions, cfg.max_new_tokens, args.trust_remote_code)  # before any model loads
+    if args.direction:
+        cli.check_direction(spec, args.direction, args.trust_remote_code)
     out = Path(args.out or f"runs/trajectory-{spec.name}")
     with locks.exclusive(out):
         return _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, out)

@@ -165,7 +165,9 @@ def test_a_question_longer_than_the_context_stops_before_any_model_loads(tmp_pat
     f = tmp_path / "q.yaml"
     f.write_text(QUESTION.format(id="short", text="hi?") + QUESTION.format(id="huge", text="word " * 19_999 + "word"))
     no_model(monkeypatch)
-    for main in (evaluate.main, steer.main):
+    from emi import trajectory
+
+    for main in (evaluate.main, steer.main, trajectory.main):
         assert cli.run(main, ["--questions", str(f), "--out", str(tmp_path / "run")]) == 2
         err = capsys.readouterr().err
         assert "question 'huge' (paraphrase 0" in err and "tokens (99,999 characters)" in err
