@@ -59,7 +59,7 @@ def read_yaml(path: str | Path, what: str) -> Any:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{what} {where}: invalid YAML ({problem}); fix the syntax there") from None
+        raise ConfigError(f"{what} {where} is not valid YAML ({problem}); fix the syntax there") from None
 
 
 def read_json(path: str | Path, what: str) -> Any:

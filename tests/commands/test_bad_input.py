@@ -150,8 +150,8 @@ def test_a_direction_json_that_is_not_utf8_is_named_by_emi_figures(tmp_path, cap
 
 
 @pytest.mark.parametrize("body, where", [
-    ("- id: q1\n  paraphrases: ['a', 'b'\n- id: q2\n", ":3:1: invalid YAML"),
-    ("- id: q1\n\tparaphrases: [a]\n", ":2:1: invalid YAML"),
+    ("- id: q1\n  paraphrases: ['a', 'b'\n- id: q2\n", ":3:1 is not valid YAML"),
+    ("- id: q1\n\tparaphrases: [a]\n", ":2:1 is not valid YAML"),
 ])
 def test_a_yaml_syntax_error_is_one_sentence_with_file_line_column(tmp_path, capsys, body, where):
     f = tmp_path / "q.yaml"
