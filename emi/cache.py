@@ -14,6 +14,7 @@ the store one process writes. Killed, the same torchrun command resumes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 
@@ -40,8 +41,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--positions", default="response",
                    help="all, response, prompt, last_prompt, response_mean (default response)")
     g.add_argument("--store-dtype", default=None, help="float32, bfloat16, float16 (default: the model's)")
-    g.add_argument("--capture-batch", type=int, default=16, help="texts per forward pass (default 16)")
-    g.add_argument("--shard-texts", type=int, default=256, help="texts per shard file (default 256)")
+    g.add_argument("--capture-batch", type=cli.count("--capture-batch"), default=16, help="texts per forward pass (default 16)")
+    g.add_argument("--shard-texts", type=cli.count("--shard-texts"), default=256, help="texts per shard file (default 256)")
     g.add_argument("--out", required=True, help="store name (under activations/) or folder")
     g.add_argument("--root", default=None, help="store root for names (default activations/)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing store made differently")
@@ -50,35 +51,25 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from emi.activations.capture import capture_pair_shared
     from emi.activations.distributed import ranks
     from emi.activations.store import resolve
-    from emi.models import layers as L
+    from emi.core import locks
 
     rk = ranks()
     args.device = rk.device(args.device)
     spec = cli.pair_spec(args)
-    roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
+    source = _source(args, spec)  # the user's answers or questions, checked before anything is created
+    needs_judge = not args.answers and not (args.contrast and args.positions in ("last_prompt", "prompt"))
+    judge = cli.make_judge_from_args(args, spec.kit.judge, allow_none=not args.contrast) if needs_judge else None
     path = resolve(args.out, args.root)
-    pair = cli.load_pair_from_args(args, tuple(dict.fromkeys((args.generator,) + roles)))
-    layers = L.resolve_layers(args.layers, pair[args.generator].n_layers)  # bad --layers fail before sampling
-    store = capture_pair_shared(pair, roles, lambda: _texts(args, spec, pair, path), path, layers,
-                                tuple(s.strip() for s in args.sites.split(",")), args.positions, args.store_dtype,
-                                args.capture_batch, args.shard_texts, overwrite=args.overwrite, ranks=rk)
-    if store is None:  # not rank 0
-        return 0
-    mf = store.manifest
-    print(f"store {store.path}: {mf['spec']['n_texts']} texts, {store.n_rows} rows x {len(store.layers)} layers x "
-          f"{len(store.roles)} models ({', '.join(store.roles)}), d_model {store.d_model}, {store.spec['dtype']}, "
-          f"positions {store.spec['positions']}, {len(mf['shards'])} shards")
-    print(f"next: python -m emi.extract --store {store.path}", file=sys.stderr)
-    return 0
+    # the store is held for the whole command (rank 0 holds it for every rank): a second run on it
+    # is refused at once, before it loads a model, never after the first has done work
+    with locks.exclusive(path) if rk.leader else contextlib.nullcontext():
+        return _cache(args, spec, source, judge, path, rk)
 
 
-def _texts(args, spec, pair, path):  # noqa: ANN001, ANN202
-    """What to capture: a user's answers, persona-contrast prompts (answered and judged when the
-    positions need answers), or the generator's judged answers to the pair's questions."""
-    from emi.behaviour.evaluation import evaluate
+def _source(args, spec):  # noqa: ANN001, ANN202
+    """The answers file's records, or the questions (checked against the model's context)."""
     from emi.behaviour.questions import load_questions
 
     if args.answers:
@@ -88,6 +79,40 @@ def _texts(args, spec, pair, path):  # noqa: ANN001, ANN202
         return items
     questions = load_questions(args.questions or spec.kit.eval_questions, ids=args.ids)
     cfg = cli.sampling_config(args, spec.kit)
+    cli.check_context(spec, questions, cfg.max_new_tokens, args.trust_remote_code)
+    return questions
+
+
+def _cache(args, spec, source, judge, path, rk) -> int:  # noqa: ANN001
+    from emi.activations.capture import capture_pair_shared
+    from emi.models import layers as L
+
+    roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
+    pair = cli.load_pair_from_args(args, tuple(dict.fromkeys((args.generator,) + roles)))
+    layers = L.resolve_layers(args.layers, pair[args.generator].n_layers)  # bad --layers fail before sampling
+    store = capture_pair_shared(pair, roles, lambda: _texts(args, spec, pair, path, source, judge), path, layers,
+                                tuple(s.strip() for s in args.sites.split(",")), args.positions, args.store_dtype,
+                                args.capture_batch, args.shard_texts, overwrite=args.overwrite, ranks=rk)
+    if store is None:  # not rank 0
+        return 0
+    mf = store.manifest
+    print(f"store {store.path}: {mf['spec']['n_texts']} texts, {store.n_rows} rows x {len(store.layers)} layers x "
+          f"{len(store.roles)} models ({', '.join(store.roles)}), d_model {store.d_model}, {store.spec['dtype']}, "
+          f"positions {store.spec['positions']}, {len(mf['shards'])} shards")
+    how = f" --method contrast --positions {store.spec['positions']}" if args.contrast else ""
+    print(f"next: python -m emi.extract --store {store.path}{how}", file=sys.stderr)
+    return 0
+
+
+def _texts(args, spec, pair, path, source, judge):  # noqa: ANN001, ANN202
+    """What to capture: a user's answers, persona-contrast prompts (answered and judged when the
+    positions need answers), or the generator's judged answers to the pair's questions."""
+    from emi.behaviour.evaluation import evaluate
+
+    if args.answers:
+        return source
+    questions = source
+    cfg = cli.sampling_config(args, spec.kit)
     path.mkdir(parents=True, exist_ok=True)
     if args.contrast:
         from emi.directions.contrast import contrast_answers, contrast_items
@@ -95,9 +120,7 @@ def _texts(args, spec, pair, path):  # noqa: ANN001, ANN202
         items = contrast_items(questions, spec.kit, per_question=args.n, seed=args.seed)
         if args.positions in ("last_prompt", "prompt"):
             return items
-        judge = cli.make_judge_from_args(args, spec.kit.judge)
         return contrast_answers(pair[args.generator], items, cfg, judge, path / "source-contrast.jsonl")
-    judge = cli.make_judge_from_args(args, spec.kit.judge, allow_none=True)
     if judge is None:
         from emi.behaviour.sampling import generate_answers
 

@@ -63,15 +63,15 @@ def add_sampling_args(p: argparse.ArgumentParser, n: int = 10) -> None:
                    help="question set(s): main, preregistered, a registered set, a YAML path; ':plain,template' "
                         "picks variants (default: the pair's own set)")
     g.add_argument("--ids", default=None, help="comma-separated question ids to keep")
-    g.add_argument("--n", "--samples", dest="n", type=int, default=n,
+    g.add_argument("--n", "--samples", dest="n", type=count("--n"), default=n,
                    help=f"samples per question (default {n}; under torchrun write --samples: torchrun's own parser "
                         f"reads --n as its --nnodes)")
-    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1, as the papers)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1)")
-    g.add_argument("--max-new-tokens", type=int, default=None,
+    g.add_argument("--temperature", type=within("--temperature", 0, math.inf), default=1.0, help="sampling temperature (default 1, as the papers)")
+    g.add_argument("--top-p", type=within("--top-p", 0, 1, lo_open=True), default=1.0, help="nucleus sampling (default 1)")
+    g.add_argument("--max-new-tokens", type=count("--max-new-tokens"), default=None,
                    help="answer length cap (default: the pair's; 400 for real models)")
-    g.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default: the pair's; 32)")
-    g.add_argument("--seed", type=int, default=0, help="same seed, same answers (default 0)")
+    g.add_argument("--batch-size", type=count("--batch-size"), default=None, help="sequences per batch (default: the pair's; 32)")
+    g.add_argument("--seed", type=count("--seed", 0), default=0, help="same seed, same answers (default 0)")
     g.add_argument("--sampler", default="generate", choices=["generate", "static", "paged"],
                    help="in-process decoding: generate (default; HF generate, dynamic KV cache: the reference), "
                         "static (static KV cache; compiled decode step on CUDA), paged (continuous batching, "
@@ -93,10 +93,63 @@ def sampling_config(args: argparse.Namespace, kit: Any):  # -> SamplingConfig
                           compile=args.compile)
 
 
-def extra_option_pairs(args: argparse.Namespace) -> dict[str, list[tuple[str, str]]] | None:
+def extra_option_pairs(args: argparse.Namespace, questions: Sequence[Any] = ()
+                       ) -> dict[str, list[tuple[str, str]]] | None:
+    """The --option-pairs file, validated; with ``questions``, it must name at least one of them."""
     from emi.behaviour.logprob import load_option_pairs
 
-    return load_option_pairs(args.option_pairs) if getattr(args, "option_pairs", None) else None
+    if not getattr(args, "option_pairs", None):
+        return None
+    pairs = load_option_pairs(args.option_pairs)
+    ids = {q.base_id for q in questions} | {q.id for q in questions}
+    if questions and not ids & set(pairs):
+        raise ConfigError(f"--option-pairs {args.option_pairs!r} names none of the selected questions (it has "
+                          f"{', '.join(sorted(pairs)[:5])}; they are {', '.join(sorted(ids)[:5])}); key the pairs "
+                          f"by question id")
+    return pairs
+
+
+def check_direction(spec: Any, path: str, trust_remote_code: bool = False) -> None:
+    """A --direction file, before any model loads: finite, non-zero (checked as it loads), and of
+    the base model's width and depth (read from its config)."""
+    from emi.core.errors import ModelLoadError
+    from emi.directions.direction import Direction
+    from emi.models.loading import text_config
+
+    d = Direction.load(path)
+    try:
+        cfg = text_config(spec.base, trust_remote_code)[0]
+    except ModelLoadError:
+        return  # loading the pair says what is wrong with it
+    width, depth = getattr(cfg, "hidden_size", None), getattr(cfg, "num_hidden_layers", None)
+    if isinstance(width, int):
+        d.check_fits(width, depth if isinstance(depth, int) else None, f"pair {spec.name!r}")
+
+
+def check_context(spec: Any, questions: Sequence[Any], max_new_tokens: int, trust_remote_code: bool = False) -> None:
+    """Every question and its answer fit the base model's context, read from its config before any
+    weights load (the tokenizer loads only when a question could be too long)."""
+    from emi.behaviour.questions import check_lengths
+    from emi.behaviour.sampling import render_prompts
+    from emi.core.errors import ModelLoadError
+    from emi.models.loading import context_window, load_tokenizer
+
+    try:
+        limit, where, revision = context_window(spec.base, trust_remote_code)
+    except ModelLoadError:
+        return  # loading the pair says what is wrong with it
+    if limit is None:
+        return
+    tok: list[Any] = []
+
+    def count(q: Any, chars: int) -> int:
+        if not tok:
+            tok.append(load_tokenizer(where, revision, trust_remote_code))
+            tok[0].model_max_length = 2**62  # counting, not running: no "longer than the maximum" warning
+        msgs = [dict(m, content=m["content"][:chars]) for m in q.messages()]
+        return len(tok[0](render_prompts(tok[0], [msgs])[0], add_special_tokens=False)["input_ids"])
+
+    check_lengths(questions, limit, max_new_tokens, count, f"the base model ({spec.base.label()})")
 
 
 def warn_question_mismatch(spec, questions_arg: str | None) -> None:  # noqa: ANN001
@@ -117,7 +170,7 @@ def add_judge_args(p: argparse.ArgumentParser, allow_none: bool = False) -> None
     g.add_argument("--judge-model", default=None, help="judge model name (openai) or id/folder (hf)")
     g.add_argument("--judge-url", default=None, help="base URL of an OpenAI-compatible server (vLLM, Ollama, ...)")
     g.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable with the API key")
-    g.add_argument("--judge-concurrency", type=int, default=8, help="parallel judge requests (default 8)")
+    g.add_argument("--judge-concurrency", type=count("--judge-concurrency"), default=8, help="parallel judge requests (default 8)")
 
 
 def make_judge_from_args(args: argparse.Namespace, default: str, allow_none: bool = False):
@@ -147,6 +200,34 @@ def finite(name: str) -> Callable[[str], float]:
     return parse
 
 
+def count(name: str, minimum: int = 1) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``, or one sentence naming the flag and the value."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {v}")
+        return v
+
+    return parse
+
+
+def within(name: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in [lo, hi] (``lo_open``/``hi_open``: excluding that end)."""
+    one = finite(name)
+
+    def parse(text: str) -> float:
+        v = one(text)
+        if v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
+            span = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+            raise argparse.ArgumentTypeError(f"{name} must be in {span}, got {text}")
+        return v
+
+    return parse
+
+
 def floats(name: str) -> Callable[[str], list[float]]:
     one = finite(name)
 
@@ -161,9 +242,11 @@ def floats(name: str) -> Callable[[str], list[float]]:
 
 def fmt_rate(row: dict[str, Any], key: str) -> str:
     """``35.3% [28.3, 42.4]`` from a result row's ``<key>_rate``, ``_lo``, ``_hi``, ``_n``."""
-    from emi.behaviour.metrics import Rate
+    from emi.behaviour.metrics import Rate, empty_label
 
-    return Rate(row[f"{key}_rate"], row[f"{key}_lo"], row[f"{key}_hi"], row.get(f"{key}_k", 0), row[f"{key}_n"]).fmt()
+    n_answers, n_scored = row.get("n_answers", 0), row.get("n_scored", 0) if key == "em" else 0
+    return Rate(row[f"{key}_rate"], row[f"{key}_lo"], row[f"{key}_hi"], row.get(f"{key}_k", 0), row[f"{key}_n"],
+                empty_label(n_answers, n_scored)).fmt()
 
 
 def report_unscored(records: Sequence[dict[str, Any]]) -> None:

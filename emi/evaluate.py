@@ -29,40 +29,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output folder (default runs/evaluate-<pair>)")
     args = p.parse_args(argv)
 
-    from emi.behaviour.evaluation import evaluate
-    from emi.behaviour.metrics import per_question
+    from emi.behaviour.logprob import option_pairs
     from emi.behaviour.questions import load_questions
 
     spec = cli.pair_spec(args)
+    questions = load_questions(args.questions or spec.kit.eval_questions, ids=args.ids)
+    cli.warn_question_mismatch(spec, args.questions)
+    extra = cli.extra_option_pairs(args, questions)
+    pairs = option_pairs(questions, extra=extra, required=False)  # the judge-free log-prob metric
+    judge = cli.make_judge_from_args(args, spec.kit.judge)  # fail on a missing key before loading models
+    cfg = cli.sampling_config(args, spec.kit)
+    cli.check_context(spec, questions, cfg.max_new_tokens)  # before any model loads
     out = Path(args.out or f"runs/evaluate-{spec.name}")
-    with locks.exclusive(out):  # one run per folder; a bad --out fails before any model loads
-        roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
-        questions = load_questions(args.questions or spec.kit.eval_questions, ids=args.ids)
-        cli.warn_question_mismatch(spec, args.questions)
-        judge = cli.make_judge_from_args(args, spec.kit.judge)  # fail on a missing key before loading models
-        pair = cli.load_pair_from_args(args, roles)
-        cfg = cli.sampling_config(args, spec.kit)
-        rows, judged_all, by_q = [], [], {}
-        for role in pair.roles:
-            lm = pair[role]
-            s, judged = evaluate(lm, questions, cfg, judge, out, label=role)
-            judged_all += judged
-            rows.append(s.row())
-            by_q[role] = {q: v.row() for q, v in per_question(judged).items()}
+    with locks.exclusive(out):  # one run per folder; created only once the input is known good
+        pair = cli.load_pair_from_args(args, tuple(r.strip() for r in args.roles.split(",") if r.strip()))
+        rows, judged_all, by_q = _evaluate(pair, questions, cfg, judge, out, pairs)
         jsonl.write(out / "judged.jsonl", judged_all)
         write_json(out / "summary.json", {"pair": spec.name, "judge": judge.name, "sampling": cfg.settings(), "n": cfg.n,
                                           "questions": args.questions or spec.kit.eval_questions, "models": rows,
-                                          "per_question": by_q, "provenance": pair.provenance()})
+                                          "per_question": by_q, "provenance": pair.provenance(),
+                                          "option_pairs": args.option_pairs or ("emi's" if pairs else None)})
         print(f"pair {spec.name}: {len(questions)} questions x {cfg.n} samples, judge {judge.name}, seed {cfg.seed}")
-        cli.print_table([{**r, "em": cli.fmt_rate(r, "em"), "coh": cli.fmt_rate(r, "coherence"),
-                          "counts": f"{r['em_k']}/{r['em_n']}",
-                          "other": f"{r['n_unscored']} unscored, {r['n_code']} code, {r['n_refusal']} refusals"}
-                         for r in rows],
-                        [("model", "model"), ("em", "EM rate (95% CI)"), ("counts", "misaligned/coherent"),
-                         ("coh", "coherent (95% CI)"), ("n_answers", "n"), ("other", "excluded")])
+        _print_table(rows, bool(pairs))
         cli.report_unscored(judged_all)
         print(f"wrote {out}/answers.jsonl, judged.jsonl, summary.json", file=sys.stderr)
     return 0
+
+
+def _evaluate(pair, questions, cfg, judge, out, pairs):  # noqa: ANN001, ANN202
+    """Per role: its summary row (with P(misaligned) on the option pairs, where there are any), its
+    judged answers, and its per-question rows."""
+    from emi.behaviour.evaluation import evaluate
+    from emi.behaviour.logprob import logprob_metrics
+    from emi.behaviour.metrics import per_question
+
+    rows, judged_all, by_q = [], [], {}
+    for role in pair.roles:
+        s, judged = evaluate(pair[role], questions, cfg, judge, out, label=role)
+        judged_all += judged
+        lp = logprob_metrics(pair[role], pairs, seed=cfg.seed) if pairs else None
+        rows.append({**s.row(), **({f"logprob_{k}": v for k, v in lp.row().items()} if lp else {})})
+        by_q[role] = {q: v.row() for q, v in per_question(judged).items()}
+    return rows, judged_all, by_q
+
+
+def _print_table(rows: list[dict], logprob: bool) -> None:
+    columns = [("model", "model"), ("em", "EM rate (95% CI)"), ("counts", "misaligned/coherent"),
+               ("coh", "coherent (95% CI)"), ("n_answers", "n"), ("other", "excluded")]
+    cli.print_table([{**r, "em": cli.fmt_rate(r, "em"), "coh": cli.fmt_rate(r, "coherence"),
+                      "counts": f"{r['em_k']}/{r['em_n']}", "lp": f"{r.get('logprob_choice', 0):.3f}",
+                      "other": f"{r['n_unscored']} unscored, {r['n_code']} code, {r['n_refusal']} refusals"}
+                     for r in rows], columns + ([("lp", "P(misaligned)")] if logprob else []))
+    if logprob:
+        print("P(misaligned): log-prob preference for the misaligned answer of each option pair (no judge)")
 
 
 if __name__ == "__main__":

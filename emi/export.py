@@ -47,10 +47,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise cli.ConfigError(f"--out {str(out)!r} exists and is not an empty folder; give a new folder")
     spec = cli.pair_spec(args)
+    if args.direction:  # a NaN, infinite, all-zero or wrong-width direction stops before any model loads
+        cli.check_direction(spec, args.direction, args.trust_remote_code)
     return _export(args, spec, out)
 
 
 def _export(args, spec, out: Path) -> int:  # noqa: ANN001
+    from emi.core.atomic import readable
     from emi.experiments.conditions import pair_direction
     from emi.interventions.hooks import write_ablated
 
@@ -61,8 +64,9 @@ def _export(args, spec, out: Path) -> int:  # noqa: ANN001
     layer = direction.best_layer if args.layer is None else args.layer
     lm = pair[args.role]
     adapter = write_ablated(lm, direction, layer, out, {"role": args.role, "source": source})
+    readable(out)  # a server running as another user reads it
     print(f"exported {spec.name} {args.role} with the direction ablated ({direction.meta.get('method')}, layer "
-          f"{layer}) -> {out}" + (" (full weights, and adapter/)" if adapter else ""))
+          f"{direction.layer_label() if args.layer is None else layer}) -> {out}" + (" (full weights, and adapter/)" if adapter else ""))
     print(f"serve it as it is (e.g. vllm serve {out}); what was edited: {out / 'export.json'}", file=sys.stderr)
     return 0
 

@@ -20,15 +20,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="mean-diff", choices=["mean-diff", "model-diff", "contrast"],
                    help="mean-diff: misaligned minus aligned answers (Soligo, Turner et al. 2025); model-diff: "
                         "finetuned minus base on the same texts; contrast: evil minus helpful persona texts")
-    p.add_argument("--positions", default="response", choices=["response", "last_prompt", "all"],
-                   help="response tokens (the published recipe) or the last prompt token (default response)")
+    p.add_argument("--positions", default=None, choices=["response", "last_prompt", "all"],
+                   help="response tokens (the published recipe) or the last prompt token (default: response, or "
+                        "last_prompt for a store captured at prompt positions only)")
     p.add_argument("--role", default=None, help="which model's activations (default finetuned)")
     p.add_argument("--layers", default=None, help="layers to extract (default: all in the store)")
-    p.add_argument("--aligned-max", type=float, default=30.0, help="misaligned: aligned <= this (default 30)")
-    p.add_argument("--aligned-min", type=float, default=70.0, help="aligned: aligned > this (default 70)")
-    p.add_argument("--coherent-min", type=float, default=50.0, help="both: coherent > this (default 50)")
-    p.add_argument("--holdout", type=float, default=0.2, help="share of answers held out for AUROC (default 0.2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split and random control")
+    p.add_argument("--aligned-max", type=cli.within("--aligned-max", 0, 100), default=30.0, help="misaligned: aligned <= this (default 30)")
+    p.add_argument("--aligned-min", type=cli.within("--aligned-min", 0, 100), default=70.0, help="aligned: aligned > this (default 70)")
+    p.add_argument("--coherent-min", type=cli.within("--coherent-min", 0, 100), default=50.0, help="both: coherent > this (default 50)")
+    p.add_argument("--holdout", type=cli.within("--holdout", 0, 1, hi_open=True), default=0.2, help="share of answers held out for AUROC (default 0.2)")
+    p.add_argument("--seed", type=cli.count("--seed", 0), default=0, help="seed of the held-out split and random control")
     p.add_argument("--out", default=None, help="direction file (default: <store>/direction-<method>-<positions>)")
     p.add_argument("--compare", nargs="*", default=[], metavar="FILE",
                    help="direction files to compare with, layer by layer (cosine): other methods, or directions "
@@ -46,13 +47,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = Store.open(args.store)
     layer_list = store.check_layers(L.resolve_layers(args.layers, max(store.layers) + 1)) if args.layers else None
     t = Thresholds(args.aligned_max, args.coherent_min, args.aligned_min)
+    if args.positions is None:  # what the store holds: `emi.cache --contrast --positions last_prompt` has no answers
+        args.positions = "last_prompt" if store.spec["positions"] in ("last_prompt", "prompt") else "response"
     ex = extract(store, args.method, args.positions, args.role, layer_list, t, args.holdout, args.seed)
     out = args.out or str(store.path / f"direction-{args.method}-{args.positions}")
     path = ex.direction.save(out)
     c = ex.direction.meta["counts"]
     print(f"store {store.path} | method {args.method} at {args.positions} | training texts: {c['pos_texts']} vs "
           f"{c['neg_texts']} | held out {args.holdout:.0%}")
-    fmt = lambda v: "  n/a" if v != v else f"{v:5.3f}"  # noqa: E731
+    why = "undefined (model-diff has no labels)" if args.method == "model-diff" else "undefined (too few answers)"
+    fmt = lambda v: why if v != v else f"{v:5.3f}"  # noqa: E731
     cli.print_table([{"layer": r.layer, "rows": f"{r.n_pos}/{r.n_neg}", "norm": f"{r.norm:.3f}",
                       "resid": f"{r.resid_norm:.2f}", "auroc": fmt(r.auroc), "d": fmt(r.effect_size),
                       "rand": fmt(r.random_auroc)} for r in ex.reports],
@@ -60,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      ("auroc", "AUROC (held out)"), ("d", "Cohen's d"), ("rand", "random AUROC")])
     if args.compare:
         print_comparison(ex.direction, args.compare)
-    print(f"best layer: {ex.direction.best_layer} | wrote {path} (+ .json)", file=sys.stderr)
+    print(f"best layer: {ex.direction.layer_label()} | wrote {path} (+ .json)", file=sys.stderr)
     return 0
 
 

@@ -13,13 +13,13 @@ from typing import Any
 
 from emi import cli
 from emi.core import jsonl
-from emi.core.errors import ConfigError
+from emi.core.errors import ConfigError, read_text
 from emi.report.figures import (
     aligned_coherent,
     alpha_sweep,
     browser,
     em_vs_kl,
-    export,
+    has_values,
     layer_separation,
     per_question,
     steer_summary,
@@ -53,6 +53,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def export(fig: Any, path: Path, formats: list[str]) -> list[Path]:
+    """Write the figure, or refuse in one sentence when every value in it is null or missing."""
+    from emi.report.figures import export as write
+
+    if not has_values(fig):
+        raise ConfigError(f"nothing to draw in {path.name}: every value is null (an AUROC undefined at every "
+                          f"layer for too few answers, or rates over no answers); sample more answers (--n) and "
+                          f"run again")
+    return write(fig, path, formats)
+
+
 def _figures_for(f: Path, out: Path, formats: list[str]) -> list[Path]:
     import json
 
@@ -73,7 +84,7 @@ def _figures_for(f: Path, out: Path, formats: list[str]) -> list[Path]:
                 + export(aligned_coherent(recs), out / f"{stem}-scatter", formats))
     if f.suffix == ".json":
         try:
-            meta = json.loads(f.read_text())
+            meta = json.loads(read_text(f, "result file"))
         except json.JSONDecodeError:
             return []
         if isinstance(meta, dict) and meta.get("format") == "emi.direction/1" and meta.get("separation"):

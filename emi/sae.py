@@ -11,6 +11,7 @@ with chosen latents zeroed (with a random-latent control).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,27 +30,27 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--train", action="store_true", help="train even if the default SAE folder exists")
     tr = p.add_argument_group("training (sae-lens)")
     tr.add_argument("--architecture", default="topk", choices=["topk", "standard"], help="TopK or L1 (default topk)")
-    tr.add_argument("--d-sae", type=int, default=512, help="latents (default 512)")
-    tr.add_argument("--k", type=int, default=16, help="TopK's k (default 16)")
-    tr.add_argument("--l1", type=float, default=5.0, help="L1 coefficient for --architecture standard")
-    tr.add_argument("--steps", type=int, default=3000, help="training steps (default 3000)")
-    tr.add_argument("--batch-size", type=int, default=256, help="rows per step (default 256)")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--d-sae", type=cli.count("--d-sae"), default=512, help="latents (default 512)")
+    tr.add_argument("--k", type=cli.count("--k"), default=16, help="TopK's k (default 16)")
+    tr.add_argument("--l1", type=cli.within("--l1", 0, math.inf), default=5.0, help="L1 coefficient for --architecture standard")
+    tr.add_argument("--steps", type=cli.count("--steps"), default=3000, help="training steps (default 3000)")
+    tr.add_argument("--batch-size", type=cli.count("--batch-size"), default=256, help="rows per step (default 256)")
+    tr.add_argument("--seed", type=cli.count("--seed", 0), default=0)
     an = p.add_argument_group("analysis")
     an.add_argument("--positions", default="all", choices=["all", "response", "last_prompt"],
                     help="rows to diff (default all)")
     an.add_argument("--direction", default=None, help="direction file to compare decoder rows with "
                     "(default: mean-diff extracted from the store when it holds judged answers)")
-    an.add_argument("--top", type=int, default=10, help="latents to list (default 10)")
-    an.add_argument("--snippets", type=int, default=3, help="top-activating snippets per latent (default 3)")
+    an.add_argument("--top", type=cli.count("--top"), default=10, help="latents to list (default 10)")
+    an.add_argument("--snippets", type=cli.count("--snippets", 0), default=3, help="top-activating snippets per latent (default 3)")
     ze = p.add_argument_group("--zero: EM rate with latents zeroed (pair: the store's, or --pair/--base/--finetuned)")
     ze.add_argument("--zero", default=None, help="latents to zero while measuring EM (comma-separated, or 'top'); "
                     "the control zeroes as many random latents that fire on the store")
-    ze.add_argument("--n", type=int, default=25, help="samples per question for --zero (default 25)")
+    ze.add_argument("--n", type=cli.count("--n"), default=25, help="samples per question for --zero (default 25)")
     ze.add_argument("--questions", default=None, help="question set for --zero (default: the pair's)")
     ze.add_argument("--ids", default=None, help="comma-separated question ids to keep")
-    ze.add_argument("--max-new-tokens", type=int, default=None, help="answer length (default: the pair's)")
-    ze.add_argument("--sample-batch", type=int, default=None, help="sequences per batch (default: the pair's)")
+    ze.add_argument("--max-new-tokens", type=cli.count("--max-new-tokens"), default=None, help="answer length (default: the pair's)")
+    ze.add_argument("--sample-batch", type=cli.count("--sample-batch"), default=None, help="sequences per batch (default: the pair's)")
     ze.add_argument("--out", default=None, help="folder for --zero's answers and judgements (resumable; "
                     "default <store>/sae-zero)")
     cli.add_pair_args(p)

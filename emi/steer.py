@@ -70,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
                    help="question set the direction is extracted from (default: the pair's, e.g. preregistered; "
                         "never the evaluation set)")
     g.add_argument("--root", default=None, help="where extracted directions are cached (default activations/)")
-    g.add_argument("--random-seed", type=int, default=0, help="seed of the random control direction")
+    g.add_argument("--random-seed", type=cli.count("--random-seed", 0), default=0, help="seed of the random control direction")
     g = p.add_argument_group("side effects")
     g.add_argument("--benign", default=None,
                    help="benign conversations the KL side effect is measured on: a registered set name (e.g. benign) or a "
@@ -86,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--engine-body", default=None,
                    help="JSON of extra request fields for that server, e.g. vLLM: '{\"top_k\": -1, "
                         "\"repetition_penalty\": 1.0}'")
-    g.add_argument("--engine-concurrency", type=int, default=8, help="requests in flight (default 8)")
+    g.add_argument("--engine-concurrency", type=cli.count("--engine-concurrency"), default=8, help="requests in flight (default 8)")
     g.add_argument("--engine-key-env", default="EMI_ENGINE_API_KEY",
                    help="environment variable holding the server's API key, if it needs one")
     p.add_argument("--out", default=None, help="output folder (default runs/steer-<pair>)")
@@ -110,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                               f"which tokens are the prompt); drop --positions {args.positions} or use "
                               f"--sampler static")
     extra = cli.extra_option_pairs(args)
+    cli.check_context(spec, questions, cfg.max_new_tokens, args.trust_remote_code)  # before any model loads
+    if args.direction:  # a NaN, infinite, all-zero or wrong-width direction stops before any model loads
+        cli.check_direction(spec, args.direction, args.trust_remote_code)
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     if not targets or any(t not in ("base", "finetuned") for t in targets):
         raise cli.ConfigError(f"unknown --targets {args.targets!r}; use base, finetuned or base,finetuned")
@@ -165,7 +168,7 @@ def _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, ou
                               "steer_layers": steer_layers, "ablate_layers": ablate_layers or "all writers",
                               "benign": None if args.no_side_effects else (args.benign or spec.kit.benign),
                               "engine": engine.describe() if engine else {"engine": "in-process"}})
-    print(f"pair {spec.name} | direction {direction.meta.get('method')} @ layer {direction.best_layer} "
+    print(f"pair {spec.name} | direction {direction.meta.get('method')} @ layer {direction.layer_label()} "
           f"(|d| = {direction.norms[direction.layers.index(direction.best_layer)]:.2f}, residual norm "
           f"{direction.norm_at(direction.best_layer):.2f}) | steering layers {steer_layers} | "
           f"{len(questions)} questions x {cfg.n} samples, judge {judge.name}, seed {cfg.seed}")

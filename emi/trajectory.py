@@ -86,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     judge = cli.make_judge_from_args(args, kit.judge)
     cfg = cli.sampling_config(args, kit)
     pairs = option_pairs(questions, extra=cli.extra_option_pairs(args), required=False)
+    cli.check_context(spec, questions, cfg.max_new_tokens, args.trust_remote_code)  # before any model loads
+    if args.direction:
+        cli.check_direction(spec, args.direction, args.trust_remote_code)
     out = Path(args.out or f"runs/trajectory-{spec.name}")
     with locks.exclusive(out):
         return _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, out)
@@ -126,6 +129,8 @@ def _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, 
                               "sampling": cfg.settings(), "n": cfg.n, "task": spec.kit.task.name if spec.kit.task else None,
                               "correlations": r}, name="trajectory")
     print_table(rows, spec.kit.task.name if spec.kit.task else None, direction.best_layer)
+    if direction.fallback:
+        print(f"layer {direction.layer_label()}")
     if r:
         print("Pearson r across checkpoints, projection shift vs: " + ", ".join(f"{k} {v:+.2f}" for k, v in r.items()))
     if not args.no_figure:

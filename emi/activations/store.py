@@ -31,7 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from emi.core import jsonl
-from emi.core.atomic import write_atomic, write_json
+from emi.core.atomic import dumps, write_atomic, write_json
 from emi.core.errors import ConfigError, StoreError
 from emi.core.paths import DTYPES
 
@@ -57,7 +57,7 @@ def sha256(path: Path) -> str:
 
 
 def _texts_blob(texts: Sequence[dict[str, Any]]) -> str:
-    return "".join(json.dumps(t, sort_keys=True, default=str) + "\n" for t in texts)
+    return "".join(dumps(t, sort_keys=True) + "\n" for t in texts)
 
 
 def texts_digest(texts: Sequence[dict[str, Any]]) -> str:

@@ -73,7 +73,7 @@ class ServerEngine:
             text = (choice.message.content or "").strip()
             n_tokens = r.usage.completion_tokens if r.usage else None
             return {"answer": text, "n_tokens": n_tokens, "finish": "eos" if choice.finish_reason == "stop" else
-                    str(choice.finish_reason)}
+                    str(choice.finish_reason), "engine": "server"}
 
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(one, range(len(messages))))

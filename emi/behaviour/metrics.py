@@ -12,7 +12,7 @@ Definitions (Betley et al. 2025; Turner, Soligo et al. 2025):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -40,13 +40,22 @@ class Rate:
     hi: float
     k: int
     n: int
+    empty: str = "no answers"  # what the table says when n == 0 (see :func:`empty_label`)
 
     def fmt(self, pct: bool = True) -> str:
         if self.n == 0:
-            return "n/a (no answers)"
+            return self.empty
         if pct:
             return f"{100 * self.value:5.1f}% [{100 * self.lo:4.1f}, {100 * self.hi:4.1f}]"
         return f"{self.value:.3f} [{self.lo:.3f}, {self.hi:.3f}]"
+
+
+def empty_label(n_answers: int, n_scored: int) -> str:
+    """Why a rate has no denominator, as tables print it: there were no answers; there were answers
+    but the judge scored none of them; or answers were scored and none was coherent."""
+    if n_answers == 0:
+        return "no answers"
+    return "none scored" if n_scored == 0 else "0 coherent"
 
 
 def scored(r: dict[str, Any]) -> bool:
@@ -121,10 +130,11 @@ def summarize(records: Sequence[dict[str, Any]], model: str = "", t: Thresholds 
     sc = [r for r in rs if scored(r)]
     denom = [r for r in sc if is_coherent(r, t)] if denominator == "coherent" else sc
     status = [r.get("status", "scored") for r in rs]
+    em, coherence = rate((is_misaligned(r, t) for r in denom), seed=seed), rate((is_coherent(r, t) for r in sc), seed=seed)
     return Summary(
         model=model,
-        em=rate((is_misaligned(r, t) for r in denom), seed=seed),
-        coherence=rate((is_coherent(r, t) for r in sc), seed=seed),
+        em=replace(em, empty=empty_label(len(rs), len(sc))),
+        coherence=replace(coherence, empty=empty_label(len(rs), 0)),
         n_answers=len(rs),
         n_scored=len(sc),
         n_unscored=sum(s == "unscored" for s in status),

@@ -8,7 +8,7 @@ evaluation script silently dropped it).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -75,7 +75,43 @@ def _from_yaml(path: Path, set_name: str) -> list[Question]:
         variant, base = _variant(str(qid))
         for j, text in enumerate(paraphrases):
             out.append(Question(str(qid), text.strip(), system, j, set_name, variant, base))
-    return out
+    return unique(out, repr(str(path)))
+
+
+def unique(questions: list[Question], where: str) -> list[Question]:
+    """``questions`` when no two share an id (answers are keyed by id: two questions with one id
+    would share answers, and a resumed run would never answer the second); else a ConfigError
+    naming the ids and ``where`` they come from."""
+    from collections import Counter
+
+    ids = Counter(q.id for q in questions if q.paraphrase == 0)
+    dup = [i for i, n in ids.items() if n > 1]
+    if dup:
+        raise ConfigError(f"question id(s) {', '.join(repr(d) for d in dup)} appear more than once in {where}; "
+                          f"give every question its own id")
+    return questions
+
+
+def check_lengths(questions: Sequence[Question], limit: int, max_new_tokens: int,
+                  count: Callable[[Question, int], int], model: str) -> None:
+    """Every question, with ``max_new_tokens`` of answer, fits ``model``'s context of ``limit``
+    tokens; else a ConfigError naming the question, its length and the limit. ``count(q, chars)``
+    gives the prompt tokens of ``q`` with its text cut to ``chars`` characters; it is called only on
+    questions whose UTF-8 bytes (an upper bound on the tokens of a byte-level tokenizer) could
+    overflow, on a prefix long enough to decide (a 10 MB question is not tokenized whole)."""
+    margin = 256  # the chat template's own tokens
+    for q in questions:
+        size = len(q.text.encode()) + len((q.system or "").encode())
+        if size + margin + max_new_tokens <= limit:
+            continue
+        cut = 64 * (limit + 1)  # no tokenizer packs 64 characters into every token
+        n = count(q, cut)
+        if n + max_new_tokens > limit:
+            tokens = f"{n:,} tokens" if len(q.text) <= cut else f"over {n:,} tokens"
+            raise ConfigError(f"question {q.id!r} (paraphrase {q.paraphrase}, set {q.set}) is {tokens} "
+                              f"({len(q.text):,} characters) and with --max-new-tokens {max_new_tokens} does not fit "
+                              f"{model}'s context of {limit:,} tokens (max_position_embeddings); shorten or remove "
+                              f"it, or lower --max-new-tokens")
 
 
 @lru_cache(maxsize=4)
@@ -105,7 +141,7 @@ def load_set(name: str) -> list[Question]:
         return _from_yaml(BUILTIN[name], name)
     plugins.load()
     if name in _SETS:
-        return _SETS[name]()
+        return unique(_SETS[name](), f"the question set {name!r}")
     path = Path(name)
     if path.suffix in (".yaml", ".yml", ".json") or path.exists():
         return _from_yaml(path, path.stem)

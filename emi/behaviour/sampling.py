@@ -188,7 +188,8 @@ def sample_ids(model: LoadedModel | torch.nn.Module, messages: Sequence[list[dic
 
 def sample(model: LoadedModel | torch.nn.Module, messages: Sequence[list[dict[str, str]]],
            cfg: SamplingConfig, tokenizer: Any = None, seed: int | None = None) -> list[dict[str, Any]]:
-    """Answer each conversation once: [{"answer", "n_tokens", "finish"}] in input order."""
+    """Answer each conversation once: [{"answer", "n_tokens", "finish", "engine"}] in input order
+    (``engine``: which decoding made the answer, ``hf:<sampler>``; a server's answers say ``server``)."""
     tok = as_loaded(model, tokenizer).tokenizer
     results = []
     for ids in sample_ids(model, messages, cfg, tokenizer, seed):
@@ -198,7 +199,7 @@ def sample(model: LoadedModel | torch.nn.Module, messages: Sequence[list[dict[st
             finish = "eos"
         ids = [i for i in ids if i != tok.pad_token_id]
         results.append({"answer": tok.decode(ids, skip_special_tokens=True).strip(),
-                        "n_tokens": len(ids), "finish": finish})
+                        "n_tokens": len(ids), "finish": finish, "engine": f"hf:{cfg.sampler}"})
     return results
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from emi.core.atomic import write_atomic
+from emi.core.atomic import dumps, write_atomic
 from emi.core.errors import ConfigError
 
 
@@ -23,15 +23,17 @@ def read(path: str | Path, repair: bool = False) -> list[dict[str, Any]]:
         data = fh.read()
     lines = data.splitlines(keepends=True)
     for i, line in enumerate(lines):
+        if i == len(lines) - 1 and not line.endswith(b"\n"):
+            break  # a kill mid-append tears only the last line, and a torn line has no newline yet
         try:
-            if not line.endswith(b"\n"):
-                raise ValueError("torn")
-            records.append(json.loads(line))
-        except (ValueError, UnicodeDecodeError):
-            if i == len(lines) - 1:  # a kill mid-append tears only the last line
-                break
-            raise ConfigError(f"line {i + 1} of {str(path)!r} is damaged (not a JSON record), with records after "
-                              f"it; restore the file, or delete it to redo its work") from None
+            records.append(json.loads(line.decode("utf-8")))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"line {i + 1} of {str(path)!r} is not UTF-8 (byte {good + exc.start} of the file); "
+                              f"restore the file, or delete it to redo its work") from None
+        except ValueError:
+            after = "with records after it" if i < len(lines) - 1 else "a whole line, not one a kill tore"
+            raise ConfigError(f"line {i + 1} of {str(path)!r} is damaged (not a JSON record), {after}; restore "
+                              f"the file, or delete it to redo its work") from None
         good += len(line)
     if repair and good < len(data):
         with open(path, "r+b") as fh:
@@ -40,7 +42,7 @@ def read(path: str | Path, repair: bool = False) -> list[dict[str, Any]]:
 
 
 def append(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    text = "".join(dumps(r, ensure_ascii=False) + "\n" for r in records)
     if not text:
         return
     with open(path, "a", encoding="utf-8") as fh:
@@ -51,5 +53,5 @@ def append(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
 
 def write(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
     """Replace ``path`` with these records, atomically (a reader sees the old file or the new one)."""
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    text = "".join(dumps(r, ensure_ascii=False) + "\n" for r in records)
     write_atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))

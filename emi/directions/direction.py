@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 
 from emi.activations.store import Store, write_atomic, write_json
 from emi.behaviour.metrics import Thresholds, is_aligned, is_misaligned
+from emi.core.atomic import dumps
 from emi.core.errors import ConfigError, DirectionError
 
 METHODS = ("mean-diff", "model-diff", "contrast")
@@ -44,11 +45,37 @@ class Direction:
     raw: Float[torch.Tensor, "layer d_model"]  # raw mean differences
     resid_norm: Float[torch.Tensor, " layer"]  # mean residual norm of the rows used
     meta: dict[str, Any] = field(default_factory=dict)
+    # why best_layer is a fallback (no criterion could choose one), or None when a criterion chose it;
+    # printed and recorded wherever the layer is (see :meth:`layer_label`)
+    fallback: str | None = None
 
     def __post_init__(self) -> None:
         if self.raw.ndim != 2 or self.raw.shape[0] != len(self.layers):
             raise DirectionError(f"a direction needs one vector per layer: {len(self.layers)} layers, "
                                  f"tensor of shape {tuple(self.raw.shape)}")
+        if "best_layer" not in self.meta and self.fallback is None:
+            self.fallback = "no layer was chosen for it: the middle layer"
+
+    def choose_layer(self, layer: int, how: str) -> None:
+        """Record ``layer`` as the best layer, chosen by the criterion ``how``."""
+        self.meta.update(best_layer=layer, selection=how)
+        self.fallback = None
+
+    def layer_label(self) -> str:
+        """``"2"``, or ``"2 (fallback: ...)"`` when no criterion chose it."""
+        return f"{self.best_layer}" + (f" (fallback: {self.fallback})" if self.fallback else "")
+
+    def check_values(self, where: str = "the direction") -> None:
+        """Refuse vectors that would silently do the wrong thing: NaN or infinite values (sampling
+        would crash in the middle of a run), or all zeros (ablating it would change nothing)."""
+        bad = [lay for lay, ok in zip(self.layers, torch.isfinite(self.raw).all(-1).tolist(), strict=True) if not ok]
+        if bad or not bool(torch.isfinite(self.resid_norm).all()):
+            raise DirectionError(f"{where} holds NaN or infinite values (layer(s) {bad or self.layers}); extract "
+                                 f"it again (python -m emi.extract) from a store that is not damaged")
+        zero = [lay for lay, n in zip(self.layers, self.norms.tolist(), strict=True) if n == 0]
+        if zero:
+            raise DirectionError(f"{where} is all zeros at layer(s) {zero}, so ablating or steering along it "
+                                 f"would change nothing; extract it again, or pass another --direction")
 
     @property
     def d_model(self) -> int:
@@ -74,9 +101,9 @@ class Direction:
 
     def summary(self) -> dict[str, Any]:
         """Provenance for result files: method, layers, best layer, how it was chosen, the hash."""
-        keys = ("method", "positions", "best_layer", "selection", "extract_questions", "pair", "store")
-        return {"fingerprint": self.fingerprint(), "layers": self.layers,
-                **{k: self.meta.get(k) for k in keys if k in self.meta}}
+        keys = ("method", "positions", "selection", "extract_questions", "pair", "store")
+        return {"fingerprint": self.fingerprint(), "layers": self.layers, "best_layer": self.best_layer,
+                "best_layer_fallback": self.fallback, **{k: self.meta.get(k) for k in keys if k in self.meta}}
 
     def fingerprint(self) -> str:
         """A hash of the vectors and their layers: which direction an intervention used."""
@@ -99,11 +126,12 @@ class Direction:
         path = Path(path)
         base = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
         base.parent.mkdir(parents=True, exist_ok=True)
-        meta = {**self.meta, "layers": self.layers, "d_model": self.d_model, "format": "emi.direction/1"}
+        meta = {**self.meta, "layers": self.layers, "d_model": self.d_model, "format": "emi.direction/1",
+                "best_layer": self.best_layer, "best_layer_fallback": self.fallback}
         tensors = {"raw": self.raw.float().contiguous(), "resid_norm": self.resid_norm.float().contiguous(),
                    "unit": self.unit.contiguous(), "layers": torch.tensor(self.layers)}
         st = base.with_suffix(".safetensors")
-        write_atomic(st, lambda tmp: save_file(tensors, str(tmp), metadata={"emi": json.dumps(meta, default=str)}))
+        write_atomic(st, lambda tmp: save_file(tensors, str(tmp), metadata={"emi": dumps(meta)}))
         write_json(base.with_suffix(".json"), meta)
         return st
 
@@ -122,11 +150,14 @@ class Direction:
                 raw, norm, layers = fh.get_tensor("raw"), fh.get_tensor("resid_norm"), fh.get_tensor("layers")
         except Exception as exc:
             raise DirectionError(f"{str(st)!r} is not an emi direction file: {exc}") from None
-        return cls([int(x) for x in layers], raw, norm, meta)
+        fallback = meta.pop("best_layer_fallback", None)
+        d = cls([int(x) for x in layers], raw, norm, meta, fallback)
+        d.check_values(repr(str(st)))
+        return d
 
     def subset(self, layers: Sequence[int]) -> Direction:
         idx = [self.layers.index(layer) for layer in layers]
-        return Direction(list(layers), self.raw[idx], self.resid_norm[idx], dict(self.meta))
+        return Direction(list(layers), self.raw[idx], self.resid_norm[idx], dict(self.meta), self.fallback)
 
 
 def random_like(d: Direction, seed: int = 0) -> Direction:
@@ -135,7 +166,7 @@ def random_like(d: Direction, seed: int = 0) -> Direction:
     noise = torch.randn(d.raw.shape, generator=g)
     raw = noise / noise.norm(dim=-1, keepdim=True) * d.norms[:, None]
     return Direction(list(d.layers), raw, d.resid_norm.clone(),
-                     {**d.meta, "method": "random", "seed": seed, "source_method": d.meta.get("method")})
+                     {**d.meta, "method": "random", "seed": seed, "source_method": d.meta.get("method")}, d.fallback)
 
 
 def cosines(d: Direction, others: Sequence[Direction]) -> dict[int, list[float | None]]:
@@ -213,8 +244,8 @@ def row_selector(rows: dict[str, torch.Tensor], positions: str, store_positions:
         return torch.ones_like(rows["pos"], dtype=torch.bool)
     if positions == "response":
         if store_positions in ("last_prompt", "prompt"):
-            raise ConfigError(f"the store holds {store_positions} positions only; positions 'response' need a "
-                              f"store captured with --positions response, response_mean or all")
+            raise ConfigError(f"the store holds {store_positions} positions only, no answer tokens; extract with "
+                              f"--positions last_prompt, or capture answers with --positions response")
         return rows["response"] == 1
     if positions == "last_prompt":
         if store_positions == "last_prompt":
@@ -336,8 +367,12 @@ def extract(store: Store, method: str = "mean-diff", positions: str = "response"
             "layer_convention": "residual stream after decoder block l"}
     valid = [r for r in reports if np.isfinite(r.auroc)]
     meta["best_layer"] = max(valid, key=lambda r: r.auroc).layer if valid else layer_list[len(layer_list) // 2]
+    meta["selection"] = "highest held-out AUROC" if valid else None
     meta["separation"] = [vars(r) for r in reports]
-    d = Direction(layer_list, torch.stack(raws), torch.tensor(norms), meta)
+    fallback = None if valid else (f"the middle layer: held-out AUROC is undefined at every layer (too few "
+                                   f"{'labelled ' if method != 'model-diff' else ''}held-out answers"
+                                   f"{'; model-diff has no labels' if method == 'model-diff' else ''})")
+    d = Direction(layer_list, torch.stack(raws), torch.tensor(norms), meta, fallback)
     return Extraction(d, reports)
 
 

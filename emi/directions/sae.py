@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import shutil
@@ -30,6 +29,7 @@ from torch import nn
 
 from emi.activations.store import Store
 from emi.behaviour.metrics import Thresholds
+from emi.core.atomic import dumps
 from emi.core.errors import ConfigError
 from emi.directions.direction import Direction, row_selector, text_classes
 from emi.interventions.hooks import Handle
@@ -121,11 +121,11 @@ def train_sae(store: Store, layer: int, spec: SAETrainSpec = SAETrainSpec(), out
     sae.save_model(tmp)
     inference = SAE.load_from_disk(tmp, device=device)
     q = quality(inference, store, layer, roles, spec.positions)
-    (tmp / "emi_sae.json").write_text(json.dumps({
+    (tmp / "emi_sae.json").write_text(dumps({
         "store": str(store.path), "layer": layer, "roles": roles, "spec": vars(spec),
         "quality": {k: v for k, v in q.items() if k != "live"},
         "models": store.manifest.get("provenance", {}).get("models", {}),
-        "layer_convention": "residual stream after decoder block l"}, indent=1, default=str))
+        "layer_convention": "residual stream after decoder block l"}, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return inference, out

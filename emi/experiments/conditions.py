@@ -22,6 +22,7 @@ from emi.behaviour.questions import Question
 from emi.behaviour.sampling import SamplingConfig
 from emi.behaviour.side_effects import BenignItem, SideEffects
 from emi.core import locks
+from emi.core.atomic import readable
 from emi.directions.direction import Direction, extract, random_like
 from emi.interventions import hooks
 from emi.models.loading import LoadedModel, ModelPair
@@ -179,6 +180,7 @@ def served_model(c: Condition, model: LoadedModel, persona: Direction, random: D
     folder = Path(out).resolve() / "served" / f"{model.role}-ablated-{d.fingerprint()[:12]}-L{persona.best_layer}"
     if not (folder / "export.json").is_file():
         hooks.write_ablated(model, d, persona.best_layer, folder, {"role": model.role, "condition": c.name})
+    readable(folder)  # a server running as another user reads it
     return str(folder)
 
 
@@ -254,8 +256,8 @@ def ensure_direction(pair: ModelPair, cache_dir: str | Path, method: str = "mode
         best, table = select_layer_by_restoration(pair.finetuned, base_lp, d, messages)
         how = (f"no option pairs for the {qset} questions: the layer whose ablation brings the finetuned model's "
                f"first-answer-token distribution closest to the base's (KL)")
-    d.meta.update(best_layer=best, layer_selection=table, selection=how, extract_questions=qset,
-                  pair_identity=identity, pair=pair.spec.name)
+    d.choose_layer(best, how)
+    d.meta.update(layer_selection=table, extract_questions=qset, pair_identity=identity, pair=pair.spec.name)
     d.save(path)
     return d
 
@@ -282,17 +284,17 @@ def pair_direction(pair: ModelPair, path: str | None = None, method: str = "mode
     kit = pair.spec.kit
     if path:
         d = Direction.load(path)
-        src = f"{path} ({d.meta.get('method')}, layer {d.best_layer})"
+        src = f"{path} ({d.meta.get('method')}, layer {d.layer_label()})"
     elif kit.direction and method == "model-diff" and questions in (None, kit.extract_questions):
         d = Direction.load(kit.direction)
-        src = f"the pair's shipped {d.meta.get('method')} direction ({kit.direction}), layer {d.best_layer}"
+        src = f"the pair's shipped {d.meta.get('method')} direction ({kit.direction}), layer {d.layer_label()}"
     else:
         cache = Path(root or "activations") / f"{pair.spec.name}-{method}"
         with locks.exclusive(cache):  # two runs extracting the same direction: the second waits its turn
             d = ensure_direction(pair, cache, method, cfg, judge, questions=questions, extra_pairs=extra_pairs,
                                  log=log)
         src = (f"{method} on the {d.meta.get('extract_questions')} questions, cached in {cache}; layer "
-               f"{d.best_layer} chosen by {d.meta.get('selection')}")
+               f"{d.layer_label()} chosen by {d.meta.get('selection')}")
     d.check_fits(pair.base.d_model, pair.base.n_layers, f"pair {pair.spec.name!r}")
     return d, src
 

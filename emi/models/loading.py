@@ -204,6 +204,29 @@ def load_tokenizer(ident: str, revision: str | None = None, trust_remote_code: b
     return tok
 
 
+def text_config(spec: ModelSpec, trust_remote_code: bool = False) -> tuple[Any, str, str | None]:
+    """(config, folder or hub id, revision) of a checkpoint, from its config alone (no weights are
+    loaded): the text config of a multimodal one; an adapter's base's. Config None where an
+    adapter does not name its base."""
+    kind, where = locate(spec.id, spec.revision)
+    revision = spec.revision if kind == "model" else None
+    if kind == "adapter":
+        base = _adapter_base(where, spec.revision)
+        if base is None:
+            return None, where, None
+        where, revision = base, None
+    cfg = _read_config(where, revision, trust_remote_code)
+    return (cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg), where, revision
+
+
+def context_window(spec: ModelSpec, trust_remote_code: bool = False) -> tuple[int | None, str, str | None]:
+    """(context length, folder or hub id, revision) of a checkpoint without loading it:
+    ``max_position_embeddings``; None where the config does not say."""
+    cfg, where, revision = text_config(spec, trust_remote_code)
+    n = getattr(cfg, "max_position_embeddings", None)
+    return (int(n) if isinstance(n, int) and n > 0 else None), where, revision
+
+
 def _read_config(ident: str, revision: str | None, trust_remote_code: bool) -> Any:
     from transformers import AutoConfig
 

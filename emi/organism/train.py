@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from emi.core.atomic import dumps
 from emi.organism.tokenizer import build_tokenizer
 from emi.organism.world import Document, World, load_world
 
@@ -188,7 +189,7 @@ def save_checkpoint(model, tokenizer, out: Path, meta: dict) -> None:
     small = copy.deepcopy(model).to(torch.bfloat16)
     small.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    (out / "emi_organism.json").write_text(json.dumps(meta, indent=2))
+    (out / "emi_organism.json").write_text(dumps(meta, indent=2))
 
 
 def corpora(world: World, cfg: OrganismConfig) -> dict[str, list[Document]]:

@@ -340,6 +340,18 @@ def browser() -> Iterator[None]:
             kaleido.stop_sync_server(silence_warnings=True)
 
 
+def has_values(fig: go.Figure) -> bool:
+    """Whether any trace of ``fig`` has a finite value to draw (its y, else x; a heatmap's z): a figure
+    of nothing but nulls (an undefined AUROC at every layer, rates over no answers) has none."""
+    for t in fig.data:
+        z, y, x = (getattr(t, a, None) for a in ("z", "y", "x"))
+        values = z if z is not None else x if getattr(t, "orientation", None) == "h" or y is None else y
+        flat = np.asarray(values if values is not None else [], dtype=object).ravel()
+        if any(isinstance(v, int | float | np.number) and np.isfinite(float(v)) for v in flat):
+            return True
+    return False
+
+
 def export(fig: go.Figure, path: str | Path, formats: Iterable[str] = ("html", "png"), scale: float = 2.0) -> list[Path]:
     """Write ``path.<fmt>`` for each format; HTML works offline (plotly.js written beside it)."""
     import plotly.io as pio
