@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows, judged_all, by_q = [], [], {}
         for role in pair.roles:
             lm = pair[role]
-            s, judged = evaluate(lm, questions, cfg, judge, out, label=role)
+            s, judged = evaluate(lm, questions, cfg, judge, out, label=role, denominator=args.em_denominator)
             judged_all += judged
             rows.append(s.row())
             by_q[role] = {q: v.row() for q, v in per_question(judged).items()}
@@ -53,16 +53,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_json(out / "summary.json", {"pair": spec.name, "judge": judge.name, "sampling": cfg.settings(), "n": cfg.n,
                                           "questions": args.questions or spec.kit.eval_questions, "models": rows,
                                           "per_question": by_q, "provenance": pair.provenance()})
-        print(f"pair {spec.name}: {len(questions)} questions x {cfg.n} samples, judge {judge.name}, seed {cfg.seed}")
-        cli.print_table([{**r, "em": cli.fmt_rate(r, "em"), "coh": cli.fmt_rate(r, "coherence"),
-                          "counts": f"{r['em_k']}/{r['em_n']}",
-                          "other": f"{r['n_unscored']} unscored, {r['n_code']} code, {r['n_refusal']} refusals"}
-                         for r in rows],
-                        [("model", "model"), ("em", "EM rate (95% CI)"), ("counts", "misaligned/coherent"),
-                         ("coh", "coherent (95% CI)"), ("n_answers", "n"), ("other", "excluded")])
+        print(f"pair {spec.name}: {len(questions)} questions x {cfg.n} samples, {cli.judge_note(rows, judge.name)}, "
+              f"seed {cfg.seed}")
+        print_summary(rows, args.em_denominator)
         cli.report_unscored(judged_all)
         print(f"wrote {out}/answers.jsonl, judged.jsonl, summary.json", file=sys.stderr)
     return 0
+
+
+def print_summary(rows: list[dict], denominator: str) -> None:
+    """The evaluate table, EM over the chosen denominator (the other in its own column)."""
+    other = "scored" if denominator == "coherent" else "coherent"
+    cli.print_table([{**r, "em": cli.fmt_rate(r, "em"), "coh": cli.fmt_rate(r, "coherence"),
+                      "counts": f"{r['em_k']}/{r['em_n']}",
+                      "alt": cli.fmt_rate(r, f"em_{other}") if f"em_{other}_rate" in r else "",
+                      "other": f"{r['n_unscored']} unscored, {r['n_code']} code, {r['n_refusal']} refusals"}
+                     for r in rows],
+                    [("model", "model"), ("em", cli.em_header(denominator)), ("counts", f"misaligned/{denominator}"),
+                     ("alt", f"EM, of {other}"), ("coh", "coherent (95% CI)"), ("n_answers", "n"),
+                     ("other", "excluded")])
 
 
 if __name__ == "__main__":

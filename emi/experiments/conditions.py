@@ -121,7 +121,8 @@ def condition_identity(c: Condition, model: LoadedModel, persona: Direction, ran
 def run(pair: ModelPair, conditions: Sequence[Condition], direction: Direction, questions: Sequence[Question],
         cfg: SamplingConfig, judge: Judge, out: str | Path, random_seed: int = 0,
         progress: bool = True, pairs: Sequence[OptionPair] | None = None,
-        benign: Sequence[BenignItem] | None = None, engine: ServerEngine | None = None) -> list[ConditionResult]:
+        benign: Sequence[BenignItem] | None = None, engine: ServerEngine | None = None,
+        denominator: str = "coherent") -> list[ConditionResult]:
     """Evaluate every condition (answers and judgements cached under ``out``); one
     :class:`ConditionResult` per condition, in the order of ``conditions``. Conditions run grouped by model, so a pair that holds one model at a
     time loads each at most once. ``pairs``: option pairs for the log-prob columns (default: those of
@@ -151,7 +152,7 @@ def run(pair: ModelPair, conditions: Sequence[Condition], direction: Direction, 
             sampler = functools.partial(engine.sample, served)
         with applied(c, model, direction, rnd):
             summary, _ = evaluate(model, questions, cfg, judge, out, label=c.name, progress=progress, identity=ident,
-                                  sampler=sampler)
+                                  sampler=sampler, denominator=denominator)
             lp = logprob_metrics(model, pairs) if pairs else None
         fx = None
         if benign:
