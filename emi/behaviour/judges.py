@@ -289,13 +289,23 @@ class HFJudge:
 
 JudgeFactory = Callable[..., "Judge"]
 _JUDGES: dict[str, JudgeFactory] = {}
+_EXACT: set[str] = set()
 
 
-def register_judge(name: str, factory: JudgeFactory) -> None:
-    """Make ``name`` a judge (``--judge NAME``): ``factory(model, url, key_env, **kw) -> Judge``."""
+def register_judge(name: str, factory: JudgeFactory, exact: bool = False) -> None:
+    """Make ``name`` a judge (``--judge NAME``): ``factory(model, url, key_env, **kw) -> Judge``.
+    ``exact``: its judgements are ground truth (a closed world's own judge, like the toy's), so
+    ``python -m emi.rejudge`` measures every other judge against it on that pair's runs."""
     if name in BUILTIN_JUDGES:
         raise ConfigError(f"judge {name!r} is built in and cannot be replaced")
     _JUDGES[name] = factory
+    if exact:
+        _EXACT.add(name)
+
+
+def is_exact(name: str) -> bool:
+    plugins.load()
+    return name in _EXACT
 
 
 def judge_names() -> list[str]:

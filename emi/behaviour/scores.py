@@ -150,8 +150,9 @@ def number_distribution(next_top: NextTop, min_branch: float = 1e-4) -> NumberTr
             if not prefix:
                 special = special_mass(top)
             continues = sum(math.exp(lp) for t, lp in top if t[:1].isascii() and t[:1].isdigit())
-            if prefix:
-                probs[int(prefix)] = probs.get(int(prefix), 0.0) + p * max(0.0, 1.0 - continues)
+            ends = p * max(0.0, 1.0 - continues)
+            if prefix and ends > 0:
+                probs[int(prefix)] = probs.get(int(prefix), 0.0) + ends
             for token, lp in top:
                 d = _digits(token, first=not prefix)
                 child = prefix + d if d else None
