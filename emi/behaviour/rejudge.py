@@ -166,8 +166,9 @@ def _compare(out: Rejudged, judge: Judge, labels: Sequence[Label] | None, progre
         out.agreements.append(agreement(exact, out.judged, name, judge.name, denom, seed=seed))
         if original is not None and run.judge != reference.name:
             out.agreements.append(agreement(exact, original, name, str(run.judge), denom, seed=seed))
-    if original is not None and (reference is None or run.judge != reference.name):
-        out.agreements.append(agreement(original, out.judged, str(run.judge), judge.name, denom, seed=seed))
+    if original is not None:
+        if reference is None or run.judge != reference.name:  # (else: reported above, as the exact judge)
+            out.agreements.append(agreement(original, out.judged, str(run.judge), judge.name, denom, seed=seed))
     elif run.judge and run.judge != judge.name:
         out.notes.append(f"judgements.jsonl holds none by the run's own judge {run.judge!r}, so there is no "
                          f"agreement with it")
