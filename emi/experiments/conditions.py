@@ -339,6 +339,17 @@ class ResultRow(TypedDict, total=False):
     coherence_hi: float
     coherence_k: int
     coherence_n: int
+    em_coherent_rate: float  # both denominators (the headline em_* is the one --em-denominator chose)
+    em_coherent_lo: float
+    em_coherent_hi: float
+    em_coherent_k: int
+    em_coherent_n: int
+    em_scored_rate: float
+    em_scored_lo: float
+    em_scored_hi: float
+    em_scored_k: int
+    em_scored_n: int
+    judge_fingerprints: list[str]
     kl: float
     kl_lo: float
     kl_hi: float
