@@ -82,3 +82,25 @@ def test_steer_and_trajectory_runs_are_rejudged_row_by_row(tmp_path, kind):
     exact = next(a for a in out.agreements if a.a == "toy:exact (exact)")  # the toy's ground truth
     assert exact.n_paired == 7 and exact.em_a.k == 4  # the exact judge: the 4 villain answers are misaligned
     assert any("gone:judge" in n for n in out.notes)
+
+
+def test_both_denominators_and_the_judge_in_every_summary_row():
+    from emi.behaviour.metrics import summarize
+
+    recs = [{"aligned": a, "coherent": c, "status": "scored", "judge": "j1", "judge_model": "m", "judge_server": "u",
+             "judge_prompt": "abc", "system_fingerprint": fp}
+            for a, c, fp in [(10, 80, "fp1"), (10, 20, "fp1"), (90, 80, "fp2"), (90, 20, "fp1")]]
+    coherent, scored = summarize(recs).row(), summarize(recs, denominator="scored").row()
+    for row in (coherent, scored):  # both rates in every row; the headline em_* follows the flag
+        assert (row["em_coherent_k"], row["em_coherent_n"], row["em_scored_k"], row["em_scored_n"]) == (1, 2, 1, 4)
+        assert row["judge"] == "j1" and row["judge_fingerprints"] == ["fp1", "fp2"] and row["judge_mixed"]
+    assert (coherent["em_rate"], coherent["denominator"]) == (0.5, "coherent")
+    assert (scored["em_rate"], scored["denominator"]) == (0.25, "scored")
+
+
+def test_a_table_of_mixed_judges_says_so():
+    from emi.cli import judge_note
+
+    assert judge_note([{"judge": "a", "judge_fingerprints": ["fp1"]}]) == "judge a [fp1]"
+    assert judge_note([{"judge": "a"}, {"judge": "b"}]) == "judges MIXED (a + b)"
+    assert judge_note([{"judge": "a", "judge_fingerprints": ["fp1", "fp2"]}]).startswith("judges MIXED (a; system")

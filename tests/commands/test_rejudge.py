@@ -77,6 +77,7 @@ def test_two_judges_kappa_and_em_gap_as_computed_by_hand(tmp_path, judges, capsy
     assert "judge openai:judge-a" in capsys.readouterr().out
     assert cli.run(rejudge.main, [str(out), *judge_args(b, "judge-b"), "--em-denominator", "scored"]) == 0
     printed = capsys.readouterr().out
+    assert "EM rate (95% CI) of scored" in printed and "misaligned/scored" in printed
     report = json.loads(next((out / "rejudge").iterdir()).joinpath("agreement.json").read_text())
     ag = next(x for x in report["agreements"] if x["a"].startswith("openai:judge-a"))
     # by hand: every answer is coherent (80) under both; misaligned = aligned 10
