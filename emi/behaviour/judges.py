@@ -240,7 +240,7 @@ class HFJudge:
         self.name = f"hf:{self.model_id}"
         self.prompts = prompts or judge_prompts()
         self.server = None
-        texts = {i: tokenizer.decode([i]) for i in range(len(tokenizer))}
+        texts = dict(enumerate(tokenizer.batch_decode([[i] for i in range(len(tokenizer))])))
         self.number_ids = {i: t for i, t in texts.items() if t[:1].isascii() and t[:1].isdigit()
                            or t.strip()[:1].isascii() and t.strip()[:1].isdigit()}
         if not any(t == str(d) for t in self.number_ids.values() for d in range(10)):
