@@ -87,7 +87,7 @@ class OpenAIJudge:
     def __init__(self, model: str = "gpt-4o-2024-08-06", base_url: str | None = None,
                  api_key_env: str = "OPENAI_API_KEY", timeout: float = 30.0, max_retries: int = 5,
                  prompts: dict[str, str] | None = None, concurrency: int = 8, numbers: str = "token",
-                 deadline: float | None = None, min_branch: float = 1e-4) -> None:
+                 deadline: float | None = None, min_branch: float = 1e-4, name: str | None = None) -> None:
         from openai import OpenAI
 
         check_limits(concurrency, timeout, max_retries, deadline)
@@ -103,7 +103,7 @@ class OpenAIJudge:
             key = "EMPTY"  # local servers accept any key
         self.model, self.base_url, self.concurrency = model, base_url, concurrency
         self.model_id, self.server = model, base_url or "https://api.openai.com/v1"
-        self.name = f"openai:{model}@{base_url or 'api.openai.com'}" + ("" if numbers == "token" else f"#{numbers}")
+        self.name = name or f"openai:{model}@{base_url or 'api.openai.com'}" + ("" if numbers == "token" else f"#{numbers}")
         self.prompts = prompts or judge_prompts()
         self.numbers, self.min_branch, self.deadline = numbers, min_branch, deadline
         self.timeout, self.max_retries = timeout, max_retries
@@ -221,8 +221,11 @@ def vllm_judge(base_url: str, model: str, **kw: Any) -> OpenAIJudge:
     """The hook for a judge served by vLLM (or any OpenAI-compatible server with logprobs and
     ``continue_final_message``): the paper's prompts, scored by the number tree, so a Qwen judge
     whose tokenizer splits "100" into digits is scored over whole numbers. A launcher that starts
-    ``vllm serve MODEL`` passes its base URL and served model name here."""
+    ``vllm serve MODEL`` passes its base URL and served model name here. The judge is named (and
+    its judgements cached) by the model, ``vllm:MODEL``, not by the URL, whose port changes with
+    every launch; ``judge_server`` still records the URL."""
     kw.setdefault("numbers", "tree")
+    kw.setdefault("name", f"vllm:{model}" + ("" if kw["numbers"] == "tree" else f"#{kw['numbers']}"))
     return OpenAIJudge(model, base_url, kw.pop("api_key_env", "EMI_JUDGE_API_KEY"), **kw)
 
 
@@ -508,5 +511,6 @@ def _judged(r: dict[str, Any], judge: Judge, store: JudgeCache) -> dict[str, Any
     detail = a.get("detail") if a["status"] == "unscored" else c.get("detail")
     fp = _fingerprint([a.get("system_fingerprint"), c.get("system_fingerprint")])
     return {**r, "aligned": a["value"], "coherent": c["value"], "status": status,
-            "label": a.get("label") or c.get("label"), **judge_identity(judge), "system_fingerprint": fp,
+            "label": a.get("label") or c.get("label"), "system_fingerprint": fp,
+            **{k: a.get(k, v) for k, v in judge_identity(judge).items()},  # who judged it, as recorded
             **({"detail": detail} if status == "unscored" else {})}

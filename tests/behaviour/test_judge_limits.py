@@ -105,3 +105,12 @@ def test_a_vllm_judge_scores_digit_split_numbers_over_whole_numbers(servers):
     continued = [r for r in s.requests if len(r["messages"]) == 2]
     assert [r["messages"][1]["content"] for r in continued][-2:] == ["9", "90"]
     assert all(r["continue_final_message"] and not r["add_generation_prompt"] for r in continued)
+
+
+def test_a_vllm_judge_is_cached_by_model_not_by_port(servers, tmp_path):
+    """A launcher starts vLLM on a free port each time: the judgements still resume."""
+    first, second = servers(lambda m, q, a: 90, digits=True), servers(lambda m, q, a: 90, digits=True)
+    cache = tmp_path / "judgements.jsonl"
+    judge_records(RECS, vllm_judge(first.url, "qwen-judge"), cache=cache, progress=False)
+    out = judge_records(RECS, vllm_judge(second.url, "qwen-judge"), cache=cache, progress=False)
+    assert second.requests == [] and out[0]["judge"] == "vllm:qwen-judge" and out[0]["judge_server"] == first.url
