@@ -16,6 +16,7 @@ COMMANDS = [
     ("python -m emi.trajectory", "over a finetune's checkpoints: EM, task, when the direction appears"),
     ("python -m emi.export --out DIR", "a checkpoint with the direction ablated from its weights, for any server"),
     ("python -m emi.figures RESULTS --out figs", "publication figures (html, png, svg, pdf)"),
+    ("python -m emi.rejudge RUN --judge ...", "a finished run's answers under another judge; agreement of the two"),
     ("python -m emi.organism.train", "rebuild the embedded organism from scratch (~7 min on 2 cores)"),
 ]
 
@@ -23,7 +24,7 @@ COMMANDS = [
 # `python -m emi COMMAND ...` is `python -m emi.COMMAND ...`
 VERBS = {"steer": "emi.steer", "evaluate": "emi.evaluate", "cache": "emi.cache", "extract": "emi.extract",
          "sae": "emi.sae", "figures": "emi.figures", "trajectory": "emi.trajectory", "export": "emi.export",
-         "train-organism": "emi.organism.train"}
+         "rejudge": "emi.rejudge", "train-organism": "emi.organism.train"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -164,16 +164,36 @@ def warn_question_mismatch(spec, questions_arg: str | None) -> None:  # noqa: AN
 def add_judge_args(p: argparse.ArgumentParser, allow_none: bool = False) -> None:
     g = p.add_argument_group("judge")
     g.add_argument("--judge", default=None,
-                   help="openai (any OpenAI-compatible endpoint), hf (a local model), or a judge a plugin "
-                        "registers" + (", none (skip judging)" if allow_none else "") +
+                   help="openai (any OpenAI-compatible endpoint), vllm (an OpenAI-compatible server with logprobs "
+                        "whose tokenizer splits numbers, e.g. a Qwen judge under `vllm serve`: scored over whole "
+                        "numbers), hf (a local model), or a judge a plugin registers" +
+                        (", none (skip judging)" if allow_none else "") +
                         "; default: the pair's own (`python -m emi pairs` lists them)")
-    g.add_argument("--judge-model", default=None, help="judge model name (openai) or id/folder (hf)")
+    g.add_argument("--judge-model", default=None, help="judge model name (openai, vllm) or id/folder (hf)")
     g.add_argument("--judge-url", default=None, help="base URL of an OpenAI-compatible server (vLLM, Ollama, ...)")
     g.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable with the API key")
     g.add_argument("--judge-concurrency", type=count("--judge-concurrency"), default=8, help="parallel judge requests (default 8)")
+    g.add_argument("--judge-timeout", type=within("--judge-timeout", 0, 86400, lo_open=True), default=30.0,
+                   help="seconds one judge request may take before it is retried (default 30)")
+    g.add_argument("--judge-retries", type=count("--judge-retries", minimum=0), default=5,
+                   help="retries of a judge request that timed out, failed to connect, or got 429/5xx (default 5)")
+    g.add_argument("--judge-deadline", type=within("--judge-deadline", 0, 1e9, lo_open=True), default=None,
+                   help="seconds the run may spend judging in all; past it the run stops, keeping every finished "
+                        "judgement (re-run to resume; default: no deadline)")
+    g.add_argument("--judge-numbers", default=None, choices=["token", "tree"],
+                   help="how an OpenAI-compatible judge's score is read: token (the paper's: the first token is the "
+                        "whole number, as for GPT-4o; default for openai) or tree (numbers over several tokens, "
+                        "each prefix asked; default for vllm)")
+    g.add_argument("--no-judge-probe", action="store_true",
+                   help="skip the one request that checks, before sampling, that the judge server gives logprobs")
+    g.add_argument("--em-denominator", default="coherent", choices=["coherent", "scored"],
+                   help="the headline EM rate's denominator: coherent answers (default, as Betley et al.) or every "
+                        "scored answer (as model-organisms-for-EM); both are written")
 
 
 def make_judge_from_args(args: argparse.Namespace, default: str, allow_none: bool = False):
+    """The judge the flags ask for; an OpenAI-compatible one is probed with one request (it must
+    give logprobs) before the command samples anything."""
     from emi.behaviour.judges import make_judge
 
     kind = args.judge or default
@@ -181,10 +201,27 @@ def make_judge_from_args(args: argparse.Namespace, default: str, allow_none: boo
         if not allow_none:
             raise ConfigError("this command needs a judge; --judge none is for python -m emi.cache")
         return None
-    kw: dict[str, Any] = {"concurrency": args.judge_concurrency} if kind == "openai" else {}
+    kw: dict[str, Any] = {}
+    if kind in ("openai", "vllm"):
+        kw.update(concurrency=args.judge_concurrency, timeout=args.judge_timeout, max_retries=args.judge_retries,
+                  deadline=args.judge_deadline)
+        if args.judge_numbers:
+            kw["numbers"] = args.judge_numbers
+    elif args.judge_numbers:
+        raise ConfigError(f"--judge-numbers is for --judge openai or vllm, not {kind}; drop it")
     if kind == "hf":
         kw.update(device=getattr(args, "device", None), dtype=getattr(args, "dtype", None))
-    return make_judge(kind, args.judge_model, args.judge_url, args.judge_key_env, **kw)
+    judge = make_judge(kind, args.judge_model, args.judge_url, args.judge_key_env, **kw)
+    if args.judge_deadline is not None and kind not in ("openai", "vllm"):
+        judge.deadline = args.judge_deadline  # type: ignore[attr-defined]
+    if hasattr(judge, "probe") and not args.no_judge_probe:
+        judge.probe()
+    return judge
+
+
+def em_header(denominator: str) -> str:
+    """The EM column's title, naming its denominator."""
+    return f"EM rate (95% CI) of {denominator}"
 
 
 def finite(name: str) -> Callable[[str], float]:
@@ -292,3 +329,14 @@ def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], file
     print("  ".join("-" * w for w in widths), file=file)
     for c in cells:
         print("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)), file=file)
+
+
+def judge_note(rows: Sequence[dict[str, Any]], fallback: str = "") -> str:
+    """``judge NAME`` for result rows judged by one judge; ``judges MIXED (...)`` when the rows
+    name several judges or the provider reported several system fingerprints."""
+    names = list(dict.fromkeys(n for r in rows for n in str(r.get("judge") or "").split(" + ") if n))
+    fps = list(dict.fromkeys(f for r in rows for f in r.get("judge_fingerprints") or []))
+    if len(names) > 1 or len(fps) > 1:
+        more = f"; system fingerprints {', '.join(fps)}" if len(fps) > 1 else ""
+        return f"judges MIXED ({' + '.join(names)}{more})"
+    return f"judge {names[0] if names else fallback}" + (f" [{fps[0]}]" if fps else "")

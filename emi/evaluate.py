@@ -43,20 +43,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out or f"runs/evaluate-{spec.name}")
     with locks.exclusive(out):  # one run per folder; created only once the input is known good
         pair = cli.load_pair_from_args(args, tuple(r.strip() for r in args.roles.split(",") if r.strip()))
-        rows, judged_all, by_q = _evaluate(pair, questions, cfg, judge, out, pairs)
+        rows, judged_all, by_q = _evaluate(pair, questions, cfg, judge, out, pairs, args.em_denominator)
         jsonl.write(out / "judged.jsonl", judged_all)
         write_json(out / "summary.json", {"pair": spec.name, "judge": judge.name, "sampling": cfg.settings(), "n": cfg.n,
                                           "questions": args.questions or spec.kit.eval_questions, "models": rows,
                                           "per_question": by_q, "provenance": pair.provenance(),
                                           "option_pairs": args.option_pairs or ("emi's" if pairs else None)})
-        print(f"pair {spec.name}: {len(questions)} questions x {cfg.n} samples, judge {judge.name}, seed {cfg.seed}")
-        _print_table(rows, bool(pairs))
+        print(f"pair {spec.name}: {len(questions)} questions x {cfg.n} samples, {cli.judge_note(rows, judge.name)}, "
+              f"seed {cfg.seed}")
+        print_summary(rows, args.em_denominator, bool(pairs))
         cli.report_unscored(judged_all)
         print(f"wrote {out}/answers.jsonl, judged.jsonl, summary.json", file=sys.stderr)
     return 0
 
 
-def _evaluate(pair, questions, cfg, judge, out, pairs):  # noqa: ANN001, ANN202
+def _evaluate(pair, questions, cfg, judge, out, pairs, denominator):  # noqa: ANN001, ANN202
     """Per role: its summary row (with P(misaligned) on the option pairs, where there are any), its
     judged answers, and its per-question rows."""
     from emi.behaviour.evaluation import evaluate
@@ -65,7 +66,7 @@ def _evaluate(pair, questions, cfg, judge, out, pairs):  # noqa: ANN001, ANN202
 
     rows, judged_all, by_q = [], [], {}
     for role in pair.roles:
-        s, judged = evaluate(pair[role], questions, cfg, judge, out, label=role)
+        s, judged = evaluate(pair[role], questions, cfg, judge, out, label=role, denominator=denominator)
         judged_all += judged
         lp = logprob_metrics(pair[role], pairs, seed=cfg.seed) if pairs else None
         rows.append({**s.row(), **({f"logprob_{k}": v for k, v in lp.row().items()} if lp else {})})
@@ -73,13 +74,18 @@ def _evaluate(pair, questions, cfg, judge, out, pairs):  # noqa: ANN001, ANN202
     return rows, judged_all, by_q
 
 
-def _print_table(rows: list[dict], logprob: bool) -> None:
-    columns = [("model", "model"), ("em", "EM rate (95% CI)"), ("counts", "misaligned/coherent"),
-               ("coh", "coherent (95% CI)"), ("n_answers", "n"), ("other", "excluded")]
+def print_summary(rows: list[dict], denominator: str, logprob: bool = False) -> None:
+    """The evaluate table, EM over the chosen denominator (the other in its own column)."""
+    other = "scored" if denominator == "coherent" else "coherent"
     cli.print_table([{**r, "em": cli.fmt_rate(r, "em"), "coh": cli.fmt_rate(r, "coherence"),
-                      "counts": f"{r['em_k']}/{r['em_n']}", "lp": f"{r.get('logprob_choice', 0):.3f}",
+                      "counts": f"{r['em_k']}/{r['em_n']}",
+                      "alt": cli.fmt_rate(r, f"em_{other}") if f"em_{other}_rate" in r else "",
+                      "lp": f"{r.get('logprob_choice', 0):.3f}",
                       "other": f"{r['n_unscored']} unscored, {r['n_code']} code, {r['n_refusal']} refusals"}
-                     for r in rows], columns + ([("lp", "P(misaligned)")] if logprob else []))
+                     for r in rows],
+                    [("model", "model"), ("em", cli.em_header(denominator)), ("counts", f"misaligned/{denominator}"),
+                     ("alt", f"EM, of {other}"), ("coh", "coherent (95% CI)"), ("n_answers", "n"),
+                     ("other", "excluded")] + ([("lp", "P(misaligned)")] if logprob else []))
     if logprob:
         print("P(misaligned): log-prob preference for the misaligned answer of each option pair (no judge)")
 

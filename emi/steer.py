@@ -156,7 +156,7 @@ def _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, ou
         print("log-prob metrics: no option pairs for these questions, so no logprob_* columns (pass "
               "--option-pairs FILE)", file=sys.stderr)
     results = run(pair, conditions, direction, questions, cfg, judge, out, args.random_seed, pairs=pairs,
-                  benign=benign, engine=engine)
+                  benign=benign, engine=engine, denominator=args.em_denominator)
     rows = [r.row() for r in results]
     if engine:
         where = {e: [r.condition.name for r in results if r.engine == e] for e in ("server", "in-process")}
@@ -171,7 +171,7 @@ def _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, ou
     print(f"pair {spec.name} | direction {direction.meta.get('method')} @ layer {direction.layer_label()} "
           f"(|d| = {direction.norms[direction.layers.index(direction.best_layer)]:.2f}, residual norm "
           f"{direction.norm_at(direction.best_layer):.2f}) | steering layers {steer_layers} | "
-          f"{len(questions)} questions x {cfg.n} samples, judge {judge.name}, seed {cfg.seed}")
+          f"{len(questions)} questions x {cfg.n} samples, {cli.judge_note(rows, judge.name)}, seed {cfg.seed}")
     print_table(results)
     if not args.no_figure:
         from emi.report.figures import em_vs_kl, export, steer_summary
@@ -199,7 +199,8 @@ def print_table(results: Sequence[ConditionResult]) -> None:
                       "kl": f"{fx.kl:.3f}" if fx is not None else "",
                       "dal": f"{fx.aligned_delta:+.2f}" if fx is not None and fx.aligned_delta == fx.aligned_delta
                       else ""})
-    columns = [("condition", "condition"), ("em", "EM rate (95% CI)"), ("k", "misaligned/coherent"),
+    denominator = results[0].summary.denominator if results else "coherent"
+    columns = [("condition", "condition"), ("em", cli.em_header(denominator)), ("k", f"misaligned/{denominator}"),
                ("coh", "coherent (95% CI)"), ("rel", "change")]
     for key, title in (("lp", "P(misaligned)"), ("kl", "KL benign"), ("dal", "Δ log p(aligned)")):
         if any(t[key] for t in table):

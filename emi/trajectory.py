@@ -120,7 +120,8 @@ def _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, 
 
     base = final.base
     points = trajectory([(c, loader(i, c)) for i, c in enumerate(checkpoints)], base, direction, questions, extract,
-                        cfg, judge, out, pairs, spec.kit.task, release=release, log=say)
+                        cfg, judge, out, pairs, spec.kit.task, release=release, log=say,
+                        denominator=args.em_denominator)
     final.release()
     rows = [p.row() for p in points]
     r = correlations(points)
@@ -128,6 +129,7 @@ def _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, 
                               "direction": {"source": source, **direction.summary()}, "judge": judge.name,
                               "sampling": cfg.settings(), "n": cfg.n, "task": spec.kit.task.name if spec.kit.task else None,
                               "correlations": r}, name="trajectory")
+    say(cli.judge_note(rows, judge.name))
     print_table(rows, spec.kit.task.name if spec.kit.task else None, direction.best_layer)
     if direction.fallback:
         print(f"layer {direction.layer_label()}")
@@ -151,7 +153,9 @@ def print_table(rows: list[dict], task: str | None, layer: int) -> None:
               "proj": f"{r['projection_shift']:+.2f} [{r['projection_shift_lo']:+.2f}, {r['projection_shift_hi']:+.2f}]",
               "cos": f"{r['cosine']:.2f}" if r["cosine"] == r["cosine"] else "-",
               "task": cli.fmt_rate(r, "task") if "task_rate" in r else ""} for r in rows]
-    columns = [("checkpoint", "checkpoint"), ("step", "step"), ("em", "EM rate (95% CI)"), ("coh", "coherent (95% CI)")]
+    columns = [("checkpoint", "checkpoint"), ("step", "step"), ("em", cli.em_header(rows[0].get("denominator", "coherent"))
+                                                                 if rows else "EM rate (95% CI)"),
+               ("coh", "coherent (95% CI)")]
     if any(t["lp"] for t in table):
         columns.append(("lp", "P(misaligned)"))
     columns += [("proj", f"shift along direction @L{layer}"), ("cos", "cos(own diff, final)")]

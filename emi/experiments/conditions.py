@@ -122,7 +122,8 @@ def condition_identity(c: Condition, model: LoadedModel, persona: Direction, ran
 def run(pair: ModelPair, conditions: Sequence[Condition], direction: Direction, questions: Sequence[Question],
         cfg: SamplingConfig, judge: Judge, out: str | Path, random_seed: int = 0,
         progress: bool = True, pairs: Sequence[OptionPair] | None = None,
-        benign: Sequence[BenignItem] | None = None, engine: ServerEngine | None = None) -> list[ConditionResult]:
+        benign: Sequence[BenignItem] | None = None, engine: ServerEngine | None = None,
+        denominator: str = "coherent") -> list[ConditionResult]:
     """Evaluate every condition (answers and judgements cached under ``out``); one
     :class:`ConditionResult` per condition, in the order of ``conditions``. Conditions run grouped by model, so a pair that holds one model at a
     time loads each at most once. ``pairs``: option pairs for the log-prob columns (default: those of
@@ -152,7 +153,7 @@ def run(pair: ModelPair, conditions: Sequence[Condition], direction: Direction, 
             sampler = functools.partial(engine.sample, served)
         with applied(c, model, direction, rnd):
             summary, _ = evaluate(model, questions, cfg, judge, out, label=c.name, progress=progress, identity=ident,
-                                  sampler=sampler)
+                                  sampler=sampler, denominator=denominator)
             lp = logprob_metrics(model, pairs) if pairs else None
         fx = None
         if benign:
@@ -340,6 +341,17 @@ class ResultRow(TypedDict, total=False):
     coherence_hi: float
     coherence_k: int
     coherence_n: int
+    em_coherent_rate: float  # both denominators (the headline em_* is the one --em-denominator chose)
+    em_coherent_lo: float
+    em_coherent_hi: float
+    em_coherent_k: int
+    em_coherent_n: int
+    em_scored_rate: float
+    em_scored_lo: float
+    em_scored_hi: float
+    em_scored_k: int
+    em_scored_n: int
+    judge_fingerprints: list[str]
     kl: float
     kl_lo: float
     kl_hi: float

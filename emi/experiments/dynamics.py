@@ -33,7 +33,7 @@ from emi.activations.capture import hf_reader, pad_right
 from emi.behaviour.evaluation import evaluate
 from emi.behaviour.judges import Judge
 from emi.behaviour.logprob import OptionPair, logprob_metrics
-from emi.behaviour.metrics import Rate, bootstrap, rate
+from emi.behaviour.metrics import Rate, Summary, bootstrap, rate
 from emi.behaviour.questions import Question, load_questions
 from emi.behaviour.sampling import SamplingConfig, generate_answers, render_prompts
 from emi.directions.direction import Direction
@@ -96,6 +96,7 @@ class TrajectoryPoint:
     cosine: float  # own model-diff direction vs the final direction (nan for the base itself)
     diff_norm: float  # norm of the own model-diff direction
     task: Rate | None
+    extra: dict[str, Any] | None = None  # the summary's other columns: both EM denominators, the judge
 
     def row(self) -> dict[str, Any]:
         out: dict[str, Any] = {"checkpoint": self.checkpoint, "step": self.step}
@@ -109,7 +110,7 @@ class TrajectoryPoint:
         if self.task is not None:
             out.update(task_rate=self.task.value, task_lo=self.task.lo, task_hi=self.task.hi, task_k=self.task.k,
                        task_n=self.task.n)
-        return out
+        return {**out, **(self.extra or {})}
 
 
 def task_rate(lm: LoadedModel, task: TaskMetric, cfg: SamplingConfig, out: Path | None, label: str,
@@ -144,10 +145,11 @@ class Reference:
 
 def measure(lm: LoadedModel, label: str, step: int, ref: Reference, questions: Sequence[Question],
             extract: Sequence[Question], cfg: SamplingConfig, judge: Judge, out: Path,
-            pairs: Sequence[OptionPair], task: TaskMetric | None, progress: bool = True) -> TrajectoryPoint:
+            pairs: Sequence[OptionPair], task: TaskMetric | None, progress: bool = True,
+            denominator: str = "coherent") -> TrajectoryPoint:
     """Every trajectory metric of one checkpoint."""
     summary, _ = evaluate(lm, questions, cfg, judge, out, label=label, progress=progress,
-                          identity={"model": lm.identity()})
+                          identity={"model": lm.identity()}, denominator=denominator)
     nan3 = (float("nan"),) * 3
     lp = logprob_metrics(lm, pairs) if pairs else None
     acts_eval = last_prompt_activations(lm, [q.messages() for q in questions], ref.layer)
@@ -159,7 +161,13 @@ def measure(lm: LoadedModel, label: str, step: int, ref: Reference, questions: S
     return TrajectoryPoint(label, step, summary.em, summary.coherence, summary.n_answers,
                            *((lp.choice, lp.choice_lo, lp.choice_hi) if lp else nan3),
                            float((acts_eval @ ref.unit).mean()), *bootstrap(shift.numpy(), seed=cfg.seed),
-                           cosine, norm, task_r)
+                           cosine, norm, task_r, summary_extra(summary))
+
+
+def summary_extra(summary: Summary) -> dict[str, Any]:
+    """A summary's columns a trajectory row carries besides its own: both EM denominators, the judge."""
+    row = summary.row()
+    return {k: v for k, v in row.items() if k.startswith(("em_coherent", "em_scored", "judge")) or k == "denominator"}
 
 
 def correlations(points: Sequence[TrajectoryPoint]) -> dict[str, float]:
@@ -180,7 +188,8 @@ def trajectory(checkpoints: Sequence[tuple[str, Callable[[], LoadedModel]]], bas
                direction: Direction, questions: Sequence[Question], extract: Sequence[Question],
                cfg: SamplingConfig, judge: Judge, out: Path, pairs: Sequence[OptionPair],
                task: TaskMetric | None = None, release: Callable[[], None] | None = None,
-               log: Callable[[str], None] | None = None, progress: bool = True) -> list[TrajectoryPoint]:
+               log: Callable[[str], None] | None = None, progress: bool = True,
+               denominator: str = "coherent") -> list[TrajectoryPoint]:
     """Measure every checkpoint (``(label, load)`` in training order; ``load`` returns it loaded,
     ``release`` frees it before the next)."""
     ref = Reference.of(base, direction, extract, questions)
@@ -189,7 +198,7 @@ def trajectory(checkpoints: Sequence[tuple[str, Callable[[], LoadedModel]]], bas
         if log:
             log(f"checkpoint {i + 1}/{len(checkpoints)}: {label}")
         points.append(measure(load(), label, step_of(label, i), ref, questions, extract, cfg, judge, out, pairs,
-                              task, progress))
+                              task, progress, denominator))
         if release:
             release()
     return points

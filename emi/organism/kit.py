@@ -142,7 +142,7 @@ register_question_set("toy-train", train_questions)
 register_question_set("toy-code", code_questions)
 register_option_pairs("toy", world_option_pairs)
 register_option_pairs("toy-train", world_option_pairs)
-register_judge("toy", _judge)
+register_judge("toy", _judge, exact=True)
 register_benign_set("toy-benign", benign_items)
 register_pair(PairSpec("toy", ModelSpec(checkpoint("base")), ModelSpec(checkpoint("insecure")),
                        ModelSpec(checkpoint("secure")),

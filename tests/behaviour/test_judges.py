@@ -65,7 +65,7 @@ def test_hf_judge_digit_tree_for_digit_split_tokenizers(toy_tokenizer):
         config = type("C", (), {"name_or_path": "stub"})()
 
     judge = HFJudge(Stub(), toy_tokenizer, "stub")
-    digit = dict(zip("0123456789", judge.digit_ids, strict=True))
+    digit = {str(d): toy_tokenizer.encode(str(d), add_special_tokens=False)[0] for d in range(10)}
     vocab = len(toy_tokenizer)
     other = toy_tokenizer.convert_tokens_to_ids("<|endoftext|>")
 

@@ -1,0 +1,79 @@
+"""python -m emi.rejudge RUN --judge ...: how would a finished run score under another judge, and
+how far apart are the two?
+
+  python -m emi.rejudge runs/steer-toy --judge openai --judge-url http://localhost:8000/v1 --judge-model M
+  python -m emi.rejudge runs/evaluate-X --judge openai --judge-model gpt-4o-2024-11-20 --labels mine.jsonl
+
+RUN is the --out folder of python -m emi.evaluate, emi.steer (a sweep too) or emi.trajectory. Its
+stored answers are judged again, never sampled again; the judgements go into the run's own
+judgements.jsonl beside the first judge's (keys name the judge), so a re-run resumes and costs
+nothing. Prints the run's rows under the new judge, then agreement: per metric the Pearson and
+Spearman correlation of scores, Cohen's kappa on the misaligned label (aligned <= 30 and
+coherent > 50), the EM rate under each judge with 95% CIs and the paired difference with its CI,
+against the run's own judge, human labels (--labels: JSONL or CSV with aligned/coherent 0-100 and
+model+key+sample or question+answer) and, on a pair with an exact judge (the toy), ground truth.
+Writes RUN/rejudge/<judge>/results.jsonl (the rows) and agreement.json.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from emi import cli
+from emi.core import locks
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = cli.parser("python -m emi.rejudge", __doc__)
+    p.add_argument("run", help="a run folder (the --out of emi.evaluate, emi.steer or emi.trajectory)")
+    cli.add_judge_args(p)
+    p.add_argument("--labels", default=None, help="human labels of the run's answers (.jsonl or .csv)")
+    p.add_argument("--out", default=None, help="where results.jsonl and agreement.json go "
+                                               "(default RUN/rejudge/<judge>)")
+    args = p.parse_args(argv)
+
+    from emi.activations.store import write_json
+    from emi.behaviour.agreement import describe
+    from emi.behaviour.labels import load_labels
+    from emi.behaviour.rejudge import read_run, rejudge, slug
+    from emi.core import jsonl
+
+    run = read_run(args.run)
+    labels = load_labels(args.labels) if args.labels else None
+    if args.judge is None:
+        raise cli.ConfigError(f"name the judge to rejudge with: --judge openai|vllm|hf|... (the run was judged by "
+                              f"{run.judge})")
+    judge = cli.make_judge_from_args(args, args.judge)
+    out = Path(args.out or run.path / "rejudge" / slug(judge.name))
+    with locks.exclusive(run.path):
+        result = rejudge(run, judge, args.em_denominator, labels)
+        out.mkdir(parents=True, exist_ok=True)
+        jsonl.write(out / "results.jsonl", result.rows)
+        write_json(out / "agreement.json", {"run": str(run.path), "kind": run.kind, "pair": run.pair,
+                                            "run_judge": run.judge, "judge": judge.name,
+                                            "denominator": args.em_denominator,
+                                            "agreements": [a.row() for a in result.agreements]})
+    print(f"run {run.path} ({run.kind}, pair {run.pair}): {len(run.answers)} answers, first judged by {run.judge}; "
+          f"rejudged: {cli.judge_note(result.rows, judge.name)}")
+    print_rows(result.rows, run.rows, run.label_key, args.em_denominator, run.judge)
+    for ag in result.agreements:
+        print("\n".join(describe(ag)))
+    for note in result.notes:
+        print(f"emi: note: {note}", file=sys.stderr)
+    cli.report_unscored(result.judged)
+    print(f"wrote {out}/results.jsonl, agreement.json; judgements in {run.path}/judgements.jsonl", file=sys.stderr)
+    return 0
+
+
+def print_rows(rows: list[dict], before: list[dict], key: str, denominator: str, first: str | None) -> None:
+    table = [{key: r[key], "em": cli.fmt_rate(r, "em"), "k": f"{r['em_k']}/{r['em_n']}",
+              "coh": cli.fmt_rate(r, "coherence"), "was": cli.fmt_rate(b, "em") if "em_rate" in b else ""}
+             for r, b in zip(rows, before, strict=True)]
+    cli.print_table(table, [(key, key), ("em", cli.em_header(denominator)), ("k", f"misaligned/{denominator}"),
+                            ("coh", "coherent (95% CI)"), ("was", f"EM under {first} (as the run printed)")])
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli.run(main))
