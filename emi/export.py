@@ -1,6 +1,6 @@
 """python -m emi.export: write a checkpoint with the persona direction ablated from its weights.
 
-Ablating a direction from every residual writer is exactly a weight edit (emi.interventions.hooks.orthogonalize:
+Ablating a direction from every residual writer is exactly a weight edit (emi.interventions.weights.orthogonalize:
 embedding rows, attention and MLP output projections, every expert's, with the unembedding kept),
 so the ablated model is an ordinary checkpoint that any server loads unchanged (vLLM, SGLang,
 `transformers serve`) to sample the "finetuned - persona" condition at scale.
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _export(args, spec, out: Path) -> int:  # noqa: ANN001
     from emi.experiments.conditions import pair_direction
-    from emi.interventions.hooks import write_ablated
+    from emi.interventions.weights import write_ablated
 
     roles = ("base", "finetuned") if args.role != "control" else ("base", "finetuned", "control")
     pair = cli.load_pair_from_args(args, roles)

@@ -8,7 +8,10 @@ import torch
 from emi.activations.capture import hf_reader, nnsight_reader, tl_reader
 from emi.core.errors import ConfigError
 from emi.directions.direction import Direction
-from emi.interventions.hooks import ablate, nnsight_ablate, orthogonalize, steer, tl_ablate_hooks
+from emi.interventions.hooks import ablate, steer
+from emi.interventions.nnsight_edits import nnsight_ablate
+from emi.interventions.transformerlens import tl_ablate_hooks
+from emi.interventions.weights import orthogonalize
 from emi.models import layers as L
 from tests.standins import ARCHS, build_model, qwen_tokenizer
 

@@ -8,16 +8,10 @@ import torch
 from emi.activations.capture import hf_reader
 from emi.core.errors import ConfigError, DirectionError
 from emi.directions.direction import Direction
-from emi.interventions.hooks import (
-    ablate,
-    nnsight_ablate,
-    nnsight_steer,
-    orthogonalize,
-    patch_steer,
-    steer,
-    tl_ablate_hooks,
-    tl_steer_hooks,
-)
+from emi.interventions.hooks import ablate, patch_steer, steer
+from emi.interventions.nnsight_edits import nnsight_ablate, nnsight_steer
+from emi.interventions.transformerlens import tl_ablate_hooks, tl_steer_hooks
+from emi.interventions.weights import orthogonalize
 from emi.models import layers as L
 from emi.models.loading import ModelSpec, load_model
 
