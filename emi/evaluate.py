@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         questions = load_questions(args.questions or spec.kit.eval_questions, ids=args.ids)
         cli.warn_question_mismatch(spec, args.questions)
         judge = cli.make_judge_from_args(args, spec.kit.judge)  # fail on a missing key before loading models
-        pair = cli.load_pair_from_args(args, roles)
+        pair = cli.load_pair_from_args(args, roles, interventions=False)  # no hooks: any causal LM
         cfg = cli.sampling_config(args, spec.kit)
         rows, judged_all, by_q = [], [], {}
         for role in pair.roles:

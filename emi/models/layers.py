@@ -95,6 +95,17 @@ def check_architecture(model_or_config: Any, what: str = "the model") -> str:
     return mt
 
 
+def check_causal_lm(config: Any, what: str = "the model") -> str:
+    """The model type, or a ConfigError when transformers has no causal LM for it (what sampling needs)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    mt = model_type(config)
+    if mt not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ConfigError(f"{what} is {describe(config)}, which is not a causal language model in transformers "
+                          f"(AutoModelForCausalLM has no class for it): pass a checkpoint that generates text")
+    return mt
+
+
 def describe(model_or_config: Any) -> str:
     """What a model is, in words: ``a 'llama' model (LlamaForCausalLM)``."""
     cfg = getattr(model_or_config, "config", model_or_config)
@@ -396,6 +407,10 @@ def hooked_transformer(model: HFModel, tokenizer, n_ctx: int = 2048):  # noqa: A
 
     hf = unwrap(model)
     c = hf.config
+    if n_streams(hf) > 1:
+        raise ConfigError(f"the legacy HookedTransformer is built offline for Qwen2 models only, and TransformerLens "
+                          f"has no bridge for {c.model_type!r} (several residual streams): use emi's Hugging Face hooks "
+                          f"(emi.interventions.hooks) or nnsight (emi.models.layers.nnsight_model)")
     if c.model_type != "qwen2":
         raise ConfigError(f"the legacy HookedTransformer is built offline for Qwen2 models only; this model is "
                           f"{c.model_type!r}: use emi.models.layers.tl_bridge (TransformerLens's TransformerBridge "
