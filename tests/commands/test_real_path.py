@@ -9,7 +9,7 @@ import pytest
 
 from emi import cache, evaluate, extract, figures, steer
 from emi.core.errors import ConfigError, ModelLoadError
-from tests.standins import ARCHS, JudgeServer, full_pair, lora_adapter, qwen_tokenizer
+from tests.standins import ARCHS, HC_ARCHS, JudgeServer, full_pair, lora_adapter, qwen_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -28,10 +28,11 @@ def judge_server():
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory, tok):
-    """arch -> (base folder, full finetune folder, LoRA adapter folder)."""
+    """arch -> (base folder, full finetune folder, LoRA adapter folder); Qwen4-Exp with 2 residual
+    streams, PLE on layers 1-2 (its short convolution non-zero, as trained) and QSA."""
     root = tmp_path_factory.mktemp("standins")
     out = {}
-    for i, arch in enumerate(ARCHS):
+    for i, arch in enumerate((*ARCHS, *HC_ARCHS)):
         base, ft = full_pair(root, arch, tok, seed=i)
         out[arch] = (base, ft, lora_adapter(root, base))
     return out
@@ -50,7 +51,7 @@ def rows(path):
 
 
 @pytest.mark.parametrize("kind", ["full", "lora"])
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", (*ARCHS, *HC_ARCHS))
 def test_steer_without_a_direction_runs_to_its_table(arch, kind, pairs, judge_server, tmp_path, capsys):
     base, ft, lora = pairs[arch]
     finetuned = ft if kind == "full" else lora
@@ -123,7 +124,7 @@ def test_checkpoint_generation_settings_never_leak_into_sampling(pairs, monkeypa
     assert (g.repetition_penalty, g.top_k, g.top_p, g.temperature) == (1.0, 0, 1.0, 1.0)
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "qwen3_5_text"])
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3_5_text", "qwen4_exp_text"])
 def test_cache_and_extract_in_every_mode(arch, pairs, judge_server, tmp_path, capsys):
     base, ft, lora = pairs[arch]
     common = ["--base", str(base), "--finetuned", str(ft), *judge_args(judge_server), "--device", "cpu",
@@ -166,8 +167,9 @@ def test_steer_with_each_direction_method_on_a_lora_pair(method, pairs, judge_se
     assert run["direction"]["method"] == method
 
 
-def test_sweeps_targets_and_figures(pairs, judge_server, tmp_path):
-    base, ft, _ = pairs["qwen2_moe"]
+@pytest.mark.parametrize("arch", ["qwen2_moe", "qwen4_exp_text"])
+def test_sweeps_targets_and_figures(arch, pairs, judge_server, tmp_path):
+    base, ft, _ = pairs[arch]
     out = tmp_path / "sweep"
     assert steer.main(["--base", str(base), "--finetuned", str(ft), *judge_args(judge_server), *SMALL,
                        "--questions", "main:plain", "--alpha=-4,4", "--layers", "0-1", "--sweep-layers",
@@ -181,10 +183,11 @@ def test_sweeps_targets_and_figures(pairs, judge_server, tmp_path):
                                                                    "sweep-results-side-effects.html"}
 
 
-def test_sae_on_a_real_pair_store_with_zeroing(pairs, judge_server, tmp_path, capsys):
+@pytest.mark.parametrize("arch", ["qwen2", "qwen4_exp_text"])
+def test_sae_on_a_real_pair_store_with_zeroing(arch, pairs, judge_server, tmp_path, capsys):
     from emi.sae import main as sae_main
 
-    base, _, lora = pairs["qwen2"]
+    base, _, lora = pairs[arch]
     assert cache.main(["--base", str(base), "--finetuned", str(lora), *judge_args(judge_server), "--device", "cpu",
                        "--questions", "preregistered", "--n", "2", "--max-new-tokens", "6", "--positions", "all",
                        "--out", str(tmp_path / "store")]) == 0
@@ -286,16 +289,27 @@ def test_the_other_readme_gpu_recipes_on_cached_stand_ins(recipe, pairs, judge_s
 
 # ---------------------------------------------------------------- bad input, one sentence each
 
-def test_unsupported_architecture_is_refused(tmp_path, tok, pairs):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def test_unsupported_architecture_is_evaluated_but_refused_by_what_needs_hooks(tmp_path, tok, judge_server):
+    """emi.evaluate needs no hooks, so any causal LM runs; commands that capture, steer or ablate
+    refuse an architecture whose module paths emi does not know, calling it by what it is."""
+    from transformers import LlamaConfig, LlamaForCausalLM, T5Config
 
     llama = tmp_path / "llama"
     LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                 vocab_size=len(tok))).save_pretrained(llama)
+                                 vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                                 eos_token_id=tok.eos_token_id)).save_pretrained(llama)
     tok.save_pretrained(llama)
-    with pytest.raises(ConfigError, match="'llama' model; emi captures, steers and ablates Qwen"):
-        evaluate.main(["--base", str(llama), "--finetuned", str(pairs["qwen2"][1]), "--judge", "hf",
-                       "--judge-model", str(llama)])
+    out = tmp_path / "eval"
+    assert evaluate.main(["--base", str(llama), "--finetuned", str(llama), *judge_args(judge_server), *SMALL,
+                          "--questions", "main:plain", "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["provenance"]["base"]["model_type"] == "llama"
+    with pytest.raises(ConfigError, match=r"'llama' model \(LlamaForCausalLM\), whose module paths emi does not "
+                                          r"know: emi captures, steers and ablates .*qwen4_exp.*emi.evaluate runs any"):
+        steer.main(["--base", str(llama), "--finetuned", str(llama), *judge_args(judge_server)])
+    t5 = tmp_path / "t5"
+    T5Config(d_model=32, num_layers=1, num_heads=2, d_ff=64).save_pretrained(t5)
+    with pytest.raises(ConfigError, match=r"'t5' model.*not a causal language model"):
+        evaluate.main(["--base", str(t5), "--finetuned", str(t5), *judge_args(judge_server)])
 
 
 def test_pair_of_two_architectures_is_refused(pairs):
