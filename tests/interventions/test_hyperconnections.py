@@ -179,6 +179,16 @@ def test_transformerlens_refuses_in_one_sentence_naming_what_works(model, tok):
         L.tl_bridge(model, tok)
     with pytest.raises(ConfigError, match="HookedTransformer.*qwen4_exp_text.*Hugging Face hooks.*nnsight"):
         L.hooked_transformer(model, tok)
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+
+    assert "Qwen4ExpForCausalLM" not in SUPPORTED_ARCHITECTURES  # when TransformerLens adds one, use it here
+
+
+def test_stores_hold_the_d_model_views_and_say_where_the_streams_are():
+    from emi.activations.capture import CaptureSpec
+
+    with pytest.raises(ConfigError, match="store holds d_model-wide sites.*hf_reader"):
+        CaptureSpec((0,), ("resid_streams",))
 
 
 def test_a_direction_of_the_stacked_width_is_refused_in_one_sentence(model):
