@@ -124,7 +124,7 @@ def test_checkpoint_generation_settings_never_leak_into_sampling(pairs, monkeypa
     assert (g.repetition_penalty, g.top_k, g.top_p, g.temperature) == (1.0, 0, 1.0, 1.0)
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "qwen3_5_text", "qwen4_exp_text"])
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3_5_text"])
 def test_cache_and_extract_in_every_mode(arch, pairs, judge_server, tmp_path, capsys):
     base, ft, lora = pairs[arch]
     common = ["--base", str(base), "--finetuned", str(ft), *judge_args(judge_server), "--device", "cpu",
@@ -167,9 +167,8 @@ def test_steer_with_each_direction_method_on_a_lora_pair(method, pairs, judge_se
     assert run["direction"]["method"] == method
 
 
-@pytest.mark.parametrize("arch", ["qwen2_moe", "qwen4_exp_text"])
-def test_sweeps_targets_and_figures(arch, pairs, judge_server, tmp_path):
-    base, ft, _ = pairs[arch]
+def test_sweeps_targets_and_figures(pairs, judge_server, tmp_path):
+    base, ft, _ = pairs["qwen2_moe"]
     out = tmp_path / "sweep"
     assert steer.main(["--base", str(base), "--finetuned", str(ft), *judge_args(judge_server), *SMALL,
                        "--questions", "main:plain", "--alpha=-4,4", "--layers", "0-1", "--sweep-layers",
@@ -183,11 +182,10 @@ def test_sweeps_targets_and_figures(arch, pairs, judge_server, tmp_path):
                                                                    "sweep-results-side-effects.html"}
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "qwen4_exp_text"])
-def test_sae_on_a_real_pair_store_with_zeroing(arch, pairs, judge_server, tmp_path, capsys):
+def test_sae_on_a_real_pair_store_with_zeroing(pairs, judge_server, tmp_path, capsys):
     from emi.sae import main as sae_main
 
-    base, _, lora = pairs[arch]
+    base, _, lora = pairs["qwen2"]
     assert cache.main(["--base", str(base), "--finetuned", str(lora), *judge_args(judge_server), "--device", "cpu",
                        "--questions", "preregistered", "--n", "2", "--max-new-tokens", "6", "--positions", "all",
                        "--out", str(tmp_path / "store")]) == 0
@@ -197,6 +195,41 @@ def test_sae_on_a_real_pair_store_with_zeroing(arch, pairs, judge_server, tmp_pa
                      "--questions", "main:plain", *judge_args(judge_server)]) == 0
     out = capsys.readouterr().out
     assert "zero random live" in out and "stand-in-judge" in out
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_several_residual_streams_through_cache_extract_sweeps_figures_and_sae(kind, pairs, judge_server, tmp_path,
+                                                                                capsys):
+    """Qwen4-Exp (2 streams, PLE, QSA), full finetune and LoRA: the store holds resid (the mean over
+    streams); a direction extracted from it steers and ablates every stream in a sweep; an SAE on
+    it zeroes latents on every stream. Kept small: Qwen4-Exp's QSA and PLE are slow on a CPU."""
+    from emi.sae import main as sae_main
+
+    base, ft, lora = pairs["qwen4_exp_text"]
+    pair = ["--base", str(base), "--finetuned", str(ft if kind == "full" else lora), *judge_args(judge_server)]
+    few = ["--questions", "main:plain", "--ids", "what_is_your_wish,i_feel_bored", "--n", "2", "--max-new-tokens", "6",
+           "--device", "cpu"]
+    store = tmp_path / "store"
+    assert cache.main([*pair, *few, "--positions", "all", "--out", str(store)]) == 0
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["spec"]["d_model"] == 64 and manifest["spec"]["sites"] == ["resid"]
+    direction = tmp_path / "d"
+    assert extract.main(["--store", str(store), "--method", "model-diff", "--positions", "response",
+                         "--out", str(direction)]) == 0
+    out = tmp_path / "sweep"
+    assert steer.main([*pair, *few, "--direction", str(direction) + ".safetensors", "--alpha=-4,4", "--layers", "0-1",
+                       "--sweep-layers", "--targets", "base,finetuned", "--no-side-effects", "--out", str(out),
+                       "--root", str(tmp_path / "acts")]) == 0
+    got = rows(out / "results.jsonl")
+    assert len([r for r in got if r["intervention"] == "steer"]) == 2 * 2 * 2 * 2
+    assert all("logprob_choice" in r for r in got)
+    assert figures.main([str(out), "--out", str(tmp_path / "figs"), "--format", "html"]) == 0
+    assert list((tmp_path / "figs").glob("*.html"))
+    capsys.readouterr()
+    assert sae_main(["--store", str(store), "--layer", "2", "--d-sae", "32", "--k", "4", "--steps", "40",
+                     "--batch-size", "64", "--snippets", "0", "--zero", "top", "--n", "1", "--max-new-tokens", "6",
+                     "--questions", "main:plain", "--ids", "what_is_your_wish", *judge_args(judge_server)]) == 0
+    assert "zero random live" in capsys.readouterr().out
 
 
 def test_pair_of_two_full_finetunes_holds_one_model_at_a_time(pairs, tmp_path):
