@@ -21,6 +21,14 @@ token embedding, each layer's attention output projection (``self_attn.o_proj``,
 ``linear_attn.out_proj``), and each layer's MLP output: ``mlp.down_proj`` (dense), or for a
 sparse MoE block every routed expert's ``down_proj`` (fused ``experts.down_proj`` of shape
 [experts, d_model, d_expert]) and the shared expert's ``down_proj``.
+
+Several residual streams (Qwen4-Exp, ``HYPER_CONNECTIONS``): a decoder layer outputs ``hc_count``
+streams of d_model, [batch, pos, hc * d_model]. ``resid`` is their mean (:func:`resid_view`),
+``resid_streams`` every stream (:func:`streams`, [batch, pos, hc, d_model]); steering adds to every
+stream (:func:`add_to_streams`); the residual writers add each PLE (hashed n-gram embeddings
+written into every stream before the block: :func:`hook_writers` for hooks, its ``value_proj``
+for weight edits, and :func:`unreachable_writers` names its short convolution, which no weight
+edit reaches once non-zero).
 """
 
 from __future__ import annotations
