@@ -117,10 +117,9 @@ def check_causal_lm(config: Any, what: str = "the model") -> str:
 def describe(model_or_config: Any) -> str:
     """What a model is, in words: ``a 'llama' model (LlamaForCausalLM)``."""
     cfg = getattr(model_or_config, "config", model_or_config)
-    arch = (getattr(cfg, "architectures", None) or [type(model_or_config).__name__
-                                                      if hasattr(model_or_config, "config") else None])[0]
-    mt = model_type(model_or_config)
-    return f"a {mt!r} model" + (f" ({arch})" if arch else "")
+    archs = getattr(cfg, "architectures", None)
+    arch = archs[0] if archs else (type(model_or_config).__name__ if cfg is not model_or_config else None)
+    return f"a {model_type(cfg)!r} model" + (f" ({arch})" if arch else "")
 
 
 def n_streams(model_or_config: Any) -> int:
