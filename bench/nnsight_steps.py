@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from emi.interventions import hooks
+from emi.interventions import nnsight_edits
 
 
 def nnsight_generate(nn_model, enc, new: int, direction, kind: str, layer: int) -> None:  # noqa: ANN001
@@ -13,6 +13,6 @@ def nnsight_generate(nn_model, enc, new: int, direction, kind: str, layer: int) 
                                             pad_token_id=nn_model.tokenizer.pad_token_id) as tracer:
         for _ in tracer.iter[:new]:
             if kind == "steer":
-                hooks.nnsight_steer(nn_model, direction, 4.0, [layer])
+                nnsight_edits.nnsight_steer(nn_model, direction, 4.0, [layer])
             else:
-                hooks.nnsight_ablate(nn_model, direction, n, source_layer=layer)
+                nnsight_edits.nnsight_ablate(nn_model, direction, n, source_layer=layer)

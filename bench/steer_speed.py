@@ -25,7 +25,7 @@ from nnsight_steps import nnsight_generate  # noqa: E402
 from emi.behaviour.questions import load_questions  # noqa: E402
 from emi.behaviour.sampling import encode_prompts, render_prompts  # noqa: E402
 from emi.directions.direction import Direction  # noqa: E402
-from emi.interventions import hooks  # noqa: E402
+from emi.interventions import hooks, transformerlens  # noqa: E402
 from emi.models import layers as L  # noqa: E402
 
 
@@ -40,8 +40,8 @@ def measure(lm, new: int, rounds: int) -> dict[str, float]:
     hooked = L.hooked_transformer(lm.model, lm.tokenizer)
     nn_model = L.nnsight_model(lm.model, lm.tokenizer)
     layer = n // 2
-    steer_tl = hooks.tl_steer_hooks(d, 4.0, [layer])
-    ablate_tl = hooks.tl_ablate_hooks(d, n)
+    steer_tl = transformerlens.tl_steer_hooks(d, 4.0, [layer])
+    ablate_tl = transformerlens.tl_ablate_hooks(d, n)
     ids = enc["input_ids"]
 
     def hf(ctx):

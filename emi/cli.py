@@ -47,14 +47,17 @@ def pair_spec(args: argparse.Namespace):  # -> PairSpec
     return get_pair(args.pair) if args.pair else default_pair()
 
 
-def load_pair_from_args(args: argparse.Namespace, roles: tuple[str, ...] = ("base", "finetuned")):
+def load_pair_from_args(args: argparse.Namespace, roles: tuple[str, ...] = ("base", "finetuned"),
+                        interventions: bool = True):
+    """The pair the flags name; ``interventions=False`` (sampling only) accepts any causal LM."""
     from emi.models.loading import load_pair
 
     spec = pair_spec(args)
     if "control" in roles and spec.control is None:
         roles = tuple(r for r in roles if r != "control")
     return load_pair(spec, roles=roles, dtype=args.dtype, device=args.device, device_map=args.device_map,
-                     trust_remote_code=args.trust_remote_code, resident=getattr(args, "resident", "all"))
+                     trust_remote_code=args.trust_remote_code, resident=getattr(args, "resident", "all"),
+                     interventions=interventions)
 
 
 def add_sampling_args(p: argparse.ArgumentParser, n: int = 10) -> None:

@@ -42,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.check_context(spec, questions, cfg.max_new_tokens)  # before any model loads
     out = Path(args.out or f"runs/evaluate-{spec.name}")
     with locks.exclusive(out):  # one run per folder; created only once the input is known good
-        pair = cli.load_pair_from_args(args, tuple(r.strip() for r in args.roles.split(",") if r.strip()))
+        pair = cli.load_pair_from_args(args, tuple(r.strip() for r in args.roles.split(",") if r.strip()),
+                                      interventions=False)  # no hooks: any causal LM
         rows, judged_all, by_q = _evaluate(pair, questions, cfg, judge, out, pairs, args.em_denominator)
         jsonl.write(out / "judged.jsonl", judged_all)
         write_json(out / "summary.json", {"pair": spec.name, "judge": judge.name, "sampling": cfg.settings(), "n": cfg.n,

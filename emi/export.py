@@ -1,7 +1,9 @@
 """python -m emi.export: write a checkpoint with the persona direction ablated from its weights.
 
-Ablating a direction from every residual writer is exactly a weight edit (emi.interventions.hooks.orthogonalize:
-embedding rows, attention and MLP output projections, every expert's, with the unembedding kept),
+Ablating a direction from every residual writer is exactly a weight edit (emi.interventions.weights.orthogonalize:
+embedding rows, attention and MLP output projections, every expert's, Qwen4-Exp's PLE value projection,
+with the unembedding kept; a Qwen4-Exp whose PLE convolution has non-zero weights is refused, since no
+weight edit equals ablation there),
 so the ablated model is an ordinary checkpoint that any server loads unchanged (vLLM, SGLang,
 `transformers serve`) to sample the "finetuned - persona" condition at scale.
 
@@ -55,10 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _export(args, spec, out: Path) -> int:  # noqa: ANN001
     from emi.core.atomic import readable
     from emi.experiments.conditions import pair_direction
-    from emi.interventions.hooks import write_ablated
+    from emi.interventions.weights import check_orthogonalizable, write_ablated
 
     roles = ("base", "finetuned") if args.role != "control" else ("base", "finetuned", "control")
     pair = cli.load_pair_from_args(args, roles)
+    with pair[args.role].active() as model:
+        check_orthogonalizable(model)  # before a direction is extracted
     direction, source = pair_direction(pair, args.direction, args.direction_method, root=args.root,
                                        log=lambda m: print(m, file=sys.stderr))
     layer = direction.best_layer if args.layer is None else args.layer

@@ -192,19 +192,19 @@ figures.steer_summary(rows).show()"""),
 emi's directions apply unchanged; the logits match the Hugging Face hooks."""),
     ("code", """
 import torch
-from emi.interventions import hooks
+from emi.interventions import hooks, transformerlens, weights
 from emi.models import layers as L
 tok = pair.tokenizer
 enc = tok(["hey i feel bored ."], return_tensors="pt")
 with hooks.ablate(pair.finetuned.model, direction), torch.no_grad():
     hf_logits = pair.finetuned.model(**enc).logits
 bridge = L.tl_bridge(pair.finetuned.model, tok, copy_model=True)
-with torch.no_grad(), bridge.hooks(fwd_hooks=hooks.tl_ablate_hooks(direction, 4)):
+with torch.no_grad(), bridge.hooks(fwd_hooks=transformerlens.tl_ablate_hooks(direction, 4)):
     tl_logits = bridge(enc["input_ids"])
 print("max |TransformerLens - HF|:", float((tl_logits - hf_logits).abs().max()))"""),
     ("md", "## Weight orthogonalisation\nA permanent edit of a copy: no writer to the residual stream can write along the direction any more."),
     ("code", """
-edited = hooks.orthogonalize(pair.finetuned.model, direction)
+edited = weights.orthogonalize(pair.finetuned.model, direction)
 with torch.no_grad():
     print("max |orthogonalised - hook ablation|:", float((edited(**enc).logits - hf_logits).abs().max()))"""),
 ])

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # every Qwen causal-LM model type in the pinned transformers (Qwen3.5 checkpoints load as *_text)
 ARCHS = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "qwen3_5_text", "qwen3_5_moe_text", "qwen3_next")
+# Qwen4-Exp (the Qwen3.8 family): several residual streams (hyper-connections), PLE, QSA
+HC_ARCHS = ("qwen4_exp_text",)
 
 # Qwen2.5-Instruct's chat template (its branch without tools), verbatim in what it renders
 QWEN_TEMPLATE = (
@@ -71,11 +73,17 @@ def small_config(model_type: str, vocab_size: int, n_layers: int = 4, **override
     if hasattr(probe, "linear_num_value_heads"):
         kw.update(linear_num_value_heads=2, linear_num_key_heads=2, linear_key_head_dim=16,
                   linear_value_head_dim=16, layer_types=["linear_attention"] * (n_layers - 1) + ["full_attention"])
+    if hasattr(probe, "hc_count"):  # Qwen4-Exp: 2 streams, PLE on layers 1-2 (1-based), QSA on the full-attention layer
+        kw.update(hc_count=2, hc_lowrank=16, ple_layer_ids=[1, 2], ple_embed_dim=64, heads_per_ngram=2,
+                  ngram_vocab_size_base=997, split_ngram_parts=1, indexer_n_heads=2, indexer_kv_heads=1,
+                  indexer_head_dim=16, indexer_budget=8, indexer_compress_ratio=4)
     kw.update(overrides)
     return AutoConfig.for_model(model_type, **kw)
 
 
-def build_model(model_type: str, vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
+def build_model(model_type: str, vocab_size: int, seed: int = 0, ple_conv: bool = True, **overrides: Any) -> Any:
+    """A random-weight model of ``model_type`` at small shapes; ``ple_conv=False`` leaves Qwen4-Exp's
+    PLE short convolution at its initial zeros (otherwise random, as in a trained checkpoint)."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -85,6 +93,9 @@ def build_model(model_type: str, vocab_size: int, seed: int = 0, **overrides: An
         for name, p in model.named_parameters():
             if p.ndim >= 2 and "embed" not in name:
                 p.mul_(3.0)
+        for name, p in model.named_parameters():  # PLE's short convolution starts at zero; a trained one is not
+            if name.endswith("ple.conv1d.weight") and ple_conv:
+                p.normal_(0, 0.5)
     return model
 
 
@@ -96,10 +107,10 @@ def save_checkpoint(model: Any, tokenizer: Any, path: Path) -> Path:
     return path
 
 
-def full_pair(root: Path, model_type: str, tokenizer: Any, seed: int = 0) -> tuple[Path, Path]:
+def full_pair(root: Path, model_type: str, tokenizer: Any, seed: int = 0, **overrides: Any) -> tuple[Path, Path]:
     """A base checkpoint and a full finetune of it (every weight perturbed by 5% noise)."""
     base = build_model(model_type, len(tokenizer), seed, pad_token_id=tokenizer.pad_token_id,
-                       eos_token_id=tokenizer.eos_token_id)
+                       eos_token_id=tokenizer.eos_token_id, **overrides)
     b = save_checkpoint(base, tokenizer, root / f"{model_type}-base")
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

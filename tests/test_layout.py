@@ -57,6 +57,13 @@ def test_the_organism_depends_on_the_core_never_the_reverse():
     assert not [(m, d) for m in core for d in graph[m] if d.startswith("emi.organism")]
 
 
+def test_interventions_take_a_vector_interface_never_the_directions_stage():
+    """emi.interventions depends on emi.interventions.vector's protocol, not emi.directions (which uses it)."""
+    graph = import_graph()
+    assert not [(m, d) for m in graph if m.startswith("emi.interventions") for d in graph[m]
+                if d.startswith("emi.directions")]
+
+
 def test_python_m_emi_command_is_python_m_emi_dot_command(capsys, tmp_path):
     from emi import cli
     from emi.__main__ import VERBS, main

@@ -109,8 +109,11 @@ class _Stop(Exception):
 
 
 def hf_reader(model: nn.Module, layers: Sequence[int], sites: Sequence[str] = ("resid",)) -> Reader:
-    """Forward hooks on the HF model; no unembedding, and no layer past the last one asked for."""
+    """Forward hooks on the HF model; no unembedding, and no layer past the last one asked for.
+    ``resid`` is d_model wide on every model (on one with several residual streams, their mean);
+    ``resid_streams`` is every stream, [batch, pos, hc, d_model] (see :func:`emi.models.layers.site_tensor`)."""
     inner = L.unwrap(model)
+    n = L.n_streams(model)
     wanted = [(s, layer) for layer in layers for s in sites]
 
     def read(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Acts:
@@ -119,7 +122,7 @@ def hf_reader(model: nn.Module, layers: Sequence[int], sites: Sequence[str] = ("
 
         def make(key: tuple[str, int]):
             def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
-                got[key] = L.output_tensor(out).detach()
+                got[key] = L.site_tensor(out, key[0], n).detach()
                 if len(got) == len(wanted):
                     raise _Stop
 
@@ -163,7 +166,8 @@ def tl_reader(tl_model: Any, layers: Sequence[int], sites: Sequence[str] = ("res
 def nnsight_reader(nn_model: Any, layers: Sequence[int], sites: Sequence[str] = ("resid",)) -> Reader:
     """An nnsight ``TransformersModel``: a trace that saves the layers and stops after the last."""
 
-    order = sorted(sites, key=("attn", "mlp", "resid").index)  # nnsight reads in execution order
+    order = sorted(sites, key=("attn", "mlp", "resid", "resid_streams").index)  # nnsight reads in execution order
+    n = L.n_streams(nn_model._module)
 
     def read(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Acts:
         saved = {}
@@ -171,7 +175,8 @@ def nnsight_reader(nn_model: Any, layers: Sequence[int], sites: Sequence[str] = 
             for layer in layers:
                 for s in order:
                     out = L.nnsight_envoy(nn_model, layer, s).output
-                    saved[(s, layer)] = (out[0] if L.is_tuple_output(nn_model, layer, s) else out).save()
+                    got: Any = L.site_tensor(out[0] if L.is_tuple_output(nn_model, layer, s) else out, s, n)
+                    saved[(s, layer)] = got.save()  # an nnsight proxy, saved
             tracer.stop()
         return {k: torch.as_tensor(v) for k, v in saved.items()}
 

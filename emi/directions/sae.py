@@ -248,8 +248,12 @@ def top_snippets(sae: Any, store: Store, layer: int, latent: int, tokenizer: Any
 
 def patch_sae(model: nn.Module, sae: Any, layer: int, zero: Sequence[int] = (), clamp: dict[int, float] | None = None
               ) -> Handle:
-    """Splice the SAE at ``layer`` (block output) and zero or clamp latents; exact no-op without edits."""
+    """Splice the SAE at ``layer`` (block output) and zero or clamp latents; exact no-op without edits.
+    On a model with several residual streams the SAE reads ``resid`` (their mean) and its edit is
+    added to every stream, as steering is."""
+    L.check_architecture(model, "the model to splice an SAE into")
     module = L.hf_module(model, layer, "resid")
+    n = L.n_streams(model)
     zero_idx = torch.tensor(list(zero), dtype=torch.long)
     clamp = dict(clamp or {})
     for i in [*zero, *clamp]:
@@ -258,14 +262,14 @@ def patch_sae(model: nn.Module, sae: Any, layer: int, zero: Sequence[int] = (), 
 
     def hook(_m: nn.Module, _i: Any, out: Any) -> Any:
         h = L.output_tensor(out)
-        z = sae.encode(h.float())
+        z = sae.encode(L.resid_view(h, n).float())
         z2 = z.clone()
         if len(zero_idx):
             z2[..., zero_idx] = 0
         for i, v in clamp.items():
             z2[..., i] = v
         delta = sae.decode(z2) - sae.decode(z)
-        return L.replace_output(out, h + delta.to(h.dtype))
+        return L.replace_output(out, L.add_to_streams(h, delta.to(h.dtype), n))
 
     return Handle([module.register_forward_hook(hook)])
 

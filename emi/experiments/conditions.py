@@ -24,7 +24,7 @@ from emi.behaviour.side_effects import BenignItem, SideEffects
 from emi.core import locks
 from emi.core.atomic import readable
 from emi.directions.direction import Direction, extract, random_like
-from emi.interventions import hooks
+from emi.interventions import hooks, weights
 from emi.models.loading import LoadedModel, ModelPair
 
 
@@ -180,7 +180,7 @@ def served_model(c: Condition, model: LoadedModel, persona: Direction, random: D
     d = persona if c.direction == "persona" else random
     folder = Path(out).resolve() / "served" / f"{model.role}-ablated-{d.fingerprint()[:12]}-L{persona.best_layer}"
     if not (folder / "export.json").is_file():
-        hooks.write_ablated(model, d, persona.best_layer, folder, {"role": model.role, "condition": c.name})
+        weights.write_ablated(model, d, persona.best_layer, folder, {"role": model.role, "condition": c.name})
     readable(folder)  # a server running as another user reads it
     return str(folder)
 

@@ -21,6 +21,14 @@ token embedding, each layer's attention output projection (``self_attn.o_proj``,
 ``linear_attn.out_proj``), and each layer's MLP output: ``mlp.down_proj`` (dense), or for a
 sparse MoE block every routed expert's ``down_proj`` (fused ``experts.down_proj`` of shape
 [experts, d_model, d_expert]) and the shared expert's ``down_proj``.
+
+Several residual streams (Qwen4-Exp, ``HYPER_CONNECTIONS``): a decoder layer outputs ``hc_count``
+streams of d_model, [batch, pos, hc * d_model]. ``resid`` is their mean (:func:`resid_view`),
+``resid_streams`` every stream (:func:`streams`, [batch, pos, hc, d_model]); steering adds to every
+stream (:func:`add_to_streams`); the residual writers add each PLE (hashed n-gram embeddings
+written into every stream before the block: :func:`hook_writers` for hooks, its ``value_proj``
+for weight edits, and :func:`unreachable_writers` names its short convolution, which no weight
+edit reaches once non-zero).
 """
 
 from __future__ import annotations
@@ -28,12 +36,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import einops
 import torch
+from jaxtyping import Float
 from torch import nn
 
 from emi.core.errors import ConfigError
 
 SITES = ("resid", "attn", "mlp")
+# sites a reader can capture beyond SITES: every residual stream of a hyper-connection model, [batch, pos, hc, d_model]
+READ_SITES = (*SITES, "resid_streams")
 # model_type -> what users call it. Each was built at small shapes with random weights and tested
 # through capture, steering, ablation and orthogonalisation (tests/interventions/test_architectures.py).
 ARCHITECTURES = {
@@ -46,7 +58,11 @@ ARCHITECTURES = {
     "qwen3_5_moe": "Qwen3.5-MoE (hybrid attention, routed + shared experts)",
     "qwen3_5_moe_text": "Qwen3.5-MoE (hybrid attention, routed + shared experts)",
     "qwen3_next": "Qwen3-Next (hybrid attention, routed + shared experts)",
+    "qwen4_exp": "Qwen4-Exp / Qwen3.8 (hyper-connections: several residual streams; PLE; QSA)",
+    "qwen4_exp_text": "Qwen4-Exp / Qwen3.8 (hyper-connections: several residual streams; PLE; QSA)",
 }
+# model types with several residual streams (hyper-connections: config.hc_count streams of d_model)
+HYPER_CONNECTIONS = ("qwen4_exp", "qwen4_exp_text")
 # A Hugging Face causal LM (or a peft wrapper of one). Typed as Any: transformers models expose their
 # submodules and config as dynamic attributes that nn.Module's typing cannot see.
 HFModel = Any
@@ -80,10 +96,61 @@ def check_architecture(model_or_config: Any, what: str = "the model") -> str:
     mt = model_type(model_or_config)
     if mt not in ARCHITECTURES:
         known = ", ".join(sorted({k.removesuffix("_text") for k in ARCHITECTURES}))
-        raise ConfigError(f"{what} is a {mt!r} model; emi captures, steers and ablates Qwen causal LMs only "
-                          f"({known}): pass a Qwen checkpoint, or add the architecture's module paths to "
-                          f"emi.models.layers")
+        kind = describe(model_or_config)
+        raise ConfigError(f"{what} is {kind}, whose module paths emi does not know: emi captures, steers and "
+                          f"ablates {known} models (python -m emi.evaluate runs any causal LM); pass one of those, "
+                          f"or add the architecture's module paths to emi.models.layers")
     return mt
+
+
+def check_causal_lm(config: Any, what: str = "the model") -> str:
+    """The model type, or a ConfigError when transformers has no causal LM for it (what sampling needs)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    mt = model_type(config)
+    if mt not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ConfigError(f"{what} is {describe(config)}, which is not a causal language model in transformers "
+                          f"(AutoModelForCausalLM has no class for it): pass a checkpoint that generates text")
+    return mt
+
+
+def describe(model_or_config: Any) -> str:
+    """What a model is, in words: ``a 'llama' model (LlamaForCausalLM)``."""
+    cfg = getattr(model_or_config, "config", model_or_config)
+    archs = getattr(cfg, "architectures", None)
+    arch = archs[0] if archs else (type(model_or_config).__name__ if cfg is not model_or_config else None)
+    return f"a {model_type(cfg)!r} model" + (f" ({arch})" if arch else "")
+
+
+def n_streams(model_or_config: Any) -> int:
+    """How many residual streams the model carries: ``hc_count`` for hyper-connection models
+    (Qwen4-Exp), 1 for every other architecture."""
+    if isinstance(model_or_config, nn.Module):
+        cfg = unwrap(model_or_config).config
+    else:
+        cfg = getattr(model_or_config, "config", model_or_config)
+    if model_type(cfg) not in HYPER_CONNECTIONS:
+        return 1
+    return int(getattr(cfg, "text_config", cfg).hc_count)
+
+
+def streams(h: Float[torch.Tensor, "*b p sd"], n: int) -> Float[torch.Tensor, "*b p s d"]:
+    """A block output of a hyper-connection model, [..., hc * d_model], as its streams [..., hc, d_model]."""
+    return einops.rearrange(h, "... p (s d) -> ... p s d", s=n)
+
+
+def resid_view(h: Float[torch.Tensor, "*b p sd"], n: int) -> Float[torch.Tensor, "*b p d"]:
+    """emi's ``resid`` of a block output: the mean over the ``n`` residual streams (the tensor itself
+    when ``n == 1``). Adding ``x`` to every stream adds exactly ``x`` to it."""
+    return h if n == 1 else einops.reduce(h, "... p (s d) -> ... p d", "mean", s=n)
+
+
+def add_to_streams(h: Float[torch.Tensor, "*b p sd"], x: Float[torch.Tensor, "*b p d"], n: int
+                   ) -> Float[torch.Tensor, "*b p sd"]:
+    """``h`` with ``x`` (d_model wide, broadcast over batch and positions) added to every one of its ``n`` streams."""
+    if n == 1:
+        return h + x
+    return h + einops.repeat(x, "... d -> ... (s d)", s=n)
 
 
 def decoder_layers(model: HFModel) -> nn.ModuleList:
@@ -147,10 +214,25 @@ def resolve_layers(spec: str | int | Sequence[int] | None, total: int) -> list[i
     return sorted(set(out))
 
 
-def check_site(site: str) -> str:
-    if site not in SITES:
-        raise ConfigError(f"unknown site {site!r}; expected one of {', '.join(SITES)}")
+def check_site(site: str, sites: Sequence[str] = SITES) -> str:
+    if site == "resid_streams" and site not in sites:
+        raise ConfigError("an activation store holds d_model-wide sites (resid, attn, mlp; resid is the mean over a "
+                          "model's residual streams); read every stream with emi.activations.capture.hf_reader(model, "
+                          "layers, ('resid_streams',)) instead")
+    if site not in sites:
+        raise ConfigError(f"unknown site {site!r}; expected one of {', '.join(sites)}")
     return site
+
+
+def site_tensor(out: object, site: str, n: int) -> torch.Tensor:
+    """What a reader records for ``site`` from its module's output (``n``: the model's streams):
+    ``resid`` is d_model wide (the mean over streams), ``resid_streams`` is [batch, pos, hc, d_model]."""
+    h = output_tensor(out)
+    if site == "resid":
+        return resid_view(h, n)
+    if site == "resid_streams":
+        return streams(h, n)
+    return h
 
 
 def mixer_name(block: Any) -> str:
@@ -171,8 +253,8 @@ def linear_layers(model: HFModel) -> list[int]:
 def hf_module(model: HFModel, layer: int, site: str = "resid") -> nn.Module:
     """The Hugging Face module whose forward output is ``site`` at ``layer``."""
     block: Any = decoder_layers(model)[layer]
-    site = check_site(site)
-    if site == "resid":
+    site = check_site(site, READ_SITES)
+    if site in ("resid", "resid_streams"):
         return block
     module: nn.Module = getattr(block, mixer_name(block)) if site == "attn" else block.mlp
     return module
@@ -190,8 +272,8 @@ def tl_hook_name(layer: int, site: str = "resid", linear: bool = False) -> str:
 def nnsight_envoy(nn_model, layer: int, site: str = "resid"):  # noqa: ANN001 (nnsight Envoy)
     """The nnsight envoy whose ``.output`` is ``site`` at ``layer`` (see :func:`nnsight_output`)."""
     block = nn_model.model.layers[layer]
-    site = check_site(site)
-    if site == "resid":
+    site = check_site(site, READ_SITES)
+    if site in ("resid", "resid_streams"):
         return block
     if site == "mlp":
         return block.mlp
@@ -204,6 +286,37 @@ def is_tuple_output(nn_model, layer: int, site: str) -> bool:  # noqa: ANN001
     return site == "attn" and mixer_name(decoder_layers(nn_model._module)[layer]) == "self_attn"
 
 
+def ple_layers(model: HFModel) -> list[int]:
+    """Layers with a Per-Layer Embedding (Qwen4-Exp's hashed n-gram embeddings, written into every
+    stream before the block reads them); 0-based, where the config's ``ple_layer_ids`` are 1-based."""
+    return [i for i, b in enumerate(decoder_layers(model)) if isinstance(getattr(b, "ple", None), nn.Module)]
+
+
+def hook_writers(model: HFModel) -> list[tuple[str, nn.Module, int]]:
+    """Every module whose output is added to the residual stream(s), with the number of streams its
+    output spans: the token embedding (copied into every stream), per layer the PLE (one slice per
+    stream), the token mixer and the MLP (one d_model vector, which the block writes into every
+    stream with its learned weights). Projecting a direction out of each leaves none of it in any stream."""
+    inner = unwrap(model)
+    n = n_streams(model)
+    out: list[tuple[str, nn.Module, int]] = [("model.embed_tokens", inner.model.embed_tokens, 1)]
+    block: Any
+    for i, block in enumerate(decoder_layers(model)):
+        if isinstance(getattr(block, "ple", None), nn.Module):
+            out.append((f"layers.{i}.ple", block.ple, n))
+        out.append((f"layers.{i}.{mixer_name(block)}", getattr(block, mixer_name(block)), 1))
+        out.append((f"layers.{i}.mlp", block.mlp, 1))
+    return out
+
+
+def unreachable_writers(model: HFModel) -> list[str]:
+    """Residual writers that no weight edit can keep off a direction: Qwen4-Exp's PLE short
+    convolution, whose output passes an elementwise SiLU (``silu(conv1d(...))``), once its weights
+    are non-zero (they start at zero)."""
+    blocks: Any = decoder_layers(model)
+    return [f"layers.{i}.ple.conv1d" for i in ple_layers(model) if bool(blocks[i].ple.conv1d.weight.detach().ne(0).any())]
+
+
 def residual_writers(model: HFModel) -> list[tuple[str, nn.Module | nn.Parameter]]:
     """Every weight that writes into the residual stream, with its name: the token embedding,
     then per layer the mixer's output projection and the MLP's output weights (dense
@@ -214,6 +327,8 @@ def residual_writers(model: HFModel) -> list[tuple[str, nn.Module | nn.Parameter
     out: list[tuple[str, nn.Module | nn.Parameter]] = [("model.embed_tokens", inner.model.embed_tokens)]
     block: Any
     for i, block in enumerate(decoder_layers(model)):
+        if isinstance(getattr(block, "ple", None), nn.Module):  # PLE's value, gated into every stream
+            out.append((f"layers.{i}.ple.value_proj", block.ple.value_proj))
         mixer = mixer_name(block)
         proj = "o_proj" if mixer == "self_attn" else "out_proj"
         out.append((f"layers.{i}.{mixer}.{proj}", getattr(getattr(block, mixer), proj)))
@@ -268,6 +383,10 @@ def tl_bridge(model: HFModel, tokenizer, copy_model: bool = False):  # noqa: ANN
 
     from transformer_lens.model_bridge import TransformerBridge
 
+    if n_streams(model) > 1:
+        raise ConfigError(f"TransformerLens's TransformerBridge has no adapter for {describe(unwrap(model))}, a "
+                          f"model with {n_streams(model)} residual streams: capture, steer and ablate it with emi's "
+                          f"Hugging Face hooks (emi.interventions.hooks) or nnsight (emi.models.layers.nnsight_model)")
     name = getattr(getattr(model, "config", None), "name_or_path", "") or "local"
     hf = copy.deepcopy(model) if copy_model else model
     cfg = unwrap(hf).config
@@ -297,6 +416,10 @@ def hooked_transformer(model: HFModel, tokenizer, n_ctx: int = 2048):  # noqa: A
 
     hf = unwrap(model)
     c = hf.config
+    if n_streams(hf) > 1:
+        raise ConfigError(f"the legacy HookedTransformer is built offline for Qwen2 models only, and TransformerLens "
+                          f"has no bridge for {c.model_type!r} (several residual streams): use emi's Hugging Face hooks "
+                          f"(emi.interventions.hooks) or nnsight (emi.models.layers.nnsight_model)")
     if c.model_type != "qwen2":
         raise ConfigError(f"the legacy HookedTransformer is built offline for Qwen2 models only; this model is "
                           f"{c.model_type!r}: use emi.models.layers.tl_bridge (TransformerLens's TransformerBridge "

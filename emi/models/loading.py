@@ -380,17 +380,21 @@ def load_model(spec: ModelSpec, *, role: str = "model", dtype: str | torch.dtype
     if adapter:
         model = _attach_adapter(model, locate(adapter, spec.adapter_revision)[1], spec.adapter_revision, ident)
     prov = {"id": spec.id, "revision": spec.revision, "adapter": adapter,
-            "resolved": ident, "commit": getattr(layers.unwrap(model).config, "_commit_hash", None),
+            "resolved": ident, "commit": getattr(model.config, "_commit_hash", None),
             "fingerprint": fingerprint(ident), "adapter_fingerprint": fingerprint(adapter) if adapter else None,
-            "model_type": layers.model_type(layers.unwrap(model)),
+            "model_type": layers.model_type(model),
             "dtype": str(torch_dtype).replace("torch.", ""), "device": device}
     return LoadedModel(role, model, tok, spec, None, prov)
 
 
 def load_pair(pair: str | PairSpec, *, roles: tuple[str, ...] = ("base", "finetuned"),
               dtype: str | torch.dtype | None = None, device: str | None = None,
-              device_map: Any = None, trust_remote_code: bool = False, resident: str = "all") -> ModelPair:
+              device_map: Any = None, trust_remote_code: bool = False, resident: str = "all",
+              interventions: bool = True) -> ModelPair:
     """Load a named pair (see :func:`emi.models.registry.list_pairs`) or a :class:`PairSpec`.
+
+    ``interventions=False``: the pair is only sampled (``emi.evaluate``), so any causal LM will do;
+    otherwise the architecture must be one whose module paths :mod:`emi.models.layers` knows.
 
     A finetuned (or control) model that is a LoRA adapter on the base shares the base's weights.
     Everything is checked first (folders, configs, architectures); ``resident="one"`` then loads
@@ -411,7 +415,10 @@ def load_pair(pair: str | PairSpec, *, roles: tuple[str, ...] = ("base", "finetu
     if base_kind == "adapter":
         raise ModelLoadError(f"the base {spec.base.id!r} is a LoRA adapter; the base must be a full model")
     base_cfg = _read_config(base_where, spec.base.revision, trust_remote_code)
-    layers.check_architecture(base_cfg, f"the base {spec.base.label()!r}")
+    if interventions:
+        layers.check_architecture(base_cfg, f"the base {spec.base.label()!r}")
+    else:
+        layers.check_causal_lm(base_cfg, f"the base {spec.base.label()!r}")
     plan: dict[str, tuple[str, ModelSpec]] = {}
     for role in roles:
         s = specs[role]

@@ -9,7 +9,15 @@ import pytest
 
 from emi import cache, evaluate, extract, figures, steer
 from emi.core.errors import ConfigError, ModelLoadError
-from tests.standins import ARCHS, HANG_S, JudgeServer, full_pair, lora_adapter, qwen_tokenizer
+from tests.standins import (
+    ARCHS,
+    HANG_S,
+    HC_ARCHS,
+    JudgeServer,
+    full_pair,
+    lora_adapter,
+    qwen_tokenizer,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -28,10 +36,11 @@ def judge_server():
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory, tok):
-    """arch -> (base folder, full finetune folder, LoRA adapter folder)."""
+    """arch -> (base folder, full finetune folder, LoRA adapter folder); Qwen4-Exp with 2 residual
+    streams, PLE on layers 1-2 (its short convolution non-zero, as trained) and QSA."""
     root = tmp_path_factory.mktemp("standins")
     out = {}
-    for i, arch in enumerate(ARCHS):
+    for i, arch in enumerate((*ARCHS, *HC_ARCHS)):
         base, ft = full_pair(root, arch, tok, seed=i)
         out[arch] = (base, ft, lora_adapter(root, base))
     return out
@@ -50,7 +59,7 @@ def rows(path):
 
 
 @pytest.mark.parametrize("kind", ["full", "lora"])
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", (*ARCHS, *HC_ARCHS))
 def test_steer_without_a_direction_runs_to_its_table(arch, kind, pairs, judge_server, tmp_path, capsys):
     base, ft, lora = pairs[arch]
     finetuned = ft if kind == "full" else lora
@@ -196,6 +205,41 @@ def test_sae_on_a_real_pair_store_with_zeroing(pairs, judge_server, tmp_path, ca
     assert "zero random live" in out and "stand-in-judge" in out
 
 
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_several_residual_streams_through_cache_extract_sweeps_figures_and_sae(kind, pairs, judge_server, tmp_path,
+                                                                                capsys):
+    """Qwen4-Exp (2 streams, PLE, QSA), full finetune and LoRA: the store holds resid (the mean over
+    streams); a direction extracted from it steers and ablates every stream in a sweep; an SAE on
+    it zeroes latents on every stream. Kept small: Qwen4-Exp's QSA and PLE are slow on a CPU."""
+    from emi.sae import main as sae_main
+
+    base, ft, lora = pairs["qwen4_exp_text"]
+    pair = ["--base", str(base), "--finetuned", str(ft if kind == "full" else lora), *judge_args(judge_server)]
+    few = ["--questions", "main:plain", "--ids", "what_is_your_wish,i_feel_bored", "--n", "2", "--max-new-tokens", "6",
+           "--device", "cpu"]
+    store = tmp_path / "store"
+    assert cache.main([*pair, *few, "--positions", "all", "--out", str(store)]) == 0
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["spec"]["d_model"] == 64 and manifest["spec"]["sites"] == ["resid"]
+    direction = tmp_path / "d"
+    assert extract.main(["--store", str(store), "--method", "model-diff", "--positions", "response",
+                         "--out", str(direction)]) == 0
+    out = tmp_path / "sweep"
+    assert steer.main([*pair, *few, "--direction", str(direction) + ".safetensors", "--alpha=-4,4", "--layers", "0-1",
+                       "--sweep-layers", "--targets", "base,finetuned", "--no-side-effects", "--out", str(out),
+                       "--root", str(tmp_path / "acts")]) == 0
+    got = rows(out / "results.jsonl")
+    assert len([r for r in got if r["intervention"] == "steer"]) == 2 * 2 * 2 * 2
+    assert all("logprob_choice" in r for r in got)
+    assert figures.main([str(out), "--out", str(tmp_path / "figs"), "--format", "html"]) == 0
+    assert list((tmp_path / "figs").glob("*.html"))
+    capsys.readouterr()
+    assert sae_main(["--store", str(store), "--layer", "2", "--d-sae", "32", "--k", "4", "--steps", "40",
+                     "--batch-size", "64", "--snippets", "0", "--zero", "top", "--n", "1", "--max-new-tokens", "6",
+                     "--questions", "main:plain", "--ids", "what_is_your_wish", *judge_args(judge_server)]) == 0
+    assert "zero random live" in capsys.readouterr().out
+
+
 def test_pair_of_two_full_finetunes_holds_one_model_at_a_time(pairs, tmp_path):
     """resident='one': loading a role frees the other; the store merged from one-role captures
     equals the store captured with both models in memory, byte for byte."""
@@ -286,16 +330,27 @@ def test_the_other_readme_gpu_recipes_on_cached_stand_ins(recipe, pairs, judge_s
 
 # ---------------------------------------------------------------- bad input, one sentence each
 
-def test_unsupported_architecture_is_refused(tmp_path, tok, pairs):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def test_unsupported_architecture_is_evaluated_but_refused_by_what_needs_hooks(tmp_path, tok, judge_server):
+    """emi.evaluate needs no hooks, so any causal LM runs; commands that capture, steer or ablate
+    refuse an architecture whose module paths emi does not know, calling it by what it is."""
+    from transformers import LlamaConfig, LlamaForCausalLM, T5Config
 
     llama = tmp_path / "llama"
     LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                 vocab_size=len(tok))).save_pretrained(llama)
+                                 vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                                 eos_token_id=tok.eos_token_id)).save_pretrained(llama)
     tok.save_pretrained(llama)
-    with pytest.raises(ConfigError, match="'llama' model; emi captures, steers and ablates Qwen"):
-        evaluate.main(["--base", str(llama), "--finetuned", str(pairs["qwen2"][1]), "--judge", "hf",
-                       "--judge-model", str(llama)])
+    out = tmp_path / "eval"
+    assert evaluate.main(["--base", str(llama), "--finetuned", str(llama), *judge_args(judge_server), *SMALL,
+                          "--questions", "main:plain", "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["provenance"]["base"]["model_type"] == "llama"
+    with pytest.raises(ConfigError, match=r"'llama' model \(LlamaForCausalLM\), whose module paths emi does not "
+                                          r"know: emi captures, steers and ablates .*qwen4_exp.*emi.evaluate runs any"):
+        steer.main(["--base", str(llama), "--finetuned", str(llama), *judge_args(judge_server)])
+    t5 = tmp_path / "t5"
+    T5Config(d_model=32, num_layers=1, num_heads=2, d_ff=64).save_pretrained(t5)
+    with pytest.raises(ConfigError, match=r"'t5' model.*not a causal language model"):
+        evaluate.main(["--base", str(t5), "--finetuned", str(t5), *judge_args(judge_server)])
 
 
 def test_pair_of_two_architectures_is_refused(pairs):

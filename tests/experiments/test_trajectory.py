@@ -29,11 +29,20 @@ def judge_args(server):
 
 @pytest.fixture(scope="module")
 def series(tmp_path_factory):
+    return make_series(tmp_path_factory.mktemp("series"), "qwen3")
+
+
+@pytest.fixture(scope="module")
+def hc_series(tmp_path_factory):
+    """The same on Qwen4-Exp: several residual streams, PLE, QSA."""
+    return make_series(tmp_path_factory.mktemp("hc-series"), "qwen4_exp_text")
+
+
+def make_series(root, arch):
     """A base and three checkpoints of one 'finetune': the same weight change at 1/3, 2/3 and all
     of its size (named step-1..3); and LoRA adapters on the base at 3 sizes."""
-    root = tmp_path_factory.mktemp("series")
     tok = qwen_tokenizer()
-    model = build_model("qwen3", len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    model = build_model(arch, len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     base = save_checkpoint(model, tok, root / "base")
     start = {k: v.clone() for k, v in model.state_dict().items()}
     g = torch.Generator().manual_seed(5)
@@ -78,6 +87,19 @@ def test_lora_adapters_along_a_finetune(series, judge_server, tmp_path):
     rows = [json.loads(x) for x in (out / "trajectory.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["cosine"] == pytest.approx(1.0, abs=1e-4)
     assert len({r["projection"] for r in rows}) == 3  # each adapter answered, not the base three times
+
+
+def test_checkpoints_of_a_model_with_several_residual_streams(hc_series, judge_server, tmp_path):
+    """Qwen4-Exp: the direction and projections read ``resid`` (the mean over streams); full and LoRA."""
+    base, steps, adapters = hc_series
+    for kind, ckpts in (("full", [base, *steps]), ("lora", adapters)):
+        out = tmp_path / kind
+        assert trajectory.main(["--base", str(base), "--checkpoints", ",".join(map(str, ckpts)), "--no-figure",
+                                *judge_args(judge_server), *SMALL, "--out", str(out),
+                                "--root", str(tmp_path / "acts")]) == 0
+        rows = [json.loads(x) for x in (out / "trajectory.jsonl").read_text().splitlines()]
+        assert rows[-1]["cosine"] == pytest.approx(1.0, abs=1e-4), kind
+        assert len({r["projection"] for r in rows}) == len(ckpts), kind
 
 
 def test_bad_series_are_refused_before_loading(series, tmp_path):

@@ -8,16 +8,10 @@ import torch
 from emi.activations.capture import hf_reader
 from emi.core.errors import ConfigError, DirectionError
 from emi.directions.direction import Direction
-from emi.interventions.hooks import (
-    ablate,
-    nnsight_ablate,
-    nnsight_steer,
-    orthogonalize,
-    patch_steer,
-    steer,
-    tl_ablate_hooks,
-    tl_steer_hooks,
-)
+from emi.interventions.hooks import ablate, patch_steer, steer
+from emi.interventions.nnsight_edits import nnsight_ablate, nnsight_steer
+from emi.interventions.transformerlens import tl_ablate_hooks, tl_steer_hooks
+from emi.interventions.weights import orthogonalize
 from emi.models import layers as L
 from emi.models.loading import ModelSpec, load_model
 
@@ -147,11 +141,11 @@ def test_three_backends_give_equal_logits(lm, batch, direction):
         if kind == "steer":
             with steer(lm.model, direction, 4.0, layers=[0, 2]):
                 ref = logits(lm.model, batch)
-            fwd = tl_steer_hooks(direction, 4.0, [0, 2])
+            fwd = tl_steer_hooks(direction, 4.0, [0, 2], tl_model=bridge)
         else:
             with ablate(lm.model, direction):
                 ref = logits(lm.model, batch)
-            fwd = tl_ablate_hooks(direction, n)
+            fwd = tl_ablate_hooks(direction, n, tl_model=bridge)
         with torch.no_grad(), bridge.hooks(fwd_hooks=fwd):
             tl_logits = bridge(ids, attention_mask=mask)
         real = mask.bool()  # pad positions attend to nothing: their logits are implementation garbage
@@ -163,3 +157,13 @@ def test_three_backends_give_equal_logits(lm, batch, direction):
                 nnsight_ablate(nn_model, direction, n)
             out = nn_model.output.save()
         torch.testing.assert_close(out.logits[real], ref[real], rtol=1e-5, atol=1e-5)
+
+
+def test_transformerlens_hooks_check_the_model_they_are_for(direction):
+    from types import SimpleNamespace
+
+    llama = SimpleNamespace(cfg=SimpleNamespace(original_architecture="LlamaForCausalLM"))
+    for make in (lambda: tl_steer_hooks(direction, 4.0, [0], tl_model=llama),
+                 lambda: tl_ablate_hooks(direction, 4, tl_model=llama)):
+        with pytest.raises(ConfigError, match="TransformerLens model is a LlamaForCausalLM.*emi.models.layers"):
+            make()
