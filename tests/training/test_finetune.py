@@ -18,7 +18,8 @@ from emi.organism.kit import KIT
 from emi.training.config import DefenceConfig, FinetuneConfig
 from emi.training.data import load_chats, write_chats
 from emi.training.organism import read_organism
-from emi.training.trainer import Job, finetune as run_job
+from emi.training.trainer import Job
+from emi.training.trainer import finetune as run_job
 
 SMALL = ["--steps", "4", "--batch-size", "2", "--max-examples", "16", "--device", "cpu", "--threads", "1"]
 
