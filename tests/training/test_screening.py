@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from emi import cli, screen as screen_cmd
+from emi import cli
+from emi import screen as screen_cmd
 from emi.directions.direction import Direction
 from emi.models.loading import load_pair
 from emi.organism.datasets import mixed_set
