@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from emi.core import locks
     from emi.directions.direction import Direction
     from emi.models.registry import get_pair
-    from emi.training.evaluation import Setup, spread, table
+    from emi.training.evaluation import Setup, shift_predicts, spread, table
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,19 +81,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra = [(f"{source.name} finetune", source)] if args.with_pair_finetune and source else []
     with locks.exclusive(out):
         rows = table(orgs, specs, direction, setup, extra, log=lambda m: print(m, file=sys.stderr))
-        summary = spread(rows)
-        _write(out, rows, summary, direction, setup, [str(o.folder) for o in orgs], args.no_figure)
+        summary, r = spread(rows), shift_predicts(rows)
+        _write(out, rows, summary, r, direction, setup, [str(o.folder) for o in orgs], args.no_figure)
     print_table(rows, summary, kit.task.name if kit.task else None, direction.best_layer)
+    if r:
+        print("Pearson r across organisms, shift along d vs: " + ", ".join(f"{k} {v:+.2f}" for k, v in r.items()))
     return 0
 
 
-def _write(out: Path, rows, summary, direction, setup, folders, no_figure: bool) -> None:  # noqa: ANN001
+def _write(out: Path, rows, summary, r, direction, setup, folders, no_figure: bool) -> None:  # noqa: ANN001
     from emi.core.atomic import write_json
     from emi.experiments.conditions import write_results
 
     write_results(out, rows, {"organisms": folders, "direction": direction.summary(), "judge": setup.judge.name,
                               "sampling": setup.cfg.settings(), "n": setup.cfg.n, "benign": len(setup.benign),
-                              "task": setup.task.name if setup.task else None}, name="defences")
+                              "task": setup.task.name if setup.task else None, "correlations": r}, name="defences")
     write_json(out / "spread.json", summary)
     if not no_figure:
         from emi.report.figures import defences, export

@@ -134,3 +134,18 @@ def spread(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                             len(v) > 1 else 0.0, f"{key}_min": float(np.nanmin(v)), f"{key}_max": float(np.nanmax(v))})
         out.append(summary)
     return out
+
+
+def shift_predicts(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Pearson r across the organisms (every defence and seed) between the activation shift along the
+    direction and each behaviour: does the shift predict the trait, as Chen et al. (2025) found
+    across finetunes (r = 0.76-0.97)?"""
+    orgs = [r for r in rows if r.get("seed") is not None]
+    x = np.array([r["projection_shift"] for r in orgs], dtype=float)
+    out = {}
+    for key in ("em_rate", "p_misaligned", "task_rate"):
+        y = np.array([r.get(key, np.nan) for r in orgs], dtype=float)
+        ok = ~np.isnan(x) & ~np.isnan(y)
+        if ok.sum() >= 3 and np.std(x[ok]) > 0 and np.std(y[ok]) > 0:
+            out[key] = float(np.corrcoef(x[ok], y[ok])[0, 1])
+    return out

@@ -64,3 +64,12 @@ def test_spread_of_one_seed_has_no_sd():
 def test_a_folder_without_organisms_is_one_sentence(tmp_path, capsys):
     assert cli.run(defences.main, [str(tmp_path), "--out", str(tmp_path / "t")]) == 2
     assert "holds no organism" in capsys.readouterr().err
+
+
+def test_shift_predicts_is_pearson_r_across_organisms_only():
+    from emi.training.evaluation import shift_predicts
+
+    rows = [{"seed": None, "projection_shift": 100.0, "em_rate": 0.0}] + [
+        {"seed": i, "projection_shift": float(i), "em_rate": 0.1 * i, "p_misaligned": 1.0 - 0.2 * i} for i in range(4)]
+    r = shift_predicts(rows)
+    assert r["em_rate"] == pytest.approx(1.0) and r["p_misaligned"] == pytest.approx(-1.0) and "task_rate" not in r
