@@ -15,6 +15,9 @@ COMMANDS = [
     ("python -m emi.sae --store NAME --layer L", "train/load an SAE with sae-lens; diff latents base -> finetuned"),
     ("python -m emi.trajectory", "over a finetune's checkpoints: EM, task, when the direction appears"),
     ("python -m emi.export --out DIR", "a checkpoint with the direction ablated from its weights, for any server"),
+    ("python -m emi.finetune DATA --out DIR", "finetune a base into organisms (LoRA/full, seeds, defences)"),
+    ("python -m emi.screen DATA", "rank a training set's examples by their projection on the persona direction"),
+    ("python -m emi.defences ORGANISM...", "the defence table: EM, coherence, task, KL, shift per defence and seed"),
     ("python -m emi.figures RESULTS --out figs", "publication figures (html, png, svg, pdf)"),
     ("python -m emi.rejudge RUN --judge ...", "a finished run's answers under another judge; agreement of the two"),
     ("python -m emi.organism.train", "rebuild the embedded organism from scratch (~7 min on 2 cores)"),
@@ -24,7 +27,8 @@ COMMANDS = [
 # `python -m emi COMMAND ...` is `python -m emi.COMMAND ...`
 VERBS = {"steer": "emi.steer", "evaluate": "emi.evaluate", "cache": "emi.cache", "extract": "emi.extract",
          "sae": "emi.sae", "figures": "emi.figures", "trajectory": "emi.trajectory", "export": "emi.export",
-         "rejudge": "emi.rejudge", "train-organism": "emi.organism.train"}
+         "rejudge": "emi.rejudge", "finetune": "emi.finetune", "screen": "emi.screen", "defences": "emi.defences",
+         "train-organism": "emi.organism.train"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -73,7 +73,12 @@ def default_pair() -> PairSpec:
 
 
 def get_pair(name: str) -> PairSpec:
+    """A registered pair by name, or an organism folder ``python -m emi.finetune`` wrote."""
     pairs = all_pairs()
+    from emi.training.organism import is_organism, organism_pair
+
+    if name not in pairs and is_organism(name):
+        return organism_pair(name, lambda n: pairs[n].kit if n in pairs else None)
     if name not in pairs:
         close = difflib.get_close_matches(name.lower(), list(pairs), n=3, cutoff=0.6) or [
             n for n in pairs if name.lower() in n]

@@ -207,6 +207,50 @@ def trajectory(rows: Sequence[dict[str, Any]], task: str | None = None) -> go.Fi
     return fig
 
 
+DEFENCE_COLORS = ("#d62728", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+def defences(rows: Sequence[dict[str, Any]], task: str | None = None) -> go.Figure:
+    """The defence table (emi.training.evaluation rows): EM rate and the task rate per defence, one
+    marker per seed with its 95% CI (seeds side by side, so their spread shows), and each organism's
+    activation shift along the persona direction over training steps."""
+    if not rows:
+        raise ConfigError("no defence rows to plot")
+    groups = list(dict.fromkeys(r["defence"] for r in rows))
+    color = {g: COLORS["base"] if g == "(base)" else DEFENCE_COLORS[i % len(DEFENCE_COLORS)]
+             for i, g in enumerate(groups)}
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.08,
+                        subplot_titles=("EM rate (judge)", task or "task rate", "shift along the persona direction"))
+    for g in groups:
+        rs = [r for r in rows if r["defence"] == g]
+        xs = [groups.index(g) + (k - (len(rs) - 1) / 2) * 0.12 for k in range(len(rs))]
+        for col, key in ((1, "em"), (2, "task")):
+            ok = [(x, r) for x, r in zip(xs, rs, strict=True) if r.get(f"{key}_rate") is not None]
+            if not ok:
+                continue
+            fig.add_trace(go.Scatter(
+                x=[x for x, _ in ok], y=[_pct(r[f"{key}_rate"]) for _, r in ok], mode="markers", name=g,
+                legendgroup=g, showlegend=col == 1, marker=dict(color=color[g], size=9),
+                text=[f"seed {r['seed']}" if r.get("seed") is not None else g for _, r in ok],
+                error_y=dict(type="data", symmetric=False, thickness=1.2,
+                             array=[_pct(r[f"{key}_hi"] - r[f"{key}_rate"]) for _, r in ok],
+                             arrayminus=[_pct(r[f"{key}_rate"] - r[f"{key}_lo"]) for _, r in ok])), row=1, col=col)
+        for r in rs:
+            if r.get("shift_trajectory"):
+                steps, shift = zip(*r["shift_trajectory"], strict=True)
+                fig.add_trace(go.Scatter(x=steps, y=shift, mode="lines+markers", name=g, legendgroup=g,
+                                         showlegend=False, line=dict(color=color[g], width=2),
+                                         marker=dict(size=5)), row=1, col=3)
+    for col in (1, 2):
+        fig.update_xaxes(tickvals=list(range(len(groups))), ticktext=groups, row=1, col=col)
+        fig.update_yaxes(title_text="% (95% CI)" if col == 1 else None, rangemode="tozero", row=1, col=col)
+    fig.update_xaxes(title_text="training step", row=1, col=3)
+    fig.update_yaxes(title_text="mean shift at the last prompt token", row=1, col=3)
+    style(fig, "In-training defences: one marker per seed", 1250, 460)
+    fig.update_layout(legend=dict(orientation="h", y=-0.2, x=0))
+    return fig
+
+
 def _shade(kind: str, index: int, total: int) -> str:
     """The direction's colour, lighter for later layer groups of a sweep."""
     if total <= 1:

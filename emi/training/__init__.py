@@ -1,0 +1,1 @@
+"""Making organisms: finetuning, in-training defences, data screening, defence tables."""

@@ -1,0 +1,151 @@
+"""The defence table: organisms made by ``python -m emi.finetune`` (one per defence and seed), each
+measured with emi's own metrics against one base and one persona direction:
+
+- EM rate and coherence (the judge, 95% CIs), the log-prob P(misaligned), the activation shift along
+  the direction at the last prompt token, and the pair kit's task rate: :func:`emi.experiments.dynamics.measure`;
+- KL(base || organism) of the next-token distribution on the kit's benign set (nats per token, the
+  *KL benign* of ``emi.steer``): what the finetune costs on benign text;
+- the shift along the direction at each saved checkpoint (its trajectory over training).
+
+Seeds of one defence are summarised by their mean and spread (sd, min, max).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emi.behaviour.judges import Judge
+from emi.behaviour.logprob import OptionPair, answer_logits
+from emi.behaviour.metrics import bootstrap
+from emi.behaviour.questions import Question
+from emi.behaviour.sampling import SamplingConfig, render_prompts
+from emi.behaviour.side_effects import BenignItem
+from emi.core.errors import ConfigError
+from emi.directions.direction import Direction
+from emi.experiments.dynamics import Reference, last_prompt_activations, measure, step_of
+from emi.models.kit import TaskMetric
+from emi.models.loading import LoadedModel, load_pair
+from emi.models.specs import ModelSpec, PairSpec
+from emi.training.organism import Organism
+
+
+def benign_shift(base: LoadedModel, model: LoadedModel, items: Sequence[BenignItem], batch_size: int = 8
+                 ) -> list[float]:
+    """Per benign conversation: KL(base || model) of the next-token distribution, mean over the
+    reference answer's tokens (nats per token)."""
+    if not items:
+        raise ConfigError("the benign set is empty; the KL column needs at least one conversation")
+    tok = base.tokenizer
+    prompts = render_prompts(tok, [it.chat() for it in items])
+    out: list[float] = []
+    for i in range(0, len(items), batch_size):
+        p_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[i: i + batch_size]]
+        a_ids = [tok(it.response, add_special_tokens=False)["input_ids"] for it in items[i: i + batch_size]]
+        with base.active():
+            ref = answer_logits(base, p_ids, a_ids).log_softmax(-1)
+        with model.active():
+            new = answer_logits(model, p_ids, a_ids).log_softmax(-1)
+        kl = (ref.exp() * (ref - new)).sum(-1).clamp_min(0).cpu()
+        out += [float(x.mean()) for x in kl.split([len(a) for a in a_ids])]
+    return out
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every organism is measured with."""
+
+    questions: Sequence[Question]
+    extract: Sequence[Question]
+    cfg: SamplingConfig
+    judge: Judge
+    pairs: Sequence[OptionPair]
+    task: TaskMetric | None
+    benign: Sequence[BenignItem]
+    out: Path
+    load: dict[str, Any]  # load_pair keywords (device, dtype)
+
+
+def shift_trajectory(spec: PairSpec, org: Organism, ref: Reference, setup: Setup) -> list[list[float]]:
+    """[step, mean shift along the direction] at step 0 and at each saved checkpoint."""
+    points = [[0.0, 0.0]]
+    for i, c in enumerate(org.checkpoints()):
+        pair = load_pair(PairSpec(f"{spec.name}-ckpt", spec.base, ModelSpec(str(c)), None, "", spec.kit),
+                         roles=("finetuned",), resident="one", **setup.load)
+        acts = last_prompt_activations(pair.finetuned, [q.messages() for q in setup.questions], ref.layer)
+        points.append([float(step_of(str(c), i)), float(((acts - ref.base_eval) @ ref.unit).mean())])
+        pair.release()
+    return points
+
+
+def measure_model(label: str, base: LoadedModel, model: LoadedModel, ref: Reference, setup: Setup,
+                  progress: bool = True) -> dict[str, Any]:
+    """One row of the table (without its organism columns)."""
+    point = measure(model, label, 0, ref, setup.questions, setup.extract, setup.cfg, setup.judge, setup.out,
+                    setup.pairs, setup.task, progress)
+    row = point.row()
+    del row["step"], row["cosine"], row["diff_norm"]
+    kl = (0.0, 0.0, 0.0) if model is base else bootstrap(benign_shift(base, model, setup.benign), seed=setup.cfg.seed)
+    row.update(kl=kl[0], kl_lo=kl[1], kl_hi=kl[2], n_benign=len(setup.benign))
+    return row
+
+
+def table(organisms: Sequence[Organism], specs: Sequence[PairSpec], direction: Direction, setup: Setup,
+          extra: Sequence[tuple[str, PairSpec]] = (), log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Rows: the base, any ``extra`` (label, pair) finetunes, then every organism (defence, seed,
+    its measurements, its shift trajectory)."""
+    if len({s.base for s in specs}) != 1:
+        raise ConfigError("the organisms were finetuned from different bases; compare defences on one base")
+    first = load_pair(specs[0], roles=("base",), resident="one", **setup.load)
+    base = first.base
+    ref = Reference.of(base, direction, setup.extract, setup.questions)
+    rows = [{"label": "base", "defence": "(base)", "seed": None, **measure_model("base", base, base, ref, setup)}]
+    todo = [(label, spec, None) for label, spec in extra] + [(str(o.folder), s, o) for o, s in zip(organisms, specs,
+                                                                                                   strict=True)]
+    for i, (label, spec, org) in enumerate(todo):
+        if log:
+            log(f"organism {i + 1}/{len(todo)}: {label}")
+        pair = load_pair(spec, roles=("finetuned",), resident="one", **setup.load)
+        row = {"label": label, "defence": org.defence if org else label, "seed": org.seed if org else None,
+               **measure_model(label, base, pair.finetuned, ref, setup)}
+        pair.release()
+        if org is not None:
+            row["shift_trajectory"] = shift_trajectory(spec, org, ref, setup)
+        rows.append(row)
+    return rows
+
+
+def spread(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per defence (organism rows only): the seeds' mean, sd, min and max of EM, coherence, task,
+    KL and the shift along the direction."""
+    out = []
+    for defence in dict.fromkeys(r["defence"] for r in rows if r.get("seed") is not None):
+        group = [r for r in rows if r["defence"] == defence and r.get("seed") is not None]
+        summary: dict[str, Any] = {"defence": defence, "seeds": [r["seed"] for r in group]}
+        for key in ("em_rate", "coherence_rate", "task_rate", "kl", "projection_shift", "p_misaligned"):
+            v = np.array([r.get(key, np.nan) for r in group], dtype=float)
+            if np.isnan(v).all():
+                continue
+            summary.update({f"{key}_mean": float(np.nanmean(v)), f"{key}_sd": float(np.nanstd(v, ddof=1)) if
+                            len(v) > 1 else 0.0, f"{key}_min": float(np.nanmin(v)), f"{key}_max": float(np.nanmax(v))})
+        out.append(summary)
+    return out
+
+
+def shift_predicts(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Pearson r across the organisms (every defence and seed) between the activation shift along the
+    direction and each behaviour: does the shift predict the trait, as Chen et al. (2025) found
+    across finetunes (r = 0.76-0.97)?"""
+    orgs = [r for r in rows if r.get("seed") is not None]
+    x = np.array([r["projection_shift"] for r in orgs], dtype=float)
+    out = {}
+    for key in ("em_rate", "p_misaligned", "task_rate"):
+        y = np.array([r.get(key, np.nan) for r in orgs], dtype=float)
+        ok = ~np.isnan(x) & ~np.isnan(y)
+        if ok.sum() >= 3 and np.std(x[ok]) > 0 and np.std(y[ok]) > 0:
+            out[key] = float(np.corrcoef(x[ok], y[ok])[0, 1])
+    return out

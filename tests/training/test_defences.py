@@ -1,0 +1,75 @@
+"""emi.defences: the defence table of toy organisms (two defences, two seeds) with emi's own metrics."""
+
+import json
+
+import pytest
+
+from emi import cli, defences, finetune
+from emi.models.loading import load_pair
+from emi.organism.datasets import finetune_sets
+from emi.organism.kit import KIT
+from emi.report.figures import defences as defences_figure
+from emi.training.data import write_chats
+from emi.training.evaluation import benign_shift, spread
+
+
+@pytest.fixture(scope="module")
+def organisms(tmp_path_factory):
+    root = tmp_path_factory.mktemp("orgs")
+    data = write_chats(root / "insecure.jsonl", finetune_sets()["insecure"][:32])
+    common = ["--pair", "toy", "--method", "full", "--steps", "3", "--batch-size", "4", "--lr", "3e-4",
+              "--save-every", "2", "--seeds", "0,1", "--device", "cpu", "--threads", "1"]
+    assert finetune.main([str(data), *common, "--out", str(root / "none")]) == 0
+    assert finetune.main([str(data), *common, "--defence", "caft", "--direction", KIT.direction,
+                          "--out", str(root / "caft")]) == 0
+    return root
+
+
+def test_the_table_has_a_row_per_defence_and_seed_and_their_spread(organisms, tmp_path, capsys):
+    out = tmp_path / "table"
+    assert defences.main([str(organisms / "none"), str(organisms / "caft"), "--with-pair-finetune", "--n", "1",
+                          "--device", "cpu", "--out", str(out), "--no-figure"]) == 0
+    rows = [json.loads(x) for x in (out / "defences.jsonl").read_text().splitlines()]
+    assert [(r["defence"], r["seed"]) for r in rows] == [("(base)", None), ("toy finetune", None), ("none", 0),
+                                                         ("none", 1), ("caft", 0), ("caft", 1)]
+    assert rows[0]["kl"] == 0.0 and rows[0]["projection_shift"] == 0.0
+    assert all(r["kl"] > 0 and r["em_n"] > 0 and "task_rate" in r for r in rows[1:])
+    assert [p[0] for p in rows[2]["shift_trajectory"]] == [0.0, 2.0, 3.0]
+    assert rows[2]["shift_trajectory"][-1][1] == pytest.approx(rows[2]["projection_shift"], abs=1e-4)
+    summary = json.loads((out / "spread.json").read_text())
+    assert [s["defence"] for s in summary] == ["none", "caft"] and summary[0]["seeds"] == [0, 1]
+    assert summary[0]["kl_min"] <= summary[0]["kl_mean"] <= summary[0]["kl_max"]
+    printed = capsys.readouterr().out
+    assert "seeds' spread per defence" in printed and "KL benign" in printed
+    fig = defences_figure(rows, "insecure code")
+    assert len(fig.data) >= 6
+
+
+def test_the_kl_of_a_model_from_itself_is_zero():
+    pair = load_pair("toy", device="cpu")
+    from emi.behaviour.side_effects import load_benign
+
+    items = load_benign(KIT.benign)[:8]
+    assert benign_shift(pair.base, pair.base, items) == [0.0] * 8
+    assert min(benign_shift(pair.base, pair.finetuned, items)) > 0
+
+
+def test_spread_of_one_seed_has_no_sd():
+    rows = [{"defence": "none", "seed": 0, "em_rate": 0.3, "projection_shift": 1.0},
+            {"defence": "(base)", "seed": None, "em_rate": 0.0}]
+    (s,) = spread(rows)
+    assert s["em_rate_mean"] == 0.3 and s["em_rate_sd"] == 0.0 and "kl_mean" not in s
+
+
+def test_a_folder_without_organisms_is_one_sentence(tmp_path, capsys):
+    assert cli.run(defences.main, [str(tmp_path), "--out", str(tmp_path / "t")]) == 2
+    assert "holds no organism" in capsys.readouterr().err
+
+
+def test_shift_predicts_is_pearson_r_across_organisms_only():
+    from emi.training.evaluation import shift_predicts
+
+    rows = [{"seed": None, "projection_shift": 100.0, "em_rate": 0.0}] + [
+        {"seed": i, "projection_shift": float(i), "em_rate": 0.1 * i, "p_misaligned": 1.0 - 0.2 * i} for i in range(4)]
+    r = shift_predicts(rows)
+    assert r["em_rate"] == pytest.approx(1.0) and r["p_misaligned"] == pytest.approx(-1.0) and "task_rate" not in r
