@@ -56,12 +56,12 @@ lint: setup
 	$(VENV)/bin/ruff check emi tests bench notebooks/_build.py
 	$(VENV)/bin/mypy emi
 
-bench: setup
+bench: setup vllm
 	HF_HUB_OFFLINE=1 $(PY) bench/capture_speed.py
 	HF_HUB_OFFLINE=1 $(PY) bench/steer_speed.py
 	HF_HUB_OFFLINE=1 $(PY) bench/pair_memory.py
 	HF_HUB_OFFLINE=1 $(PY) bench/capture_parallel.py
-	HF_HUB_OFFLINE=1 $(PY) bench/sampling_speed.py --server
+	HF_HUB_OFFLINE=1 $(PY) bench/sampling_speed.py --server --vllm
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) runs figs
