@@ -26,6 +26,7 @@ def parser() -> argparse.ArgumentParser:
     cli.add_pair_args(p)
     cli.add_sampling_args(p, n=25)
     cli.add_judge_args(p, allow_none=True)
+    cli.add_engine_args(p)
     g = p.add_argument_group("capture")
     g.add_argument("--answers", default=None, help="JSONL of answers to capture (default: generate them)")
     g.add_argument("--contrast", action="store_true",
@@ -98,12 +99,16 @@ def _texts(args, spec, pair, path):  # noqa: ANN001, ANN202
         judge = cli.make_judge_from_args(args, spec.kit.judge)
         return contrast_answers(pair[args.generator], items, cfg, judge, path / "source-contrast.jsonl")
     judge = cli.make_judge_from_args(args, spec.kit.judge, allow_none=True)
-    if judge is None:
-        from emi.behaviour.sampling import generate_answers
+    from emi.behaviour.engines import bind
+    from emi.behaviour.sampling import generate_answers
 
-        return generate_answers(pair[args.generator], questions, cfg, path / "source" / "answers.jsonl",
-                                label=args.generator)
-    return evaluate(pair[args.generator], questions, cfg, judge, path / "source", label=args.generator)[1]
+    with cli.engine_session(args, path / "source") as engine:  # stopped before the capture starts
+        bound, ident = bind(engine, pair[args.generator])
+        if judge is None:
+            return generate_answers(pair[args.generator], questions, cfg, path / "source" / "answers.jsonl",
+                                    label=args.generator, identity=ident, engine=bound)
+        return evaluate(pair[args.generator], questions, cfg, judge, path / "source", label=args.generator,
+                        identity=ident, engine=bound)[1]
 
 
 if __name__ == "__main__":

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from emi.core.errors import ConfigError, EmiError
@@ -162,6 +163,18 @@ def make_engine(args: argparse.Namespace, out: Any):  # -> ServerEngine | VllmEn
                             args.vllm_startup_timeout)
         return VllmEngine(launcher, args.engine_concurrency or 64)
     return None
+
+
+@contextlib.contextmanager
+def engine_session(args: argparse.Namespace, out: Any) -> Iterator[Any]:
+    """The engine of --engine for a command's run, closed at the end, on errors and on Ctrl-C (no vLLM
+    server outlives the command)."""
+    engine = make_engine(args, out)
+    try:
+        yield engine
+    finally:
+        if engine is not None:
+            engine.close()
 
 
 def _cpu() -> bool:

@@ -24,11 +24,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.add_pair_args(p)
     cli.add_sampling_args(p, n=25)
     cli.add_judge_args(p)
+    cli.add_engine_args(p)
     p.add_argument("--roles", default="base,finetuned,control",
                    help="which models of the pair to evaluate (default: base,finetuned,control where present)")
     p.add_argument("--out", default=None, help="output folder (default runs/evaluate-<pair>)")
     args = p.parse_args(argv)
 
+    from emi.behaviour.engines import bind, prepare
     from emi.behaviour.evaluation import evaluate
     from emi.behaviour.metrics import per_question
     from emi.behaviour.questions import load_questions
@@ -40,15 +42,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         questions = load_questions(args.questions or spec.kit.eval_questions, ids=args.ids)
         cli.warn_question_mismatch(spec, args.questions)
         judge = cli.make_judge_from_args(args, spec.kit.judge)  # fail on a missing key before loading models
-        pair = cli.load_pair_from_args(args, roles)
         cfg = cli.sampling_config(args, spec.kit)
-        rows, judged_all, by_q = [], [], {}
-        for role in pair.roles:
-            lm = pair[role]
-            s, judged = evaluate(lm, questions, cfg, judge, out, label=role)
-            judged_all += judged
-            rows.append(s.row())
-            by_q[role] = {q: v.row() for q, v in per_question(judged).items()}
+        with cli.engine_session(args, out) as engine:
+            pair = cli.load_pair_from_args(args, roles)
+            prepare(engine, pair)
+            rows, judged_all, by_q, ran = [], [], {}, []
+            for role in pair.roles:
+                lm = pair[role]
+                bound, ident = bind(engine, lm)
+                s, judged = evaluate(lm, questions, cfg, judge, out, label=role, identity=ident, engine=bound)
+                judged_all += judged
+                rows.append({**s.row(), "engine": bound.name if bound else "in-process"})
+                ran.append((role, bound.name if bound else "in-process"))
+                by_q[role] = {q: v.row() for q, v in per_question(judged).items()}
+        cli.print_engines(ran, engine)
         jsonl.write(out / "judged.jsonl", judged_all)
         write_json(out / "summary.json", {"pair": spec.name, "judge": judge.name, "sampling": cfg.settings(), "n": cfg.n,
                                           "questions": args.questions or spec.kit.eval_questions, "models": rows,

@@ -74,6 +74,56 @@ class Served:
         return self.steering is not None or self.ablation is not None
 
 
+def local(ident: str) -> str:
+    """A folder by its absolute path (as a server is asked for it), a hub id as it is."""
+    return str(Path(ident).resolve()) if Path(ident).exists() else ident
+
+
+def plain(lm: Any) -> Served:
+    """A loaded model (emi.models.loading.LoadedModel) as a server loads it: its checkpoint, and its
+    LoRA adapter unless the role switches it off (a LoRA pair's base)."""
+    prov = lm.provenance
+    adapter = prov.get("adapter") if lm.adapter_enabled is not False else None
+    return Served(local(str(prov.get("resolved") or lm.spec.id)), local(adapter) if adapter else None)
+
+
+def pair_adapters(pair: Any) -> list[Served]:
+    """The LoRA adapters each checkpoint serves, from the pair's spec (before any model loads), so
+    that vLLM starts once for a LoRA pair's base and adapter roles."""
+    from emi.models.loading import locate
+
+    out = []
+    for role in ("finetuned", "control"):
+        s = getattr(pair.spec, role, None)
+        if s is None:
+            continue
+        kind, where = locate(s.id, s.revision)
+        adapter = where if kind == "adapter" else s.adapter
+        if adapter:
+            base = locate(pair.spec.base.id, pair.spec.base.revision)[1]
+            out.append(Served(local(base), local(locate(adapter, s.adapter_revision)[1])))
+    return out
+
+
+def prepare(engine: Any, pair: Any) -> None:
+    """Before a pair's roles sample on vLLM: serve its LoRA adapters on the base's server, so one
+    process serves every adapter role."""
+    if isinstance(engine, VllmEngine):
+        engine.plan(pair_adapters(pair))
+
+
+def bind(engine: Any, lm: Any, served: Served | None = None) -> tuple[Bound | None, dict[str, Any] | None]:
+    """``engine`` bound to ``lm`` (as it is, or as ``served``) and the identity its answers are keyed
+    by; (None, None) without an engine or where it does not serve that: in-process, keyed as before."""
+    served = served or plain(lm)
+    if engine is None or not engine.serves(served):
+        return None, None
+    if isinstance(engine, VllmEngine):
+        engine.plan([served])
+    return (Bound(engine, served, lm.tokenizer),
+            {"model": lm.identity(), "engine": engine.describe(), "served": served.key()})
+
+
 def wire_tensor(t: torch.Tensor) -> dict[str, Any]:
     """vllm-lens's JSON form of a tensor (its ``serialize_tensor``): zstd-compressed float32 bytes in
     base64 (a vector repeated over positions compresses to almost nothing)."""
@@ -315,20 +365,21 @@ class VllmEngine:
             self.adapters.setdefault(s.checkpoint, set()).update([s.adapter] if s.adapter else [])
 
     def server_for(self, checkpoint: str) -> Any:
+        """The server of ``checkpoint`` with every adapter planned for it, started (and the previous
+        one stopped) when the running one is another checkpoint's, lacks an adapter, or died."""
         from emi.behaviour.vllm_server import lora_rank
 
-        if self.server is not None and self.server.checkpoint == checkpoint and self.server.alive():
-            return self.server
-        self.close()
         adapters = sorted(self.adapters.get(checkpoint, set()))
+        s = self.server
+        if s is not None and s.checkpoint == checkpoint and set(adapters) <= set(s.adapters.values()) and s.alive():
+            return s
+        self.close()
         self.server = self.launcher.start(checkpoint, {adapter_name(a): a for a in adapters}, lora_rank(adapters))
         return self.server
 
     def sample(self, served: Served, tokenizer: Any, messages: Sequence[Messages], cfg: SamplingConfig,
                seed: int) -> list[Answer]:
-        if served.adapter and served.adapter not in self.adapters.get(served.checkpoint, set()):
-            self.adapters.setdefault(served.checkpoint, set()).add(served.adapter)
-            self.close()  # restarted with the adapter registered
+        self.plan([served])
         server = self.server_for(served.checkpoint)
         if served.ablation is not None or (served.steering is not None and served.steering.positions != "all"):
             self._check_hooks()

@@ -15,6 +15,7 @@ from typing import Any, TypedDict, get_args, get_origin, get_type_hints
 
 import torch
 
+from emi.behaviour import engines
 from emi.behaviour.engines import Ablation, Bound, Served, ServerEngine, Steering, VllmEngine
 from emi.behaviour.evaluation import evaluate
 from emi.behaviour.judges import Judge
@@ -148,8 +149,7 @@ def run(pair: ModelPair, conditions: Sequence[Condition], direction: Direction, 
     if benign is None:
         benign = load_benign(pair.spec.kit.benign)
     rnd = random_like(direction, seed=random_seed)
-    if isinstance(engine, VllmEngine):
-        engine.plan(_planned_adapters(pair))
+    engines.prepare(engine, pair)
     results: dict[int, ConditionResult] = {}
     unmodified: dict[str, tuple[float, ...]] = {}  # role -> aligned answers' log-probs without intervention
     for i, c in _ordered(conditions):
@@ -191,38 +191,13 @@ def _ordered(conditions: Sequence[Condition]) -> list[tuple[int, Condition]]:
     return sorted(enumerate(conditions), key=key)
 
 
-def _local(ident: str) -> str:
-    """A folder by its absolute path (as a server is asked for it), a hub id as it is."""
-    return str(Path(ident).resolve()) if Path(ident).exists() else ident
-
-
-def _planned_adapters(pair: ModelPair) -> list[Served]:
-    """The LoRA adapters each checkpoint serves, from the pair's spec (before any model loads), so
-    that vLLM starts once for a LoRA pair's base and adapter roles."""
-    from emi.models.loading import locate
-
-    out = []
-    for role in ("finetuned", "control"):
-        s = getattr(pair.spec, role, None)
-        if s is None:
-            continue
-        kind, where = locate(s.id, s.revision)
-        adapter = where if kind == "adapter" else s.adapter
-        if adapter:
-            base = locate(pair.spec.base.id, pair.spec.base.revision)[1]
-            out.append(Served(_local(base), _local(locate(adapter, s.adapter_revision)[1])))
-    return out
-
-
 def served_condition(c: Condition, model: LoadedModel, persona: Direction, random: Direction, out: Path,
                      engine: ServerEngine | VllmEngine) -> Served | None:
     """What ``engine`` samples for condition ``c``, or None (it runs in-process): the role's
     checkpoint (and LoRA adapter), with vllm-lens steering, or a hook projecting the direction out
     at chosen layers; ablation at every residual writer is the checkpoint with the direction
     ablated from its weights (exactly that edit; exported once under ``out/served/``)."""
-    prov = model.provenance
-    adapter = prov.get("adapter") if model.adapter_enabled is not False else None
-    plain = Served(_local(str(prov.get("resolved") or model.spec.id)), _local(adapter) if adapter else None)
+    plain = engines.plain(model)
     d = persona if c.direction == "persona" else random
     if c.kind == "none":
         wanted = plain

@@ -7,6 +7,7 @@ about a minute here). Without `make vllm` the module skips, except under CI, whe
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -56,8 +57,9 @@ def vllm(eng: VllmEngine, lm, served: Served) -> list[str]:
 
 
 def check_interventions(eng: VllmEngine, lm, checkpoint: str, adapter: str | None = None, alpha: float = 30.0,
-                        positions=("all", "prompt", "generated")) -> None:
-    """Each intervention gives HF's greedy answers, and changes them (so the equality is not vacuous)."""
+                        positions=("all", "prompt", "generated"), ablation_changes: bool = True) -> None:
+    """Each intervention gives HF's greedy answers, and changes them (so the equality is not vacuous;
+    ``ablation_changes=False``: a model whose greedy answers this random direction's ablation leaves)."""
     d = direction(lm)
     u = hooks.unit_vector(d, 1)
     cases = {"none": (None, Served(checkpoint, adapter))}
@@ -72,7 +74,8 @@ def check_interventions(eng: VllmEngine, lm, checkpoint: str, adapter: str | Non
         ref = hf(lm, ctx)
         assert vllm(eng, lm, served) == ref, name
         seen[name] = tuple(ref)
-    assert len(set(seen.values())) == len(seen), seen  # every intervention changed the answers
+    changed = {k for k, v in seen.items() if v != seen["none"]}
+    assert changed == set(seen) - {"none"} - (set() if ablation_changes else {"ablate L1"}), seen
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +107,8 @@ def test_qwen2_every_intervention_gives_hf_tokens(qwen2):
 def test_a_lora_role_is_served_as_an_adapter_on_its_base_server(qwen2):
     eng, base, adapter = qwen2
     lm = load_model(ModelSpec(str(base), adapter=str(adapter)), dtype="fp32", device="cpu")
-    started = eng.server
-    check_interventions(eng, lm, str(base), str(adapter), positions=("prompt",))
+    started = eng.server_for(str(base))
+    check_interventions(eng, lm, str(base), str(adapter), positions=("prompt",), ablation_changes=False)
     assert eng.server is started  # the adapter role ran on the base's server: one process for both
     plain = load_model(ModelSpec(str(base)), dtype="fp32", device="cpu")
     assert hf(plain) != hf(lm)  # the adapter changes the answers
@@ -127,6 +130,16 @@ def test_qwen3_and_every_writer_ablation(tmp_path_factory):
         eng.close()
 
 
+def test_a_qwen3_moe_gives_hf_tokens(tmp_path):
+    base = standin(tmp_path / "qwen3_moe", "qwen3_moe", seed=5, head_dim=32)
+    lm = load_model(ModelSpec(str(base)), dtype="fp32", device="cpu")
+    eng = engine(tmp_path)
+    try:
+        check_interventions(eng, lm, str(base), positions=("all",))
+    finally:
+        eng.close()
+
+
 def test_the_toy_gives_hf_tokens(tmp_path):
     lm = load_model(ModelSpec(str(TOY)), dtype="fp32", device="cpu")
     eng = engine(tmp_path)
@@ -142,3 +155,33 @@ def test_what_vllm_cannot_serve_is_refused_before_starting(tmp_path):
         check_servable(str(base), cpu=True)
     with pytest.raises(EngineError, match="make vllm"):
         VllmEngine(Launcher(tmp_path / "no-such-python"))
+
+
+def test_steer_runs_every_condition_of_a_lora_pair_on_one_vllm_server_and_resumes(qwen2, tmp_path, capsys):
+    """python -m emi.steer --engine vllm: base, finetuned (a LoRA adapter), ablation at a chosen layer and
+    steering, with their random controls, all sampled by vLLM, on the base's one server; re-running
+    keeps every answer and starts no server."""
+    from emi import steer
+    from tests.standins import JudgeServer
+
+    _, base, adapter = qwen2
+    judge = JudgeServer()
+    out = tmp_path / "run"
+    argv = ["--base", str(base), "--finetuned", str(adapter), "--judge", "openai", "--judge-url", judge.url,
+            "--judge-key-env", "EMI_TEST_NO_KEY", "--judge-model", "j", "--questions", "main:plain", "--n", "1",
+            "--max-new-tokens", "6", "--device", "cpu", "--alpha", "4", "--ablate-layers", "1", "--positions",
+            "generated", "--no-figure", "--no-side-effects", "--root", str(tmp_path / "acts"), "--engine", "vllm",
+            "--out", str(out)]
+    try:
+        assert steer.main(argv) == 0
+        err = capsys.readouterr().err
+        lines = (out / "answers.jsonl").read_text().splitlines()
+        assert steer.main(argv) == 0  # resumed: nothing sampled again, no server started
+    finally:
+        judge.close()
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["engine"] for r in rows} == {"vllm"} and len(rows) == 6
+    assert "engine: vLLM (started by emi): base, finetuned, finetuned - persona" in err
+    assert len(list((out / "vllm-logs").iterdir())) == 1  # one process for the base and the adapter role
+    assert (out / "answers.jsonl").read_text().splitlines() == lines and len(lines) == 6 * 8
+    assert {json.loads(x)["engine"] for x in lines} == {"vllm"}
