@@ -138,7 +138,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="seconds vLLM may take to start (default 1200)")
 
 
-def make_engine(args: argparse.Namespace, out: Any):  # -> ServerEngine | VllmEngine | None
+def make_engine(args: argparse.Namespace, logs: Any):  # -> ServerEngine | VllmEngine | None
     """The engine of --engine, checked (flags, and for vllm the engine environment) before any model loads."""
     import shlex
     from pathlib import Path
@@ -159,17 +159,17 @@ def make_engine(args: argparse.Namespace, out: Any):  # -> ServerEngine | VllmEn
 
         dtype = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(args.dtype, args.dtype)
         launcher = Launcher(vllm_python(args.vllm_python), "float32" if dtype == "auto" and _cpu() else dtype,
-                            tuple(shlex.split(args.vllm_args)), Path(out) / "vllm-logs", args.vllm_port,
+                            tuple(shlex.split(args.vllm_args)), Path(logs), args.vllm_port,
                             args.vllm_startup_timeout)
         return VllmEngine(launcher, args.engine_concurrency or 64)
     return None
 
 
 @contextlib.contextmanager
-def engine_session(args: argparse.Namespace, out: Any) -> Iterator[Any]:
+def engine_session(args: argparse.Namespace, logs: Any) -> Iterator[Any]:
     """The engine of --engine for a command's run, closed at the end, on errors and on Ctrl-C (no vLLM
     server outlives the command)."""
-    engine = make_engine(args, out)
+    engine = make_engine(args, logs)
     try:
         yield engine
     finally:

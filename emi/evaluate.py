@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cli.warn_question_mismatch(spec, args.questions)
         judge = cli.make_judge_from_args(args, spec.kit.judge)  # fail on a missing key before loading models
         cfg = cli.sampling_config(args, spec.kit)
-        with cli.engine_session(args, out) as engine:
+        with cli.engine_session(args, out / "vllm-logs") as engine:
             pair = cli.load_pair_from_args(args, roles)
             prepare(engine, pair)
             rows, judged_all, by_q, ran = [], [], {}, []

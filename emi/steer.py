@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     benign = [] if args.no_side_effects else load_benign(args.benign or spec.kit.benign)
     out = Path(args.out or f"runs/steer-{spec.name}")
     with locks.exclusive(out):  # one run per folder; a bad --out fails before any model loads
-        engine = cli.make_engine(args, out)  # the engine environment is checked before any model loads
+        engine = cli.make_engine(args, out / "vllm-logs")  # the engine environment is checked before any model loads
         try:
             return _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, out)
         finally:  # also on an error or Ctrl-C: no vLLM server outlives the command

@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = cli.sampling_config(args, kit)
     pairs = option_pairs(questions, extra=cli.extra_option_pairs(args), required=False)
     out = Path(args.out or f"runs/trajectory-{spec.name}")
-    with locks.exclusive(out), cli.engine_session(args, out) as engine:
+    with locks.exclusive(out), cli.engine_session(args, out / "vllm-logs") as engine:
         return _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, out, engine)
 
 

@@ -185,3 +185,27 @@ def test_steer_runs_every_condition_of_a_lora_pair_on_one_vllm_server_and_resume
     assert len(list((out / "vllm-logs").iterdir())) == 1  # one process for the base and the adapter role
     assert (out / "answers.jsonl").read_text().splitlines() == lines and len(lines) == 6 * 8
     assert {json.loads(x)["engine"] for x in lines} == {"vllm"}
+
+
+def test_capture_through_vllm_matches_hf_capture(qwen2, tmp_path):
+    """emi.cache --engine vllm's reader: the same store (layers, positions, rows) as the HF reader, the
+    values within 1e-4 of the residual's scale (fp32 on both; vLLM's kernels sum in another order)."""
+    from emi.activations.capture import capture_models
+    from emi.activations.store import Store
+    from emi.activations.vllm_capture import VllmReaders
+
+    eng, base, adapter = qwen2
+    lm = load_model(ModelSpec(str(base), adapter=str(adapter)), dtype="fp32", device="cpu")
+    items = [{"messages": m + [{"role": "assistant", "content": "some answer here"}]} for m in MESSAGES]
+    stores = {}
+    for name, reader in (("hf", None), ("vllm", VllmReaders(eng))):
+        capture_models({"finetuned": lm}, items, tmp_path / name, layers="all", positions="all", reader=reader)
+        stores[name] = Store.open(tmp_path / name)
+    hf_s, v_s = stores["hf"], stores["vllm"]
+    assert hf_s.layers == v_s.layers and hf_s.n_rows == v_s.n_rows > 0
+    assert v_s.spec["models"]["finetuned"]["reader"] == "vllm"
+    for layer in hf_s.layers:
+        a, b = hf_s.load("finetuned", layer), v_s.load("finetuned", layer)
+        assert a.shape == b.shape
+        scale = float(a.float().norm(dim=-1).mean())
+        assert float((a.float() - b.float()).abs().max()) <= 1e-4 * scale, layer
