@@ -114,18 +114,21 @@ def test_a_lora_role_is_served_as_an_adapter_on_its_base_server(qwen2):
     assert hf(plain) != hf(lm)  # the adapter changes the answers
 
 
-def test_qwen3_and_every_writer_ablation(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vllm-qwen3")
-    base = standin(root / "qwen3", "qwen3", seed=4, head_dim=32)
+def test_qwen3_every_writer_ablation_and_interventions_on_it(tmp_path):
+    """Ablation at every writer is the exported checkpoint, served as it is: its greedy tokens equal the
+    hook-ablated model's; steering and ablation at a layer on top of it equal HF's on the exported
+    weights (one server for Qwen3 and every-writer ablation)."""
+    base = standin(tmp_path / "qwen3", "qwen3", seed=4, head_dim=32)
     lm = load_model(ModelSpec(str(base)), dtype="fp32", device="cpu")
-    eng = engine(root)
+    d = direction(lm)
+    folder = tmp_path / "ablated"
+    hooks.write_ablated(lm, d, 1, folder, {"role": "base"})
+    ablated = load_model(ModelSpec(str(folder)), dtype="fp32", device="cpu")
+    eng = engine(tmp_path)
     try:
-        check_interventions(eng, lm, str(base), positions=("all",))
-        d = direction(lm)  # ablation at every writer: the exported checkpoint on its own server
-        folder = root / "ablated"
-        hooks.write_ablated(lm, d, 1, folder, {"role": "base"})
         ref = hf(lm, lambda: hooks.ablate(lm.model, d, source_layer=1))
-        assert vllm(eng, lm, Served(str(folder))) == ref and ref != hf(lm)
+        assert vllm(eng, ablated, Served(str(folder))) == ref and ref != hf(lm)
+        check_interventions(eng, ablated, str(folder), positions=("all", "generated"))
     finally:
         eng.close()
 
@@ -157,14 +160,19 @@ def test_what_vllm_cannot_serve_is_refused_before_starting(tmp_path):
         VllmEngine(Launcher(tmp_path / "no-such-python"))
 
 
-def test_steer_runs_every_condition_of_a_lora_pair_on_one_vllm_server_and_resumes(qwen2, tmp_path, capsys):
+def test_steer_runs_every_condition_of_a_lora_pair_on_one_vllm_server_and_resumes(qwen2, tmp_path, capsys,
+                                                                                 monkeypatch):
     """python -m emi.steer --engine vllm: base, finetuned (a LoRA adapter), ablation at a chosen layer and
-    steering, with their random controls, all sampled by vLLM, on the base's one server; re-running
-    keeps every answer and starts no server."""
-    from emi import steer
+    steering, with their random controls, all sampled by vLLM, on the base's one server (the module's,
+    so that the test starts no other); re-running keeps every answer and samples nothing."""
+    from emi import cli, steer
     from tests.standins import JudgeServer
 
-    _, base, adapter = qwen2
+    eng, base, adapter = qwen2
+    server = eng.server_for(str(base))
+    made = []
+    monkeypatch.setattr(cli, "make_engine", lambda args, logs: made.append(args.engine) or eng)
+    monkeypatch.setattr(eng, "close", lambda: None)  # the module's server outlives each command
     judge = JudgeServer()
     out = tmp_path / "run"
     argv = ["--base", str(base), "--finetuned", str(adapter), "--judge", "openai", "--judge-url", judge.url,
@@ -176,13 +184,14 @@ def test_steer_runs_every_condition_of_a_lora_pair_on_one_vllm_server_and_resume
         assert steer.main(argv) == 0
         err = capsys.readouterr().err
         lines = (out / "answers.jsonl").read_text().splitlines()
-        assert steer.main(argv) == 0  # resumed: nothing sampled again, no server started
+        monkeypatch.setattr(eng, "sample", lambda *a, **k: pytest.fail("a resumed run sampled again"))
+        assert steer.main(argv) == 0  # resumed: nothing sampled again
     finally:
         judge.close()
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert {r["engine"] for r in rows} == {"vllm"} and len(rows) == 6
     assert "engine: vLLM (started by emi): base, finetuned, finetuned - persona" in err
-    assert len(list((out / "vllm-logs").iterdir())) == 1  # one process for the base and the adapter role
+    assert made == ["vllm", "vllm"] and eng.server is server  # one process for the base and the adapter role
     assert (out / "answers.jsonl").read_text().splitlines() == lines and len(lines) == 6 * 8
     assert {json.loads(x)["engine"] for x in lines} == {"vllm"}
 
