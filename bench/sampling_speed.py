@@ -1,6 +1,6 @@
 """Sampling throughput of emi's in-process samplers, under its interventions, and of a server.
 
-    python bench/sampling_speed.py [--quick] [--server] [--gpu-shape 7b]
+    python bench/sampling_speed.py [--quick] [--server] [--vllm] [--gpu-shape 7b]
 
 For each sampler (``generate``: HF generate with a dynamic KV cache, what emi ran before; ``static``:
 static KV cache, decode step compiled on CUDA; ``paged``: continuous batching) and each
@@ -8,6 +8,10 @@ intervention (no hook, steering at one layer, ablation at every residual writer)
 second, greedy, the same prompts (the toy's questions), methods interleaved, medians. Ratios are
 against ``generate, no hook`` measured in the same run. ``--server`` adds the same prompts sampled
 through a local ``transformers serve`` (``--engine server``) against in-process ``generate``.
+``--vllm`` adds ``--engine vllm`` (the vLLM that ``make vllm`` builds, started by emi with
+vllm-lens) with no hook, steering at one layer and ablation at every layer (a hook after every
+block), interleaved with in-process ``generate`` and ``static`` under the same three, ratios
+against ``generate, no hook`` and against ``vllm, no hook``.
 
 On a CUDA device the model is random weights at a real Qwen shape in bf16 (``--gpu-shape``:
 0.5b, 7b; default 7b), and the run also prints the fraction of the device's bf16 roofline: the
@@ -98,7 +102,7 @@ def server_vs_inprocess(lm, batch: int, new: int, rounds: int) -> None:  # noqa:
         counts: dict[str, int] = {}
 
         def served() -> None:
-            counts["server"] = sum(a["n_tokens"] or 0 for a in engine.sample(str(folder), msgs, cfg, 0))
+            counts["server"] = sum(a["n_tokens"] or 0 for a in engine.chat(str(folder), msgs, cfg, 0))
 
         def local() -> None:
             counts["in-process"] = new_tokens(lm, sample_ids(lm, msgs, cfg, seed=0))
@@ -108,6 +112,55 @@ def server_vs_inprocess(lm, batch: int, new: int, rounds: int) -> None:  # noqa:
     rows = [{"m": k, "tok": counts[c], "tps": f"{counts[c] / v:,.1f}", "x": f"{counts[c] / v / ref:.2f}x"}
             for (k, v), c in zip(secs.items(), ("in-process", "server"), strict=True)]
     report(f"server engine vs in-process, batch {batch}, up to {new} new tokens (the server decides EOS)", rows)
+
+
+def vllm_vs_inprocess(lm, batch: int, new: int, rounds: int, dtype: str) -> None:  # noqa: ANN001
+    """The same greedy prompts through --engine vllm and in-process, each with no hook, steering at one
+    layer and ablation at every layer, interleaved; one vLLM server for all three."""
+    import tempfile
+
+    from emi.behaviour.engines import Ablation, Served, Steering, VllmEngine
+    from emi.behaviour.vllm_server import DEFAULT_PYTHON, Launcher
+
+    folder = Path(tempfile.mkdtemp()) / "model"
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    d = random_direction(lm)
+    n = L.n_layers(lm.model)
+    layer = n // 2
+    u = hooks.unit_vector(d, layer)
+    served = {"no hook": Served(str(folder)),
+              "steer 1 layer": Served(str(folder), steering=Steering((layer,), hooks.steer_delta(d, layer, 4.0)[None])),
+              "ablate every layer": Served(str(folder), ablation=Ablation(tuple(range(n)), u))}
+    local = {"no hook": hooks.nothing, "steer 1 layer": lambda: hooks.steer(lm.model, d, 4.0, layers=[layer]),
+             "ablate every layer": lambda: hooks.ablate(lm.model, d, layers=list(range(n)))}
+    msgs = messages(batch)
+    counts: dict[str, int] = {}
+    engine = VllmEngine(Launcher(DEFAULT_PYTHON, dtype, log_dir=folder.parent / "logs"), concurrency=batch)
+    methods = {}
+    try:
+        for name, sv in served.items():
+            def remote(sv: Served = sv, key: str = f"vllm, {name}") -> None:
+                cfg = SamplingConfig(temperature=0.0, max_new_tokens=new, batch_size=batch)
+                counts[key] = sum(a.n_tokens or 0 for a in engine.sample(sv, lm.tokenizer, msgs, cfg, 0))
+            methods[f"vllm, {name}"] = remote
+        for sampler in ("generate", "static"):
+            for name, ctx in local.items():
+                def inproc(ctx=ctx, sampler: str = sampler, key: str = f"{sampler}, {name}") -> None:  # noqa: ANN001
+                    cfg = SamplingConfig(temperature=0.0, max_new_tokens=new, sampler=sampler, batch_size=batch)
+                    with ctx():
+                        counts[key] = new_tokens(lm, sample_ids(lm, msgs, cfg, seed=0))
+                methods[f"{sampler}, {name}"] = inproc
+        secs = interleaved(methods, rounds=rounds)
+    finally:
+        engine.close()
+    ref = counts["generate, no hook"] / secs["generate, no hook"]
+    plain = counts["vllm, no hook"] / secs["vllm, no hook"]
+    rows = [{"m": k, "tok": counts[k], "tps": f"{counts[k] / v:,.1f}", "x": f"{counts[k] / v / ref:.2f}x",
+             "y": f"{counts[k] / v / plain:.2f}x"} for k, v in secs.items()]
+    print(f"\n--engine vllm vs in-process, batch {batch}, up to {new} new tokens ({rounds} rounds, medians)")
+    table(rows, [("m", "engine, intervention"), ("tok", "new tokens"), ("tps", "new tokens/s"),
+                 ("x", "vs generate, no hook"), ("y", "vs vllm, no hook")])
 
 
 SHAPES = {"0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
@@ -173,6 +226,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="the toy only")
     p.add_argument("--server", action="store_true", help="also time transformers serve (needs the dev extras)")
+    p.add_argument("--vllm", action="store_true", help="also time --engine vllm (needs `make vllm` or a GPU vLLM env)")
     p.add_argument("--gpu-shape", default="7b", choices=sorted(SHAPES))
     p.add_argument("--peak-tflops", type=float, default=989.0)
     p.add_argument("--peak-tbps", type=float, default=3.35)
@@ -183,6 +237,8 @@ def main() -> None:
         lm = gpu_model(args.gpu_shape)
         report(f"Qwen2.5-{args.gpu_shape} shape (random, bf16), batch 32, 256 new tokens",
                measure(lm, 32, 256, 3, samplers))
+        if args.vllm:
+            vllm_vs_inprocess(lm, 32, 256, 3, "bfloat16")
         roofline(lm, args.peak_tflops, args.peak_tbps)
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
@@ -198,6 +254,8 @@ def main() -> None:
                measure(small, 8, 16, 3, samplers))
     if args.server:
         server_vs_inprocess(lm, 32, 48, 3)
+    if args.vllm:
+        vllm_vs_inprocess(lm, 32, 48, 3, "float32")
 
 
 if __name__ == "__main__":

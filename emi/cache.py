@@ -27,6 +27,7 @@ def parser() -> argparse.ArgumentParser:
     cli.add_pair_args(p)
     cli.add_sampling_args(p, n=25)
     cli.add_judge_args(p, allow_none=True)
+    cli.add_engine_args(p)
     g = p.add_argument_group("capture")
     g.add_argument("--answers", default=None, help="JSONL of answers to capture (default: generate them)")
     g.add_argument("--contrast", action="store_true",
@@ -37,7 +38,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--generator", default="finetuned", help="which model writes the answers (default finetuned)")
     g.add_argument("--roles", default="base,finetuned", help="models to capture (default base,finetuned)")
     g.add_argument("--layers", default="all", help="all, 3, 0,2,5, 4-8, -1 (layer l = residual after block l)")
-    g.add_argument("--sites", default="resid", help="resid, attn, mlp (comma-separated; default resid)")
+    g.add_argument("--sites", default="resid",
+                   help="resid, attn, mlp (comma-separated; default resid; --engine vllm: resid only)")
     g.add_argument("--positions", default="response",
                    help="all, response, prompt, last_prompt, response_mean (default response)")
     g.add_argument("--store-dtype", default=None, help="float32, bfloat16, float16 (default: the model's)")
@@ -88,11 +90,21 @@ def _cache(args, spec, source, judge, path, rk) -> int:  # noqa: ANN001
     from emi.models import layers as L
 
     roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
-    pair = cli.load_pair_from_args(args, tuple(dict.fromkeys((args.generator,) + roles)))
-    layers = L.resolve_layers(args.layers, pair[args.generator].n_layers)  # bad --layers fail before sampling
-    store = capture_pair_shared(pair, roles, lambda: _texts(args, spec, pair, path, source, judge), path, layers,
-                                tuple(s.strip() for s in args.sites.split(",")), args.positions, args.store_dtype,
-                                args.capture_batch, args.shard_texts, overwrite=args.overwrite, ranks=rk)
+    if args.engine == "vllm" and rk.world > 1:
+        raise cli.ConfigError("--engine vllm parallelises inside vLLM (--vllm-args '--tensor-parallel-size N'); "
+                              "run python -m emi.cache without torchrun")
+    with cli.engine_session(args, path.parent / f"{path.name}.vllm-logs") as engine:  # checked before models load
+        pair = cli.load_pair_from_args(args, tuple(dict.fromkeys((args.generator,) + roles)))
+        layers = L.resolve_layers(args.layers, pair[args.generator].n_layers)  # bad --layers fail before sampling
+        reader = None
+        if args.engine == "vllm":
+            from emi.activations.vllm_capture import VllmReaders
+
+            reader = VllmReaders(engine)
+        store = capture_pair_shared(pair, roles, lambda: _texts(args, spec, pair, path, source, judge, engine), path,
+                                    layers, tuple(s.strip() for s in args.sites.split(",")), args.positions,
+                                    args.store_dtype, args.capture_batch, args.shard_texts, overwrite=args.overwrite,
+                                    ranks=rk, reader=reader)
     if store is None:  # not rank 0
         return 0
     mf = store.manifest
@@ -104,7 +116,7 @@ def _cache(args, spec, source, judge, path, rk) -> int:  # noqa: ANN001
     return 0
 
 
-def _texts(args, spec, pair, path, source, judge):  # noqa: ANN001, ANN202
+def _texts(args, spec, pair, path, source, judge, engine):  # noqa: ANN001, ANN202
     """What to capture: a user's answers, persona-contrast prompts (answered and judged when the
     positions need answers), or the generator's judged answers to the pair's questions."""
     from emi.behaviour.evaluation import evaluate
@@ -121,12 +133,15 @@ def _texts(args, spec, pair, path, source, judge):  # noqa: ANN001, ANN202
         if args.positions in ("last_prompt", "prompt"):
             return items
         return contrast_answers(pair[args.generator], items, cfg, judge, path / "source-contrast.jsonl")
-    if judge is None:
-        from emi.behaviour.sampling import generate_answers
+    from emi.behaviour.engines import bind
+    from emi.behaviour.sampling import generate_answers
 
+    bound, ident = bind(engine, pair[args.generator])
+    if judge is None:
         return generate_answers(pair[args.generator], questions, cfg, path / "source" / "answers.jsonl",
-                                label=args.generator)
-    return evaluate(pair[args.generator], questions, cfg, judge, path / "source", label=args.generator)[1]
+                                label=args.generator, identity=ident, engine=bound)
+    return evaluate(pair[args.generator], questions, cfg, judge, path / "source", label=args.generator,
+                    identity=ident, engine=bound)[1]
 
 
 if __name__ == "__main__":

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from emi.core.errors import ConfigError, EmiError
@@ -162,6 +163,93 @@ def warn_question_mismatch(spec, questions_arg: str | None) -> None:  # noqa: AN
                                                                                   kit.extract_questions):
         print(f"emi: note: pair {spec.name!r} knows only the `{kit.eval_questions}` questions, so answers to "
               f"{questions_arg!r} will be mostly off-topic", file=sys.stderr)
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", default="in-process", choices=["in-process", "server", "vllm"],
+                   help="where answers are sampled: in-process (default: HF generate with emi's hooks); vllm (emi "
+                        "starts vLLM with vllm-lens itself, one checkpoint at a time, and samples every condition "
+                        "there: steering, ablation, LoRA roles); or server, an OpenAI-compatible server you run "
+                        "(vLLM, SGLang, transformers serve) for the conditions it can load as checkpoints "
+                        "(base, finetuned, ablation at every writer, exported under --out/served/), and steering "
+                        "too with --engine-lens")
+    g.add_argument("--engine-url", default=None, help="the server's base URL, e.g. http://localhost:8000/v1")
+    g.add_argument("--engine-body", default=None,
+                   help="JSON of extra request fields for that server, e.g. vLLM: '{\"top_k\": -1, "
+                        "\"repetition_penalty\": 1.0}'")
+    g.add_argument("--engine-concurrency", type=count("--engine-concurrency"), default=None,
+                   help="requests in flight (default 8 for a server, 64 for vllm)")
+    g.add_argument("--engine-key-env", default="EMI_ENGINE_API_KEY",
+                   help="environment variable holding the server's API key, if it needs one")
+    g.add_argument("--engine-lens", action="store_true",
+                   help="the --engine-url server has the vllm-lens plugin: steering conditions sample there too")
+    g.add_argument("--vllm-python", default=None,
+                   help="the engine environment's Python for --engine vllm (default $EMI_VLLM_PYTHON, else "
+                        ".venv-vllm/bin/python, which `make vllm` builds)")
+    g.add_argument("--vllm-args", default="",
+                   help="extra flags for the vLLM server, e.g. '--tensor-parallel-size 8 --gpu-memory-utilization 0.6'")
+    g.add_argument("--vllm-port", type=count("--vllm-port", minimum=0), default=0, help="the vLLM server's loopback port (default: a free one)")
+    g.add_argument("--vllm-startup-timeout", type=within("--vllm-startup-timeout", 0, 1e7, lo_open=True), default=1200.0,
+                   help="seconds vLLM may take to start (default 1200)")
+
+
+def make_engine(args: argparse.Namespace, logs: Any):  # -> ServerEngine | VllmEngine | None
+    """The engine of --engine, checked (flags, and for vllm the engine environment) before any model loads."""
+    import shlex
+    from pathlib import Path
+
+    if args.engine != "server" and (args.engine_url or args.engine_lens):
+        raise ConfigError("--engine-url (and --engine-lens) is for --engine server; add --engine server, or drop it")
+    if args.engine == "server":
+        from emi.behaviour.engines import ServerEngine, parse_body
+
+        if not args.engine_url:
+            raise ConfigError("--engine server needs --engine-url URL (an OpenAI-compatible server, e.g. "
+                              "http://localhost:8000/v1)")
+        return ServerEngine(args.engine_url, args.engine_key_env, args.engine_concurrency or 8,
+                            body=parse_body(args.engine_body), lens=args.engine_lens)
+    if args.engine == "vllm":
+        from emi.behaviour.engines import VllmEngine
+        from emi.behaviour.vllm_server import Launcher, vllm_python
+
+        dtype = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(args.dtype, args.dtype)
+        launcher = Launcher(vllm_python(args.vllm_python), "float32" if dtype == "auto" and _cpu() else dtype,
+                            tuple(shlex.split(args.vllm_args)), Path(logs), args.vllm_port,
+                            args.vllm_startup_timeout)
+        return VllmEngine(launcher, args.engine_concurrency or 64)
+    return None
+
+
+@contextlib.contextmanager
+def engine_session(args: argparse.Namespace, logs: Any) -> Iterator[Any]:
+    """The engine of --engine for a command's run, closed at the end, on errors and on Ctrl-C (no vLLM
+    server outlives the command)."""
+    engine = make_engine(args, logs)
+    try:
+        yield engine
+    finally:
+        if engine is not None:
+            engine.close()
+
+
+def _cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def print_engines(ran: Sequence[tuple[str, str]], engine: Any) -> None:
+    """Say which engine sampled each condition."""
+    if engine is None:
+        return
+    where: dict[str, list[str]] = {}
+    for name, eng in ran:
+        where.setdefault(eng, []).append(name)
+    label = {"server": f"the server at {getattr(engine, 'url', '')}", "vllm": "vLLM (started by emi)",
+             "in-process": "in-process"}
+    print("engine: " + "; ".join(f"{label.get(e, e)}: {', '.join(names)}" for e, names in where.items()),
+          file=sys.stderr)
 
 
 def add_judge_args(p: argparse.ArgumentParser, allow_none: bool = False) -> None:

@@ -24,6 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.add_pair_args(p)
     cli.add_sampling_args(p, n=25)
     cli.add_judge_args(p)
+    cli.add_engine_args(p)
     p.add_argument("--roles", default="base,finetuned,control",
                    help="which models of the pair to evaluate (default: base,finetuned,control where present)")
     p.add_argument("--out", default=None, help="output folder (default runs/evaluate-<pair>)")
@@ -41,10 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = cli.sampling_config(args, spec.kit)
     cli.check_context(spec, questions, cfg.max_new_tokens)  # before any model loads
     out = Path(args.out or f"runs/evaluate-{spec.name}")
+    roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
     with locks.exclusive(out):  # one run per folder; created only once the input is known good
-        pair = cli.load_pair_from_args(args, tuple(r.strip() for r in args.roles.split(",") if r.strip()),
-                                      interventions=False)  # no hooks: any causal LM
-        rows, judged_all, by_q = _evaluate(pair, questions, cfg, judge, out, pairs, args.em_denominator)
+        with cli.engine_session(args, out / "vllm-logs") as engine:
+            pair = cli.load_pair_from_args(args, roles, interventions=False)  # no hooks: any causal LM
+            rows, judged_all, by_q, ran = _evaluate(pair, questions, cfg, judge, out, pairs, args.em_denominator,
+                                                    engine)
+        cli.print_engines(ran, engine)
         jsonl.write(out / "judged.jsonl", judged_all)
         write_json(out / "summary.json", {"pair": spec.name, "judge": judge.name, "sampling": cfg.settings(), "n": cfg.n,
                                           "questions": args.questions or spec.kit.eval_questions, "models": rows,
@@ -58,21 +62,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _evaluate(pair, questions, cfg, judge, out, pairs, denominator):  # noqa: ANN001, ANN202
+def _evaluate(pair, questions, cfg, judge, out, pairs, denominator, engine):  # noqa: ANN001, ANN202
     """Per role: its summary row (with P(misaligned) on the option pairs, where there are any), its
-    judged answers, and its per-question rows."""
+    judged answers, and its per-question rows; and which engine sampled each role."""
+    from emi.behaviour.engines import bind, prepare
     from emi.behaviour.evaluation import evaluate
     from emi.behaviour.logprob import logprob_metrics
     from emi.behaviour.metrics import per_question
 
-    rows, judged_all, by_q = [], [], {}
+    prepare(engine, pair)
+    rows, judged_all, by_q, ran = [], [], {}, []
     for role in pair.roles:
-        s, judged = evaluate(pair[role], questions, cfg, judge, out, label=role, denominator=denominator)
+        bound, ident = bind(engine, pair[role])
+        s, judged = evaluate(pair[role], questions, cfg, judge, out, label=role, identity=ident, engine=bound,
+                             denominator=denominator)
         judged_all += judged
         lp = logprob_metrics(pair[role], pairs, seed=cfg.seed) if pairs else None
-        rows.append({**s.row(), **({f"logprob_{k}": v for k, v in lp.row().items()} if lp else {})})
+        name = bound.name if bound else "in-process"
+        rows.append({**s.row(), "engine": name, **({f"logprob_{k}": v for k, v in lp.row().items()} if lp else {})})
+        ran.append((role, name))
         by_q[role] = {q: v.row() for q, v in per_question(judged).items()}
-    return rows, judged_all, by_q
+    return rows, judged_all, by_q, ran
 
 
 def print_summary(rows: list[dict], denominator: str, logprob: bool = False) -> None:

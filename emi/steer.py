@@ -76,19 +76,7 @@ def parser() -> argparse.ArgumentParser:
                    help="benign conversations the KL side effect is measured on: a registered set name (e.g. benign) or a "
                         "YAML file of {id, prompt, response} entries (default: the pair's)")
     g.add_argument("--no-side-effects", action="store_true", help="skip the KL and aligned-log-prob columns")
-    g = p.add_argument_group("engine")
-    g.add_argument("--engine", default="in-process", choices=["in-process", "server"],
-                   help="where answers are sampled: in-process (default: HF generate with emi's hooks), or an "
-                        "OpenAI-compatible server (vLLM, SGLang, transformers serve) for the conditions it can "
-                        "load as checkpoints: base, finetuned, and ablation at every writer (exported under "
-                        "--out/served/); steering stays in-process")
-    g.add_argument("--engine-url", default=None, help="the server's base URL, e.g. http://localhost:8000/v1")
-    g.add_argument("--engine-body", default=None,
-                   help="JSON of extra request fields for that server, e.g. vLLM: '{\"top_k\": -1, "
-                        "\"repetition_penalty\": 1.0}'")
-    g.add_argument("--engine-concurrency", type=cli.count("--engine-concurrency"), default=8, help="requests in flight (default 8)")
-    g.add_argument("--engine-key-env", default="EMI_ENGINE_API_KEY",
-                   help="environment variable holding the server's API key, if it needs one")
+    cli.add_engine_args(p)
     p.add_argument("--out", default=None, help="output folder (default runs/steer-<pair>)")
     p.add_argument("--no-figure", action="store_true", help="skip writing the figure")
     return p
@@ -98,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
     from emi.behaviour.questions import load_questions
+    from emi.behaviour.sampling import check_positions
     from emi.behaviour.side_effects import load_benign
 
     spec = cli.pair_spec(args)
@@ -105,10 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.warn_question_mismatch(spec, args.questions)
     judge = cli.make_judge_from_args(args, spec.kit.judge)
     cfg = cli.sampling_config(args, spec.kit)
-    if cfg.sampler == "paged" and args.positions != "all":  # before any answer is sampled
-        raise cli.ConfigError(f"--sampler paged steers at all positions only (its packed batches do not say "
-                              f"which tokens are the prompt); drop --positions {args.positions} or use "
-                              f"--sampler static")
+    if args.engine == "in-process":
+        check_positions(cfg, args.positions)  # before any answer is sampled
     extra = cli.extra_option_pairs(args)
     cli.check_context(spec, questions, cfg.max_new_tokens, args.trust_remote_code)  # before any model loads
     if args.direction:  # a NaN, infinite, all-zero or wrong-width direction stops before any model loads
@@ -117,20 +104,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not targets or any(t not in ("base", "finetuned") for t in targets):
         raise cli.ConfigError(f"unknown --targets {args.targets!r}; use base, finetuned or base,finetuned")
     benign = [] if args.no_side_effects else load_benign(args.benign or spec.kit.benign)
-    engine = None
-    if args.engine == "server":
-        from emi.behaviour.engines import ServerEngine, parse_body
-
-        if not args.engine_url:
-            raise cli.ConfigError("--engine server needs --engine-url URL (an OpenAI-compatible server, e.g. "
-                                  "http://localhost:8000/v1)")
-        engine = ServerEngine(args.engine_url, args.engine_key_env, args.engine_concurrency,
-                              body=parse_body(args.engine_body))
-    elif args.engine_url:
-        raise cli.ConfigError("--engine-url is for --engine server; add --engine server, or drop --engine-url")
     out = Path(args.out or f"runs/steer-{spec.name}")
     with locks.exclusive(out):  # one run per folder; a bad --out fails before any model loads
-        return _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, out)
+        engine = cli.make_engine(args, out / "vllm-logs")  # the engine environment is checked before any model loads
+        try:
+            return _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, out)
+        finally:  # also on an error or Ctrl-C: no vLLM server outlives the command
+            if engine is not None:
+                engine.close()
 
 
 def _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, out) -> int:  # noqa: ANN001
@@ -158,10 +139,7 @@ def _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, ou
     results = run(pair, conditions, direction, questions, cfg, judge, out, args.random_seed, pairs=pairs,
                   benign=benign, engine=engine, denominator=args.em_denominator)
     rows = [r.row() for r in results]
-    if engine:
-        where = {e: [r.condition.name for r in results if r.engine == e] for e in ("server", "in-process")}
-        print(f"engine: sampled by the server at {engine.url}: {', '.join(where['server']) or 'none'}; in-process: "
-              f"{', '.join(where['in-process']) or 'none'}", file=sys.stderr)
+    cli.print_engines([(r.condition.name, r.engine) for r in results], engine)
     write_results(out, rows, {"pair": pair.provenance(), "direction": {"source": source, **direction.summary()},
                               "judge": judge.name, "sampling": cfg.settings(), "n": cfg.n,
                               "questions": args.questions or spec.kit.eval_questions,

@@ -41,6 +41,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--trust-remote-code", action="store_true", help="allow checkpoint code (off by default)")
     cli.add_sampling_args(p, n=25)
     cli.add_judge_args(p)
+    cli.add_engine_args(p)
     g = p.add_argument_group("direction")
     g.add_argument("--direction", default=None, help="the final direction (default: the final checkpoint's model-diff)")
     g.add_argument("--root", default=None, help="where extracted directions are cached (default activations/)")
@@ -90,11 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.direction:
         cli.check_direction(spec, args.direction, args.trust_remote_code)
     out = Path(args.out or f"runs/trajectory-{spec.name}")
-    with locks.exclusive(out):
-        return _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, out)
+    with locks.exclusive(out), cli.engine_session(args, out / "vllm-logs") as engine:
+        return _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, out, engine)
 
 
-def _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, out) -> int:  # noqa: ANN001
+def _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, out, engine) -> int:  # noqa: ANN001
     from emi.experiments.conditions import pair_direction, write_results
     from emi.experiments.dynamics import correlations, trajectory
     from emi.models.loading import load_pair
@@ -120,7 +121,7 @@ def _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, 
 
     base = final.base
     points = trajectory([(c, loader(i, c)) for i, c in enumerate(checkpoints)], base, direction, questions, extract,
-                        cfg, judge, out, pairs, spec.kit.task, release=release, log=say,
+                        cfg, judge, out, pairs, spec.kit.task, release=release, log=say, engine=engine,
                         denominator=args.em_denominator)
     final.release()
     rows = [p.row() for p in points]

@@ -36,6 +36,7 @@ from emi.models.loading import LoadedModel, ModelPair
 POSITIONS = ("all", "response", "prompt", "last_prompt", "response_mean")
 Acts = dict[tuple[str, int], Float[torch.Tensor, "batch pos d_model"]]  # (site, layer) -> activations
 Reader = Callable[[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]], Acts]
+ReaderFactory = Callable[[LoadedModel, Sequence[int], Sequence[str]], Reader]  # (model, layers, sites) -> Reader
 
 
 @dataclass
@@ -388,8 +389,10 @@ def capture_models(models: dict[str, LoadedModel], items: Sequence[dict[str, Any
                    positions: str = "response", dtype: str | None = None, batch_size: int = 16,
                    shard_texts: int = 256, overwrite: bool = False, progress: bool = True,
                    root: str | Path | None = None, shard_mb: int = 256, plan_roles: int | None = None,
-                   ranks: Ranks = SINGLE) -> Store:
-    """The fast path: capture Hugging Face models (e.g. a pair's base and finetuned) on the same texts."""
+                   ranks: Ranks = SINGLE, reader: ReaderFactory | None = None) -> Store:
+    """The fast path: capture Hugging Face models (e.g. a pair's base and finetuned) on the same texts.
+    ``reader(model, layers, sites)``: another reader of each model (e.g. emi.activations.vllm_capture,
+    recorded in the store's identity), else :func:`hf_reader`."""
     if not models:
         raise ConfigError("no models to capture")
     first = next(iter(models.values()))
@@ -400,10 +403,11 @@ def capture_models(models: dict[str, LoadedModel], items: Sequence[dict[str, Any
     layer_list = tuple(L.resolve_layers(layers, n_layers))
     model_dtype = str(next(first.model.parameters()).dtype).replace("torch.", "")
     spec = CaptureSpec(layer_list, tuple(sites), positions, dtype or model_dtype, batch_size, shard_texts, shard_mb)
-    readers = {r: hf_reader(m.model, layer_list, sites) for r, m in models.items()}
+    readers = {r: reader(m, layer_list, sites) if reader else hf_reader(m.model, layer_list, sites)
+               for r, m in models.items()}
     prov = {"models": {r: m.provenance for r, m in models.items()}}
     identity = {r: {k: m.provenance.get(k) for k in ("resolved", "revision", "adapter", "commit")}
-                for r, m in models.items()}
+                | ({"reader": getattr(reader, "name", "custom")} if reader else {}) for r, m in models.items()}
     return capture(readers, first.tokenizer, items, out, spec, d_model, first.device, prov, overwrite,
                    progress, root, active={r: m.active for r, m in models.items()}, identity=identity,
                    plan_roles=plan_roles, ranks=ranks)
@@ -413,8 +417,9 @@ def capture_pair(pair: ModelPair, roles: Sequence[str], items: Sequence[dict[str
                  layers: str | Sequence[int] | None = "all", sites: Sequence[str] = ("resid",),
                  positions: str = "response", dtype: str | None = None, batch_size: int = 16,
                  shard_texts: int = 256, overwrite: bool = False, progress: bool = True,
-                 root: str | Path | None = None, shard_mb: int = 256, ranks: Ranks = SINGLE) -> Store:
-    """:func:`capture_models` over a pair's roles. A pair that holds one model at a time
+                 root: str | Path | None = None, shard_mb: int = 256, ranks: Ranks = SINGLE,
+                 reader: ReaderFactory | None = None) -> Store:
+    """:func:`capture_models` over a pair's roles (``reader``: as there). A pair that holds one model at a time
     (``resident="one"``) is captured one role after the other, each into a one-role store cut
     into the same shards, then merged shard by shard into the store (the same bytes as capturing
     all roles at once); each step resumes after an interruption. ``ranks``: data-parallel under
@@ -422,7 +427,7 @@ def capture_pair(pair: ModelPair, roles: Sequence[str], items: Sequence[dict[str
     roles = list(dict.fromkeys(roles))
     kw: dict[str, Any] = dict(layers=layers, sites=sites, positions=positions, dtype=dtype, batch_size=batch_size,
                               shard_texts=shard_texts, progress=progress and ranks.leader, shard_mb=shard_mb,
-                              ranks=ranks)
+                              ranks=ranks, reader=reader)
     if pair.resident == "all" or pair.shares_weights(roles):
         return capture_models({r: pair[r] for r in roles}, items, out, overwrite=overwrite, root=root, **kw)
     path = resolve(out, root)
@@ -505,7 +510,7 @@ def merge_role_stores(parts: dict[str, Store], path: Path) -> Store:
 def capture_pair_shared(pair: ModelPair, roles: Sequence[str], texts: Callable[[], list[dict[str, Any]]],
                         path: Path, layers: Sequence[int], sites: Sequence[str], positions: str,
                         dtype: str | None, batch_size: int, shard_texts: int, overwrite: bool = False,
-                        ranks: Ranks = SINGLE) -> Store | None:
+                        ranks: Ranks = SINGLE, reader: ReaderFactory | None = None) -> Store | None:
     """:func:`capture_pair` of the texts ``texts()`` makes, under the store's lock. Under torchrun
     rank 0 holds the lock, makes the texts once (sampled and judged: never twice), and the other
     ranks read exactly those; each rank captures its shards. The store on rank 0, None elsewhere."""
@@ -522,7 +527,7 @@ def capture_pair_shared(pair: ModelPair, roles: Sequence[str], texts: Callable[[
         if not ranks.leader:
             items = jsonl.read(shared)
         store = capture_pair(pair, roles, items, path, layers, sites, positions, dtype, batch_size, shard_texts,
-                             ranks=ranks)
+                             ranks=ranks, reader=reader)
         if ranks.leader:
             shared.unlink(missing_ok=True)
     return store if ranks.leader else None

@@ -21,10 +21,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -94,8 +94,49 @@ SAMPLERS = {
 }
 
 
-# (conversations, settings, seed) -> [{"answer", "n_tokens", "finish"}] in order
-Sampler = Callable[[list[list[dict[str, str]]], SamplingConfig, int], list[dict[str, Any]]]
+def check_positions(cfg: SamplingConfig, positions: str) -> None:
+    """The paged sampler's rule, in one place: it packs prompts and answers into one sequence, so
+    it cannot steer the prompt or the generated tokens alone."""
+    if cfg.sampler == "paged" and positions != "all":
+        raise ConfigError(f"--sampler paged steers at all positions only (its packed batches do not say which "
+                          f"tokens are the prompt); drop --positions {positions} or use --sampler static")
+
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One sampled answer, as every engine returns it."""
+
+    answer: str
+    n_tokens: int | None  # new tokens (None: the engine did not say)
+    finish: str  # eos | length | what the server said
+    engine: str = ""  # what decoded it, where the engine says (hf:generate, hf:static, ...); else the engine's name
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Engine(Protocol):
+    """Where answers are sampled: one answer per conversation, in input order. ``name`` is what
+    results and answer lines record (in-process | server | vllm)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def answer(self, messages: Sequence[Messages], cfg: SamplingConfig, seed: int) -> list[Answer]: ...
+
+
+@dataclass(frozen=True)
+class InProcess:
+    """The model in emi's own process (``cfg.sampler`` decodes), with every hook applied to it."""
+
+    model: LoadedModel
+    name: str = "in-process"
+
+    def answer(self, messages: Sequence[Messages], cfg: SamplingConfig, seed: int) -> list[Answer]:
+        return [Answer(**a) for a in sample(self.model, messages, cfg, seed=seed)]
 
 
 def run_key(identity: dict[str, Any] | None, cfg: SamplingConfig) -> str:
@@ -141,17 +182,12 @@ def _generate_paged(hf: Any, tok: Any, prompts: list[str], cfg: SamplingConfig) 
     from transformers import GenerationConfig
     from transformers.generation import ContinuousBatchingConfig
 
-    from emi.interventions.hooks import position_dependent
     from emi.models import layers
 
     if layers.linear_layers(hf):
         raise ConfigError(f"the paged sampler does not run linear-attention layers ({layers.check_architecture(hf)}; "
                           f"transformers' continuous batching pages only attention caches); use --sampler static "
                           f"or generate")
-    if position_dependent(hf):
-        raise ConfigError("steering at chosen positions (--positions prompt/generated) needs to know which tokens "
-                          "are the prompt, which the paged sampler's packed batches do not say; use --sampler "
-                          "generate or static, or --positions all")
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     gc = GenerationConfig(**cfg.generate_kwargs(), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     # Size the paged KV cache for this batch (left to itself, transformers sizes it from free
@@ -207,18 +243,19 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
                      cfg: SamplingConfig = SamplingConfig(), out: str | Path | None = None,
                      tokenizer: Any = None, label: str | None = None, progress: bool = True,
                      extra: dict[str, Any] | None = None, identity: dict[str, Any] | None = None,
-                     sampler: Sampler | None = None) -> list[dict[str, Any]]:
+                     engine: Engine | None = None) -> list[dict[str, Any]]:
     """Sample ``cfg.n`` answers per question; append them to ``out`` (JSONL) batch by batch.
 
     With ``out`` already holding a part of the same run (same label and :func:`run_key` of
     ``identity`` and ``cfg``), only the missing batches are sampled. ``identity`` defaults to the
     model's own. Records carry the question fields, the sample index, the model label, the seed,
-    the sampling settings and the run key. ``sampler(messages, cfg, seed)`` samples a batch
-    elsewhere (e.g. :class:`emi.behaviour.engines.ServerEngine`; default: ``model.generate`` in-process).
+    the sampling settings, the run key and the engine's name. ``engine`` samples each batch
+    (:class:`Engine`; default :class:`InProcess`: ``cfg.sampler`` on the model in this process).
     """
     if not questions:
         raise ConfigError("no questions to answer: the question list is empty")
     lm = as_loaded(model, tokenizer)
+    eng: Engine = engine or InProcess(lm)
     label = label or lm.role
     run = run_key(identity if identity is not None else lm.identity(), cfg)
     jobs = [(q, s) for q in questions for s in range(cfg.n)]
@@ -239,7 +276,7 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
               desc=f"generate [{label}]", disable=not progress, leave=False) as bar:
         for b, batch in todo:
             msgs = [q.messages() for q, _ in batch]
-            answers = sampler(msgs, cfg, cfg.seed + b) if sampler else sample(lm, msgs, cfg, seed=cfg.seed + b)
+            answers = [a.record() for a in eng.answer(msgs, cfg, cfg.seed + b)]
             new = []
             for (q, s), a in zip(batch, answers, strict=True):
                 if (q.set, q.key, s) in done:
@@ -247,7 +284,7 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
                 new.append({"model": label, "set": q.set, "id": q.id, "base_id": q.base_id, "key": q.key,
                             "variant": q.variant, "paraphrase": q.paraphrase, "question": q.text,
                             "system": q.system, "sample": s, "seed": cfg.seed, **a, "run": run,
-                            "sampling": cfg.settings(), **(extra or {})})
+                            "sampling": cfg.settings(), "engine": a["engine"] or eng.name, **(extra or {})})
             if out is not None:
                 jsonl.append(out, new)
             records += new

@@ -13,13 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict, get_args, get_origin, get_type_hints
 
-from emi.behaviour.engines import ServerEngine
+import torch
+
+from emi.behaviour import engines
+from emi.behaviour.engines import Ablation, Bound, Served, ServerEngine, Steering, VllmEngine
 from emi.behaviour.evaluation import evaluate
 from emi.behaviour.judges import Judge
 from emi.behaviour.logprob import LogprobResult, OptionPair
 from emi.behaviour.metrics import Summary
 from emi.behaviour.questions import Question
-from emi.behaviour.sampling import SamplingConfig
+from emi.behaviour.sampling import SamplingConfig, check_positions
 from emi.behaviour.side_effects import BenignItem, SideEffects
 from emi.core import locks
 from emi.core.atomic import readable
@@ -45,7 +48,7 @@ class ConditionResult:
     """One condition of a steer run and what it measured; :meth:`row` is its line of results.jsonl."""
 
     condition: Condition
-    engine: str  # in-process | server
+    engine: str  # in-process | server | vllm
     summary: Summary  # EM rate and coherence, with CIs
     logprob: LogprobResult | None = None  # P(misaligned) on option pairs; None without pairs
     side_effects: SideEffects | None = None  # KL on benign text; None without a benign set
@@ -122,38 +125,47 @@ def condition_identity(c: Condition, model: LoadedModel, persona: Direction, ran
 def run(pair: ModelPair, conditions: Sequence[Condition], direction: Direction, questions: Sequence[Question],
         cfg: SamplingConfig, judge: Judge, out: str | Path, random_seed: int = 0,
         progress: bool = True, pairs: Sequence[OptionPair] | None = None,
-        benign: Sequence[BenignItem] | None = None, engine: ServerEngine | None = None,
+        benign: Sequence[BenignItem] | None = None, engine: ServerEngine | VllmEngine | None = None,
         denominator: str = "coherent") -> list[ConditionResult]:
     """Evaluate every condition (answers and judgements cached under ``out``); one
-    :class:`ConditionResult` per condition, in the order of ``conditions``. Conditions run grouped by model, so a pair that holds one model at a
-    time loads each at most once. ``pairs``: option pairs for the log-prob columns (default: those of
-    ``questions`` where emi has them; ``[]``: no columns). ``benign``: conversations the side
-    effects are measured on (emi.behaviour.side_effects: KL from the unmodified model, the aligned answers'
-    log-prob change); None: the pair kit's benign set; ``[]``: no side-effect columns. ``engine``:
-    sample the conditions a server can load as checkpoints there (see :func:`served_model`); the
-    metrics that need the model (log-prob, side effects) stay in-process. Results say ``engine``."""
+    :class:`ConditionResult` per condition, in the order of ``conditions``. Conditions run grouped by
+    model, and within a model by the checkpoint an engine serves, so a pair that holds one model
+    at a time loads each at most once and vLLM starts once per checkpoint. ``pairs``: option pairs
+    for the log-prob columns (default: those of ``questions`` where emi has them; ``[]``: no
+    columns). ``benign``: conversations the side effects are measured on (emi.behaviour.side_effects:
+    KL from the unmodified model, the aligned answers' log-prob change); None: the pair kit's benign
+    set; ``[]``: no side-effect columns. ``engine``: sample there the conditions it serves (see
+    :func:`served_condition`: a server every checkpoint condition, and steering with vllm-lens;
+    vLLM that emi starts, every condition); the metrics that need the model (log-prob, side
+    effects) stay in-process. Results say which engine sampled each condition. A vLLM engine's last
+    server keeps running: the caller closes it (the commands do, also on errors and Ctrl-C)."""
     from emi.behaviour.logprob import logprob_metrics, option_pairs
     from emi.behaviour.side_effects import load_benign, side_effects
 
+    for c in conditions:
+        if c.kind == "steer" and engine is None:
+            check_positions(cfg, c.positions)
     if pairs is None:
         pairs = option_pairs(questions, required=False)
     if benign is None:
         benign = load_benign(pair.spec.kit.benign)
     rnd = random_like(direction, seed=random_seed)
-    order = {r: i for i, r in enumerate(dict.fromkeys(c.role for c in conditions))}
+    engines.prepare(engine, pair)
     results: dict[int, ConditionResult] = {}
     unmodified: dict[str, tuple[float, ...]] = {}  # role -> aligned answers' log-probs without intervention
-    for i, c in sorted(enumerate(conditions), key=lambda ic: order[ic[1].role]):
+    for i, c in _ordered(conditions):
         model = pair[c.role]
         ident = condition_identity(c, model, direction, rnd)
-        served = served_model(c, model, direction, rnd, Path(out)) if engine else None
-        sampler = None
+        served = served_condition(c, model, direction, rnd, Path(out), engine) if engine else None
+        bound = None
         if engine and served:
-            ident = {**ident, "engine": engine.describe(), "served": served}
-            sampler = functools.partial(engine.sample, served)
+            ident = {**ident, "engine": engine.describe(), "served": served.key()}
+            bound = Bound(engine, served, model.tokenizer)
+        else:
+            check_positions(cfg, c.positions if c.kind == "steer" else "all")
         with applied(c, model, direction, rnd):
-            summary, _ = evaluate(model, questions, cfg, judge, out, label=c.name, progress=progress, identity=ident,
-                                  sampler=sampler, denominator=denominator)
+            summary, _ = evaluate(model, questions, cfg, judge, out, label=c.name, progress=progress,
+                                  identity=ident, engine=bound, denominator=denominator)
             lp = logprob_metrics(model, pairs) if pairs else None
         fx = None
         if benign:
@@ -163,26 +175,54 @@ def run(pair: ModelPair, conditions: Sequence[Condition], direction: Direction, 
             intervene = None if c.kind == "none" else functools.partial(applied, c, model, direction, rnd)
             fx = side_effects(model, benign, intervene, unmodified.get(c.role, ()),
                               lp.aligned_logprob if lp is not None else ())
-        results[i] = ConditionResult(c, "server" if sampler else "in-process", summary, lp, fx)
+        results[i] = ConditionResult(c, bound.name if bound else "in-process", summary, lp, fx)
     return [results[i] for i in range(len(conditions))]
 
 
-def served_model(c: Condition, model: LoadedModel, persona: Direction, random: Direction, out: Path) -> str | None:
-    """What a server samples for condition ``c``: the checkpoint as it is (a condition without an
-    intervention), or the checkpoint with the direction ablated from its weights (ablation at
-    every residual writer is exactly that edit; exported once under ``out/served/``). None: the
-    condition runs in-process (steering; ablation at chosen layers only; LoRA roles, which a
-    server would need base and adapter for)."""
-    if model.provenance.get("adapter") or c.kind == "steer" or (c.kind == "ablate" and c.layers):
-        return None
-    if c.kind == "none":  # by what the user named: a hub id as a server knows it, a folder by its absolute path
-        return str(Path(model.spec.id).resolve()) if Path(model.spec.id).exists() else model.spec.id
+def _ordered(conditions: Sequence[Condition]) -> list[tuple[int, Condition]]:
+    """Grouped by role (first use), then by what an engine serves: the role's own checkpoint, then
+    each every-writer ablation (its own exported checkpoint)."""
+    roles = {r: i for i, r in enumerate(dict.fromkeys(c.role for c in conditions))}
+
+    def key(ic: tuple[int, Condition]) -> tuple[int, int, str, int]:
+        c = ic[1]
+        exported = c.kind == "ablate" and not c.layers
+        return roles[c.role], int(exported), c.direction if exported else "", ic[0]
+
+    return sorted(enumerate(conditions), key=key)
+
+
+def served_condition(c: Condition, model: LoadedModel, persona: Direction, random: Direction, out: Path,
+                     engine: ServerEngine | VllmEngine) -> Served | None:
+    """What ``engine`` samples for condition ``c``, or None (it runs in-process): the role's
+    checkpoint (and LoRA adapter), with vllm-lens steering, or a hook projecting the direction out
+    at chosen layers; ablation at every residual writer is the checkpoint with the direction
+    ablated from its weights (exactly that edit; exported once under ``out/served/``)."""
+    plain = engines.plain(model)
     d = persona if c.direction == "persona" else random
-    folder = Path(out).resolve() / "served" / f"{model.role}-ablated-{d.fingerprint()[:12]}-L{persona.best_layer}"
+    if c.kind == "none":
+        wanted = plain
+    elif c.kind == "steer":
+        deltas = torch.stack([hooks.steer_delta(d, layer, c.alpha, c.relative) for layer in c.layers])
+        wanted = Served(plain.checkpoint, plain.adapter, steering=Steering(tuple(c.layers), deltas, c.positions))
+    elif c.layers:
+        wanted = Served(plain.checkpoint, plain.adapter,
+                        ablation=Ablation(tuple(c.layers), hooks.unit_vector(d, persona.best_layer)))
+    else:
+        if not engine.serves(plain):
+            return None
+        return Served(str(export_ablated(c, model, d, persona.best_layer, out)))
+    return wanted if engine.serves(wanted) else None
+
+
+def export_ablated(c: Condition, model: LoadedModel, d: Direction, layer: int, out: Path) -> Path:
+    """The checkpoint with ``d`` ablated from every residual writer, exported once under ``out/served/``
+    (a LoRA role's merged weights: a full checkpoint a server loads alone)."""
+    folder = Path(out).resolve() / "served" / f"{model.role}-ablated-{d.fingerprint()[:12]}-L{layer}"
     if not (folder / "export.json").is_file():
-        weights.write_ablated(model, d, persona.best_layer, folder, {"role": model.role, "condition": c.name})
+        weights.write_ablated(model, d, layer, folder, {"role": model.role, "condition": c.name})
     readable(folder)  # a server running as another user reads it
-    return str(folder)
+    return folder
 
 
 def ensure_direction(pair: ModelPair, cache_dir: str | Path, method: str = "model-diff",

@@ -114,10 +114,15 @@ class TrajectoryPoint:
 
 
 def task_rate(lm: LoadedModel, task: TaskMetric, cfg: SamplingConfig, out: Path | None, label: str,
-              progress: bool = True) -> Rate:
-    """The share of sampled answers to the task's prompts that do the task (answers cached)."""
+              progress: bool = True, engine: Any = None) -> Rate:
+    """The share of sampled answers to the task's prompts that do the task (answers cached);
+    ``engine``: sampled there (emi.behaviour.engines), else in-process."""
+    from emi.behaviour.engines import bind
+
     qs = load_questions(task.questions)
-    answers = generate_answers(lm, qs, cfg, out=out, label=label, progress=progress, identity={"model": lm.identity()})
+    bound, ident = bind(engine, lm)
+    answers = generate_answers(lm, qs, cfg, out=out, label=label, progress=progress,
+                               identity=ident or {"model": lm.identity()}, engine=bound)
     flags = [task.score(a["question"], a["answer"]) for a in answers]
     return rate((f for f in flags if f is not None), seed=cfg.seed)
 
@@ -146,10 +151,13 @@ class Reference:
 def measure(lm: LoadedModel, label: str, step: int, ref: Reference, questions: Sequence[Question],
             extract: Sequence[Question], cfg: SamplingConfig, judge: Judge, out: Path,
             pairs: Sequence[OptionPair], task: TaskMetric | None, progress: bool = True,
-            denominator: str = "coherent") -> TrajectoryPoint:
-    """Every trajectory metric of one checkpoint."""
+            engine: Any = None, denominator: str = "coherent") -> TrajectoryPoint:
+    """Every trajectory metric of one checkpoint (answers sampled by ``engine`` where given)."""
+    from emi.behaviour.engines import bind
+
+    bound, ident = bind(engine, lm)
     summary, _ = evaluate(lm, questions, cfg, judge, out, label=label, progress=progress,
-                          identity={"model": lm.identity()}, denominator=denominator)
+                          identity=ident or {"model": lm.identity()}, engine=bound, denominator=denominator)
     nan3 = (float("nan"),) * 3
     lp = logprob_metrics(lm, pairs) if pairs else None
     acts_eval = last_prompt_activations(lm, [q.messages() for q in questions], ref.layer)
@@ -157,7 +165,7 @@ def measure(lm: LoadedModel, label: str, step: int, ref: Reference, questions: S
     diff = (last_prompt_activations(lm, [q.messages() for q in extract], ref.layer) - ref.base_extract).mean(0)
     norm = float(diff.norm())
     cosine = float(diff @ ref.unit / norm) if norm > 1e-6 * float(ref.base_extract.norm(dim=-1).mean()) else float("nan")
-    task_r = task_rate(lm, task, cfg, out / "task-answers.jsonl", label, progress) if task else None
+    task_r = task_rate(lm, task, cfg, out / "task-answers.jsonl", label, progress, engine) if task else None
     return TrajectoryPoint(label, step, summary.em, summary.coherence, summary.n_answers,
                            *((lp.choice, lp.choice_lo, lp.choice_hi) if lp else nan3),
                            float((acts_eval @ ref.unit).mean()), *bootstrap(shift.numpy(), seed=cfg.seed),
@@ -189,16 +197,17 @@ def trajectory(checkpoints: Sequence[tuple[str, Callable[[], LoadedModel]]], bas
                cfg: SamplingConfig, judge: Judge, out: Path, pairs: Sequence[OptionPair],
                task: TaskMetric | None = None, release: Callable[[], None] | None = None,
                log: Callable[[str], None] | None = None, progress: bool = True,
-               denominator: str = "coherent") -> list[TrajectoryPoint]:
+               engine: Any = None, denominator: str = "coherent") -> list[TrajectoryPoint]:
     """Measure every checkpoint (``(label, load)`` in training order; ``load`` returns it loaded,
-    ``release`` frees it before the next)."""
+    ``release`` frees it before the next); ``engine`` samples the answers (a vLLM server per
+    checkpoint, or a LoRA checkpoint as an adapter on the base's)."""
     ref = Reference.of(base, direction, extract, questions)
     points = []
     for i, (label, load) in enumerate(checkpoints):
         if log:
             log(f"checkpoint {i + 1}/{len(checkpoints)}: {label}")
         points.append(measure(load(), label, step_of(label, i), ref, questions, extract, cfg, judge, out, pairs,
-                              task, progress, denominator))
+                              task, progress, engine, denominator))
         if release:
             release()
     return points

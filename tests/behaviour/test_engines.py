@@ -47,7 +47,7 @@ def test_a_real_pair_samples_its_checkpoint_conditions_on_the_server(server, tmp
     assert len(served) == 2 and all((d / "export.json").is_file() for d in served)
     answers = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
     assert all(a["n_answers"] == 8 for a in got.values()) and len(answers) == 6 * 8
-    assert "engine: sampled by the server at" in capsys.readouterr().err
+    assert "engine: the server at" in capsys.readouterr().err
     assert json.loads((out / "run.json").read_text())["engine"]["engine"] == "server"
 
 

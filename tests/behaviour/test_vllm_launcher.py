@@ -1,0 +1,144 @@
+"""How emi starts and stops vLLM, and what it says when that goes wrong, without vLLM: a stand-in
+interpreter plays the failing server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from emi.behaviour.engines import Ablation, Served, Steering, VllmEngine, lens_xargs, steering_xarg
+from emi.behaviour.sampling import SamplingConfig
+from emi.behaviour.vllm_hooks import project_out_fn, steer_positions_fn
+from emi.behaviour.vllm_server import (
+    EngineError,
+    EngineInfo,
+    Launcher,
+    Server,
+    check_port,
+    check_servable,
+    lora_rank,
+)
+from emi.core.errors import ConfigError
+from emi.interventions.hooks import project_out
+
+INFO = EngineInfo(tuple(sys.version_info[:2]), "0.32.0", "1.3.0", True)  # type: ignore[arg-type]
+
+
+def fake_python(tmp_path: Path, body: str) -> Path:
+    exe = tmp_path / "python"
+    exe.write_text(f"#!/bin/sh\n{body}\n")
+    exe.chmod(0o755)
+    return exe
+
+
+def test_a_missing_or_broken_engine_environment_names_make_vllm(tmp_path):
+    with pytest.raises(EngineError, match="missing.*make vllm"):
+        Launcher(tmp_path / "nope").checked()
+    broken = fake_python(tmp_path, "echo 'ModuleNotFoundError: No module named vllm' >&2; exit 1")
+    with pytest.raises(EngineError, match="broken.*No module named vllm.*make vllm"):
+        Launcher(broken).checked()
+
+
+def test_a_server_that_exits_while_starting_quotes_the_cause_from_its_log(tmp_path):
+    exe = fake_python(tmp_path, "echo starting; echo 'ValueError: the model has 3 heads, which is odd'; exit 1")
+    launcher = Launcher(exe, log_dir=tmp_path / "logs", startup_timeout=60, info=INFO)
+    with pytest.raises(EngineError, match="exited while starting: ValueError: the model has 3 heads"):
+        launcher.start(str(tmp_path / "model"))
+
+
+def test_a_port_in_use_is_named(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(EngineError, match=f"port {port} .* in use"):
+            check_port(port)
+        with pytest.raises(EngineError, match="in use"):
+            Launcher(Path(sys.executable), port=port, info=INFO).start(str(tmp_path))
+
+
+def test_architectures_and_head_sizes_vllm_cannot_serve_are_refused_before_starting(tmp_path):
+    def cfg(**kw):
+        (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2", "hidden_size": 64,
+                                                          "num_attention_heads": 4, **kw}))
+        return str(tmp_path)
+
+    with pytest.raises(EngineError, match="size 16.*CPU attention"):
+        check_servable(cfg(), cpu=True)
+    check_servable(cfg(), cpu=False)  # on a GPU vLLM decides
+    check_servable(cfg(head_dim=32), cpu=True)
+    with pytest.raises(EngineError, match="'llama'.*in-process"):
+        check_servable(cfg(model_type="llama", head_dim=64), cpu=True)
+
+
+def test_a_server_killed_mid_run_says_to_rerun(tmp_path):
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    (tmp_path / "log").write_text("INFO serving\nRuntimeError: killed by the OOM killer\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    eng = VllmEngine(Launcher(Path(sys.executable), info=INFO))
+    eng.server = Server("/m", f"http://127.0.0.1:{port}", proc, tmp_path / "log", {})
+    eng.launcher = Launcher(Path(sys.executable), info=INFO)
+    eng.server_for = lambda checkpoint: eng.server  # type: ignore[method-assign]
+    tok = _Tok()
+    with pytest.raises(EngineError, match="stopped mid-run.*OOM killer.*re-run the same command"):
+        eng.sample(Served("/m"), tok, [[{"role": "user", "content": "hi"}]], SamplingConfig(max_new_tokens=2), 0)
+
+
+class _Tok:
+    eos_token_id = 2
+
+    def apply_chat_template(self, m, tokenize=False, add_generation_prompt=True):  # noqa: ANN001
+        return m[0]["content"]
+
+    def __call__(self, text, add_special_tokens=False):  # noqa: ANN001
+        return {"input_ids": [5, 6, 7]}
+
+
+def test_the_hook_functions_do_what_emi_hooks_do():
+    g = torch.Generator().manual_seed(0)
+    h, u = torch.randn(5, 8, generator=g), torch.randn(8, generator=g)
+    u = u / u.norm()
+    assert torch.allclose(project_out_fn(u)(None, h), project_out(h, u), atol=1e-6)
+
+    class Ctx:
+        layer_idx, saved = 1, {}
+
+    v = torch.ones(8)
+    prompt = steer_positions_fn({1: v}, prompt_len=3, positions="prompt")
+    gen = steer_positions_fn({1: v}, prompt_len=3, positions="generated")
+    a, b = Ctx(), Ctx()
+    a.saved, b.saved = {}, {}
+    out_p, out_g = prompt(a, h[:2]), gen(b, h[:2])  # a chunk of the prompt
+    assert torch.equal(out_p, h[:2] + v) and out_g is None
+    out_p, out_g = prompt(a, h[2:4]), gen(b, h[2:4])  # the prompt's last token and the first generated one
+    assert torch.equal(out_p[0], h[2] + v) and torch.equal(out_p[1], h[3])
+    assert torch.equal(out_g[0], h[2]) and torch.equal(out_g[1], h[3] + v)
+    assert prompt(a, h[4:5]) is None and torch.equal(gen(b, h[4:5]), h[4:5] + v)  # decode steps
+    assert torch.equal(prompt(a, h[:5]), h[:5] + torch.tensor([1, 1, 1, 0, 0.])[:, None] * v)  # recomputed
+
+
+def test_what_each_server_is_sent():
+    d = torch.randn(1, 8)
+    st = Steering((1,), d, "prompt")
+    with pytest.raises(ConfigError, match="hooks.*--engine vllm"):
+        lens_xargs(Served("/m", steering=st), 4, 3, hooks_ok=False)
+    with pytest.raises(ConfigError, match="hooks.*--engine vllm"):
+        lens_xargs(Served("/m", ablation=Ablation((1,), d[0])), 4, 3, hooks_ok=False)
+    wire = json.loads(steering_xarg(Steering((1,), d, "all"), 4, 3))[0]
+    assert wire["layer_indices"] == [1] and wire["activations"]["shape"] == [1, 8] and wire["position_indices"] is None
+    x = lens_xargs(Served("/m", steering=st, ablation=Ablation((2,), d[0])), 4, 3, hooks_ok=True)
+    assert [h["layer_indices"] for h in json.loads(x["apply_hooks"])] == [[1], [2]]
+
+
+def test_lora_ranks_are_rounded_up_to_what_vllm_accepts(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 12}))
+    assert lora_rank([str(tmp_path)]) == 16 and lora_rank([]) == 8
