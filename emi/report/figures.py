@@ -18,6 +18,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from emi.core.atomic import write_atomic
 from emi.core.errors import ConfigError
 
 COLORS = {"base": "#7f7f7f", "finetuned": "#d62728", "persona": "#1f77b4", "random": "#bcbcbc",
@@ -366,22 +367,90 @@ def latent_bars(latents: Sequence[dict[str, Any]], title: str = "SAE latents: ri
     return style(fig, title)
 
 
+# Longer than any correct export on a loaded machine; past it the export is a hang.
+EXPORT_S = 1800.0
+_open: list[_Chromium] = []  # the browser of the innermost ``with browser()``
+
+
+class _Chromium:
+    """One kaleido browser on an event loop of its own thread. kaleido's own sync server is not
+    used: when its browser fails to start (Chromium slow to come up on a loaded machine), its
+    thread dies and every later export waits forever; here a failure to start or to render is
+    raised in the caller, and a render that never ends is stopped after ``EXPORT_S``."""
+
+    def __init__(self) -> None:
+        import asyncio
+        import threading
+
+        import kaleido
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.kaleido = kaleido.Kaleido(timeout=None)  # kaleido's 90 s per render can fire on a busy machine
+        try:
+            self._run(self.kaleido.open())
+        except BaseException:
+            self._stop()
+            raise
+
+    def _run(self, coro: Any) -> Any:
+        import asyncio
+        import concurrent.futures
+
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout=EXPORT_S)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"Chromium did not answer in {EXPORT_S:.0f} s") from None
+
+    def image(self, fig: go.Figure, fmt: str, scale: float) -> bytes:
+        import plotly.io as pio
+
+        d = fig.to_plotly_json()
+        layout = d.get("layout", {})
+        width = layout.get("width") or pio.defaults.default_width
+        height = layout.get("height") or pio.defaults.default_height
+        return self._run(self.kaleido.calc_fig(fig.to_dict(), opts=dict(format=fmt, width=width, height=height,
+                                                                           scale=scale)))
+
+    def _stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=60)
+
+    def close(self) -> None:
+        try:
+            self._run(self.kaleido.close())
+        finally:
+            self._stop()
+
+
 @contextlib.contextmanager
 def browser() -> Iterator[None]:
-    """One Chromium for many image exports (kaleido's sync server)."""
-    import kaleido
-
-    started = False
-    try:
-        kaleido.start_sync_server(silence_warnings=True)
-        started = True
-    except Exception:  # noqa: BLE001 (kaleido falls back to one browser per figure)
-        pass
+    """One Chromium for the image exports inside the block (started on the first one)."""
+    _open.append(None)  # type: ignore[arg-type]  # started lazily by export()
     try:
         yield
     finally:
-        if started:
-            kaleido.stop_sync_server(silence_warnings=True)
+        b = _open.pop()
+        if b is not None:
+            with contextlib.suppress(Exception):
+                b.close()
+
+
+def _image(fig: go.Figure, fmt: str, scale: float) -> bytes:
+    """The image bytes, from the open ``browser()``'s Chromium or a Chromium of its own."""
+    if _open:
+        if _open[-1] is None:
+            _open[-1] = _Chromium()
+        return _open[-1].image(fig, fmt, scale)
+    one = _Chromium()
+    try:
+        return one.image(fig, fmt, scale)
+    finally:
+        with contextlib.suppress(Exception):
+            one.close()
 
 
 def has_values(fig: go.Figure) -> bool:
@@ -421,10 +490,12 @@ def export(fig: go.Figure, path: str | Path, formats: Iterable[str] = ("html", "
             for f in images:
                 target = path.with_suffix("." + f)
                 try:
-                    fig.write_image(target, scale=scale if f == "png" else 1)
-                except Exception as exc:  # kaleido without a browser
+                    data = _image(fig, f, scale if f == "png" else 1)
+                except Exception as exc:  # kaleido without a browser, or a browser that never answers
                     raise ConfigError(
                         f"cannot export {f.upper()} ({type(exc).__name__}: {str(exc)[:160]}); figure export needs "
-                        f"Chromium: `make chromium` (Debian's package) or `plotly_get_chrome`") from None
+                        f"Chromium: `make chromium` (Debian's package) or `plotly_get_chrome`; the HTML is written, "
+                        f"and `python -m emi.figures` re-exports the images") from None
+                write_atomic(target, lambda tmp, data=data: tmp.write_bytes(data))
                 out.append(target)
     return out

@@ -106,3 +106,24 @@ def test_em_vs_kl_joins_each_sweep_from_the_unmodified_model():
     assert list(coherence.x) == [0.0, 0.01, 0.03]  # every point has coherent answers to plot
     with pytest.raises(ConfigError, match="no side-effect columns"):
         figures.em_vs_kl(ROWS)
+
+
+def test_a_browser_that_fails_to_start_is_an_error_never_a_hang(tmp_path, monkeypatch):
+    """kaleido's sync server deadlocks when its Chromium fails to start (seen on a loaded machine):
+    emi runs its own browser thread, so the failure reaches the caller, every time it is tried."""
+    import kaleido
+    import plotly.graph_objects as go
+
+    from emi.core.errors import ConfigError
+    from emi.report import figures as F
+
+    async def fail(self):  # noqa: ANN001
+        raise RuntimeError("Chromium took too long to start")
+
+    monkeypatch.setattr(kaleido.Kaleido, "open", fail)
+    fig = go.Figure(go.Scatter(x=[1, 2], y=[1, 2]))
+    with F.browser():
+        for name in ("a", "b"):
+            with pytest.raises(ConfigError, match="cannot export PNG.*Chromium took too long.*HTML is written"):
+                F.export(fig, tmp_path / name, ["html", "png"])
+            assert (tmp_path / f"{name}.html").is_file() and not (tmp_path / f"{name}.png").exists()
