@@ -435,3 +435,17 @@ def test_checkpoints_served_by_a_steer_run_are_readable_by_other_users(toy_pair,
     assert folder.parent == tmp_path / "served"
     modes = [p.stat().st_mode & 0o777 for p in [folder, *folder.rglob("*")]]
     assert modes[0] == 0o777 & ~_umask() and all(m & 0o044 == 0o044 for m in modes)
+
+
+def test_a_results_file_with_undefined_values_reads_back_and_plots(tmp_path, capsys):
+    from emi.experiments.conditions import read_results
+
+    f = tmp_path / "run" / "results.jsonl"
+    f.parent.mkdir()
+    row = json.loads(GOOD_ROW)
+    rows = [row, {**row, "condition": "base", "model": "base", "em_rate": None, "em_lo": None, "em_hi": None,
+                  "em_n": 0, "kl": None, "kl_lo": None, "kl_hi": None}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    back = read_results(f)
+    assert math.isnan(back[1]["em_rate"]) and math.isnan(back[1]["kl"])  # null on disk, nan in memory as written
+    assert cli.run(figures_cmd.main, [str(f), "--out", str(tmp_path / "figs"), "--format", "html"]) == 0
