@@ -434,6 +434,8 @@ def read_results(path: str | Path) -> list[ResultRow]:
         for key, kind in get_type_hints(ResultRow).items():
             if key in row and not _fits(row[key], kind):
                 raise ConfigError(f"{where}: column {key!r} should be {kind.__name__}, found {row[key]!r}")
+            if kind is float and key in row and row[key] is None:
+                row[key] = float("nan")  # undefined: null in the file (strict JSON), nan in memory as when written
         if row["intervention"] not in ("none", "ablate", "steer"):
             raise ConfigError(f"{where}: intervention {row['intervention']!r} is not none, ablate or steer")
     return rows  # type: ignore[return-value]

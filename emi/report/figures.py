@@ -38,7 +38,7 @@ def style(fig: go.Figure, title: str | None = None, width: int = 820, height: in
 
 
 def _pct(x: float) -> float:
-    return 100.0 * x if x == x else float("nan")
+    return 100.0 * x if x is not None and x == x else float("nan")
 
 
 def _color_of(row: dict[str, Any]) -> str:

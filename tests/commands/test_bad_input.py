@@ -423,3 +423,29 @@ def test_a_jsonl_line_that_is_whole_but_damaged_is_named_never_dropped(tmp_path)
         jsonl.read(f)
     f.write_bytes(b'{"a": 1}\n{"a": 2')  # torn by a kill: dropped, and redone on resume
     assert jsonl.read(f) == [{"a": 1}]
+
+
+def test_checkpoints_served_by_a_steer_run_are_readable_by_other_users(toy_pair, tmp_path):
+    from emi.directions.direction import random_like
+    from emi.experiments.conditions import served_model, standard_conditions
+
+    d = Direction.load(toy_pair.spec.kit.direction)
+    c = next(c for c in standard_conditions(d, [8.0]) if c.kind == "ablate" and c.direction == "persona")
+    folder = Path(served_model(c, toy_pair.finetuned, d, random_like(d), tmp_path))
+    assert folder.parent == tmp_path / "served"
+    modes = [p.stat().st_mode & 0o777 for p in [folder, *folder.rglob("*")]]
+    assert modes[0] == 0o777 & ~_umask() and all(m & 0o044 == 0o044 for m in modes)
+
+
+def test_a_results_file_with_undefined_values_reads_back_and_plots(tmp_path, capsys):
+    from emi.experiments.conditions import read_results
+
+    f = tmp_path / "run" / "results.jsonl"
+    f.parent.mkdir()
+    row = json.loads(GOOD_ROW)
+    rows = [row, {**row, "condition": "base", "model": "base", "em_rate": None, "em_lo": None, "em_hi": None,
+                  "em_n": 0, "kl": None, "kl_lo": None, "kl_hi": None}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    back = read_results(f)
+    assert math.isnan(back[1]["em_rate"]) and math.isnan(back[1]["kl"])  # null on disk, nan in memory as written
+    assert cli.run(figures_cmd.main, [str(f), "--out", str(tmp_path / "figs"), "--format", "html"]) == 0

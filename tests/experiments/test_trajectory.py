@@ -67,7 +67,7 @@ def test_full_finetune_checkpoints_in_order(series, judge_server, tmp_path, caps
                             *judge_args(judge_server), *SMALL, "--out", str(out), "--root", str(tmp_path / "acts")]) == 0
     rows = [json.loads(x) for x in (out / "trajectory.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3]  # the base by position, the others by name
-    assert rows[0]["projection_shift"] == 0.0 and rows[0]["cosine"] != rows[0]["cosine"]  # nan: no change yet
+    assert rows[0]["projection_shift"] == 0.0 and rows[0]["cosine"] is None  # undefined (no change yet): null, not NaN
     assert rows[-1]["cosine"] == pytest.approx(1.0, abs=1e-4)  # the final direction is the last one's own
     shifts = [r["projection_shift"] for r in rows]
     assert shifts == sorted(shifts) and shifts[-1] > 0  # a change that grows moves the activation further
