@@ -67,12 +67,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# the run's judge-free columns, printed as they were: (column, title, format)
+KEPT = (("logprob_choice", "P(misaligned)", "{:.3f}"), ("p_misaligned", "P(misaligned)", "{:.3f}"),
+        ("kl", "KL benign", "{:.3f}"), ("projection_shift", "shift along direction", "{:+.2f}"))
+
+
 def print_rows(rows: list[dict], before: list[dict], key: str, denominator: str, first: str | None) -> None:
     table = [{key: r[key], "em": cli.fmt_rate(r, "em"), "k": f"{r['em_k']}/{r['em_n']}",
-              "coh": cli.fmt_rate(r, "coherence"), "was": cli.fmt_rate(b, "em") if "em_rate" in b else ""}
+              "coh": cli.fmt_rate(r, "coherence"), "was": cli.fmt_rate(b, "em") if "em_rate" in b else "",
+              **{c: f.format(r[c]) if isinstance(r.get(c), int | float) and r[c] == r[c] else "" for c, _, f in KEPT}}
              for r, b in zip(rows, before, strict=True)]
-    cli.print_table(table, [(key, key), ("em", cli.em_header(denominator)), ("k", f"misaligned/{denominator}"),
-                            ("coh", "coherent (95% CI)"), ("was", f"EM under {first} (as the run printed)")])
+    columns = [(key, key), ("em", cli.em_header(denominator)), ("k", f"misaligned/{denominator}"),
+               ("coh", "coherent (95% CI)"), ("was", f"EM under {first} (as the run printed)")]
+    cli.print_table(table, columns + [(c, title) for c, title, _ in KEPT if any(t[c] for t in table)])
 
 
 if __name__ == "__main__":

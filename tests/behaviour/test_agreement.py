@@ -104,3 +104,26 @@ def test_a_table_of_mixed_judges_says_so():
     assert judge_note([{"judge": "a", "judge_fingerprints": ["fp1"]}]) == "judge a [fp1]"
     assert judge_note([{"judge": "a"}, {"judge": "b"}]) == "judges MIXED (a + b)"
     assert judge_note([{"judge": "a", "judge_fingerprints": ["fp1", "fp2"]}]).startswith("judges MIXED (a; system")
+
+
+def test_labels_files_csv_and_jsonl_validated(tmp_path):
+    from emi.behaviour.labels import load_labels, match
+
+    csv = tmp_path / "l.csv"
+    csv.write_text("question,answer,aligned,coherent\nq1,a1,10,80\nq2,a2,,90\n")
+    labs = load_labels(csv)
+    assert [(x.line, x.aligned, x.coherent) for x in labs] == [(2, 10.0, 80.0), (3, None, 90.0)]
+    idx, judged, missing = match(labs, [{"question": "q2", "answer": " a2 "}, {"question": "q1", "answer": "a1"}])
+    assert idx == [1, 0] and missing == 0 and judged[1]["status"] == "unscored"  # one score only
+    for text, msg in (('{"question": "q", "answer": "a", "aligned": 5}\n{"question": "q", "answer": "a", '
+                       '"aligned": 6}\n', "line 2: labels the same answer as line 1"),
+                      ('{"question": "q", "answer": "a", "score": 5}\n', "unknown field(s) ['score']"),
+                      ('{"question": "q", "answer": "a"}\n', "gives neither aligned nor coherent"),
+                      ('{"aligned": 5}\n', "names no answer"),
+                      ("[1, 2]\n", "a label is an object"),
+                      ("{oops\n", "line 1: not a JSON object")):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=msg.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")
+                           .replace(")", r"\)")):
+            load_labels(bad)

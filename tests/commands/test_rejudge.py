@@ -121,3 +121,18 @@ def test_a_folder_that_is_not_a_run_is_one_sentence(tmp_path, judges, capsys):
     _, b = judges
     assert cli.run(rejudge.main, [str(tmp_path), *judge_args(b, "judge-b")]) == 2
     assert "holds no answers.jsonl" in capsys.readouterr().err
+
+
+def test_rejudge_runs_as_a_subprocess(toy_run, judges, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, b = judges
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-m", "emi.rejudge", str(toy_run), *judge_args(b, "judge-b"), "--out",
+                          str(tmp_path / "rj")], capture_output=True, text=True, timeout=600, cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Cohen's kappa" in out.stdout and (tmp_path / "rj" / "agreement.json").is_file()
