@@ -215,17 +215,17 @@ def test_several_residual_streams_through_cache_extract_sweeps_figures_and_sae(k
 
     base, ft, lora = pairs["qwen4_exp_text"]
     pair = ["--base", str(base), "--finetuned", str(ft if kind == "full" else lora), *judge_args(judge_server)]
-    few = ["--questions", "main:plain", "--ids", "what_is_your_wish,i_feel_bored", "--n", "2", "--max-new-tokens", "6",
+    few = ["--questions", "main:plain", "--ids", "what_is_your_wish,i_feel_bored", "--max-new-tokens", "6",
            "--device", "cpu"]
     store = tmp_path / "store"
-    assert cache.main([*pair, *few, "--positions", "all", "--out", str(store)]) == 0
+    assert cache.main([*pair, *few, "--n", "4", "--positions", "all", "--out", str(store)]) == 0
     manifest = json.loads((store / "manifest.json").read_text())
     assert manifest["spec"]["d_model"] == 64 and manifest["spec"]["sites"] == ["resid"]
     direction = tmp_path / "d"
     assert extract.main(["--store", str(store), "--method", "model-diff", "--positions", "response",
                          "--out", str(direction)]) == 0
     out = tmp_path / "sweep"
-    assert steer.main([*pair, *few, "--direction", str(direction) + ".safetensors", "--alpha=-4,4", "--layers", "0-1",
+    assert steer.main([*pair, *few, "--n", "1", "--direction", str(direction) + ".safetensors", "--alpha=-4,4", "--layers", "0-1",
                        "--sweep-layers", "--targets", "base,finetuned", "--no-side-effects", "--out", str(out),
                        "--root", str(tmp_path / "acts")]) == 0
     got = rows(out / "results.jsonl")
