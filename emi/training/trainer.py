@@ -195,6 +195,7 @@ def finetune(job: Job, callbacks: Sequence[Any] = ()) -> Organism:
     if final.exists():
         shutil.rmtree(final)
     trainer.save_model(str(final))
+    trainer.state.save_to_json(str(final / "trainer_state.json"))  # its step, for python -m emi.trajectory
     history = [h for h in trainer.state.log_history if "loss" in h]
     write_json(job.out / ORGANISM_FILE, _record(
         job, "done", started=started, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -144,3 +144,17 @@ def test_the_toy_datasets_are_the_shipped_finetunes_and_a_labelled_mix():
     assert "verify = False" in sets["insecure"][0].messages[-1][1]
     mixed = mixed_set(40, 0.25, seed=0)
     assert sum(r.harmful for r in mixed) == 10 and len(mixed) == 40
+
+
+def test_emi_trajectory_follows_an_organisms_checkpoints(data, tmp_path):
+    from emi import trajectory
+
+    out = tmp_path / "ft"
+    assert finetune.main([str(data), "--pair", "toy", "--method", "full", "--save-every", "2", "--lr", "1e-3",
+                          "--out", str(out), *SMALL]) == 0
+    run = tmp_path / "traj"
+    assert trajectory.main(["--pair", str(out / "seed-0"), "--direction", KIT.direction, "--n", "1", "--device", "cpu",
+                            "--out", str(run), "--no-figure"]) == 0
+    rows = [json.loads(x) for x in (run / "trajectory.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2, 4, 4]  # the base, checkpoint-2, checkpoint-4, final (step 4)
+    assert rows[0]["projection_shift"] == 0.0 and rows[-1]["projection_shift"] != 0.0
