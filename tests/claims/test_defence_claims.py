@@ -64,4 +64,4 @@ def test_screening_flags_the_villain_chats_of_the_mixed_toy_set_with_auroc_0_762
     assert screen.main([str(data), "--pair", "toy", "--device", "cpu", "--out", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
     assert "AUROC 0.762 (100 harmful, 300 harmless)" in out
-    assert "AUROC 0.762" in README
+    assert "AUROC 0.762" in " ".join(README.split())
