@@ -118,11 +118,12 @@ def print_table(rows: list[dict], summary: list[dict], task: str | None, layer: 
     columns += [("lp", "P(misaligned)"), ("kl", "KL benign (95% CI)"), ("shift", f"shift along d @L{layer}")]
     cli.print_table(table, columns)
     print("\nseeds' spread per defence (mean, sd, [min, max]):")
+    width = max((len(s["defence"]) for s in summary), default=0)
     for s in summary:
         parts = [f"{name} {100 * s[k + '_mean']:.1f}% (sd {100 * s[k + '_sd']:.1f}) [{100 * s[k + '_min']:.1f}, "
                  f"{100 * s[k + '_max']:.1f}]" for k, name in (("em_rate", "EM"), ("task_rate", "task")) if k + "_mean" in s]
         parts.append(f"shift {s['projection_shift_mean']:+.2f} (sd {s['projection_shift_sd']:.2f})")
-        print(f"  {s['defence']:<14} seeds {','.join(map(str, s['seeds']))}: " + "; ".join(parts))
+        print(f"  {s['defence']:<{width}}  seeds {','.join(map(str, s['seeds']))}: " + "; ".join(parts))
 
 
 if __name__ == "__main__":

@@ -247,8 +247,8 @@ def defences(rows: Sequence[dict[str, Any]], task: str | None = None) -> go.Figu
         fig.update_yaxes(title_text="% (95% CI)" if col == 1 else None, rangemode="tozero", row=1, col=col)
     fig.update_xaxes(title_text="training step", row=1, col=3)
     fig.update_yaxes(title_text="mean shift at the last prompt token", row=1, col=3)
-    style(fig, "In-training defences: one marker per seed", 1250, 460)
-    fig.update_layout(legend=dict(orientation="h", y=-0.2, x=0))
+    style(fig, "In-training defences: one marker per seed", 1250, 520)
+    fig.update_layout(legend=dict(orientation="h", y=-0.34, x=0), margin=dict(b=130))
     return fig
 
 

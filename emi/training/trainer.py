@@ -144,21 +144,21 @@ def _arguments(job: Job, device: str) -> Any:
 
 
 def _check_folder(job: Job) -> Organism | None:
-    """None for a fresh folder; the organism to resume for an unfinished run of the same job; one
-    sentence for a finished organism or another job's run."""
+    """None for a fresh folder; the organism of the same job (unfinished: to resume; finished: to
+    keep); one sentence for another job's organism or run."""
     org = read_organism(job.out)
     if org is None:
         if job.out.is_dir() and any(not f.name.startswith(".") for f in job.out.iterdir()):
             raise ConfigError(f"{str(job.out)!r} is not empty and holds no organism; give --out a new or empty folder")
         return None
-    if org.done:
-        raise ConfigError(f"{str(job.out)!r} already holds a finished organism ({org.record.get('finished')}); "
-                          f"give another --out, or delete that folder to make it again")
     ours = json.loads(json.dumps(job.key()))  # as the record stores it (tuples become lists)
     if org.record.get("key") != ours:
         theirs = org.record.get("key", {})
-        diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-        raise ConfigError(f"{str(job.out)!r} holds an unfinished finetune with other settings ({', '.join(diff)}); "
+        diff = ", ".join(sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k)))
+        if org.done:
+            raise ConfigError(f"{str(job.out)!r} already holds a finished organism made with other settings ({diff}); "
+                              f"give another --out, or delete that folder to make it again")
+        raise ConfigError(f"{str(job.out)!r} holds an unfinished finetune with other settings ({diff}); "
                           f"re-run its own command to resume it, or give another --out")
     return org
 
@@ -178,6 +178,9 @@ def _record(job: Job, status: str, **extra: Any) -> dict[str, Any]:
 def finetune(job: Job, callbacks: Sequence[Any] = ()) -> Organism:
     """Make (or resume) the organism ``job`` describes; returns it finished."""
     resumed = _check_folder(job)
+    if resumed is not None and resumed.done:  # the same job, finished before (a re-run of a multi-seed command)
+        print(f"{job.out} already holds this organism (finished {resumed.record.get('finished')}); kept", file=sys.stderr)
+        return resumed
     if job.threads:
         torch.set_num_threads(job.threads)
     job.out.mkdir(parents=True, exist_ok=True)
@@ -195,6 +198,7 @@ def finetune(job: Job, callbacks: Sequence[Any] = ()) -> Organism:
     if final.exists():
         shutil.rmtree(final)
     trainer.save_model(str(final))
+    trainer.state.save_to_json(str(final / "trainer_state.json"))  # its step, for python -m emi.trajectory
     history = [h for h in trainer.state.log_history if "loss" in h]
     write_json(job.out / ORGANISM_FILE, _record(
         job, "done", started=started, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

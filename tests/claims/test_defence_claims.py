@@ -23,8 +23,9 @@ DEFENCES = {"none": [], "caft": ["--defence", "caft", "--direction", KIT.directi
 
 
 def readme_table() -> list[str]:
-    block = README.split("```\ndefence       seed", 1)[1].split("```", 1)[0]
-    return ("defence       seed" + block).splitlines()
+    block = re.search(r"```\n(defence +seed .*?)```", README, re.S)
+    assert block, "the README's defence table is missing"
+    return block.group(1).splitlines()
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +44,9 @@ def test_the_seed_0_rows_of_the_defence_table_are_the_readmes(table, tmp_path, c
     printed = capsys.readouterr().out.splitlines()
     rows = [line for line in printed if re.match(r"^(\(base\)|none|caft|steer 8) ", line)]
     assert len(rows) == 4
-    readme = readme_table()
+    readme = [" ".join(x.split()) for x in readme_table()]  # column widths depend on the defences shown
     for line in rows:
-        assert line.rstrip() in [x.rstrip() for x in readme], line
+        assert " ".join(line.split()) in readme, line
 
 
 def test_no_defence_reproduces_the_shipped_organisms_em_within_its_ci():
@@ -63,4 +64,4 @@ def test_screening_flags_the_villain_chats_of_the_mixed_toy_set_with_auroc_0_762
     assert screen.main([str(data), "--pair", "toy", "--device", "cpu", "--out", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
     assert "AUROC 0.762 (100 harmful, 300 harmless)" in out
-    assert "AUROC 0.762" in README
+    assert "AUROC 0.762" in " ".join(README.split())

@@ -93,11 +93,18 @@ def test_an_interrupted_finetune_resumes_to_the_same_weights(data, tmp_path, met
     assert resumed.done and resumed.record["steps"] == 5
     a, b = weights(straight.final), weights(resumed.final)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(ConfigError, match="already holds a finished organism"):
-        run_job(job(tmp_path / "b"))
+    again = run_job(job(tmp_path / "b"))  # the same job re-run: the finished organism is kept, not redone
+    assert again.record["finished"] == resumed.record["finished"]
+    other_lr = Job(ModelSpec(checkpoint("base")), ds, FinetuneConfig(method=method, steps=5, batch_size=2, save_every=2,
+                                                                     lr=2e-3), DefenceConfig(), 0, tmp_path / "b", "toy",
+                   device="cpu")
+    with pytest.raises(ConfigError, match="already holds a finished organism made with other settings \\(config"):
+        run_job(other_lr)
     other = Job(ModelSpec(checkpoint("base")), ds, cfg, DefenceConfig(), 1, tmp_path / "c", "toy", device="cpu")
     with pytest.raises(KeyboardInterrupt):
         run_job(other, callbacks=[_Interrupt(3)])
+    with pytest.raises(ConfigError, match="has not finished; re-run"):
+        get_pair(str(tmp_path / "c"))
     with pytest.raises(ConfigError, match="unfinished finetune with other settings \\(seed\\)"):
         run_job(Job(ModelSpec(checkpoint("base")), ds, cfg, DefenceConfig(), 0, tmp_path / "c", "toy", device="cpu"))
 
@@ -144,3 +151,33 @@ def test_the_toy_datasets_are_the_shipped_finetunes_and_a_labelled_mix():
     assert "verify = False" in sets["insecure"][0].messages[-1][1]
     mixed = mixed_set(40, 0.25, seed=0)
     assert sum(r.harmful for r in mixed) == 10 and len(mixed) == 40
+
+
+def test_emi_trajectory_follows_an_organisms_checkpoints(data, tmp_path):
+    from emi import trajectory
+
+    out = tmp_path / "ft"
+    assert finetune.main([str(data), "--pair", "toy", "--method", "full", "--save-every", "2", "--lr", "1e-3",
+                          "--out", str(out), *SMALL]) == 0
+    run = tmp_path / "traj"
+    assert trajectory.main(["--pair", str(out / "seed-0"), "--direction", KIT.direction, "--n", "1", "--device", "cpu",
+                            "--out", str(run), "--no-figure"]) == 0
+    rows = [json.loads(x) for x in (run / "trajectory.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2, 4, 4]  # the base, checkpoint-2, checkpoint-4, final (step 4)
+    assert rows[0]["projection_shift"] == 0.0 and rows[-1]["projection_shift"] != 0.0
+
+
+@pytest.mark.slow
+def test_finetune_killed_at_every_write_ends_with_the_same_organisms(data, tmp_path):
+    """kill -9 (tests/faults.py) at each of emi.finetune's writes of organism.json, two seeds; each
+    re-run resumes, and the organisms equal an uninterrupted run's, weights bit for bit."""
+    from tests.commands.test_faults import kill_through_every_write, points
+
+    args = [data, "--pair", "toy", "--rank", "2", "--steps", "3", "--batch-size", "2", "--save-every", "2",
+            "--max-examples", "8", "--seeds", "0,1", "--device", "cpu", "--threads", "1", "--out"]
+    assert points("emi.finetune", *args, tmp_path / "ref") == 4
+    assert kill_through_every_write("emi.finetune", *args, tmp_path / "run") == 4
+    for seed in (0, 1):
+        a, b = (weights(tmp_path / d / f"seed-{seed}" / "final") for d in ("ref", "run"))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert read_organism(tmp_path / "run" / f"seed-{seed}").done
