@@ -236,3 +236,17 @@ def test_a_users_vllm_lens_server_takes_steering_at_all_positions(qwen2):
     assert got == hf(lm, lambda: hooks.steer(lm.model, d, 30.0, layers=[1])) != hf(lm)
     assert not user.serves(Served(str(base), steering=Steering((1,), st.deltas, "prompt")))
     assert not ServerEngine(f"{url}/v1").serves(Served(str(base), steering=st))  # no --engine-lens: in-process
+
+
+def test_seeded_sampling_survives_more_prompt_tokens_than_one_step_holds(qwen2, monkeypatch):
+    """vLLM's CPU runner crashed ("CPU Generator does not use offset") on a seeded request whose prompt
+    was split across steps; emi starts it without chunked prefill. 64 long prompts in flight, sampled
+    twice with the same seed: the same answers (and not all alike)."""
+    eng, base, _ = qwen2
+    lm = load_model(ModelSpec(str(base)), dtype="fp32", device="cpu")
+    monkeypatch.setattr(eng, "concurrency", 64)
+    long = [[{"role": "system", "content": "word " * 200}, *m] for m in MESSAGES] * 16
+    cfg = SamplingConfig(temperature=1.0, max_new_tokens=6)
+    first = [a.answer for a in eng.sample(Served(str(base)), lm.tokenizer, long, cfg, 3)]
+    assert [a.answer for a in eng.sample(Served(str(base)), lm.tokenizer, long, cfg, 3)] == first
+    assert len(set(first)) > 1
