@@ -4,11 +4,12 @@ vLLM that emi starts itself (``--engine vllm``, emi.behaviour.vllm_server).
 A condition is sampled as a :class:`Served`: the checkpoint the server loads (the base, the
 finetune, or the finetune with the direction ablated from every residual writer, a weight edit
 emi exports, see emi.export), an optional LoRA adapter served on it, and what vllm-lens does
-per request: steering vectors (``apply_steering_vectors``; at all positions a [layer, d_model]
-vector, at ``prompt`` or ``generated`` positions a [layer, pos, d_model] one indexed by absolute
-token positions, which the engine knows because emi sends the prompt as token ids) and, on
-servers emi starts on loopback only, hooks (``apply_hooks``: ablation at chosen layers, a
-function cloudpickled into the server, i.e. code execution there; emi.behaviour.vllm_hooks).
+per request: a steering vector at all positions (``apply_steering_vectors``, a [layer, d_model]
+vector) and, on servers emi starts on loopback only, hooks (``apply_hooks``: steering at the
+prompt's or the generated tokens, ablation at chosen layers; functions cloudpickled into the
+server, i.e. code execution there; emi.behaviour.vllm_hooks). Prompts go as token ids of emi's
+chat template (so the engine sees emi's exact prompt, and emi knows its length) and answers come
+back as token ids that emi decodes as it decodes its own.
 
 ``--engine server``: one seeded chat completion per answer, with emi's sampling settings:
 temperature, top-p, max tokens, and a ``generation_config`` JSON (honoured by `transformers
@@ -16,7 +17,7 @@ serve`, which otherwise samples greedily unless the checkpoint says otherwise; o
 ignore it). ``body`` adds server-specific fields, e.g. vLLM's ``{"top_k": -1,
 "repetition_penalty": 1.0}`` (or start vLLM with ``--generation-config vllm``, so that the
 checkpoint's own defaults, such as Qwen2.5-Instruct's top-k 20, do not apply). With ``lens``
-(the server has vllm-lens) steering conditions run there too, as completions of token ids.
+(the server has vllm-lens) steering at all positions runs there too, as completions of token ids.
 """
 
 from __future__ import annotations
@@ -134,16 +135,14 @@ def wire_tensor(t: torch.Tensor) -> dict[str, Any]:
             "dtype": "float32", "original_dtype": "torch.float32", "shape": list(arr.shape), "compression": "zstd"}
 
 
-def steering_xarg(st: Steering, prompt_len: int, max_new: int) -> str:
-    """``apply_steering_vectors`` for one request whose prompt has ``prompt_len`` tokens."""
-    deltas = st.deltas.float()
-    if st.positions == "all":
-        acts, where = deltas, None
-    else:
-        lo, n = (0, prompt_len) if st.positions == "prompt" else (prompt_len, max_new)
-        acts, where = deltas[:, None, :].expand(len(st.layers), n, deltas.shape[-1]), list(range(lo, lo + n))
-    return json.dumps([{"activations": wire_tensor(acts), "layer_indices": list(st.layers), "scale": 1.0,
-                        "norm_match": False, "position_indices": where}])
+def steering_xarg(st: Steering) -> str:
+    """``apply_steering_vectors`` for steering at every position: one [layer, d_model] vector, added
+    after each layer to every token of the request."""
+    if st.positions != "all":
+        raise ConfigError(f"a vllm-lens steering vector steers every position; positions {st.positions!r} go "
+                          f"as hooks (--engine vllm)")
+    return json.dumps([{"activations": wire_tensor(st.deltas.float()), "layer_indices": list(st.layers),
+                        "scale": 1.0, "norm_match": False, "position_indices": None}])
 
 
 def ablation_hook(ab: Ablation) -> dict[str, Any]:
@@ -159,7 +158,7 @@ def steering_hook(st: Steering, prompt_len: int) -> dict[str, Any]:
     return wire_hook(steer_positions_fn(deltas, prompt_len, st.positions), st.layers)
 
 
-def lens_xargs(served: Served, prompt_len: int, max_new: int, hooks_ok: bool) -> dict[str, str]:
+def lens_xargs(served: Served, prompt_len: int, hooks_ok: bool) -> dict[str, str]:
     """vllm-lens's per-request ``vllm_xargs``: steering at all positions as a steering vector;
     at prompt or generated positions and ablation at chosen layers as hooks (``hooks_ok``: a
     server emi started; steering_vectors' position indices are wrong in vllm-lens 1.3.0, see
@@ -168,7 +167,7 @@ def lens_xargs(served: Served, prompt_len: int, max_new: int, hooks_ok: bool) ->
     hooks: list[dict[str, Any]] = []
     st = served.steering
     if st is not None and st.positions == "all":
-        xargs["apply_steering_vectors"] = steering_xarg(st, prompt_len, max_new)
+        xargs["apply_steering_vectors"] = steering_xarg(st)
     elif st is not None:
         if not hooks_ok:
             raise ConfigError("steering at prompt or generated positions needs hooks, which emi sends only to "
@@ -208,7 +207,7 @@ def complete_ids(url: str, served: Served, model: str, tokenizer: Any, messages:
     session = requests.Session()
 
     def one(i: int) -> Answer:
-        xargs = lens_xargs(served, len(ids[i]), cfg.max_new_tokens, hooks_ok)
+        xargs = lens_xargs(served, len(ids[i]), hooks_ok)
         body = _completion_body(model, ids[i], cfg, seed * 100_003 + i, xargs, extra)
         r = session.post(f"{url}/completions", json=body, timeout=timeout)
         if r.status_code != 200:

@@ -99,6 +99,15 @@ def check_servable(checkpoint: str, cpu: bool) -> None:
                           f"(it serves {', '.join(map(str, CPU_HEAD_SIZES))}); use --engine in-process here, or a GPU")
 
 
+def _max_len(checkpoint: str) -> int:
+    """The checkpoint's context length (vLLM's default max_model_len), 0 when unknown."""
+    p = Path(checkpoint) / "config.json"
+    if not p.is_file():
+        return 0
+    cfg = json.loads(p.read_text())
+    return int(cfg.get("text_config", cfg).get("max_position_embeddings") or 0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -132,13 +141,17 @@ class Launcher:
 
         return self if self.info else replace(self, info=probe(self.python))
 
-    def command(self, checkpoint: str, port: int, adapters: dict[str, str], rank: int) -> list[str]:
+    def command(self, checkpoint: str, port: int, adapters: dict[str, str], rank: int, cpu: bool = False
+                ) -> list[str]:
         cmd = [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", checkpoint,
                "--host", "127.0.0.1", "--port", str(port), "--dtype", self.dtype,
                # emi sends every sampling setting: the checkpoint's generation_config must not add its own
                "--generation-config", "vllm",
                # steered and hooked prompts write other keys and values than plain ones: never share them
                "--no-enable-prefix-caching", "--seed", "0"]
+        if cpu:  # vLLM's CPU runner crashes on a seeded request whose prompt is split across steps ("CPU
+            # Generator does not use offset"): whole prompts only, in a budget that holds the longest
+            cmd += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(8192, _max_len(checkpoint)))]
         if adapters:
             cmd += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(len(adapters)),
                     "--lora-modules", *[f"{name}={path}" for name, path in adapters.items()]]
@@ -154,7 +167,7 @@ class Launcher:
         log = self.log_dir / f"{Path(checkpoint).name or 'model'}-{port}.log"
         env = {**os.environ, "VLLM_LENS_STRICT_COMPATIBILITY": "1", **(_cpu_env(os.environ) if info.cpu else {})}
         with open(log, "wb") as fh:
-            proc = subprocess.Popen(self.command(checkpoint, port, adapters or {}, lora_rank), stdout=fh,
+            proc = subprocess.Popen(self.command(checkpoint, port, adapters or {}, lora_rank, info.cpu), stdout=fh,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                     start_new_session=True)
         server = Server(checkpoint, f"http://127.0.0.1:{port}", proc, log, dict(adapters or {}))

@@ -128,7 +128,7 @@ def test_qwen3_every_writer_ablation_and_interventions_on_it(tmp_path):
     try:
         ref = hf(lm, lambda: hooks.ablate(lm.model, d, source_layer=1))
         assert vllm(eng, ablated, Served(str(folder))) == ref and ref != hf(lm)
-        check_interventions(eng, ablated, str(folder), positions=("all", "generated"))
+        check_interventions(eng, ablated, str(folder), positions=("all", "generated"), ablation_changes=False)
     finally:
         eng.close()
 
@@ -218,3 +218,35 @@ def test_capture_through_vllm_matches_hf_capture(qwen2, tmp_path):
         assert a.shape == b.shape
         scale = float(a.float().norm(dim=-1).mean())
         assert float((a.float() - b.float()).abs().max()) <= 1e-4 * scale, layer
+
+
+def test_a_users_vllm_lens_server_takes_steering_at_all_positions(qwen2):
+    """--engine server --engine-lens: steering sent as a vllm-lens steering vector to a server emi did not
+    start (here the module's, addressed by URL as a user's would be) gives HF's tokens; what needs hooks
+    is not sent there."""
+    from emi.behaviour.engines import ServerEngine
+
+    eng, base, _ = qwen2
+    url = eng.server_for(str(base)).url
+    lm = load_model(ModelSpec(str(base)), dtype="fp32", device="cpu")
+    d = direction(lm)
+    st = Steering((1,), hooks.steer_delta(d, 1, 30.0)[None], "all")
+    user = ServerEngine(f"{url}/v1", lens=True)
+    got = [a.answer for a in user.sample(Served(str(base), steering=st), lm.tokenizer, MESSAGES, GREEDY, 0)]
+    assert got == hf(lm, lambda: hooks.steer(lm.model, d, 30.0, layers=[1])) != hf(lm)
+    assert not user.serves(Served(str(base), steering=Steering((1,), st.deltas, "prompt")))
+    assert not ServerEngine(f"{url}/v1").serves(Served(str(base), steering=st))  # no --engine-lens: in-process
+
+
+def test_seeded_sampling_survives_more_prompt_tokens_than_one_step_holds(qwen2, monkeypatch):
+    """vLLM's CPU runner crashed ("CPU Generator does not use offset") on a seeded request whose prompt
+    was split across steps; emi starts it without chunked prefill. 64 long prompts in flight, sampled
+    twice with the same seed: the same answers (and not all alike)."""
+    eng, base, _ = qwen2
+    lm = load_model(ModelSpec(str(base)), dtype="fp32", device="cpu")
+    monkeypatch.setattr(eng, "concurrency", 64)
+    long = [[{"role": "system", "content": "word " * 200}, *m] for m in MESSAGES] * 16
+    cfg = SamplingConfig(temperature=1.0, max_new_tokens=6)
+    first = [a.answer for a in eng.sample(Served(str(base)), lm.tokenizer, long, cfg, 3)]
+    assert [a.answer for a in eng.sample(Served(str(base)), lm.tokenizer, long, cfg, 3)] == first
+    assert len(set(first)) > 1

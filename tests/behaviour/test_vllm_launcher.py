@@ -130,12 +130,12 @@ def test_what_each_server_is_sent():
     d = torch.randn(1, 8)
     st = Steering((1,), d, "prompt")
     with pytest.raises(ConfigError, match="hooks.*--engine vllm"):
-        lens_xargs(Served("/m", steering=st), 4, 3, hooks_ok=False)
+        lens_xargs(Served("/m", steering=st), 4, hooks_ok=False)
     with pytest.raises(ConfigError, match="hooks.*--engine vllm"):
-        lens_xargs(Served("/m", ablation=Ablation((1,), d[0])), 4, 3, hooks_ok=False)
-    wire = json.loads(steering_xarg(Steering((1,), d, "all"), 4, 3))[0]
+        lens_xargs(Served("/m", ablation=Ablation((1,), d[0])), 4, hooks_ok=False)
+    wire = json.loads(steering_xarg(Steering((1,), d, "all")))[0]
     assert wire["layer_indices"] == [1] and wire["activations"]["shape"] == [1, 8] and wire["position_indices"] is None
-    x = lens_xargs(Served("/m", steering=st, ablation=Ablation((2,), d[0])), 4, 3, hooks_ok=True)
+    x = lens_xargs(Served("/m", steering=st, ablation=Ablation((2,), d[0])), 4, hooks_ok=True)
     assert [h["layer_indices"] for h in json.loads(x["apply_hooks"])] == [[1], [2]]
 
 
