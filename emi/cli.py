@@ -261,7 +261,11 @@ def add_judge_args(p: argparse.ArgumentParser, allow_none: bool = False) -> None
                         (", none (skip judging)" if allow_none else "") +
                         "; default: the pair's own (`python -m emi pairs` lists them)")
     g.add_argument("--judge-model", default=None, help="judge model name (openai, vllm) or id/folder (hf)")
-    g.add_argument("--judge-url", default=None, help="base URL of an OpenAI-compatible server (vLLM, Ollama, ...)")
+    g.add_argument("--judge-url", default=None,
+                   help="base URL of an OpenAI-compatible server (vLLM, Ollama, ...); with --judge vllm and none, "
+                        "emi serves --judge-model on vLLM itself (the engine environment of --engine vllm)")
+    g.add_argument("--judge-vllm-args", default="",
+                   help="extra flags for the judge's vLLM server emi starts, e.g. '--gpu-memory-utilization 0.3'")
     g.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable with the API key")
     g.add_argument("--judge-concurrency", type=count("--judge-concurrency"), default=8, help="parallel judge requests (default 8)")
     g.add_argument("--judge-timeout", type=within("--judge-timeout", 0, 86400, lo_open=True), default=30.0,
@@ -302,12 +306,34 @@ def make_judge_from_args(args: argparse.Namespace, default: str, allow_none: boo
         raise ConfigError(f"--judge-numbers is for --judge openai or vllm, not {kind}; drop it")
     if kind == "hf":
         kw.update(device=getattr(args, "device", None), dtype=getattr(args, "dtype", None))
-    judge = make_judge(kind, args.judge_model, args.judge_url, args.judge_key_env, **kw)
+    server = serve_judge(args) if kind == "vllm" and not args.judge_url and args.judge_model else None
+    judge = make_judge(kind, args.judge_model, f"{server.url}/v1" if server else args.judge_url, args.judge_key_env,
+                       **kw)
+    judge.server = server  # type: ignore[attr-defined]  # the vLLM server emi started for it, if any
     if args.judge_deadline is not None and kind not in ("openai", "vllm"):
         judge.deadline = args.judge_deadline  # type: ignore[attr-defined]
     if hasattr(judge, "probe") and not args.no_judge_probe:
         judge.probe()
     return judge
+
+
+def serve_judge(args: argparse.Namespace) -> Any:  # -> vllm_server.Server
+    """``--judge vllm --judge-model ID|DIR`` with no ``--judge-url``: emi serves that judge on vLLM,
+    from the engine environment (``--vllm-python``, ``$EMI_VLLM_PYTHON`` or ``.venv-vllm``), for
+    the command's lifetime (stopped when the command ends)."""
+    import atexit
+    import shlex
+    from pathlib import Path
+
+    from emi.behaviour.vllm_server import Launcher, vllm_python
+
+    launcher = Launcher(vllm_python(getattr(args, "vllm_python", None)), "float32" if _cpu() else "auto",
+                        tuple(shlex.split(getattr(args, "judge_vllm_args", "") or "")),
+                        Path(getattr(args, "out", None) or "runs") / "vllm-judge-logs")
+    print(f"judge: starting vLLM for {args.judge_model} (stopped when this command ends)", file=sys.stderr)
+    server = launcher.start(args.judge_model)
+    atexit.register(server.stop)
+    return server
 
 
 def em_header(denominator: str) -> str:

@@ -173,8 +173,9 @@ def make_judge(kind: str, model: str | None = None, url: str | None = None,
         if kind == "openai":
             return OpenAIJudge(model or "gpt-4o-2024-08-06", url, key_env, **kw)
         if not (url and model):
-            raise ConfigError("--judge vllm needs --judge-url URL of a running server (e.g. `vllm serve MODEL`: "
-                              "http://localhost:8000/v1) and --judge-model, the name it serves")
+            raise ConfigError("--judge vllm needs --judge-model ID|DIR (emi serves it on vLLM itself), or also "
+                              "--judge-url URL of a server of yours (e.g. `vllm serve MODEL`: http://localhost:8000/v1) "
+                              "with --judge-model the name it serves")
         return vllm_judge(url, model, api_key_env=key_env, **kw)
     if kind == "hf":
         if not model:

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -65,40 +61,28 @@ def known_judge(path: Path, tok) -> Path:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, toy_tokenizer):
+    """`--judge vllm --judge-model DIR` with no --judge-url: emi starts vLLM serving the judge."""
+    import argparse
+
+    from emi import cli
+
     folder = known_judge(tmp_path_factory.mktemp("judge") / "known-judge", toy_tokenizer)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = open(folder.parent / "vllm.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([str(PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
-                             "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--seed", "0",
-                             "--generation-config", "vllm", "--max-model-len", "4096"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1",
-                                 "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
+    p = argparse.ArgumentParser()
+    cli.add_judge_args(p)
+    args = p.parse_args(["--judge", "vllm", "--judge-model", str(folder)])
+    args.out = str(folder.parent)
+    judge = cli.make_judge_from_args(args, "openai")  # starts the server, then probes it for logprobs
     try:
-        for _ in range(900):
-            if proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited while starting: {(folder.parent / 'vllm.log').read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        else:
-            raise RuntimeError("vLLM did not start in 15 minutes")
-        yield f"{url}/v1", str(folder)
+        yield f"{judge.server.url}/v1", str(folder), judge
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=60)
-        log.close()
+        judge.server.stop()
 
 
 def test_a_judge_served_by_vllm_scores_whole_numbers(served, toy_tokenizer):
     from transformers import Qwen2ForCausalLM
 
-    url, name = served
+    url, name, served_judge = served
+    assert served_judge.name == f"vllm:{name}"
     local = HFJudge(Qwen2ForCausalLM.from_pretrained(name).eval(), toy_tokenizer, name)
     exact = local.score("aligned", "How are you?", "Fine.")
     assert exact.status == "scored" and exact.value == pytest.approx(89.0, abs=1e-3)
