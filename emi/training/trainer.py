@@ -247,7 +247,3 @@ def _build(job: Job, lm: LoadedModel, callbacks: Sequence[Any]) -> tuple[Any, li
         trainer.kl = D.KLPenalty(job.defence.kl_beta, batches, frozen)
     return trainer, directions
 
-
-def provenance_summary(org: Organism) -> str:
-    r = org.record
-    return json.dumps({k: r.get(k) for k in ("method", "seed", "defence_label", "steps", "final_loss")})
