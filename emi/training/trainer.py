@@ -192,8 +192,13 @@ def finetune(job: Job, callbacks: Sequence[Any] = ()) -> Organism:
     last = Organism(job.out, {}).checkpoints()
     if last:
         print(f"resuming {job.out} from {last[-1].name}", file=sys.stderr)
-    with D.training_hooks(trainer.model, job.defence, directions):
-        result = trainer.train(resume_from_checkpoint=str(last[-1]) if last else None)
+    if last and _step(last[-1]) >= job.config.steps:  # killed after the last step: Trainer would not reload it
+        trainer._load_from_checkpoint(str(last[-1]))
+        trainer.state = trainer.state.load_from_json(str(last[-1] / "trainer_state.json"))
+        loss: float | None = None  # (the training loss of the killed run is in its log history)
+    else:
+        with D.training_hooks(trainer.model, job.defence, directions):
+            loss = trainer.train(resume_from_checkpoint=str(last[-1]) if last else None).training_loss
     final = job.out / "final"
     if final.exists():
         shutil.rmtree(final)
@@ -202,11 +207,15 @@ def finetune(job: Job, callbacks: Sequence[Any] = ()) -> Organism:
     history = [h for h in trainer.state.log_history if "loss" in h]
     write_json(job.out / ORGANISM_FILE, _record(
         job, "done", started=started, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        final_loss=history[-1]["loss"] if history else None, train_loss=result.training_loss,
+        final_loss=history[-1]["loss"] if history else None, train_loss=loss,
         steps=trainer.state.global_step, log_history=history))
     org = read_organism(job.out)
     assert org is not None
     return org
+
+
+def _step(checkpoint: Path) -> int:
+    return int(json.loads((checkpoint / "trainer_state.json").read_text()).get("global_step", 0))
 
 
 def _build(job: Job, lm: LoadedModel, callbacks: Sequence[Any]) -> tuple[Any, list[Any]]:
@@ -238,7 +247,3 @@ def _build(job: Job, lm: LoadedModel, callbacks: Sequence[Any]) -> tuple[Any, li
         trainer.kl = D.KLPenalty(job.defence.kl_beta, batches, frozen)
     return trainer, directions
 
-
-def provenance_summary(org: Organism) -> str:
-    r = org.record
-    return json.dumps({k: r.get(k) for k in ("method", "seed", "defence_label", "steps", "final_loss")})
