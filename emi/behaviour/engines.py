@@ -36,6 +36,7 @@ import torch
 from jaxtyping import Float
 
 from emi.behaviour.sampling import Answer, Messages, SamplingConfig, render_prompts
+from emi.behaviour.vllm_server import EngineError
 from emi.core.errors import ConfigError
 
 
@@ -389,10 +390,10 @@ class VllmEngine:
         except Exception as exc:
             if not server.alive():
                 raise server.died() from None
-            if isinstance(exc, ConfigError):
-                raise
-            raise ConfigError(f"the vLLM server for {served.checkpoint} failed a request ({type(exc).__name__}: "
-                              f"{str(exc)[:300]}; log: {server.log}); re-run the same command to resume") from None
+            what = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {str(exc)[:300]}"
+            raise EngineError(f"the vLLM server for {served.checkpoint} failed a request ({what}); its log says: "
+                              f"{server.cause()} (log: {server.log}); re-run the same command to resume: answers "
+                              f"already written are kept") from None
 
     def _check_hooks(self) -> None:
         import sys

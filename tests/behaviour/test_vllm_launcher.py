@@ -93,6 +93,25 @@ def test_a_server_killed_mid_run_says_to_rerun(tmp_path):
         eng.sample(Served("/m"), tok, [[{"role": "user", "content": "hi"}]], SamplingConfig(max_new_tokens=2), 0)
 
 
+def test_a_failed_request_on_a_live_server_quotes_the_servers_log(tmp_path):
+    """The API process lives on while its engine core died (vLLM answers 500): the error names the cause
+    from the log, not only the HTTP status."""
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "log").write_text("INFO ok\nRuntimeError: CPU Generator does not use offset\n")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        eng = VllmEngine(Launcher(Path(sys.executable), info=INFO))
+        eng.server = Server("/m", f"http://127.0.0.1:{port}", proc, tmp_path / "log", {})
+        eng.server_for = lambda checkpoint: eng.server  # type: ignore[method-assign]
+        with pytest.raises(EngineError, match="failed a request.*log says: RuntimeError: CPU Generator.*re-run"):
+            eng.sample(Served("/m"), _Tok(), [[{"role": "user", "content": "hi"}]], SamplingConfig(max_new_tokens=2), 0)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 class _Tok:
     eos_token_id = 2
 
