@@ -120,7 +120,7 @@ def vllm_vs_inprocess(lm, batch: int, new: int, rounds: int, dtype: str) -> None
     import tempfile
 
     from emi.behaviour.engines import Ablation, Served, Steering, VllmEngine
-    from emi.behaviour.vllm_server import DEFAULT_PYTHON, Launcher
+    from emi.behaviour.vllm_server import Launcher, vllm_python
 
     folder = Path(tempfile.mkdtemp()) / "model"
     lm.model.save_pretrained(folder)
@@ -136,7 +136,7 @@ def vllm_vs_inprocess(lm, batch: int, new: int, rounds: int, dtype: str) -> None
              "ablate every layer": lambda: hooks.ablate(lm.model, d, layers=list(range(n)))}
     msgs = messages(batch)
     counts: dict[str, int] = {}
-    engine = VllmEngine(Launcher(DEFAULT_PYTHON, dtype, log_dir=folder.parent / "logs"), concurrency=batch)
+    engine = VllmEngine(Launcher(vllm_python(), dtype, log_dir=folder.parent / "logs"), concurrency=batch)
     methods = {}
     try:
         for name, sv in served.items():
