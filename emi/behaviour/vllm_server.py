@@ -169,7 +169,7 @@ class Launcher:
         with open(log, "wb") as fh:
             proc = subprocess.Popen(self.command(checkpoint, port, adapters or {}, lora_rank, info.cpu), stdout=fh,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_die_with_parent)
         server = Server(checkpoint, f"http://127.0.0.1:{port}", proc, log, dict(adapters or {}))
         try:
             server.wait_ready(self.startup_timeout)
@@ -177,6 +177,17 @@ class Launcher:
             server.stop()
             raise
         return server
+
+
+def _die_with_parent() -> None:
+    """In the server's process, before vLLM starts: on Linux, SIGTERM it when emi's process dies,
+    even by SIGKILL, so a killed command never leaves a server holding the port and the memory."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: the command's own stop() still ends the server
+        pass
 
 
 @dataclass

@@ -161,3 +161,38 @@ def test_what_each_server_is_sent():
 def test_lora_ranks_are_rounded_up_to_what_vllm_accepts(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 12}))
     assert lora_rank([str(tmp_path)]) == 16 and lora_rank([]) == 8
+
+
+def test_a_server_dies_with_the_command_that_started_it_even_by_sigkill(tmp_path):
+    """A command killed -9 while its server starts (or runs) leaves no server behind."""
+    import os
+    import signal
+    import time
+
+    pidfile = tmp_path / "server.pid"
+    exe = fake_python(tmp_path, f"echo $$ > {pidfile}; exec sleep 600")
+    code = ("import sys; from pathlib import Path; from emi.behaviour.vllm_server import Launcher, EngineInfo; "
+            f"info = EngineInfo(tuple(sys.version_info[:2]), '0.32.0', '1.3.0', True); "
+            f"Launcher(Path({str(exe)!r}), log_dir=Path({str(tmp_path / 'logs')!r}), startup_timeout=3600, "
+            f"info=info).start({str(tmp_path / 'model')!r})")
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        for _ in range(600):
+            if pidfile.is_file() and pidfile.read_text().strip():
+                break
+            time.sleep(0.5)
+        server = int(pidfile.read_text())
+        os.kill(server, 0)  # running
+        parent.kill()
+        parent.wait()
+        for _ in range(600):
+            try:
+                os.kill(server, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(server, signal.SIGKILL)
+            pytest.fail("the server outlived the command that started it")
+    finally:
+        parent.kill()
