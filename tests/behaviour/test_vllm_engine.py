@@ -19,7 +19,7 @@ from emi.behaviour.questions import load_questions
 from emi.behaviour.sampling import SamplingConfig, sample
 from emi.behaviour.vllm_server import DEFAULT_PYTHON, EngineError, Launcher, check_servable
 from emi.directions.direction import Direction
-from emi.interventions import hooks
+from emi.interventions import hooks, weights
 from emi.models.loading import ModelSpec, load_model
 from tests.standins import full_pair, lora_adapter, qwen_tokenizer
 
@@ -122,7 +122,7 @@ def test_qwen3_every_writer_ablation_and_interventions_on_it(tmp_path):
     lm = load_model(ModelSpec(str(base)), dtype="fp32", device="cpu")
     d = direction(lm)
     folder = tmp_path / "ablated"
-    hooks.write_ablated(lm, d, 1, folder, {"role": "base"})
+    weights.write_ablated(lm, d, 1, folder, {"role": "base"})
     ablated = load_model(ModelSpec(str(folder)), dtype="fp32", device="cpu")
     eng = engine(tmp_path)
     try:

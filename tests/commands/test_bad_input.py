@@ -426,12 +426,11 @@ def test_a_jsonl_line_that_is_whole_but_damaged_is_named_never_dropped(tmp_path)
 
 
 def test_checkpoints_served_by_a_steer_run_are_readable_by_other_users(toy_pair, tmp_path):
-    from emi.directions.direction import random_like
-    from emi.experiments.conditions import served_model, standard_conditions
+    from emi.experiments.conditions import export_ablated, standard_conditions
 
     d = Direction.load(toy_pair.spec.kit.direction)
     c = next(c for c in standard_conditions(d, [8.0]) if c.kind == "ablate" and c.direction == "persona")
-    folder = Path(served_model(c, toy_pair.finetuned, d, random_like(d), tmp_path))
+    folder = export_ablated(c, toy_pair.finetuned, d, d.best_layer, tmp_path)
     assert folder.parent == tmp_path / "served"
     modes = [p.stat().st_mode & 0o777 for p in [folder, *folder.rglob("*")]]
     assert modes[0] == 0o777 & ~_umask() and all(m & 0o044 == 0o044 for m in modes)
