@@ -268,11 +268,11 @@ def add_judge_args(p: argparse.ArgumentParser, allow_none: bool = False) -> None
                    help="extra flags for the judge's vLLM server emi starts, e.g. '--gpu-memory-utilization 0.3'")
     g.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable with the API key")
     g.add_argument("--judge-concurrency", type=count("--judge-concurrency"), default=8, help="parallel judge requests (default 8)")
-    g.add_argument("--judge-timeout", type=within("--judge-timeout", 0, 86400, lo_open=True), default=30.0,
+    g.add_argument("--judge-timeout", type=finite("--judge-timeout"), default=30.0,
                    help="seconds one judge request may take before it is retried (default 30)")
-    g.add_argument("--judge-retries", type=count("--judge-retries", minimum=0), default=5,
+    g.add_argument("--judge-retries", type=int, default=5,
                    help="retries of a judge request that timed out, failed to connect, or got 429/5xx (default 5)")
-    g.add_argument("--judge-deadline", type=within("--judge-deadline", 0, 1e9, lo_open=True), default=None,
+    g.add_argument("--judge-deadline", type=finite("--judge-deadline"), default=None,
                    help="seconds the run may spend judging in all; past it the run stops, keeping every finished "
                         "judgement (re-run to resume; default: no deadline)")
     g.add_argument("--judge-numbers", default=None, choices=["token", "tree"],
