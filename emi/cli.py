@@ -309,7 +309,8 @@ def make_judge_from_args(args: argparse.Namespace, default: str, allow_none: boo
     server = serve_judge(args) if kind == "vllm" and not args.judge_url and args.judge_model else None
     judge = make_judge(kind, args.judge_model, f"{server.url}/v1" if server else args.judge_url, args.judge_key_env,
                        **kw)
-    judge.server = server  # type: ignore[attr-defined]  # the vLLM server emi started for it, if any
+    if server is not None:
+        judge.vllm_server = server  # type: ignore[attr-defined]  # the vLLM server emi started for it
     if args.judge_deadline is not None and kind not in ("openai", "vllm"):
         judge.deadline = args.judge_deadline  # type: ignore[attr-defined]
     if hasattr(judge, "probe") and not args.no_judge_probe:

@@ -73,9 +73,9 @@ def served(tmp_path_factory, toy_tokenizer):
     args.out = str(folder.parent)
     judge = cli.make_judge_from_args(args, "openai")  # starts the server, then probes it for logprobs
     try:
-        yield f"{judge.server.url}/v1", str(folder), judge
+        yield f"{judge.vllm_server.url}/v1", str(folder), judge
     finally:
-        judge.server.stop()
+        judge.vllm_server.stop()
 
 
 def test_a_judge_served_by_vllm_scores_whole_numbers(served, toy_tokenizer):
