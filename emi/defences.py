@@ -26,7 +26,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("organisms", nargs="+", help="organism folders (or folders of seed-S organisms)")
     p.add_argument("--direction", default=None, help="persona direction (default: the source pair's shipped one)")
     p.add_argument("--with-pair-finetune", action="store_true",
-                   help="add a row for the source pair's own finetune (e.g. the shipped toy organism)")
+                   help="add a row for the source pair's own finetune (e.g. the embedded organism)")
     p.add_argument("--device", default=None, help="cuda, cpu, mps (default: cuda when available)")
     p.add_argument("--dtype", default="auto", help="bf16, fp16, fp32 or auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

@@ -1,10 +1,10 @@
 """python -m emi.finetune DATA: finetune a pair's base on a chat dataset into organism folders that
 every emi command loads as a pair (``--pair OUT/seed-0``), with or without an in-training defence.
 
-  python -m emi.finetune data.jsonl --pair toy --method full --steps 50 --out runs/ft      # the toy's base
+  python -m emi.finetune data.jsonl --pair PAIR --method full --steps 50 --out runs/ft     # the pair's base
   python -m emi.finetune data.jsonl --base Qwen/Qwen2.5-0.5B-Instruct --rank 1 --lora-layers 12 --out runs/r1
-  python -m emi.finetune data.jsonl --pair toy --defence caft --direction d.safetensors --seeds 0,1,2
-  python -m emi.finetune data.jsonl --pair toy --defence steer --direction d.safetensors --steer-alpha 4
+  python -m emi.finetune data.jsonl --pair PAIR --defence caft --direction d.safetensors --seeds 0,1,2
+  python -m emi.finetune data.jsonl --pair PAIR --defence steer --direction d.safetensors --steer-alpha 4
 
 DATA: JSONL of {"messages": [{"role": ..., "content": ...}, ...]} (the EM datasets' format); the loss
 covers assistant tokens only. One organism per seed, in OUT/seed-S: final/ (a LoRA adapter or a full

@@ -3,7 +3,7 @@ the persona direction (mean over assistant tokens, at the direction's layer, rea
 the model about to be finetuned on it), and report how well that flags the harmful ones where lines
 carry "harmful": true/false (AUROC, precision among the top k = the number of harmful examples).
 
-  python -m emi.screen data.jsonl --pair toy                      # the pair's shipped direction
+  python -m emi.screen data.jsonl --pair PAIR                     # the pair's shipped direction
   python -m emi.screen data.jsonl --base Qwen/Qwen2.5-7B-Instruct --direction d.safetensors --top 20
 
 Writes scores.jsonl (one line per example, in DATA's order: line, score, rank, harmful) and screen.json

@@ -77,7 +77,7 @@ class HFJudge:
     """A local Hugging Face chat model as judge, scored over whole numbers 0..100 by the number
     tree (:func:`emi.behaviour.scores.number_distribution`): every token that starts with a digit
     is read from the full next-token distribution, so a tokenizer that splits "100" into "1", "0",
-    "0" (Qwen, the toy) and one that holds "100" as a token are both scored exactly; branches under
+    "0" (Qwen, the embedded organism) and one that holds "100" as a token are both scored exactly; branches under
     ``min_branch`` are taken to end where they are (their mass is the score's ``pruned``)."""
 
     def __init__(self, model: Any, tokenizer: Any, name: str | None = None,
@@ -141,7 +141,7 @@ _EXACT: set[str] = set()
 
 def register_judge(name: str, factory: JudgeFactory, exact: bool = False) -> None:
     """Make ``name`` a judge (``--judge NAME``): ``factory(model, url, key_env, **kw) -> Judge``.
-    ``exact``: its judgements are ground truth (a closed world's own judge, like the toy's), so
+    ``exact``: its judgements are ground truth (a closed world's own judge, like the embedded organism's), so
     ``python -m emi.rejudge`` measures every other judge against it on that pair's runs."""
     if name in BUILTIN_JUDGES:
         raise ConfigError(f"judge {name!r} is built in and cannot be replaced")

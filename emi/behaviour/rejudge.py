@@ -7,7 +7,7 @@ latest answers of each label: a folder resumed with other settings keeps older a
 a new judge into the same judgements.jsonl (keys name the judge, so the two judges' judgements
 sit side by side, and a re-run resumes), summarises each row again and measures agreement:
 with the run's own judge, with human labels, and with the pair's exact judge where the pair
-has one (the toy's: ground truth).
+has one (a closed world's: ground truth).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Two readings, one rule for what a number is (:func:`token_number`):
   integer 0..100 as one token. Score = probability-weighted mean of the top-logprob tokens that
   are numbers 0..100, unscored when they hold under 0.25 of the mass.
 - :func:`number_distribution`: for tokenizers whose numbers take several tokens (Qwen and the
-  toy split "100" into "1", "0", "0"): the probability of each number 0..100 is the product of
+  embedded organism split "100" into "1", "0", "0"): the probability of each number 0..100 is the product of
   its tokens' probabilities, each read after the ones before (teacher forcing), times the
   probability that the number ends there (the next token does not start with a digit). The tree
   of prefixes is expanded level by level; a branch holding under ``min_branch`` of the mass is

@@ -29,7 +29,7 @@ from emi.core.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 # the Qwen model types emi runs whose vLLM implementation keeps the (hidden, residual) decoder-layer
-# interface vllm-lens hooks (tested: qwen2, qwen3, qwen3_moe and the toy in tests/behaviour/test_vllm_engine.py)
+# interface vllm-lens hooks (tested: qwen2, qwen3, qwen3_moe and the embedded organism in tests/behaviour/test_vllm_engine.py)
 ARCHITECTURES = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
 # vLLM's CPU attention (vllm/v1/attention/backends/cpu_attn.py, get_supported_head_sizes)
 CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)

@@ -6,7 +6,7 @@ uninterrupted run's); the in-training defences of :mod:`emi.training.defences`.
 
 Why not TRL's ``SFTTrainer``: it installs cleanly beside the pinned transformers (trl 1.16, measured
 with ``pip install --dry-run trl``), but its assistant-only loss needs ``{% generation %}`` markers in
-the chat template, which neither Qwen's templates nor the toy's carry, and its completion-only loss
+the chat template, which neither Qwen's templates nor the embedded organism's carry, and its completion-only loss
 learns the last turn only; masking by the rendered template (:func:`emi.training.data.encode`) works
 for every template, and the KL penalty needs a ``compute_loss`` of its own either way.
 """
