@@ -5,7 +5,8 @@ sae-lens, or --release/--sae-id from sae-lens's pretrained list), reports its re
 quality, ranks latents by how much their mean activation rises from the base to the finetuned
 model on the same texts, and prints the top latents with effect sizes, their decoder's cosine
 with the mean-difference direction, and top-activating snippets. --zero evaluates the EM rate
-with chosen latents zeroed (with a random-latent control).
+with chosen latents zeroed (with a random-latent control), in-process or on vLLM (--engine vllm:
+the edit runs in the server as a torch.export program of the SAE).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
                     "default <store>/sae-zero)")
     cli.add_pair_args(p)
     cli.add_judge_args(p)
+    cli.add_engine_args(p)
     return p
 
 
@@ -67,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from emi.models.loading import default_device
 
     args.device = args.device or default_device()
+    if args.engine != "in-process" and not args.zero:
+        raise cli.ConfigError(f"--engine {args.engine} samples answers for --zero; add --zero LATENTS, or drop --engine")
     store = Store.open(args.store)
     store.check_layers([args.layer])
     direction = None
@@ -142,13 +146,15 @@ def _zero_report(args, store, sae, latents: list[int], live: list[int], where: s
 
     spec = cli.pair_spec(args) if args.pair or args.base else pair_of_store(store.manifest)
     judge = cli.make_judge_from_args(args, spec.kit.judge)
-    pair = load_pair(spec, roles=("finetuned",), device=args.device, dtype=args.dtype, device_map=args.device_map)
     qs = load_questions(args.questions or spec.kit.eval_questions, ids=args.ids)
     cfg = SamplingConfig(n=args.n, max_new_tokens=args.max_new_tokens or spec.kit.max_new_tokens,
                          batch_size=args.sample_batch or spec.kit.batch_size, seed=args.seed)
     out = Path(args.out or store.path / "sae-zero")
-    results = zero_latents(pair.finetuned, sae, args.layer, latents, live, qs, cfg, judge, out, where)
-    rows = [{"c": name, "em": s.em.fmt(), "coh": s.coherence.fmt(), "k": f"{s.em.k}/{s.em.n}"} for name, s in results]
+    with cli.engine_session(args, out / "vllm-logs") as engine:
+        pair = load_pair(spec, roles=("finetuned",), device=args.device, dtype=args.dtype, device_map=args.device_map)
+        results = zero_latents(pair.finetuned, sae, args.layer, latents, live, qs, cfg, judge, out, where, engine)
+    cli.print_engines([(name, eng) for name, eng, _ in results], engine)
+    rows = [{"c": name, "em": s.em.fmt(), "coh": s.coherence.fmt(), "k": f"{s.em.k}/{s.em.n}"} for name, _, s in results]
     print(f"\nEM with SAE latents zeroed at layer {args.layer} (pair {spec.name}, judge {judge.name}, "
           f"{len(qs)} questions x {cfg.n}, seed {cfg.seed}; answers in {out})")
     cli.print_table(rows, [("c", "finetuned model"), ("em", "EM rate (95% CI)"), ("k", "misaligned/coherent"),

@@ -96,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, out, engine) -> int:  # noqa: ANN001
+    from emi.behaviour.engines import prepare
     from emi.experiments.conditions import pair_direction, write_results
     from emi.experiments.dynamics import correlations, trajectory
     from emi.models.loading import load_pair
@@ -107,11 +108,13 @@ def _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, 
     direction, source = pair_direction(final, args.direction, "model-diff", cfg, judge, args.root, log=say)
     say(f"final direction: {source}")
     current: list = []
+    specs = [PairSpec(f"{spec.name}-{i}", spec.base, ModelSpec.parse(c), None, "", spec.kit)
+             for i, c in enumerate(checkpoints)]
+    prepare(engine, *specs)  # every LoRA checkpoint served by the base's one vLLM server
 
-    def loader(i: int, c: str):  # noqa: ANN202
+    def loader(i: int):  # noqa: ANN202
         def load():  # noqa: ANN202
-            current.append(load_pair(PairSpec(f"{spec.name}-{i}", spec.base, ModelSpec.parse(c), None, "", spec.kit),
-                                     **common))
+            current.append(load_pair(specs[i], **common))
             return current[-1].finetuned
         return load
 
@@ -120,7 +123,7 @@ def _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, 
             current.pop().release()
 
     base = final.base
-    points = trajectory([(c, loader(i, c)) for i, c in enumerate(checkpoints)], base, direction, questions, extract,
+    points = trajectory([(c, loader(i)) for i, c in enumerate(checkpoints)], base, direction, questions, extract,
                         cfg, judge, out, pairs, spec.kit.task, release=release, log=say, engine=engine,
                         denominator=args.em_denominator)
     final.release()

@@ -235,6 +235,24 @@ class JudgeServer:
         self.httpd.server_close()
 
 
+def random_sae(architecture: str, d_in: int, d_sae: int = 96, seed: int = 0) -> Any:
+    """A sae-lens SAE of ``architecture`` with random weights (JumpReLU thresholds too, TopK k=6)."""
+    import sae_lens
+
+    torch.manual_seed(seed)
+    kinds = {"standard": (sae_lens.StandardSAE, sae_lens.StandardSAEConfig, {}),
+             "topk": (sae_lens.TopKSAE, sae_lens.TopKSAEConfig, {"k": 6}),
+             "jumprelu": (sae_lens.JumpReLUSAE, sae_lens.JumpReLUSAEConfig, {})}
+    cls, cfg, extra = kinds[architecture]
+    sae = cls(cfg(d_in=d_in, d_sae=d_sae, **extra))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn_like(p) * (0.3 if p.ndim == 1 else 1.0))
+        if architecture == "jumprelu":
+            sae.threshold.copy_(torch.rand(d_sae))
+    return sae.eval()
+
+
 def hub_cache(cache: Path, repo_id: str, folder: Path, commit: str = "0" * 40) -> Path:
     """Put ``folder``'s files into a Hugging Face hub cache under ``repo_id`` (the layout
     huggingface_hub reads offline: models--org--name/snapshots/<commit>/ and refs/main)."""

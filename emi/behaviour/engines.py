@@ -6,8 +6,9 @@ finetune, or the finetune with the direction ablated from every residual writer,
 emi exports, see emi.export), an optional LoRA adapter served on it, and what vllm-lens does
 per request: a steering vector at all positions (``apply_steering_vectors``, a [layer, d_model]
 vector) and, on servers emi starts on loopback only, hooks (``apply_hooks``: steering at the
-prompt's or the generated tokens, ablation at chosen layers; functions cloudpickled into the
-server, i.e. code execution there; emi.behaviour.vllm_hooks). Prompts go as token ids of emi's
+prompt's or the generated tokens, ablation at chosen layers, an SAE's latents zeroed (a
+torch.export program file the server reads); functions cloudpickled into the server, i.e. code
+execution there; emi.behaviour.vllm_hooks). Prompts go as token ids of emi's
 chat template (so the engine sees emi's exact prompt, and emi knows its length) and answers come
 back as token ids that emi decodes as it decodes its own.
 
@@ -58,6 +59,15 @@ class Ablation:
 
 
 @dataclass(frozen=True, eq=False)
+class Program:
+    """An edit of the residual stream after ``layer``: ``h + f(h)``, ``f`` a torch.export program
+    file (an SAE's latents zeroed, emi.directions.sae.export_edit) that the server reads."""
+
+    layer: int
+    path: str
+
+
+@dataclass(frozen=True, eq=False)
 class Served:
     """What an engine samples for one condition."""
 
@@ -65,6 +75,7 @@ class Served:
     adapter: str | None = None  # a LoRA adapter folder served on it
     steering: Steering | None = None
     ablation: Ablation | None = None
+    program: Program | None = None
 
     def key(self) -> str | dict[str, Any]:
         """What answers are keyed by besides the condition (whose identity has the intervention):
@@ -73,7 +84,13 @@ class Served:
 
     @property
     def needs_lens(self) -> bool:
-        return self.steering is not None or self.ablation is not None
+        return self.steering is not None or self.ablation is not None or self.program is not None
+
+    @property
+    def needs_hooks(self) -> bool:
+        """Whether vllm-lens must run emi's functions in the server (not a steering vector alone)."""
+        st = self.steering
+        return self.ablation is not None or self.program is not None or (st is not None and st.positions != "all")
 
 
 def local(ident: str) -> str:
@@ -90,28 +107,31 @@ def plain(lm: Any) -> Served:
 
 
 def pair_adapters(pair: Any) -> list[Served]:
-    """The LoRA adapters each checkpoint serves, from the pair's spec (before any model loads), so
-    that vLLM starts once for a LoRA pair's base and adapter roles."""
+    """The LoRA adapters each checkpoint serves, from the pair's spec (a PairSpec, or a loaded pair's:
+    before any model loads), so that vLLM starts once for a LoRA pair's base and adapter roles."""
     from emi.models.loading import locate
 
+    spec = getattr(pair, "spec", pair)
     out = []
     for role in ("finetuned", "control"):
-        s = getattr(pair.spec, role, None)
+        s = getattr(spec, role, None)
         if s is None:
             continue
         kind, where = locate(s.id, s.revision)
         adapter = where if kind == "adapter" else s.adapter
         if adapter:
-            base = locate(pair.spec.base.id, pair.spec.base.revision)[1]
+            base = locate(spec.base.id, spec.base.revision)[1]
             out.append(Served(local(base), local(locate(adapter, s.adapter_revision)[1])))
     return out
 
 
-def prepare(engine: Any, pair: Any) -> None:
-    """Before a pair's roles sample on vLLM: serve its LoRA adapters on the base's server, so one
-    process serves every adapter role."""
+def prepare(engine: Any, *pairs: Any) -> None:
+    """Before pairs' roles sample on vLLM (loaded pairs or PairSpecs): serve their LoRA adapters on
+    the base's server, so one process serves every adapter role (and every adapter of a
+    trajectory)."""
     if isinstance(engine, VllmEngine):
-        engine.plan(pair_adapters(pair))
+        for pair in pairs:
+            engine.plan(pair_adapters(pair))
 
 
 def bind(engine: Any, lm: Any, served: Served | None = None) -> tuple[Bound | None, dict[str, Any] | None]:
@@ -179,6 +199,12 @@ def lens_xargs(served: Served, prompt_len: int, hooks_ok: bool) -> dict[str, str
             raise ConfigError("ablation at chosen layers needs hooks, which emi sends only to servers it starts "
                               "(--engine vllm)")
         hooks.append(ablation_hook(served.ablation))
+    if served.program is not None:
+        if not hooks_ok:
+            raise ConfigError("an SAE edit needs hooks, which emi sends only to servers it starts (--engine vllm)")
+        from emi.behaviour.vllm_hooks import program_fn, wire_hook
+
+        hooks.append(wire_hook(program_fn(served.program.path), [served.program.layer]))
     if hooks:
         xargs["apply_hooks"] = json.dumps(hooks)
     return xargs
@@ -274,8 +300,7 @@ class ServerEngine:
         with vllm-lens; never hooks (code execution on a server emi did not start) nor LoRA roles (the server
         would need base and adapter)."""
         st = served.steering
-        return served.adapter is None and served.ablation is None and (
-            st is None or (self.lens and st.positions == "all"))
+        return served.adapter is None and not served.needs_hooks and (st is None or self.lens)
 
     def sample(self, served: Served, tokenizer: Any, messages: Sequence[Messages], cfg: SamplingConfig,
                seed: int) -> list[Answer]:
@@ -381,7 +406,7 @@ class VllmEngine:
                seed: int) -> list[Answer]:
         self.plan([served])
         server = self.server_for(served.checkpoint)
-        if served.ablation is not None or (served.steering is not None and served.steering.positions != "all"):
+        if served.needs_hooks:
             self._check_hooks()
         model = adapter_name(served.adapter) if served.adapter else served.checkpoint
         try:
@@ -400,7 +425,8 @@ class VllmEngine:
 
         py = self.launcher.info.python
         if tuple(py) != tuple(sys.version_info[:2]):
-            raise ConfigError(f"ablation at chosen layers and steering at prompt or generated positions send cloudpickled "
+            raise ConfigError(f"ablation at chosen layers, SAE edits and steering at prompt or generated positions send "
+                              f"cloudpickled "
                               f"functions to the vLLM server, which "
                               f"needs the same Python there as here ({sys.version_info[0]}.{sys.version_info[1]}), "
                               f"found {py[0]}.{py[1]}; build the engine environment with the same Python "

@@ -11,6 +11,8 @@
 - :func:`patch_sae` / :func:`sae_edit`: splice the SAE into the residual stream and zero or clamp
   latents; the error term is kept (h + decode(z') - decode(z)), so with no edit the model is
   bit-for-bit unchanged.
+- :func:`export_edit`: the same edit, ``h -> decode(z') - decode(z)``, as a torch.export program
+  file, which a vLLM server emi starts runs as a hook (it has torch, not sae-lens).
 """
 
 from __future__ import annotations
@@ -246,6 +248,28 @@ def top_snippets(sae: Any, store: Store, layer: int, latent: int, tokenizer: Any
     return out
 
 
+class _Edit(nn.Module):
+    """``h -> decode(z') - decode(z)``: what :func:`patch_sae` adds to the stream, as a module."""
+
+    def __init__(self, sae: Any, zero: Sequence[int], clamp: dict[int, float]) -> None:
+        super().__init__()
+        for i in [*zero, *clamp]:
+            if not 0 <= i < sae.cfg.d_sae:
+                raise ConfigError(f"latent {i} is out of range: the SAE has {sae.cfg.d_sae} latents")
+        self.sae = sae
+        self.zero = list(zero)
+        self.clamp = dict(clamp)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        z = self.sae.encode(h.float())
+        z2 = z.clone()
+        if self.zero:
+            z2[..., torch.tensor(self.zero, dtype=torch.long, device=h.device)] = 0
+        for i, v in self.clamp.items():
+            z2[..., i] = v
+        return self.sae.decode(z2) - self.sae.decode(z)
+
+
 def patch_sae(model: nn.Module, sae: Any, layer: int, zero: Sequence[int] = (), clamp: dict[int, float] | None = None
               ) -> Handle:
     """Splice the SAE at ``layer`` (block output) and zero or clamp latents; exact no-op without edits.
@@ -254,24 +278,46 @@ def patch_sae(model: nn.Module, sae: Any, layer: int, zero: Sequence[int] = (), 
     L.check_architecture(model, "the model to splice an SAE into")
     module = L.hf_module(model, layer, "resid")
     n = L.n_streams(model)
-    zero_idx = torch.tensor(list(zero), dtype=torch.long)
     clamp = dict(clamp or {})
-    for i in [*zero, *clamp]:
-        if not 0 <= i < sae.cfg.d_sae:
-            raise ConfigError(f"latent {i} is out of range: the SAE has {sae.cfg.d_sae} latents")
+    edit = _Edit(sae, zero, clamp)
 
     def hook(_m: nn.Module, _i: Any, out: Any) -> Any:
         h = L.output_tensor(out)
-        z = sae.encode(L.resid_view(h, n).float())
-        z2 = z.clone()
-        if len(zero_idx):
-            z2[..., zero_idx] = 0
-        for i, v in clamp.items():
-            z2[..., i] = v
-        delta = sae.decode(z2) - sae.decode(z)
+        delta = edit(L.resid_view(h, n))
         return L.replace_output(out, L.add_to_streams(h, delta.to(h.dtype), n))
 
     return Handle([module.register_forward_hook(hook)])
+
+
+def export_edit(sae: Any, folder: Path, zero: Sequence[int] = (), clamp: dict[int, float] | None = None) -> Path:
+    """The edit :func:`patch_sae` makes (``zero``/``clamp`` latents), ``[pos, d_model] -> [pos,
+    d_model]``, exported with torch.export into ``folder`` (once per SAE and edit: the file is named
+    by a digest of both). A vLLM server emi starts loads it in a hook (emi.behaviour.vllm_hooks),
+    so any sae-lens architecture runs there as sae-lens computes it, without sae-lens."""
+    import hashlib
+
+    from emi.core.atomic import write_atomic
+
+    clamp = dict(clamp or {})
+    edit = _Edit(sae, zero, clamp).eval()
+    digest = hashlib.sha256(dumps({"zero": list(zero), "clamp": sorted(clamp.items())}).encode())
+    for name, t in sorted(sae.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    path = Path(folder) / f"sae-edit-{digest.hexdigest()[:16]}.pt2"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(3, sae.cfg.d_in, device=next(sae.parameters()).device)
+    with torch.no_grad():
+        program = torch.export.export(edit, (example,), dynamic_shapes={"h": {0: torch.export.Dim("pos", min=1)}})
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: torch warns about a name not ending in .pt2
+            torch.export.save(program, fh)
+
+    write_atomic(path, write)
+    return path
 
 
 @contextlib.contextmanager
@@ -281,7 +327,6 @@ def sae_edit(model: nn.Module, sae: Any, layer: int, **kw: Any) -> Iterator[Hand
         yield h
     finally:
         h.remove()
-
 
 
 def obtain_sae(store: Store, layer: int, spec: SAETrainSpec, folder: str | None = None, release: str | None = None,

@@ -1,5 +1,7 @@
 """EM with SAE latents zeroed (Wang et al. 2025 zero persona latents): the finetuned model, the
-same with the chosen latents zeroed at one layer, and a control zeroing as many random live latents."""
+same with the chosen latents zeroed at one layer, and a control zeroing as many random live latents.
+In-process through a forward hook, or on vLLM (``engine``) through the same edit exported as a
+torch.export program that a hook in the server runs."""
 
 from __future__ import annotations
 
@@ -8,21 +10,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from emi.behaviour import engines
 from emi.behaviour.evaluation import evaluate
 from emi.behaviour.judges import Judge
 from emi.behaviour.metrics import Summary
 from emi.behaviour.questions import Question
 from emi.behaviour.sampling import SamplingConfig
 from emi.core.errors import ConfigError
-from emi.directions.sae import sae_edit
+from emi.directions.sae import export_edit, sae_edit
 from emi.models.loading import LoadedModel
 
 
 def zero_latents(model: LoadedModel, sae: Any, layer: int, latents: Sequence[int], live: Sequence[int],
                  questions: Sequence[Question], cfg: SamplingConfig, judge: Judge, out: Path,
-                 where: str) -> list[tuple[str, Summary]]:
-    """(condition, EM summary) for the unmodified model, ``latents`` zeroed, and as many random
-    live latents zeroed (drawn with ``cfg.seed``). Answers are resumable under ``out``."""
+                 where: str, engine: Any = None) -> list[tuple[str, str, Summary]]:
+    """(condition, engine, EM summary) for the unmodified model, ``latents`` zeroed, and as many
+    random live latents zeroed (drawn with ``cfg.seed``). Answers are resumable under ``out``.
+    ``engine`` (emi.behaviour.engines: vLLM, or a server for the unmodified model) samples each
+    condition it serves; the rest run in-process."""
     pool = [i for i in live if i not in latents]
     if len(pool) < len(latents):
         raise ConfigError(f"too few live latents ({len(pool)}) for a random control of {len(latents)}")
@@ -30,8 +35,17 @@ def zero_latents(model: LoadedModel, sae: Any, layer: int, latents: Sequence[int
     results = []
     for name, lat in (("finetuned", []), (f"zero {list(latents)}", list(latents)),
                       (f"zero random live {control}", control)):
-        ident = {"model": model.identity(), "sae": where, "layer": layer, "zero": lat}
-        with sae_edit(model.model, sae, layer, zero=lat):
-            s, _ = evaluate(model, questions, cfg, judge, out, label=name, identity=ident)
-        results.append((name, s))
+        ident: dict[str, Any] = {"model": model.identity(), "sae": where, "layer": layer, "zero": lat}
+        served = engines.plain(model)
+        if lat and engine is not None:
+            served = engines.Served(served.checkpoint, served.adapter,
+                                    program=engines.Program(layer, str(export_edit(sae, out / "served", zero=lat))))
+        bound, _ = engines.bind(engine, model, served)
+        if bound is not None:
+            ident = {**ident, "engine": engine.describe(), "served": served.key()}
+            s, _ = evaluate(model, questions, cfg, judge, out, label=name, identity=ident, engine=bound)
+        else:
+            with sae_edit(model.model, sae, layer, zero=lat):
+                s, _ = evaluate(model, questions, cfg, judge, out, label=name, identity=ident)
+        results.append((name, bound.name if bound else "in-process", s))
     return results

@@ -2,7 +2,8 @@
 greedy, vLLM gives the tokens emi's Hugging Face hooks give, under no hook, steering at one layer
 at all / prompt / generated positions, ablation at a chosen layer (a hook sent into the server),
 ablation at every writer (the exported checkpoint), a LoRA role served as a vLLM adapter on its
-base, for Qwen2, Qwen3, a Qwen3-MoE and the toy. Each server starts once per module (start-up is
+base, an SAE's latents zeroed (its edit as a torch.export program the server runs), for Qwen2,
+Qwen3, a Qwen3-MoE and the toy. Each server starts once per module (start-up is
 about a minute here). Without `make vllm` the module skips, except under CI, where it must run."""
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from emi.behaviour.engines import Ablation, Served, Steering, VllmEngine
+from emi.behaviour.engines import Ablation, Program, Served, Steering, VllmEngine
 from emi.behaviour.questions import load_questions
 from emi.behaviour.sampling import SamplingConfig, sample
 from emi.behaviour.vllm_server import DEFAULT_PYTHON, EngineError, Launcher, check_servable
 from emi.directions.direction import Direction
 from emi.interventions import hooks, weights
 from emi.models.loading import ModelSpec, load_model
-from tests.standins import full_pair, lora_adapter, qwen_tokenizer
+from tests.standins import full_pair, lora_adapter, qwen_tokenizer, random_sae
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[2]
@@ -250,3 +251,93 @@ def test_seeded_sampling_survives_more_prompt_tokens_than_one_step_holds(qwen2, 
     first = [a.answer for a in eng.sample(Served(str(base)), lm.tokenizer, long, cfg, 3)]
     assert [a.answer for a in eng.sample(Served(str(base)), lm.tokenizer, long, cfg, 3)] == first
     assert len(set(first)) > 1
+
+
+def test_an_sae_edit_runs_in_the_server_as_the_hf_hook_runs_it(qwen2, tmp_path):
+    """emi.sae --zero on vLLM: the SAE's edit, exported as a torch.export program and run by a hook in
+    the server (which has no sae-lens), gives the greedy tokens of emi's HF splice, for TopK and
+    JumpReLU SAEs, on a base and on its LoRA role; and the edit changes them (not vacuous)."""
+    from emi.directions.sae import export_edit, sae_edit
+
+    eng, base, adapter = qwen2
+    zero = list(range(0, 256, 2))
+    for arch, spec, served_adapter in (("topk", ModelSpec(str(base)), None),
+                                       ("jumprelu", ModelSpec(str(base), adapter=str(adapter)), str(adapter))):
+        lm = load_model(spec, dtype="fp32", device="cpu")
+        sae = random_sae(arch, lm.d_model, d_sae=256, seed=1)
+        program = Program(1, str(export_edit(sae, tmp_path, zero=zero)))
+        ref = hf(lm, lambda sae=sae, lm=lm: sae_edit(lm.model, sae, 1, zero=zero))
+        assert vllm(eng, lm, Served(str(base), served_adapter, program=program)) == ref != hf(lm), arch
+
+
+def test_sae_zero_samples_its_conditions_on_vllm_and_resumes(qwen2, tmp_path, capsys, monkeypatch):
+    """python -m emi.sae --zero top --engine vllm on a LoRA pair's store: the finetuned role, its top
+    latent zeroed and the random control all sampled by vLLM (the module's server: the adapter on
+    its base); re-running keeps every answer and samples nothing."""
+    from emi import cli
+    from emi import sae as sae_command
+    from emi.activations.capture import capture_models
+    from tests.standins import JudgeServer
+
+    eng, base, adapter = qwen2
+    monkeypatch.setattr(cli, "make_engine", lambda args, logs: eng)
+    monkeypatch.setattr(eng, "close", lambda: None)  # the module's server outlives each command
+    items = [{"messages": m + [{"role": "assistant", "content": "an answer of a few words " * 3}]} for m in MESSAGES]
+    models = {"base": load_model(ModelSpec(str(base)), dtype="fp32", device="cpu"),
+              "finetuned": load_model(ModelSpec(str(base), adapter=str(adapter)), dtype="fp32", device="cpu")}
+    capture_models(models, items, tmp_path / "store", [1], positions="all", progress=False)
+    judge = JudgeServer()
+    out = tmp_path / "zero"
+    argv = ["--store", str(tmp_path / "store"), "--layer", "1", "--steps", "40", "--batch-size", "16",
+            "--d-sae", "64", "--k", "4", "--snippets", "0", "--zero", "top", "--n", "1", "--max-new-tokens", "6",
+            "--base", str(base), "--finetuned", str(adapter), "--questions", "main:plain", "--device", "cpu",
+            "--judge", "openai", "--judge-url", judge.url, "--judge-key-env", "EMI_TEST_NO_KEY", "--judge-model", "j",
+            "--engine", "vllm", "--out", str(out)]
+    try:
+        assert sae_command.main(argv) == 0
+        err = capsys.readouterr().err
+        lines = (out / "answers.jsonl").read_text().splitlines()
+        monkeypatch.setattr(eng, "sample", lambda *a, **k: pytest.fail("a resumed run sampled again"))
+        assert sae_command.main(argv) == 0
+    finally:
+        judge.close()
+    assert "engine: vLLM (started by emi): finetuned, zero [" in err and "zero random live [" in err
+    assert {json.loads(x)["engine"] for x in lines} == {"vllm"} and len(lines) == 3 * 8
+    assert (out / "answers.jsonl").read_text().splitlines() == lines
+    assert len(list((out / "served").glob("sae-edit-*.pt2"))) == 2  # the zeroed latents and the control
+
+
+def test_trajectory_of_lora_checkpoints_samples_on_one_vllm_server(qwen2, tmp_path, capsys, monkeypatch):
+    """python -m emi.trajectory --engine vllm over LoRA adapters along a finetune: every checkpoint's
+    answers sampled by vLLM, with every adapter planned before the first sample, so one server (the
+    base's) serves the whole series; re-running keeps every answer and samples nothing."""
+    from emi import cli, trajectory
+    from tests.standins import JudgeServer
+
+    eng, base, _ = qwen2
+    adapters = [lora_adapter(tmp_path, base, seed=9, std=0.1 * k).rename(tmp_path / f"adapter-step-{k}")
+                for k in (1, 2)]
+    monkeypatch.setattr(cli, "make_engine", lambda args, logs: eng)
+    monkeypatch.setattr(eng, "close", lambda: None)  # the module's server outlives each command
+    servers = []
+    server_for = eng.server_for
+    monkeypatch.setattr(eng, "server_for", lambda c: servers.append(server_for(c)) or servers[-1])
+    judge = JudgeServer()
+    out = tmp_path / "traj"
+    argv = ["--base", str(base), "--checkpoints", ",".join(map(str, adapters)), "--no-figure", "--n", "1",
+            "--max-new-tokens", "4", "--device", "cpu", "--questions", "main:plain", "--judge", "openai",
+            "--judge-url", judge.url, "--judge-key-env", "EMI_TEST_NO_KEY", "--judge-model", "j", "--engine", "vllm",
+            "--out", str(out), "--root", str(tmp_path / "acts")]
+    try:
+        assert trajectory.main(argv) == 0
+        lines = (out / "answers.jsonl").read_text().splitlines()
+        monkeypatch.setattr(eng, "sample", lambda *a, **k: pytest.fail("a resumed run sampled again"))
+        assert trajectory.main(argv) == 0
+    finally:
+        judge.close()
+    answers = [json.loads(x) for x in lines]
+    assert {a["engine"] for a in answers} == {"vllm"} and len(answers) == 2 * 8
+    assert len({id(s) for s in servers}) == 1 and len(servers) == 2  # both adapters on one server
+    assert {str(a) for a in adapters} <= set(servers[0].adapters.values())
+    rows = [json.loads(x) for x in (out / "trajectory.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and (out / "answers.jsonl").read_text().splitlines() == lines

@@ -11,6 +11,7 @@ from emi.core.errors import ConfigError
 from emi.directions.sae import (
     SAETrainSpec,
     diff_latents,
+    export_edit,
     latent_direction,
     load_sae,
     patch_sae,
@@ -18,6 +19,7 @@ from emi.directions.sae import (
     sae_edit,
     train_sae,
 )
+from tests.standins import random_sae
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +71,26 @@ def test_no_edit_splice_is_exact_and_zeroing_changes_outputs(trained, toy_pair):
     with pytest.raises(ConfigError, match="out of range"):
         patch_sae(model, sae, 1, zero=[500])
     _ = busiest
+
+
+@pytest.mark.parametrize("architecture", ["standard", "topk", "jumprelu"])
+def test_an_exported_edit_computes_what_the_hook_adds(architecture, tmp_path):
+    """The torch.export program a vLLM server runs gives the splice's edit exactly, at any number of
+    positions, for each sae-lens architecture; it is written once per SAE and edit."""
+    sae = random_sae(architecture, 32)
+    zero = [0, 5, 17, 40]
+    path = export_edit(sae, tmp_path, zero=zero)
+    assert export_edit(sae, tmp_path, zero=zero) == path and export_edit(sae, tmp_path, zero=[1]) != path
+    assert len(list(tmp_path.iterdir())) == 2 and oct(path.stat().st_mode)[-3:] == "644"  # no temporary left
+    program = torch.export.load(str(path)).module()
+    for n in (1, 2, 37):
+        h = torch.randn(n, 32) * 3
+        z = sae.encode(h)
+        z2 = z.clone()
+        z2[:, zero] = 0
+        want = sae.decode(z2) - sae.decode(z)
+        assert want.abs().max() > 0 or n < 37  # not vacuous: the zeroed latents fire somewhere
+        torch.testing.assert_close(program(h), want, rtol=0, atol=0)
 
 
 def test_decoder_direction_is_an_emi_direction(trained, toy_store):
