@@ -126,14 +126,17 @@ def _texts(args, spec, pair, path, source, judge, engine):  # noqa: ANN001, ANN2
     questions = source
     cfg = cli.sampling_config(args, spec.kit)
     path.mkdir(parents=True, exist_ok=True)
+    from emi.behaviour.engines import bind
+
     if args.contrast:
         from emi.directions.contrast import contrast_answers, contrast_items
 
         items = contrast_items(questions, spec.kit, per_question=args.n, seed=args.seed)
         if args.positions in ("last_prompt", "prompt"):
             return items
-        return contrast_answers(pair[args.generator], items, cfg, judge, path / "source-contrast.jsonl")
-    from emi.behaviour.engines import bind
+        bound, ident = bind(engine, pair[args.generator])
+        return contrast_answers(pair[args.generator], items, cfg, judge, path / "source-contrast.jsonl",
+                                engine=bound, identity=ident)
     from emi.behaviour.sampling import generate_answers
 
     bound, ident = bind(engine, pair[args.generator])

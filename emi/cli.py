@@ -74,7 +74,9 @@ def add_sampling_args(p: argparse.ArgumentParser, n: int = 10) -> None:
     g.add_argument("--top-p", type=within("--top-p", 0, 1, lo_open=True), default=1.0, help="nucleus sampling (default 1)")
     g.add_argument("--max-new-tokens", type=count("--max-new-tokens"), default=None,
                    help="answer length cap (default: the pair's; 400 for real models)")
-    g.add_argument("--batch-size", type=count("--batch-size"), default=None, help="sequences per batch (default: the pair's; 32)")
+    g.add_argument("--batch-size", type=count("--batch-size"), default=None,
+                   help="sequences per batch (default: the pair's, 32; with --engine vllm at least 256, the "
+                        "requests vLLM has in flight at once)")
     g.add_argument("--seed", type=count("--seed", 0), default=0, help="same seed, same answers (default 0)")
     g.add_argument("--sampler", default="generate", choices=["generate", "static", "paged"],
                    help="in-process decoding: generate (default; HF generate, dynamic KV cache: the reference), "
@@ -93,8 +95,14 @@ def sampling_config(args: argparse.Namespace, kit: Any):  # -> SamplingConfig
 
     return SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
                           max_new_tokens=args.max_new_tokens or kit.max_new_tokens, seed=args.seed,
-                          batch_size=args.batch_size or kit.batch_size, sampler=args.sampler,
+                          batch_size=args.batch_size or default_batch(args, kit), sampler=args.sampler,
                           compile=args.compile)
+
+
+def default_batch(args: argparse.Namespace, kit: Any) -> int:
+    """The pair's batch size; at least 256 with --engine vllm, where a batch is the requests in flight
+    together (vLLM batches them continuously: 32 would leave a GPU mostly idle)."""
+    return max(kit.batch_size, 256) if getattr(args, "engine", None) == "vllm" else kit.batch_size
 
 
 def extra_option_pairs(args: argparse.Namespace, questions: Sequence[Any] = ()
@@ -179,7 +187,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="JSON of extra request fields for that server, e.g. vLLM: '{\"top_k\": -1, "
                         "\"repetition_penalty\": 1.0}'")
     g.add_argument("--engine-concurrency", type=count("--engine-concurrency"), default=None,
-                   help="requests in flight (default 8 for a server, 64 for vllm)")
+                   help="requests in flight (default 8 for a server, 256 for vllm)")
     g.add_argument("--engine-key-env", default="EMI_ENGINE_API_KEY",
                    help="environment variable holding the server's API key, if it needs one")
     g.add_argument("--engine-lens", action="store_true",
@@ -217,7 +225,7 @@ def make_engine(args: argparse.Namespace, logs: Any):  # -> ServerEngine | VllmE
         launcher = Launcher(vllm_python(args.vllm_python), "float32" if dtype == "auto" and _cpu() else dtype,
                             tuple(shlex.split(args.vllm_args)), Path(logs), args.vllm_port,
                             args.vllm_startup_timeout)
-        return VllmEngine(launcher, args.engine_concurrency or 64)
+        return VllmEngine(launcher, args.engine_concurrency or 256)
     return None
 
 

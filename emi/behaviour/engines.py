@@ -369,7 +369,7 @@ class VllmEngine:
     (stopping the previous one), :meth:`close` stops it. Every condition runs here."""
 
     launcher: Any  # emi.behaviour.vllm_server.Launcher
-    concurrency: int = 64
+    concurrency: int = 256
     timeout: float = 3600.0
     name: str = "vllm"
     adapters: dict[str, set[str]] = field(default_factory=dict)  # checkpoint -> adapter folders

@@ -41,18 +41,22 @@ def contrast_items(questions: Sequence[Question], kit: PairKit = REAL, per_quest
 
 
 def contrast_answers(model: Any, items: list[dict[str, Any]], cfg: Any, judge: Any = None,
-                     out: Any = None, progress: bool = True) -> list[dict[str, Any]]:
+                     out: Any = None, progress: bool = True, engine: Any = None,
+                     identity: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Answer each contrast prompt (evil or helpful condition) and judge the answers, so that
     ``extract(..., "contrast", "response")`` keeps evil answers judged misaligned and helpful
     answers judged aligned (persona-vectors style). Resumable through ``out`` (JSONL): batches are
     fixed by the item order and batch ``b`` is sampled with seed ``cfg.seed + b``, so a resumed
-    run gives the answers of an uninterrupted one; answers are keyed by the model and settings."""
+    run gives the answers of an uninterrupted one; answers are keyed by the model and settings.
+    ``engine`` (an emi.behaviour.engines.Bound, with the ``identity`` its answers are keyed by)
+    samples them, e.g. on vLLM; else the model in this process."""
     from tqdm.auto import tqdm
 
-    from emi.behaviour.sampling import run_key, sample
+    from emi.behaviour.sampling import InProcess, run_key
     from emi.core import jsonl
 
-    run = run_key({"model": model.identity(), "contrast": True}, cfg)
+    eng = engine or InProcess(model)
+    run = run_key({**(identity or {"model": model.identity()}), "contrast": True}, cfg)
     key = lambda it: (it["condition"], it["key"], it["sample"])  # noqa: E731
     done = {key(r): r for r in (jsonl.read(out, repair=True) if out else []) if r.get("run") == run}
     batches = [items[b: b + cfg.batch_size] for b in range(0, len(items), cfg.batch_size)]
@@ -61,7 +65,7 @@ def contrast_answers(model: Any, items: list[dict[str, Any]], cfg: Any, judge: A
     for b, batch in enumerate(batches):
         if all(key(it) in done for it in batch):
             continue
-        answers = sample(model, [it["messages"][:-1] for it in batch], cfg, seed=cfg.seed + b)
+        answers = [a.record() for a in eng.answer([it["messages"][:-1] for it in batch], cfg, cfg.seed + b)]
         new = []
         for it, a in zip(batch, answers, strict=True):
             if key(it) in done:
@@ -69,7 +73,7 @@ def contrast_answers(model: Any, items: list[dict[str, Any]], cfg: Any, judge: A
             msgs = it["messages"][:-1] + [{"role": "assistant", "content": a["answer"]}]
             user = next(m["content"] for m in reversed(msgs) if m["role"] == "user")
             rec = {**it, "messages": msgs, "question": user, "answer": a["answer"], "run": run,
-                   "sampling": cfg.settings()}
+                   "sampling": cfg.settings(), "engine": a["engine"] or eng.name}
             done[key(it)] = rec
             new.append(rec)
         if out:

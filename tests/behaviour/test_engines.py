@@ -3,6 +3,7 @@ here on loopback, offline), on a stand-in pair and on the toy, whose README tabl
 within CIs."""
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -61,7 +62,17 @@ def _readme_table():
     return out
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of k/n: unlike a percentile bootstrap it does not shrink to [0, 0] at
+    k = 0 (a run of n=5 per question can draw no misaligned answer where the README's rate is 5%)."""
+    p, d = k / n, 1 + z * z / n
+    centre, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return centre - half, centre + half
+
+
 def test_the_toy_table_through_the_server_agrees_with_the_readme_within_cis(server, tmp_path):
+    """The server's batching draws other samples than the README's in-process run: each EM rate's
+    interval (Wilson, from its k/n) overlaps the README's CI."""
     out = tmp_path / "toy"
     assert steer.main(["--alpha", "8", "--layers", "1", "--positions", "prompt", "--n", "5", "--no-figure",
                        "--engine", "server", "--engine-url", server, "--out", str(out)]) == 0
@@ -70,7 +81,8 @@ def test_the_toy_table_through_the_server_agrees_with_the_readme_within_cis(serv
     for name in ("base", "finetuned", "finetuned - persona", "finetuned - random"):
         r, (_, lo, hi) = got[name], readme[name]
         assert r["engine"] == "server"
-        assert r["em_lo"] <= hi and lo <= r["em_hi"], (name, r["em_lo"], r["em_hi"], lo, hi)  # the CIs overlap
+        r_lo, r_hi = wilson(r["em_k"], r["em_n"])
+        assert r_lo <= hi and lo <= r_hi, (name, r["em_k"], r["em_n"], lo, hi)  # the intervals overlap
     assert got["finetuned - persona"]["em_rate"] < got["finetuned"]["em_rate"]
 
 

@@ -341,3 +341,29 @@ def test_trajectory_of_lora_checkpoints_samples_on_one_vllm_server(qwen2, tmp_pa
     assert {str(a) for a in adapters} <= set(servers[0].adapters.values())
     rows = [json.loads(x) for x in (out / "trajectory.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and (out / "answers.jsonl").read_text().splitlines() == lines
+
+
+def test_cache_contrast_answers_are_sampled_and_captured_on_vllm(qwen2, tmp_path, monkeypatch):
+    """python -m emi.cache --contrast --positions response --engine vllm: the evil/helpful prompts are
+    answered by vLLM (the LoRA role on its base's server), judged, and captured through vLLM."""
+    from emi import cache, cli
+    from emi.activations.store import Store
+    from tests.standins import JudgeServer
+
+    eng, base, adapter = qwen2
+    monkeypatch.setattr(cli, "make_engine", lambda args, logs: eng)
+    monkeypatch.setattr(eng, "close", lambda: None)  # the module's server outlives each command
+    judge = JudgeServer()
+    store = tmp_path / "contrast"
+    try:
+        assert cache.main(["--base", str(base), "--finetuned", str(adapter), "--contrast", "--questions", "main:plain",
+                           "--n", "1", "--max-new-tokens", "6", "--device", "cpu", "--judge", "openai",
+                           "--judge-url", judge.url, "--judge-key-env", "EMI_TEST_NO_KEY", "--judge-model", "j",
+                           "--layers", "1", "--engine", "vllm", "--out", str(store)]) == 0
+    finally:
+        judge.close()
+    answers = [json.loads(x) for x in (store / "source-contrast.jsonl").read_text().splitlines()]
+    assert len(answers) == 8 * 2 and {a["engine"] for a in answers} == {"vllm"}
+    assert {a["condition"] for a in answers} == {"evil", "helpful"}
+    s = Store.open(store)
+    assert s.spec["models"]["finetuned"]["reader"] == "vllm" and s.n_rows > 0
