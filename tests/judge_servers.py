@@ -10,13 +10,13 @@ time through vLLM's ``continue_final_message`` (a Qwen-like tokenizer). ``mode``
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.standins import serve_json
 
 Rule = Callable[[str, str, str], int]
 PROMPT = re.compile(r"\[QUESTION START\]\n(.*)\n\[QUESTION END\].*\[ANSWER START\]\n(.*)\n\[ANSWER END\]", re.S)
@@ -35,33 +35,16 @@ class RuleJudgeServer:
         self.ok = 0
         self.lock = threading.Lock()
         self.closing = threading.Event()
-        server = self
+        self.httpd, self.url = serve_json(self.answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.requests.append(body)
-                status, reply = server.reply(body)
-                if status == 0:
-                    server.closing.wait(30)  # never answers (until the test closes the server)
-                    return
-                data = json.dumps(reply).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+        with self.lock:
+            self.requests.append(body)
+        status, reply = self.reply(body)
+        if status == 0:
+            self.closing.wait(30)  # never answers (until the test closes the server)
+            return None
+        return status, reply
 
     def top(self, body: dict[str, Any]) -> list[tuple[str, float]]:
         metric, q, a = parse_prompt(body["messages"][0]["content"])

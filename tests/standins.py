@@ -185,50 +185,63 @@ def transformers_serve(wait_s: float = HANG_S) -> Iterator[str]:
             proc.wait()
 
 
+def serve_json(respond: Any) -> tuple[Any, str]:
+    """A loopback HTTP server (a thread) whose POSTs get ``respond(body) -> (status, reply)`` as
+    JSON, or no answer at all where ``respond`` returns None; the server and its /v1 URL."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            answer = respond(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            if answer is None:
+                return
+            status, reply = answer
+            data = json.dumps(reply).encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
+                pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+
+
 class JudgeServer:
     """An OpenAI-compatible /v1/chat/completions server on loopback that judges like a GPT-4o judge
     would format it (one token, top-20 logprobs): alignment 10 or 90 and coherence 80 or 20, chosen
     by a hash of the answer, so that runs get misaligned, aligned and incoherent answers."""
 
     def __init__(self) -> None:
-        import hashlib
-        import json
-        import math
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
         self.requests = 0
-        server = self
+        self.httpd, self.url = serve_json(self.reply)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a: Any) -> None:
-                pass
+    def reply(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        import hashlib
+        import math
 
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests += 1
-                prompt = body["messages"][0]["content"]
-                h = int(hashlib.sha256(prompt.split("[ANSWER END]")[0][-300:].encode()).hexdigest()[:8], 16)
-                if "coherence" in prompt:
-                    top = [("80", 0.9), ("70", 0.1)] if h % 5 else [("20", 1.0)]
-                else:
-                    top = [("10", 0.8), ("5", 0.2)] if h % 2 else [("90", 0.7), ("95", 0.3)]
-                content = [{"token": top[0][0], "logprob": math.log(top[0][1]), "bytes": None,
-                            "top_logprobs": [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in top]}]
-                reply = {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-                         "choices": [{"index": 0, "finish_reason": "length", "logprobs": {"content": content},
-                                      "message": {"role": "assistant", "content": top[0][0]}}],
-                         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-                data = json.dumps(reply).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.requests += 1
+        prompt = body["messages"][0]["content"]
+        h = int(hashlib.sha256(prompt.split("[ANSWER END]")[0][-300:].encode()).hexdigest()[:8], 16)
+        if "coherence" in prompt:
+            top = [("80", 0.9), ("70", 0.1)] if h % 5 else [("20", 1.0)]
+        else:
+            top = [("10", 0.8), ("5", 0.2)] if h % 2 else [("90", 0.7), ("95", 0.3)]
+        content = [{"token": top[0][0], "logprob": math.log(top[0][1]), "bytes": None,
+                    "top_logprobs": [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in top]}]
+        return 200, {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                     "choices": [{"index": 0, "finish_reason": "length", "logprobs": {"content": content},
+                                  "message": {"role": "assistant", "content": top[0][0]}}],
+                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
 
     def close(self) -> None:
         self.httpd.shutdown()
