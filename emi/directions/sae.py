@@ -257,14 +257,16 @@ class _Edit(nn.Module):
             if not 0 <= i < sae.cfg.d_sae:
                 raise ConfigError(f"latent {i} is out of range: the SAE has {sae.cfg.d_sae} latents")
         self.sae = sae
-        self.zero = list(zero)
+        self.zero = bool(zero)
+        # a buffer, so that .to(device) moves it (an exported program's too)
+        self.register_buffer("zero_idx", torch.tensor(list(zero), dtype=torch.long, device=sae.W_dec.device))
         self.clamp = dict(clamp)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         z = self.sae.encode(h.float())
         z2 = z.clone()
         if self.zero:
-            z2[..., torch.tensor(self.zero, dtype=torch.long, device=h.device)] = 0
+            z2[..., self.zero_idx] = 0
         for i, v in self.clamp.items():
             z2[..., i] = v
         return self.sae.decode(z2) - self.sae.decode(z)
@@ -300,7 +302,8 @@ def export_edit(sae: Any, folder: Path, zero: Sequence[int] = (), clamp: dict[in
 
     clamp = dict(clamp or {})
     edit = _Edit(sae, zero, clamp).eval()
-    digest = hashlib.sha256(dumps({"zero": list(zero), "clamp": sorted(clamp.items())}).encode())
+    digest = hashlib.sha256(dumps({"zero": list(zero), "clamp": sorted(clamp.items()), "torch": torch.__version__,
+                                   "edit": 1}).encode())
     for name, t in sorted(sae.state_dict().items()):
         digest.update(name.encode())
         digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
@@ -308,7 +311,7 @@ def export_edit(sae: Any, folder: Path, zero: Sequence[int] = (), clamp: dict[in
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(3, sae.cfg.d_in, device=next(sae.parameters()).device)
+    example = torch.zeros(3, sae.cfg.d_in, device=sae.W_dec.device)
     with torch.no_grad():
         program = torch.export.export(edit, (example,), dynamic_shapes={"h": {0: torch.export.Dim("pos", min=1)}})
 
