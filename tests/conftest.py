@@ -7,6 +7,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One compute thread per process, children too (command subprocesses, notebook kernels, `make demo`,
+# the vLLM server): `make test` runs two pytest workers on two cores, and OpenMP threads that
+# outnumber the cores spin against each other (a notebook took 313 s instead of 20).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 
