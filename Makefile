@@ -52,10 +52,11 @@ demo: setup chromium
 # Cell and child-process limits are an hour (tests/standins.py HANG_S): they stop a hang, never a
 # correct run on a slow machine. TEST_WORKERS pytest-xdist processes, one test file each at a time
 # (--dist loadfile: a module's fixtures, e.g. its vLLM server, start once); each pins torch to one
-# thread (tests/conftest.py), so 2 suits this 2-core machine; TEST_WORKERS=0 runs serially.
+# thread (tests/conftest.py), so 2 suits this 2-core machine; TEST_WORKERS=0 runs serially. The
+# notebooks (the slowest files) go first, so that they do not end the run alone.
 TEST_WORKERS ?= 2
 test: setup vllm chromium lint resolve
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile tests --nbmake --nbmake-timeout=3600 notebooks/0*.ipynb
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --nbmake --nbmake-timeout=3600 notebooks/0*.ipynb tests
 
 # The inner loop: everything but the slow tiers (real path, faults, claims, engines) and notebooks.
 test-fast: setup
