@@ -36,17 +36,23 @@ def random_batch(batch: int, seq: int, vocab: int = 1400, seed: int = 0) -> torc
     return torch.randint(10, vocab, (batch, seq), generator=g)
 
 
-def interleaved(methods: dict[str, Callable[[], None]], rounds: int = 3, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each method, alternating methods within each round (noisy machines)."""
+def interleaved(methods: dict[str, Callable[[], None]], rounds: int = 3, warmup: int = 1,
+                settle: dict[str, float] | None = None) -> dict[str, float]:
+    """Median seconds per call of each method, alternating methods within each round (noisy machines).
+    ``settle``: seconds to wait, untimed, after a method (a server whose threads spin on after its
+    requests, as vLLM's CPU workers do, would otherwise slow the method timed next)."""
+    settle = settle or {}
     for _ in range(warmup):
-        for f in methods.values():
+        for k, f in methods.items():
             f()
+            time.sleep(settle.get(k, 0.0))
     times: dict[str, list[float]] = {k: [] for k in methods}
     for _ in range(rounds):
         for k, f in methods.items():
             t = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t)
+            time.sleep(settle.get(k, 0.0))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
