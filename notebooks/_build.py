@@ -19,8 +19,7 @@ def nb(name, cells):
 SETUP = """
 import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-import torch
-torch.set_num_threads(2)
+import torch  # threads: torch's default, or OMP_NUM_THREADS (the tests set 1: two notebooks run at once)
 import plotly.io as pio
 pio.defaults.mathjax = None
 """

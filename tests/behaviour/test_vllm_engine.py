@@ -367,3 +367,40 @@ def test_cache_contrast_answers_are_sampled_and_captured_on_vllm(qwen2, tmp_path
     assert {a["condition"] for a in answers} == {"evil", "helpful"}
     s = Store.open(store)
     assert s.spec["models"]["finetuned"]["reader"] == "vllm" and s.n_rows > 0
+
+
+def test_steer_runs_every_condition_of_a_full_qwen3_pair_on_vllm(tmp_path, capsys):
+    """python -m emi.steer --engine vllm on a full Qwen3 finetune, through the command's own engine
+    (emi starts and stops every server: the base's for its three conditions, the finetune's, and one
+    per exported every-writer ablation): all six conditions sampled by vLLM, said in the output."""
+    from emi import steer
+    from tests.standins import JudgeServer
+
+    base, ft = full_pair(tmp_path, "qwen3", qwen_tokenizer(), seed=7, head_dim=32)
+    judge = JudgeServer()
+    out = tmp_path / "run"
+    try:
+        assert steer.main(["--base", str(base), "--finetuned", str(ft), "--judge", "openai", "--judge-url", judge.url,
+                           "--judge-key-env", "EMI_TEST_NO_KEY", "--judge-model", "j", "--questions", "main:plain",
+                           "--n", "1", "--max-new-tokens", "6", "--device", "cpu", "--alpha", "4", "--no-figure",
+                           "--no-side-effects", "--root", str(tmp_path / "acts"), "--engine", "vllm",
+                           "--out", str(out)]) == 0
+    finally:
+        judge.close()
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["condition"] for r in rows] == ["base", "finetuned", "finetuned - persona", "finetuned - random",
+                                             "base + 4 persona", "base + 4 random"]
+    assert {r["engine"] for r in rows} == {"vllm"} and all(r["n_answers"] == 8 for r in rows)
+    assert len(list((out / "served").iterdir())) == 2  # the two every-writer ablations, each served
+    assert "engine: vLLM (started by emi): base, finetuned, finetuned - persona, finetuned - random, base + 4 " \
+           "persona, base + 4 random" in capsys.readouterr().err
+    assert len(list((out / "vllm-logs").glob("*.log"))) == 4  # one server per checkpoint
+    running = [p for p in Path("/proc").glob("[0-9]*") if str(tmp_path) in _cmdline(p)]
+    assert not running, "a vLLM server outlived the command"
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
