@@ -75,8 +75,8 @@ def add_sampling_args(p: argparse.ArgumentParser, n: int = 10) -> None:
     g.add_argument("--max-new-tokens", type=count("--max-new-tokens"), default=None,
                    help="answer length cap (default: the pair's; 400 for real models)")
     g.add_argument("--batch-size", type=count("--batch-size"), default=None,
-                   help="sequences per batch (default: the pair's, 32; with --engine vllm at least 256, the "
-                        "requests vLLM has in flight at once)")
+                   help="sequences per batch, the unit of seeding and resuming (default: the pair's; 32); an "
+                        "engine gets as many batches at once as --engine-concurrency holds")
     g.add_argument("--seed", type=count("--seed", 0), default=0, help="same seed, same answers (default 0)")
     g.add_argument("--sampler", default="generate", choices=["generate", "static", "paged"],
                    help="in-process decoding: generate (default; HF generate, dynamic KV cache: the reference), "
@@ -95,14 +95,8 @@ def sampling_config(args: argparse.Namespace, kit: Any):  # -> SamplingConfig
 
     return SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
                           max_new_tokens=args.max_new_tokens or kit.max_new_tokens, seed=args.seed,
-                          batch_size=args.batch_size or default_batch(args, kit), sampler=args.sampler,
+                          batch_size=args.batch_size or kit.batch_size, sampler=args.sampler,
                           compile=args.compile)
-
-
-def default_batch(args: argparse.Namespace, kit: Any) -> int:
-    """The pair's batch size; at least 256 with --engine vllm, where a batch is the requests in flight
-    together (vLLM batches them continuously: 32 would leave a GPU mostly idle)."""
-    return max(kit.batch_size, 256) if getattr(args, "engine", None) == "vllm" else kit.batch_size
 
 
 def extra_option_pairs(args: argparse.Namespace, questions: Sequence[Any] = ()

@@ -148,7 +148,7 @@ def _zero_report(args, store, sae, latents: list[int], live: list[int], where: s
     judge = cli.make_judge_from_args(args, spec.kit.judge)
     qs = load_questions(args.questions or spec.kit.eval_questions, ids=args.ids)
     cfg = SamplingConfig(n=args.n, max_new_tokens=args.max_new_tokens or spec.kit.max_new_tokens,
-                         batch_size=args.sample_batch or cli.default_batch(args, spec.kit), seed=args.seed)
+                         batch_size=args.sample_batch or spec.kit.batch_size, seed=args.seed)
     out = Path(args.out or store.path / "sae-zero")
     with cli.engine_session(args, out / "vllm-logs") as engine:
         pair = load_pair(spec, roles=("finetuned",), device=args.device, dtype=args.dtype, device_map=args.device_map)

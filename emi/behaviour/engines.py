@@ -27,6 +27,7 @@ import base64
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -265,6 +266,12 @@ class Bound:
     def name(self) -> str:
         return str(self.engine.name)
 
+    @property
+    def in_flight(self) -> int:
+        """Requests the engine keeps in flight (--engine-concurrency): generate_answers sends it that
+        many answers' worth of batches at once."""
+        return int(self.engine.concurrency)
+
     def answer(self, messages: Sequence[Messages], cfg: SamplingConfig, seed: int) -> list[Answer]:
         return list(self.engine.sample(self.served, self.tokenizer, messages, cfg, seed))
 
@@ -374,6 +381,7 @@ class VllmEngine:
     name: str = "vllm"
     adapters: dict[str, set[str]] = field(default_factory=dict)  # checkpoint -> adapter folders
     server: Any = None  # the running emi.behaviour.vllm_server.Server
+    lock: Any = field(default_factory=threading.RLock, repr=False)  # several batches sample at once
 
     def __post_init__(self) -> None:
         self.launcher = self.launcher.checked()  # the engine environment, before any model loads
@@ -386,21 +394,26 @@ class VllmEngine:
         return True
 
     def plan(self, served: Sequence[Served]) -> None:
-        for s in served:
-            self.adapters.setdefault(s.checkpoint, set()).update([s.adapter] if s.adapter else [])
+        with self.lock:
+            for s in served:
+                self.adapters.setdefault(s.checkpoint, set()).update([s.adapter] if s.adapter else [])
 
     def server_for(self, checkpoint: str) -> Any:
         """The server of ``checkpoint`` with every adapter planned for it, started (and the previous
-        one stopped) when the running one is another checkpoint's, lacks an adapter, or died."""
+        one stopped) when the running one is another checkpoint's, lacks an adapter, or died. One
+        caller at a time: batches sampled at once must share one server, never start one each."""
         from emi.behaviour.vllm_server import lora_rank
 
-        adapters = sorted(self.adapters.get(checkpoint, set()))
-        s = self.server
-        if s is not None and s.checkpoint == checkpoint and set(adapters) <= set(s.adapters.values()) and s.alive():
-            return s
-        self.close()
-        self.server = self.launcher.start(checkpoint, {adapter_name(a): a for a in adapters}, lora_rank(adapters))
-        return self.server
+        with self.lock:
+            adapters = sorted(self.adapters.get(checkpoint, set()))
+            s = self.server
+            if (s is not None and s.checkpoint == checkpoint and set(adapters) <= set(s.adapters.values())
+                    and s.alive()):
+                return s
+            self.close()
+            self.server = self.launcher.start(checkpoint, {adapter_name(a): a for a in adapters},
+                                              lora_rank(adapters))
+            return self.server
 
     def sample(self, served: Served, tokenizer: Any, messages: Sequence[Messages], cfg: SamplingConfig,
                seed: int) -> list[Answer]:
@@ -433,6 +446,7 @@ class VllmEngine:
                               f"(`make vllm PY3=python3.x`)")
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
+        with self.lock:
+            if self.server is not None:
+                self.server.stop()
+                self.server = None

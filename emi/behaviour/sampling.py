@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -120,7 +121,8 @@ class Answer:
 
 class Engine(Protocol):
     """Where answers are sampled: one answer per conversation, in input order. ``name`` is what
-    results and answer lines record (in-process | server | vllm)."""
+    results and answer lines record (in-process | server | vllm). An engine with an ``in_flight``
+    attribute (requests it keeps in flight) is sent that many answers' worth of batches at once."""
 
     @property
     def name(self) -> str: ...
@@ -271,24 +273,34 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
                 records.append(r)
     todo = [(b, batch) for b, batch in enumerate(batches)
             if not all((q.set, q.key, s) in done for q, s in batch)]
+    def answer(item: tuple[int, list[tuple[Question, int]]]) -> list[Answer]:
+        b, batch = item
+        return eng.answer([q.messages() for q, _ in batch], cfg, cfg.seed + b)
+
+    # an engine that keeps many requests in flight (vLLM: 256) gets several batches at once; a batch
+    # stays the unit of seeding and of resuming, and batches are written in order
+    at_once = max(1, int(getattr(eng, "in_flight", 0)) // cfg.batch_size)
+    pool = ThreadPoolExecutor(at_once) if at_once > 1 else None
     # closed (and, leave=False, erased) on an error too, so an error message starts its own line
     with tqdm(total=len(jobs), initial=len(jobs) - sum(len(b) for _, b in todo),
               desc=f"generate [{label}]", disable=not progress, leave=False) as bar:
-        for b, batch in todo:
-            msgs = [q.messages() for q, _ in batch]
-            answers = [a.record() for a in eng.answer(msgs, cfg, cfg.seed + b)]
-            new = []
-            for (q, s), a in zip(batch, answers, strict=True):
-                if (q.set, q.key, s) in done:
-                    continue
-                new.append({"model": label, "set": q.set, "id": q.id, "base_id": q.base_id, "key": q.key,
-                            "variant": q.variant, "paraphrase": q.paraphrase, "question": q.text,
-                            "system": q.system, "sample": s, "seed": cfg.seed, **a, "run": run,
-                            "sampling": cfg.settings(), "engine": a["engine"] or eng.name, **(extra or {})})
-            if out is not None:
-                jsonl.append(out, new)
-            records += new
-            bar.update(len(batch))
+        try:
+            for (_, batch), got in zip(todo, pool.map(answer, todo) if pool else map(answer, todo), strict=True):
+                new = []
+                for (q, s), a in zip(batch, [x.record() for x in got], strict=True):
+                    if (q.set, q.key, s) in done:
+                        continue
+                    new.append({"model": label, "set": q.set, "id": q.id, "base_id": q.base_id, "key": q.key,
+                                "variant": q.variant, "paraphrase": q.paraphrase, "question": q.text,
+                                "system": q.system, "sample": s, "seed": cfg.seed, **a, "run": run,
+                                "sampling": cfg.settings(), "engine": a["engine"] or eng.name, **(extra or {})})
+                if out is not None:
+                    jsonl.append(out, new)
+                records += new
+                bar.update(len(batch))
+        finally:
+            if pool is not None:  # on an error, batches not yet started never start
+                pool.shutdown(wait=False, cancel_futures=True)
     order = {(q.set, q.key, s): i for i, (q, s) in enumerate(jobs)}
     records = [r for r in records if (r["set"], r["key"], r["sample"]) in order]
     return sorted(records, key=lambda r: order[(r["set"], r["key"], r["sample"])])

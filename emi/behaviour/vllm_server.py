@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -166,10 +167,11 @@ class Launcher:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{Path(checkpoint).name or 'model'}-{port}.log"
         env = {**os.environ, "VLLM_LENS_STRICT_COMPATIBILITY": "1", **(_cpu_env(os.environ) if info.cpu else {})}
-        with open(log, "wb") as fh:
-            proc = subprocess.Popen(self.command(checkpoint, port, adapters or {}, lora_rank, info.cpu), stdout=fh,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
+        with open(log, "wb") as fh:  # forked by emi's spawner thread: see _spawner
+            proc = _spawner().submit(subprocess.Popen, self.command(checkpoint, port, adapters or {}, lora_rank,
+                                                                    info.cpu),
+                                     stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                     start_new_session=True, preexec_fn=_die_with_parent).result()
         server = Server(checkpoint, f"http://127.0.0.1:{port}", proc, log, dict(adapters or {}))
         try:
             server.wait_ready(self.startup_timeout)
@@ -177,6 +179,23 @@ class Launcher:
             server.stop()
             raise
         return server
+
+
+_SPAWNER: list[Any] = []
+_SPAWNER_LOCK = threading.Lock()
+
+
+def _spawner() -> Any:
+    """The one thread that forks every vLLM server, alive as long as emi's process. The parent-death
+    signal (below) fires when the *thread* that forked the server ends, not the process: a server
+    started from a thread of a pool that sampled several batches at once was killed when the pool
+    shut down, between two conditions."""
+    with _SPAWNER_LOCK:
+        if not _SPAWNER:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _SPAWNER.append(ThreadPoolExecutor(1, thread_name_prefix="emi-vllm-spawn"))
+        return _SPAWNER[0]
 
 
 def _die_with_parent() -> None:

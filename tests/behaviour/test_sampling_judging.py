@@ -33,6 +33,58 @@ def test_same_seed_same_answers_and_resume_is_identical(toy_pair, qs, tmp_path):
     assert len(jsonl.read(out)) == len(full)
 
 
+class SlowEngine:
+    """An engine that keeps ``in_flight`` requests in flight: answers say their batch's seed, each
+    call sleeps, and the most calls running at once is recorded."""
+
+    name = "fake"
+
+    def __init__(self, in_flight: int, fail_seed: int | None = None) -> None:
+        import threading
+
+        self.in_flight, self.fail_seed = in_flight, fail_seed
+        self.lock, self.running, self.most, self.seeds = threading.Lock(), 0, 0, []
+
+    def answer(self, messages, cfg, seed):
+        import time
+
+        from emi.behaviour.sampling import Answer
+
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.seeds.append(seed)
+        time.sleep(0.05)
+        with self.lock:
+            self.running -= 1
+        if seed == self.fail_seed:
+            raise ConfigError("the engine failed")
+        return [Answer(f"{seed}:{m[-1]['content']}", 1, "eos") for m in messages]
+
+
+def test_an_engine_with_requests_in_flight_gets_several_batches_at_once(toy_pair, qs, tmp_path):
+    """Batches stay the unit of seeding and resuming: the answers and the file's lines equal one
+    batch at a time; an engine with 4 batches' worth in flight runs 4 at once; after a failed batch
+    the batches before it are kept and a re-run samples only the rest."""
+    cfg = SamplingConfig(n=6, max_new_tokens=4, seed=3, batch_size=2)
+    one = generate_answers(toy_pair.finetuned, qs, cfg, out=tmp_path / "a.jsonl", progress=False,
+                           engine=SlowEngine(1))
+    eng = SlowEngine(8)
+    many = generate_answers(toy_pair.finetuned, qs, cfg, out=tmp_path / "b.jsonl", progress=False, engine=eng)
+    assert [r["answer"] for r in many] == [r["answer"] for r in one] and len(many) == len(one) > 8
+    strip = lambda p: [{k: v for k, v in r.items() if k != "run"} for r in jsonl.read(p)]  # noqa: E731
+    assert strip(tmp_path / "b.jsonl") == strip(tmp_path / "a.jsonl")  # batches written in order
+    assert eng.most == 4
+    failing = SlowEngine(8, fail_seed=cfg.seed + 3)
+    with pytest.raises(ConfigError, match="failed"):
+        generate_answers(toy_pair.finetuned, qs, cfg, out=tmp_path / "c.jsonl", progress=False, engine=failing)
+    assert len(jsonl.read(tmp_path / "c.jsonl")) == 3 * 2  # batches 0-2, written before the failed one
+    again = SlowEngine(8)
+    resumed = generate_answers(toy_pair.finetuned, qs, cfg, out=tmp_path / "c.jsonl", progress=False, engine=again)
+    assert [r["answer"] for r in resumed] == [r["answer"] for r in one]
+    assert sorted(again.seeds) == [cfg.seed + b for b in range(3, len(one) // 2)]  # only the missing batches
+
+
 def test_sampling_config_validation():
     with pytest.raises(ConfigError, match="temperature"):
         SamplingConfig(temperature=float("nan"))

@@ -196,3 +196,31 @@ def test_a_server_dies_with_the_command_that_started_it_even_by_sigkill(tmp_path
             pytest.fail("the server outlived the command that started it")
     finally:
         parent.kill()
+
+
+def test_a_server_started_from_a_short_lived_thread_outlives_the_thread(tmp_path):
+    """The parent-death signal fires when the *thread* that forked a server ends: emi forks every
+    server from one long-lived thread, so a server first needed by a pool thread (batches sampled
+    several at once) survives the pool, and the next condition finds it running."""
+    import threading
+    import time
+
+    from emi.behaviour.vllm_server import free_port
+
+    port = free_port()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "health").write_text("ok")  # GET /health -> 200, as vLLM answers when ready
+    exe = fake_python(tmp_path, f"exec {sys.executable} -m http.server {port} --bind 127.0.0.1 --directory {site}")
+    info = EngineInfo(tuple(sys.version_info[:2]), "0.32.0", "1.3.0", True)
+    launcher = Launcher(exe, log_dir=tmp_path / "logs", port=port, startup_timeout=600, info=info)
+    started: list[Server] = []
+    t = threading.Thread(target=lambda: started.append(launcher.start(str(tmp_path / "model"))))
+    t.start()
+    t.join()
+    try:
+        time.sleep(2.0)  # the signal, had it been armed on that thread, is delivered within milliseconds
+        assert started and started[0].alive(), "the server died with the thread that started it"
+    finally:
+        for s in started:
+            s.stop()
