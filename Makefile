@@ -52,8 +52,8 @@ demo: setup chromium
 # Cell and child-process limits are an hour (tests/standins.py HANG_S): they stop a hang, never a
 # correct run on a slow machine. TEST_WORKERS pytest-xdist processes, one test file each at a time
 # (--dist loadfile: a module's fixtures, e.g. its vLLM server, start once); each pins torch to one
-# thread (tests/conftest.py), so 2 suits this 2-core machine; TEST_WORKERS=0 runs serially. The
-# notebooks (the slowest files) go first, so that they do not end the run alone.
+# thread (tests/conftest.py, which also gives every child process, notebook kernels included, one
+# OpenMP thread), so 2 suits this 2-core machine; TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
 test: setup vllm chromium lint resolve
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --nbmake --nbmake-timeout=3600 notebooks/0*.ipynb tests
