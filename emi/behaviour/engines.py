@@ -222,6 +222,9 @@ def _completion_body(model: str, ids: list[int], cfg: SamplingConfig, seed: int,
     return body
 
 
+_TOKENIZING = threading.Lock()
+
+
 def complete_ids(url: str, served: Served, model: str, tokenizer: Any, messages: Sequence[Messages],
                  cfg: SamplingConfig, seed: int, concurrency: int, timeout: float, extra: dict[str, Any],
                  hooks_ok: bool = False) -> list[Answer]:
@@ -230,8 +233,9 @@ def complete_ids(url: str, served: Served, model: str, tokenizer: Any, messages:
     per-request steering and hooks."""
     import requests
 
-    prompts = render_prompts(tokenizer, messages)
-    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    with _TOKENIZING:  # batches sample at once: a fast tokenizer's state must not change under another
+        prompts = render_prompts(tokenizer, messages)
+        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     session = requests.Session()
 
     def one(i: int) -> Answer:

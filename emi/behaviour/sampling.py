@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -273,9 +274,17 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
                 records.append(r)
     todo = [(b, batch) for b, batch in enumerate(batches)
             if not all((q.set, q.key, s) in done for q, s in batch)]
+    failed = threading.Event()  # once a batch fails, no other starts (a dead server is not restarted)
+
     def answer(item: tuple[int, list[tuple[Question, int]]]) -> list[Answer]:
         b, batch = item
-        return eng.answer([q.messages() for q, _ in batch], cfg, cfg.seed + b)
+        if failed.is_set():
+            raise RuntimeError("not sampled: an earlier batch failed")
+        try:
+            return eng.answer([q.messages() for q, _ in batch], cfg, cfg.seed + b)
+        except BaseException:
+            failed.set()
+            raise
 
     # an engine that keeps many requests in flight (vLLM: 256) gets several batches at once; a batch
     # stays the unit of seeding and of resuming, and batches are written in order

@@ -61,9 +61,9 @@ def steer_positions_fn(deltas: dict[int, torch.Tensor], prompt_len: int, positio
 def program_fn(path: str) -> Callable[[Any, torch.Tensor], torch.Tensor]:
     """``hidden + f(hidden)`` where ``f`` is the torch.export program at ``path`` (an SAE edit emi
     exported, emi.directions.sae.export_edit), computed in float32 as emi's HF hook computes it.
-    The server reads the file (servers emi starts share its filesystem) once per process and device:
-    the loaded program is kept in a module of the server's ``sys.modules``, since this function
-    arrives anew, by value, with every request."""
+    The server reads the file (servers emi starts share its filesystem) once per process and device,
+    keeping the latest program per device in a module of the server's ``sys.modules``, since this
+    function arrives anew, by value, with every request."""
 
     def fn(ctx: Any, h: torch.Tensor) -> torch.Tensor:
         import sys
@@ -73,11 +73,12 @@ def program_fn(path: str) -> Callable[[Any, torch.Tensor], torch.Tensor]:
         if box is None:
             box = sys.modules["emi_vllm_programs"] = types.ModuleType("emi_vllm_programs")
             box.loaded = {}  # type: ignore[attr-defined]
-        key = (path, str(h.device))
-        program = box.loaded.get(key)  # type: ignore[attr-defined]
-        if program is None:
-            program = box.loaded[key] = torch.export.load(path).module().to(h.device)  # type: ignore[attr-defined]
-        return h + program(h.float()).to(h.dtype)
+        device = str(h.device)
+        held = box.loaded.get(device)  # type: ignore[attr-defined]
+        if held is None or held[0] != path:  # one program per device: an SAE can take gigabytes
+            box.loaded[device] = None  # type: ignore[attr-defined]
+            held = box.loaded[device] = (path, torch.export.load(path).module().to(h.device))  # type: ignore[attr-defined]
+        return h + held[1](h.float()).to(h.dtype)
 
     return fn
 

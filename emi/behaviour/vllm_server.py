@@ -154,7 +154,10 @@ class Launcher:
             # Generator does not use offset"): whole prompts only, in a budget that holds the longest
             cmd += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(8192, _max_len(checkpoint)))]
         if adapters:
-            cmd += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(len(adapters)),
+            # a batch mixes few adapters (a pair's roles, or one trajectory checkpoint at a time): GPU slots
+            # for at most 4, every adapter kept ready in CPU memory
+            cmd += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(min(len(adapters), 4)),
+                    "--max-cpu-loras", str(len(adapters)),
                     "--lora-modules", *[f"{name}={path}" for name, path in adapters.items()]]
         return cmd + list(self.args)
 
@@ -183,6 +186,8 @@ class Launcher:
 
 _SPAWNER: list[Any] = []
 _SPAWNER_LOCK = threading.Lock()
+if hasattr(os, "register_at_fork"):  # a forked child has no spawner thread: it makes its own
+    os.register_at_fork(after_in_child=_SPAWNER.clear)
 
 
 def _spawner() -> Any:

@@ -301,9 +301,10 @@ def export_edit(sae: Any, folder: Path, zero: Sequence[int] = (), clamp: dict[in
     from emi.core.atomic import write_atomic
 
     clamp = dict(clamp or {})
-    edit = _Edit(sae, zero, clamp).eval()
+    edit = _Edit(sae, zero, clamp)
+    cfg = sae.cfg.to_dict() if hasattr(sae.cfg, "to_dict") else vars(sae.cfg)
     digest = hashlib.sha256(dumps({"zero": list(zero), "clamp": sorted(clamp.items()), "torch": torch.__version__,
-                                   "edit": 1}).encode())
+                                   "edit": 1, "sae": type(sae).__name__, "cfg": cfg}).encode())
     for name, t in sorted(sae.state_dict().items()):
         digest.update(name.encode())
         digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())

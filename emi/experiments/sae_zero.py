@@ -37,7 +37,7 @@ def zero_latents(model: LoadedModel, sae: Any, layer: int, latents: Sequence[int
                       (f"zero random live {control}", control)):
         ident: dict[str, Any] = {"model": model.identity(), "sae": where, "layer": layer, "zero": lat}
         served = engines.plain(model)
-        if lat and engine is not None:
+        if lat and isinstance(engine, engines.VllmEngine):  # only a server emi starts runs the edit
             served = engines.Served(served.checkpoint, served.adapter,
                                     program=engines.Program(layer, str(export_edit(sae, out / "served", zero=lat))))
         bound, _ = engines.bind(engine, model, served)

@@ -205,22 +205,21 @@ def test_a_server_started_from_a_short_lived_thread_outlives_the_thread(tmp_path
     import threading
     import time
 
-    from emi.behaviour.vllm_server import free_port
-
-    port = free_port()
     site = tmp_path / "site"
     site.mkdir()
     (site / "health").write_text("ok")  # GET /health -> 200, as vLLM answers when ready
-    exe = fake_python(tmp_path, f"exec {sys.executable} -m http.server {port} --bind 127.0.0.1 --directory {site}")
+    exe = fake_python(tmp_path, 'while [ $# -gt 0 ]; do [ "$1" = --port ] && P=$2; shift; done; '
+                                f"exec {sys.executable} -m http.server $P --bind 127.0.0.1 --directory {site}")
     info = EngineInfo(tuple(sys.version_info[:2]), "0.32.0", "1.3.0", True)
-    launcher = Launcher(exe, log_dir=tmp_path / "logs", port=port, startup_timeout=600, info=info)
+    launcher = Launcher(exe, log_dir=tmp_path / "logs", startup_timeout=600, info=info)
     started: list[Server] = []
     t = threading.Thread(target=lambda: started.append(launcher.start(str(tmp_path / "model"))))
     t.start()
     t.join()
+    assert started, "the server did not start (see the exception above)"
     try:
         time.sleep(2.0)  # the signal, had it been armed on that thread, is delivered within milliseconds
-        assert started and started[0].alive(), "the server died with the thread that started it"
+        assert started[0].alive(), "the server died with the thread that started it"
     finally:
         for s in started:
             s.stop()
