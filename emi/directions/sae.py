@@ -251,13 +251,14 @@ def top_snippets(sae: Any, store: Store, layer: int, latent: int, tokenizer: Any
 class _Edit(nn.Module):
     """``h -> decode(z') - decode(z)``: what :func:`patch_sae` adds to the stream, as a module."""
 
+    zero_idx: torch.Tensor
+
     def __init__(self, sae: Any, zero: Sequence[int], clamp: dict[int, float]) -> None:
         super().__init__()
         for i in [*zero, *clamp]:
             if not 0 <= i < sae.cfg.d_sae:
                 raise ConfigError(f"latent {i} is out of range: the SAE has {sae.cfg.d_sae} latents")
         self.sae = sae
-        self.zero = bool(zero)
         # a buffer, so that .to(device) moves it (an exported program's too)
         self.register_buffer("zero_idx", torch.tensor(list(zero), dtype=torch.long, device=sae.W_dec.device))
         self.clamp = dict(clamp)
@@ -265,7 +266,7 @@ class _Edit(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         z = self.sae.encode(h.float())
         z2 = z.clone()
-        if self.zero:
+        if self.zero_idx.numel():
             z2[..., self.zero_idx] = 0
         for i, v in self.clamp.items():
             z2[..., i] = v

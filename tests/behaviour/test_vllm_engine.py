@@ -91,6 +91,23 @@ def qwen2(tmp_path_factory):
     eng.close()
 
 
+@pytest.fixture
+def on_module_server(qwen2, monkeypatch):
+    """Commands run with --engine vllm sample on the module's server (so a test starts no other; it
+    outlives each command), judged by a stand-in judge on loopback: (engine, base, adapter, the
+    judge's flags)."""
+    from emi import cli
+    from tests.standins import JudgeServer
+
+    eng, base, adapter = qwen2
+    monkeypatch.setattr(cli, "make_engine", lambda args, logs: eng)
+    monkeypatch.setattr(eng, "close", lambda: None)
+    judge = JudgeServer()
+    yield eng, base, adapter, ["--judge", "openai", "--judge-url", judge.url, "--judge-key-env", "EMI_TEST_NO_KEY",
+                               "--judge-model", "j"]
+    judge.close()
+
+
 def standin(folder: Path, model_type: str, seed: int, **overrides) -> Path:
     from tests.standins import build_model, save_checkpoint
 
@@ -161,34 +178,27 @@ def test_what_vllm_cannot_serve_is_refused_before_starting(tmp_path):
         VllmEngine(Launcher(tmp_path / "no-such-python"))
 
 
-def test_steer_runs_every_condition_of_a_lora_pair_on_one_vllm_server_and_resumes(qwen2, tmp_path, capsys,
+def test_steer_runs_every_condition_of_a_lora_pair_on_one_vllm_server_and_resumes(on_module_server, tmp_path, capsys,
                                                                                  monkeypatch):
     """python -m emi.steer --engine vllm: base, finetuned (a LoRA adapter), ablation at a chosen layer and
     steering, with their random controls, all sampled by vLLM, on the base's one server (the module's,
     so that the test starts no other); re-running keeps every answer and samples nothing."""
     from emi import cli, steer
-    from tests.standins import JudgeServer
 
-    eng, base, adapter = qwen2
+    eng, base, adapter, judge_args = on_module_server
     server = eng.server_for(str(base))
     made = []
     monkeypatch.setattr(cli, "make_engine", lambda args, logs: made.append(args.engine) or eng)
-    monkeypatch.setattr(eng, "close", lambda: None)  # the module's server outlives each command
-    judge = JudgeServer()
     out = tmp_path / "run"
-    argv = ["--base", str(base), "--finetuned", str(adapter), "--judge", "openai", "--judge-url", judge.url,
-            "--judge-key-env", "EMI_TEST_NO_KEY", "--judge-model", "j", "--questions", "main:plain", "--n", "1",
+    argv = ["--base", str(base), "--finetuned", str(adapter), *judge_args, "--questions", "main:plain", "--n", "1",
             "--max-new-tokens", "6", "--device", "cpu", "--alpha", "4", "--ablate-layers", "1", "--positions",
             "generated", "--no-figure", "--no-side-effects", "--root", str(tmp_path / "acts"), "--engine", "vllm",
             "--out", str(out)]
-    try:
-        assert steer.main(argv) == 0
-        err = capsys.readouterr().err
-        lines = (out / "answers.jsonl").read_text().splitlines()
-        monkeypatch.setattr(eng, "sample", lambda *a, **k: pytest.fail("a resumed run sampled again"))
-        assert steer.main(argv) == 0  # resumed: nothing sampled again
-    finally:
-        judge.close()
+    assert steer.main(argv) == 0
+    err = capsys.readouterr().err
+    lines = (out / "answers.jsonl").read_text().splitlines()
+    monkeypatch.setattr(eng, "sample", lambda *a, **k: pytest.fail("a resumed run sampled again"))
+    assert steer.main(argv) == 0  # resumed: nothing sampled again
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert {r["engine"] for r in rows} == {"vllm"} and len(rows) == 6
     assert "engine: vLLM (started by emi): base, finetuned, finetuned - persona" in err
@@ -270,71 +280,54 @@ def test_an_sae_edit_runs_in_the_server_as_the_hf_hook_runs_it(qwen2, tmp_path):
         assert vllm(eng, lm, Served(str(base), served_adapter, program=program)) == ref != hf(lm), arch
 
 
-def test_sae_zero_samples_its_conditions_on_vllm_and_resumes(qwen2, tmp_path, capsys, monkeypatch):
+def test_sae_zero_samples_its_conditions_on_vllm_and_resumes(on_module_server, tmp_path, capsys, monkeypatch):
     """python -m emi.sae --zero top --engine vllm on a LoRA pair's store: the finetuned role, its top
     latent zeroed and the random control all sampled by vLLM (the module's server: the adapter on
     its base); re-running keeps every answer and samples nothing."""
-    from emi import cli
     from emi import sae as sae_command
     from emi.activations.capture import capture_models
-    from tests.standins import JudgeServer
 
-    eng, base, adapter = qwen2
-    monkeypatch.setattr(cli, "make_engine", lambda args, logs: eng)
-    monkeypatch.setattr(eng, "close", lambda: None)  # the module's server outlives each command
+    eng, base, adapter, judge_args = on_module_server
     items = [{"messages": m + [{"role": "assistant", "content": "an answer of a few words " * 3}]} for m in MESSAGES]
     models = {"base": load_model(ModelSpec(str(base)), dtype="fp32", device="cpu"),
               "finetuned": load_model(ModelSpec(str(base), adapter=str(adapter)), dtype="fp32", device="cpu")}
     capture_models(models, items, tmp_path / "store", [1], positions="all", progress=False)
-    judge = JudgeServer()
     out = tmp_path / "zero"
     argv = ["--store", str(tmp_path / "store"), "--layer", "1", "--steps", "40", "--batch-size", "16",
             "--d-sae", "64", "--k", "4", "--snippets", "0", "--zero", "top", "--n", "1", "--max-new-tokens", "6",
             "--base", str(base), "--finetuned", str(adapter), "--questions", "main:plain", "--device", "cpu",
-            "--judge", "openai", "--judge-url", judge.url, "--judge-key-env", "EMI_TEST_NO_KEY", "--judge-model", "j",
-            "--engine", "vllm", "--out", str(out)]
-    try:
-        assert sae_command.main(argv) == 0
-        err = capsys.readouterr().err
-        lines = (out / "answers.jsonl").read_text().splitlines()
-        monkeypatch.setattr(eng, "sample", lambda *a, **k: pytest.fail("a resumed run sampled again"))
-        assert sae_command.main(argv) == 0
-    finally:
-        judge.close()
+            *judge_args, "--engine", "vllm", "--out", str(out)]
+    assert sae_command.main(argv) == 0
+    err = capsys.readouterr().err
+    lines = (out / "answers.jsonl").read_text().splitlines()
+    monkeypatch.setattr(eng, "sample", lambda *a, **k: pytest.fail("a resumed run sampled again"))
+    assert sae_command.main(argv) == 0
     assert "engine: vLLM (started by emi): finetuned, zero [" in err and "zero random live [" in err
     assert {json.loads(x)["engine"] for x in lines} == {"vllm"} and len(lines) == 3 * 8
     assert (out / "answers.jsonl").read_text().splitlines() == lines
     assert len(list((out / "served").glob("sae-edit-*.pt2"))) == 2  # the zeroed latents and the control
 
 
-def test_trajectory_of_lora_checkpoints_samples_on_one_vllm_server(qwen2, tmp_path, capsys, monkeypatch):
+def test_trajectory_of_lora_checkpoints_samples_on_one_vllm_server(on_module_server, tmp_path, monkeypatch):
     """python -m emi.trajectory --engine vllm over LoRA adapters along a finetune: every checkpoint's
     answers sampled by vLLM, with every adapter planned before the first sample, so one server (the
     base's) serves the whole series; re-running keeps every answer and samples nothing."""
-    from emi import cli, trajectory
-    from tests.standins import JudgeServer
+    from emi import trajectory
 
-    eng, base, _ = qwen2
+    eng, base, _, judge_args = on_module_server
     adapters = [lora_adapter(tmp_path, base, seed=9, std=0.1 * k).rename(tmp_path / f"adapter-step-{k}")
                 for k in (1, 2)]
-    monkeypatch.setattr(cli, "make_engine", lambda args, logs: eng)
-    monkeypatch.setattr(eng, "close", lambda: None)  # the module's server outlives each command
     servers = []
     server_for = eng.server_for
     monkeypatch.setattr(eng, "server_for", lambda c: servers.append(server_for(c)) or servers[-1])
-    judge = JudgeServer()
     out = tmp_path / "traj"
     argv = ["--base", str(base), "--checkpoints", ",".join(map(str, adapters)), "--no-figure", "--n", "1",
-            "--max-new-tokens", "4", "--device", "cpu", "--questions", "main:plain", "--judge", "openai",
-            "--judge-url", judge.url, "--judge-key-env", "EMI_TEST_NO_KEY", "--judge-model", "j", "--engine", "vllm",
+            "--max-new-tokens", "4", "--device", "cpu", "--questions", "main:plain", *judge_args, "--engine", "vllm",
             "--out", str(out), "--root", str(tmp_path / "acts")]
-    try:
-        assert trajectory.main(argv) == 0
-        lines = (out / "answers.jsonl").read_text().splitlines()
-        monkeypatch.setattr(eng, "sample", lambda *a, **k: pytest.fail("a resumed run sampled again"))
-        assert trajectory.main(argv) == 0
-    finally:
-        judge.close()
+    assert trajectory.main(argv) == 0
+    lines = (out / "answers.jsonl").read_text().splitlines()
+    monkeypatch.setattr(eng, "sample", lambda *a, **k: pytest.fail("a resumed run sampled again"))
+    assert trajectory.main(argv) == 0
     answers = [json.loads(x) for x in lines]
     assert {a["engine"] for a in answers} == {"vllm"} and len(answers) == 2 * 8
     assert len({id(s) for s in servers}) == 1 and len(servers) == 2  # both adapters on one server
@@ -343,25 +336,17 @@ def test_trajectory_of_lora_checkpoints_samples_on_one_vllm_server(qwen2, tmp_pa
     assert [r["step"] for r in rows] == [1, 2] and (out / "answers.jsonl").read_text().splitlines() == lines
 
 
-def test_cache_contrast_answers_are_sampled_and_captured_on_vllm(qwen2, tmp_path, monkeypatch):
+def test_cache_contrast_answers_are_sampled_and_captured_on_vllm(on_module_server, tmp_path):
     """python -m emi.cache --contrast --positions response --engine vllm: the evil/helpful prompts are
     answered by vLLM (the LoRA role on its base's server), judged, and captured through vLLM."""
-    from emi import cache, cli
+    from emi import cache
     from emi.activations.store import Store
-    from tests.standins import JudgeServer
 
-    eng, base, adapter = qwen2
-    monkeypatch.setattr(cli, "make_engine", lambda args, logs: eng)
-    monkeypatch.setattr(eng, "close", lambda: None)  # the module's server outlives each command
-    judge = JudgeServer()
+    _, base, adapter, judge_args = on_module_server
     store = tmp_path / "contrast"
-    try:
-        assert cache.main(["--base", str(base), "--finetuned", str(adapter), "--contrast", "--questions", "main:plain",
-                           "--n", "1", "--max-new-tokens", "6", "--device", "cpu", "--judge", "openai",
-                           "--judge-url", judge.url, "--judge-key-env", "EMI_TEST_NO_KEY", "--judge-model", "j",
-                           "--layers", "1", "--engine", "vllm", "--out", str(store)]) == 0
-    finally:
-        judge.close()
+    assert cache.main(["--base", str(base), "--finetuned", str(adapter), "--contrast", "--questions", "main:plain",
+                       "--n", "1", "--max-new-tokens", "6", "--device", "cpu", *judge_args,
+                       "--layers", "1", "--engine", "vllm", "--out", str(store)]) == 0
     answers = [json.loads(x) for x in (store / "source-contrast.jsonl").read_text().splitlines()]
     assert len(answers) == 8 * 2 and {a["engine"] for a in answers} == {"vllm"}
     assert {a["condition"] for a in answers} == {"evil", "helpful"}
