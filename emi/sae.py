@@ -12,6 +12,7 @@ the edit runs in the server as a torch.export program of the SAE).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from collections.abc import Sequence
@@ -63,9 +64,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from emi.activations.store import Store
-    from emi.core.errors import EmiError
-    from emi.directions.direction import Direction, extract
-    from emi.directions.sae import SAETrainSpec, diff_latents, latent_direction, obtain_sae, quality
+    from emi.directions.direction import Direction
     from emi.models.loading import default_device
 
     args.device = args.device or default_device()
@@ -80,6 +79,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.layer not in direction.layers:
             raise cli.ConfigError(f"the direction {args.direction!r} has no vector for layer {args.layer} "
                                   f"(it has layers {direction.layers})")
+    # --engine is checked (for vllm: its environment) before the SAE trains, and its server is
+    # started only when --zero samples
+    logs = Path(args.out or store.path / "sae-zero") / "vllm-logs"
+    with cli.engine_session(args, logs) if args.zero else contextlib.nullcontext() as engine:
+        return _analyse(args, store, direction, engine)
+
+
+def _analyse(args, store, direction, engine) -> int:  # noqa: ANN001
+    from emi.core.errors import EmiError
+    from emi.directions.direction import extract
+    from emi.directions.sae import SAETrainSpec, diff_latents, latent_direction, obtain_sae, quality
+
     spec = SAETrainSpec(args.d_sae, args.architecture, args.k, args.l1, args.steps, args.batch_size, seed=args.seed)
     sae, where = obtain_sae(store, args.layer, spec, args.sae, args.release, args.sae_id, args.train, args.device)
     q = quality(sae, store, args.layer)
@@ -107,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_snippets(sae, store, args.layer, [r["latent"] for r in top[:3]], args.snippets)
     if args.zero:
         _zero_report(args, store, sae, [r["latent"] for r in top[:1]] if args.zero == "top"
-                     else _latents(args.zero, sae.cfg.d_sae), q["live"], where)
+                     else _latents(args.zero, sae.cfg.d_sae), q["live"], where, engine)
     return 0
 
 
@@ -137,7 +148,7 @@ def _print_snippets(sae, store, layer: int, latents: list[int], n: int) -> None:
             print(f"  {s['activation']:7.3f}  {s['snippet']}")
 
 
-def _zero_report(args, store, sae, latents: list[int], live: list[int], where: str) -> None:  # noqa: ANN001
+def _zero_report(args, store, sae, latents: list[int], live: list[int], where: str, engine) -> None:  # noqa: ANN001
     from emi.behaviour.questions import load_questions
     from emi.behaviour.sampling import SamplingConfig
     from emi.experiments.sae_zero import zero_latents
@@ -150,9 +161,8 @@ def _zero_report(args, store, sae, latents: list[int], live: list[int], where: s
     cfg = SamplingConfig(n=args.n, max_new_tokens=args.max_new_tokens or spec.kit.max_new_tokens,
                          batch_size=args.sample_batch or spec.kit.batch_size, seed=args.seed)
     out = Path(args.out or store.path / "sae-zero")
-    with cli.engine_session(args, out / "vllm-logs") as engine:
-        pair = load_pair(spec, roles=("finetuned",), device=args.device, dtype=args.dtype, device_map=args.device_map)
-        results = zero_latents(pair.finetuned, sae, args.layer, latents, live, qs, cfg, judge, out, where, engine)
+    pair = load_pair(spec, roles=("finetuned",), device=args.device, dtype=args.dtype, device_map=args.device_map)
+    results = zero_latents(pair.finetuned, sae, args.layer, latents, live, qs, cfg, judge, out, where, engine)
     cli.print_engines([(name, eng) for name, eng, _ in results], engine)
     rows = [{"c": name, "em": s.em.fmt(), "coh": s.coherence.fmt(), "k": f"{s.em.k}/{s.em.n}"} for name, _, s in results]
     print(f"\nEM with SAE latents zeroed at layer {args.layer} (pair {spec.name}, judge {judge.name}, "

@@ -153,3 +153,15 @@ def test_a_direction_of_the_wrong_width_is_refused_before_training(toy_store, tm
         main(["--store", str(toy_store.path), "--layer", "1", "--direction", str(tmp_path / "narrow.safetensors"),
               "--sae", str(tmp_path / "never-trained")])
     assert not (tmp_path / "never-trained").exists()
+
+
+def test_a_missing_engine_environment_is_refused_before_training(toy_store, tmp_path):
+    from emi.behaviour.vllm_server import EngineError
+    from emi.sae import main
+
+    with pytest.raises(EngineError, match="make vllm"):
+        main(["--store", str(toy_store.path), "--layer", "1", "--zero", "top", "--engine", "vllm",
+              "--vllm-python", str(tmp_path / "no-python"), "--sae", str(tmp_path / "never-trained")])
+    assert not (tmp_path / "never-trained").exists()
+    with pytest.raises(ConfigError, match="samples answers for --zero"):
+        main(["--store", str(toy_store.path), "--layer", "1", "--engine", "vllm"])
