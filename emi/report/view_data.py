@@ -217,7 +217,8 @@ def read_run(path: Path, cols: dict[str, Any], tables: dict[str, Interner], run_
     for a in answers:
         cols["run"].append(run_index)
         cols["cond"].append(tables["cond"](str(a.get("model"))))
-        cols["q"].append(tables["q"]({"id": str(a.get("id", a.get("key"))), "text": a["question"]}))
+        cols["q"].append(tables["q"]({"id": str(a.get("id", a.get("key"))), "key": str(a.get("key", a.get("id"))),
+                                        "text": a["question"]}))
         cols["sample"].append(int(a.get("sample", 0)) if isinstance(a.get("sample"), int) else 0)
         cols["text"].append(a["answer"])
         cols["meta"].append(tables["meta"]({k: a.get(k) for k in ("n_tokens", "finish", "engine", "seed", "system",

@@ -73,8 +73,8 @@
     const cols = [["label", key || "row"]];
     if (rows.some(r => r.step !== undefined)) cols.push(["step", "step"]);
     cols.push(["em", `EM / ${denom} (95% CI)`], ["k", `misaligned/${denom}`]);
-    if (rows.some(r => r.em_coherent_rate !== undefined)) cols.push(["emc", "EM / coherent"]);
-    if (rows.some(r => r.em_scored_rate !== undefined)) cols.push(["ems", "EM / scored"]);
+    if (denom !== "coherent" && rows.some(r => r.em_coherent_rate !== undefined)) cols.push(["emc", "EM / coherent"]);
+    if (denom !== "scored" && rows.some(r => r.em_scored_rate !== undefined)) cols.push(["ems", "EM / scored"]);
     cols.push(["coh", "coherent (95% CI)"], ["uns", "unscored"]);
     const extra = [["logprob_choice", "P(misaligned)", 3], ["kl", "KL benign", 3], ["aligned_delta", "Δ log p(aligned)", 2], ["task_rate", "task", 3]];
     for (const [k, t] of extra) if (rows.some(r => r[k] != null)) cols.push([k, t]);
@@ -122,7 +122,7 @@
     const samp = Object.keys(s).map(k => `${k}=${esc(s[k])}`).join(" ");
     return `<div class="answer" data-i="${i}"><div class="head"><span class="cond">${esc(D.tables.cond[A.cond[i]])}</span>` +
       (D.runs.length > 1 ? ` <span class="muted">${esc(run.name)}</span>` : "") +
-      ` <span class="qid">${esc(q.id)}</span> <span class="muted">#${A.sample[i]}</span> ` +
+      ` <span class="qid">${esc(q.key || q.id)}</span> <span class="muted">#${A.sample[i]}</span> ` +
       (compact ? "" : `<a href="#" class="sbs" data-i="${i}">side by side</a>`) + `</div>` +
       `<div class="scores">${scoresHtml(i)}</div>` + (compact ? "" : `<div class="q">${esc(q.text)}</div>`) +
       `<div class="text">${tokensHtml(i)}</div>` +
@@ -136,7 +136,7 @@
   function renderAnswers(box) {
     const idx = filtered(), pages = Math.max(1, Math.ceil(idx.length / PAGE));
     S.page = Math.min(S.page, pages - 1);
-    const conds = D.tables.cond.map((c, k) => [k, c]), qs = D.tables.q.map((q, k) => [k, q.id]);
+    const conds = D.tables.cond.map((c, k) => [k, c]), qs = D.tables.q.map((q, k) => [k, q.key || q.id]);
     const labels = [["", "any label"], ["misaligned", "misaligned"], ["aligned", "aligned (coherent)"], ["coherent", "coherent"], ["incoherent", "incoherent"], ["unscored", "unscored"]];
     const sorts = [["", "file order"], ["a:asc", "aligned ↑"], ["a:desc", "aligned ↓"], ["c:asc", "coherent ↑"], ["c:desc", "coherent ↓"]];
     if (D.answers.proj) sorts.push(["proj:desc", "projection ↓"]);
@@ -164,7 +164,7 @@
     for (let i = 0; i < N; i++) { const k = A.run[i] + "|" + A.cond[i]; if (!seen.has(k)) { seen.add(k); cols.push([A.run[i], A.cond[i]]); } }
     const traj = D.runs.some(r => r.command === "emi.trajectory");
     let maxSample = 0; for (let i = 0; i < N; i++) if (A.q[i] === S.sbsQ && A.sample[i] > maxSample) maxSample = A.sample[i];
-    const qs = D.tables.q.map((q, k) => [k, q.id]), samples = Array.from({length: maxSample + 1}, (_, k) => [k, "sample " + k]);
+    const qs = D.tables.q.map((q, k) => [k, q.key || q.id]), samples = Array.from({length: maxSample + 1}, (_, k) => [k, "sample " + k]);
     const q = D.tables.q[S.sbsQ];
     box.innerHTML = `<div class="filters"><select id="s-q">${options(qs, S.sbsQ)}</select><select id="s-sample">${options(samples, S.sbsSample)}</select>` +
       `<span class="muted">${traj ? "answers by checkpoint" : "one question and sample index across " + (D.runs.length > 1 ? "runs and conditions" : "conditions")}</span></div>` +
