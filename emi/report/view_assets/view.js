@@ -213,7 +213,7 @@
         `</nav><div id="pane"></div>`;
       $("#tabs").onclick = e => { const t = e.target.dataset.tab; if (t) { S.tab = t; render(); } };
       $("#runs").onclick = e => { const a = e.target.closest("a.cell"); if (!a) return; e.preventDefault();
-        Object.assign(S, {tab: "answers", run: D.runs.length > 1 ? Number(a.dataset.run) : -1, cond: Number(a.dataset.cond), q: -1, label: a.dataset.label, page: 0}); render(); $("#tabs").scrollIntoView(); };
+        Object.assign(S, {tab: "answers", run: D.runs.length > 1 ? Number(a.dataset.run) : -1, cond: Number(a.dataset.cond), q: -1, label: a.dataset.label, text: "", page: 0}); render(); $("#tabs").scrollIntoView(); };
       $("#pane").onclick = e => { const a = e.target.closest("a.sbs"); if (!a) return; e.preventDefault(); const i = Number(a.dataset.i);
         Object.assign(S, {tab: "sbs", sbsQ: A.q[i], sbsSample: A.sample[i]}); render(); };
     }
