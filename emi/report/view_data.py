@@ -242,6 +242,7 @@ def read_run(path: Path, cols: dict[str, Any], tables: dict[str, Interner], run_
             "meta": meta or {}, "notes": notes, "figures": _figures(path), "rejudge": rejudged,
             "judge": (meta or {}).get("judge") if isinstance(meta, dict) else None, "version": version,
             "n_answers": len(answers), "projected": sum(1 for a in answers if answer_id(a) in proj),
+            "projection_layer": proj.get("", [None, None])[0], "projection_role": proj.get("", [None, None])[1],
             "direction": (meta or {}).get("direction") if isinstance(meta, dict) else None}
 
 
@@ -254,6 +255,7 @@ def _projections(path: Path, notes: list[str]) -> dict[str, list[Any]]:
     for r in _read_jsonl(f, notes):
         if isinstance(r.get("id"), str) and isinstance(r.get("tokens"), list) and isinstance(r.get("proj"), list):
             out[r["id"]] = [r["tokens"], [round(float(x), 3) for x in r["proj"]]]
+            out.setdefault("", [r.get("layer"), r.get("role")])  # the projection's layer and model, for the legend
     return out
 
 

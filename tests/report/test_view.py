@@ -126,3 +126,29 @@ def test_inspect_export_reads_back_with_inspect_ai(tmp_path):
         row = rows[g["model"].removeprefix("emi/")]
         assert g["status"] == "success" and g["n"] == g["ids"] == row["n_answers"]
         assert g["mis"] == row["em_k"] and g["em"] == pytest.approx(row["em_rate"])
+
+
+def test_serve_answers_the_page_and_new_answers_on_loopback(tmp_path):
+    import threading
+    import urllib.request
+
+    from emi.report.view import serve
+
+    run = synthetic_run(tmp_path / "r", 24)
+    said: list[str] = []
+    t = threading.Thread(target=serve, args=([run], 0, 3.0, said.append), daemon=True)
+    t.start()
+    for _ in range(100):
+        if said:
+            break
+        threading.Event().wait(0.05)
+    url = said[0].split()[1]
+    assert url.startswith("http://127.0.0.1:")
+    assert _data(urllib.request.urlopen(url).read().decode())["live"] is True
+    more = json.loads((run / "answers.jsonl").read_text().splitlines()[0])
+    with (run / "answers.jsonl").open("a") as fh:  # an answer arrives while the page is open
+        fh.write(json.dumps({**more, "sample": 99}) + "\n")
+    got = json.loads(urllib.request.urlopen(url + "data.json").read())
+    assert len(got["answers"]["run"]) == 25
+    t.join(10)
+    assert not t.is_alive()

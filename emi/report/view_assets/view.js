@@ -17,8 +17,11 @@
       A.judges[name] = {a: Float32Array.from(j.a, v => v == null ? NaN : v), c: Float32Array.from(j.c, v => v == null ? NaN : v),
                         s: Uint8Array.from(j.s)};
     }
-    if (a.proj) { const all = []; for (const p of a.proj) if (p) for (const v of p[1]) all.push(Math.abs(v));
-      all.sort((x, y) => x - y); A.projMax = all.length ? all[Math.floor(0.98 * (all.length - 1))] || all[all.length - 1] || 1 : 1; }
+    if (a.proj) {  // shade each token's projection minus the run's median, scaled by the 98th percentile
+      const all = []; for (const p of a.proj) if (p) for (const v of p[1]) all.push(v);
+      all.sort((x, y) => x - y); A.projMid = all.length ? all[Math.floor(all.length / 2)] : 0;
+      const dev = all.map(v => Math.abs(v - A.projMid)).sort((x, y) => x - y);
+      A.projMax = dev.length ? dev[Math.floor(0.98 * (dev.length - 1))] || dev[dev.length - 1] || 1 : 1; }
   }
 
   function label(i, judge) {
@@ -105,7 +108,7 @@
     const p = D.answers.proj && D.answers.proj[i];
     if (!p) return esc(D.answers.text[i]);
     const m = A.projMax || 1;
-    return p[0].map((t, k) => { const v = p[1][k], x = Math.max(-1, Math.min(1, v / m));
+    return p[0].map((t, k) => { const v = p[1][k], x = Math.max(-1, Math.min(1, (v - A.projMid) / m));
       const bg = x >= 0 ? `rgba(220,40,40,${(0.85 * x).toFixed(2)})` : `rgba(40,90,220,${(-0.85 * x).toFixed(2)})`;
       return `<span class="tok" style="background:${bg}" title="${v.toFixed(2)}">${esc(t)}</span>`; }).join("");
   }
@@ -199,6 +202,7 @@
       for (const n of r.notes) h += `<div class="note">${esc(n)}</div>`;
       h += tableHtml(r, ri);
       if (r.direction) h += `<p class="small muted">direction: ${esc(r.direction.source || "")} (best layer ${esc(r.direction.best_layer)})</p>`;
+      if (r.projected) h += `<p class="small legend">tokens shaded by their residual projection on the direction at layer ${esc(r.projection_layer)} (read through the ${esc(r.projection_role)} model): <span class="tok" style="background:rgba(220,40,40,.8)">above</span> or <span class="tok" style="background:rgba(40,90,220,.8)">below</span> the median of ${A.projMid.toFixed(2)}; hover a token for its value</p>`;
       if (r.figures.length) h += `<div class="figures">` + r.figures.map(f => f.kind === "png" ? `<figure><img alt="${esc(f.name)}" src="${f.src}"><figcaption>${esc(f.name)}</figcaption></figure>` : `<a class="fig" href="${esc(f.src)}">${esc(f.name)}.html (interactive, beside the run)</a>`).join(" ") + "</div>";
       h += `<details><summary>provenance and sampling settings</summary><pre>${esc(JSON.stringify(r.meta, null, 1))}</pre></details></section>`;
     });
