@@ -162,8 +162,13 @@ def answer_id(a: dict[str, Any]) -> str:
 
 
 class _Stub:
+    """A judge known by its name and prompts only: enough to find its judgements in a cache."""
+
     def __init__(self, name: str, prompts: dict[str, str]) -> None:
         self.name, self.prompts = name, prompts
+
+    def score(self, metric: str, question: str, answer: str) -> Any:
+        raise NotImplementedError(f"the viewer reads {self.name!r}'s judgements, it does not judge")
 
 
 def _prompts_for(entries: dict[str, dict[str, Any]]) -> dict[str, str]:

@@ -40,8 +40,17 @@ def _slug(s: str) -> str:
 
 def logs_from_payload(data: dict[str, Any], out: Path) -> list[Path]:
     """Write one ``.eval`` log per (run, condition) of ``data`` under ``out``; their paths."""
-    from inspect_ai.log import (EvalConfig, EvalDataset, EvalLog, EvalMetric, EvalResults, EvalSample, EvalScore,
-                                EvalSpec, write_eval_log)
+    from inspect_ai.log import (
+        EvalConfig,
+        EvalDataset,
+        EvalLog,
+        EvalMetric,
+        EvalResults,
+        EvalSample,
+        EvalScore,
+        EvalSpec,
+        write_eval_log,
+    )
     from inspect_ai.model import ChatMessageAssistant, ChatMessageUser, ModelOutput
     from inspect_ai.scorer import Score
 

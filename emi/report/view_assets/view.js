@@ -165,6 +165,8 @@
     if (S.sbsQ < 0) S.sbsQ = N ? A.q[0] : 0;
     const cols = [], seen = new Set();
     for (let i = 0; i < N; i++) { const k = A.run[i] + "|" + A.cond[i]; if (!seen.has(k)) { seen.add(k); cols.push([A.run[i], A.cond[i]]); } }
+    const order = (r, c) => { const run = D.runs[r], k = run.rows.findIndex(x => x[run.label_key] === D.tables.cond[c]); return k < 0 ? 1e9 : k; };
+    cols.sort((x, y) => x[0] - y[0] || order(...x) - order(...y));  // the table's order: base, finetuned, ... or by checkpoint
     const traj = D.runs.some(r => r.command === "emi.trajectory");
     let maxSample = 0; for (let i = 0; i < N; i++) if (A.q[i] === S.sbsQ && A.sample[i] > maxSample) maxSample = A.sample[i];
     const qs = D.tables.q.map((q, k) => [k, q.key || q.id]), samples = Array.from({length: maxSample + 1}, (_, k) => [k, "sample " + k]);
