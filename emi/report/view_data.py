@@ -118,7 +118,8 @@ def _table(path: Path, notes: list[str]) -> tuple[str, str, list[dict[str, Any]]
         key = next((k for k in LABEL_KEYS if rows and isinstance(rows[0].get(k), str)), "")
         return f"{others[0]}", key, rows, meta if isinstance(meta, dict) else {}
     notes.append("no results table (results.jsonl, trajectory.jsonl, defences.jsonl or summary.json): the run has "
-                 "not finished; re-run its command to finish it, the answers so far are shown")
+                 "not finished (re-run its command to finish it) or its command writes none (emi.sae --zero prints "
+                 "its table); the answers so far are shown")
     return "", "model", [], meta if isinstance(meta, dict) else {}
 
 

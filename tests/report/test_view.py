@@ -65,6 +65,9 @@ def test_damaged_half_written_and_foreign_runs_say_what_is_missing(tmp_path):
     (steer / "run.json").write_text("{not json")
     notes = payload([steer])["runs"][0]["notes"]
     assert any("different judges" in n for n in notes) and any("run.json is damaged" in n for n in notes)
+    (steer / "run.json").write_text(json.dumps({"judge": "synthetic", "format": 99, "layout": "v9"}))
+    notes = payload([steer])["runs"][0]["notes"]
+    assert any("another emi version" in n and "format" in n for n in notes)
 
 
 def test_command_refuses_a_folder_that_is_not_a_run_and_writes_the_page(tmp_path, capsys):

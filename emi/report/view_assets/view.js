@@ -79,7 +79,7 @@
     if (denom !== "coherent" && rows.some(r => r.em_coherent_rate !== undefined)) cols.push(["emc", "EM / coherent"]);
     if (denom !== "scored" && rows.some(r => r.em_scored_rate !== undefined)) cols.push(["ems", "EM / scored"]);
     cols.push(["coh", "coherent (95% CI)"], ["uns", "unscored"]);
-    const extra = [["logprob_choice", "P(misaligned)", 3], ["kl", "KL benign", 3], ["aligned_delta", "Δ log p(aligned)", 2], ["task_rate", "task", 3]];
+    const extra = [["logprob_choice", "P(misaligned)", 3], ["kl", "KL benign", 3], ["aligned_delta", "Δ log p(aligned)", 2], ["task_rate", "task", 3], ["p_misaligned", "P(misaligned)", 3], ["cosine", "cos(direction)", 3]];
     for (const [k, t] of extra) if (rows.some(r => r[k] != null)) cols.push([k, t]);
     if (rows.some(r => r.judge)) cols.push(["judge", "judge"]);
     let h = `<table class="results" data-run="${ri}"><thead><tr>${cols.map(c => `<th>${esc(c[1])}</th>`).join("")}</tr></thead><tbody>`;
