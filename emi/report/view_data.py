@@ -186,8 +186,6 @@ STATUS = ("scored", "unscored", "missing")
 
 def read_run(path: Path, cols: dict[str, Any], tables: dict[str, Interner], run_index: int) -> dict[str, Any]:
     """Append the run's answers to the columns ``cols``; return the run's header (table, notes, figures)."""
-    from emi.behaviour.judges import cache_key
-
     notes: list[str] = []
     command, label_key, rows, meta = _table(path, notes)
     answers: list[dict[str, Any]] = []
@@ -215,11 +213,30 @@ def read_run(path: Path, cols: dict[str, Any], tables: dict[str, Interner], run_
                      f"not comparable across them")
     if any(r.get("judge_mixed") for r in rows):
         notes.append("some rows mix judgements of several judge versions (judge_mixed): see judge_fingerprints")
+    proj = _projections(path, notes)
+    _append(answers, judges, proj, cols, tables, run_index)
+    rejudged = []
+    for f in sorted(path.glob("rejudge/*/agreement.json")):
+        agreement = _read_json(f, notes)
+        rows_f = _read_jsonl(f.parent / "results.jsonl", notes) if (f.parent / "results.jsonl").is_file() else []
+        rejudged.append({"judge": f.parent.name, "agreement": agreement, "rows": rows_f})
+    return {"name": path.name, "path": str(path.resolve()), "command": command, "label_key": label_key, "rows": rows,
+            "meta": meta or {}, "notes": notes, "figures": _figures(path), "rejudge": rejudged,
+            "judge": (meta or {}).get("judge") if isinstance(meta, dict) else None, "version": version,
+            "n_answers": len(answers), "projected": sum(1 for a in answers if answer_id(a) in proj),
+            "projection_layer": proj.get("", [None, None])[0], "projection_role": proj.get("", [None, None])[1],
+            "direction": (meta or {}).get("direction") if isinstance(meta, dict) else None}
+
+
+def _append(answers: list[dict[str, Any]], judges: dict[str, dict[str, dict[str, Any]]],
+            proj: dict[str, list[Any]], cols: dict[str, Any], tables: dict[str, Interner], run_index: int) -> None:
+    """The run's answers onto the page's columns, with every judge's scores (None where a judge has none)."""
+    from emi.behaviour.judges import cache_key
+
     stubs = {name: _Stub(name, _prompts_for(entries)) for name, entries in sorted(judges.items())}
     for name in stubs:
         cols["judges"].setdefault(name, {"a": [None] * len(cols["run"]), "c": [None] * len(cols["run"]),
                                          "s": [2] * len(cols["run"])})
-    proj = _projections(path, notes)
     for a in answers:
         cols["run"].append(run_index)
         cols["cond"].append(tables["cond"](str(a.get("model"))))
@@ -239,17 +256,6 @@ def read_run(path: Path, cols: dict[str, Any], tables: dict[str, Interner], run_
             judge["a"].append(al.get("value") if al.get("status") == "scored" else None)
             judge["c"].append(co.get("value") if co.get("status") == "scored" else None)
             judge["s"].append(2 if not (al or co) else 0 if al.get("status") == co.get("status") == "scored" else 1)
-    rejudged = []
-    for f in sorted(path.glob("rejudge/*/agreement.json")):
-        agreement = _read_json(f, notes)
-        rows_f = _read_jsonl(f.parent / "results.jsonl", notes) if (f.parent / "results.jsonl").is_file() else []
-        rejudged.append({"judge": f.parent.name, "agreement": agreement, "rows": rows_f})
-    return {"name": path.name, "path": str(path.resolve()), "command": command, "label_key": label_key, "rows": rows,
-            "meta": meta or {}, "notes": notes, "figures": _figures(path), "rejudge": rejudged,
-            "judge": (meta or {}).get("judge") if isinstance(meta, dict) else None, "version": version,
-            "n_answers": len(answers), "projected": sum(1 for a in answers if answer_id(a) in proj),
-            "projection_layer": proj.get("", [None, None])[0], "projection_role": proj.get("", [None, None])[1],
-            "direction": (meta or {}).get("direction") if isinstance(meta, dict) else None}
 
 
 def _projections(path: Path, notes: list[str]) -> dict[str, list[Any]]:
