@@ -48,6 +48,7 @@ chromium:
 # The main job on the embedded toy organism: ablate and steer the misaligned-persona direction.
 demo: setup chromium
 	HF_HUB_OFFLINE=1 $(PY) -m emi.steer --alpha 8 --layers 1 --positions prompt --out runs/demo
+	HF_HUB_OFFLINE=1 $(PY) -m emi.view runs/demo --out runs/demo/view.html
 
 # Cell and child-process limits are an hour (tests/standins.py HANG_S): they stop a hang, never a
 # correct run on a slow machine. TEST_WORKERS pytest-xdist processes, one test file each at a time

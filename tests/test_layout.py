@@ -75,7 +75,7 @@ def test_python_m_emi_command_is_python_m_emi_dot_command(capsys, tmp_path):
 
 STAGES = {"core", "models", "behaviour", "activations", "directions", "interventions", "experiments", "report",
           "organism", "training"}
-COMMANDS = {"steer", "evaluate", "cache", "extract", "sae", "figures", "trajectory", "export", "rejudge", "finetune",
+COMMANDS = {"view", "steer", "evaluate", "cache", "extract", "sae", "figures", "trajectory", "export", "rejudge", "finetune",
             "screen", "defences"}
 
 
