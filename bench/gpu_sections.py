@@ -4,11 +4,13 @@
     python bench/gpu_sections.py table DIR
 
 Sections (each writes DIR/SECTION.json; `table` turns them into one markdown table):
-  generate  in-process samplers (generate, static, paged), no hook, greedy: new tokens/s
+  generate  in-process samplers generate and paged, no hook, greedy: new tokens/s
   steer     steering at one layer and ablation at every residual writer vs no hook (generate sampler)
   capture   emi's capture of every layer to disk, and of half the layers, vs a full forward with logits
   em        the EM table (emi.experiments.conditions.run: the six conditions of `emi.steer`, with the
             log-prob and KL columns) on a pair of random models at the real shape, toy questions and judge
+  static    the static sampler (its decode step compiled on CUDA) vs generate: last, as its compile time
+            is what nobody has measured on this stack yet
 
 On CUDA the models are random weights at the Qwen2.5-7B shape in bf16 (no download); `--dry-run` runs
 the same code on CPU at a tiny shape in seconds. Ratios are medians over rounds
@@ -20,6 +22,7 @@ unimportable, as they are on the GPU machine's image (the dry run checks that no
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -28,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("generate", "steer", "capture", "em")
+SECTIONS = ("generate", "steer", "capture", "em", "static")
 # emi's declared dependencies that the GPU machine's image lacks (its KINDS.md package list)
 MISSING_ON_GPU = ("transformer_lens", "nnsight", "sae_lens", "plotly", "kaleido", "openai", "zstandard")
 SHAPES = {  # Qwen2.5-7B-Instruct's config.json; tiny: 2 layers of width 64, a vocabulary larger than the tokenizer's
@@ -39,8 +42,8 @@ SHAPES = {  # Qwen2.5-7B-Instruct's config.json; tiny: 2 layers of width 64, a v
 }
 SIZES = {  # per section: (batch, new tokens or sequence length, rounds, warmup); em: (batch, new tokens,
     # samples per question, questions (0: all 16 toy questions and every benign conversation))
-    False: {"generate": (32, 128, 3, 1), "steer": (32, 128, 3, 1), "capture": (8, 512, 3, 1), "em": (64, 128, 4, 0)},
-    True: {"generate": (4, 8, 2, 0), "steer": (4, 8, 2, 0), "capture": (2, 16, 2, 0), "em": (16, 8, 1, 4)},
+    False: {"generate": (32, 128, 3, 1), "static": (32, 128, 3, 1), "steer": (32, 128, 3, 1), "capture": (8, 512, 3, 1), "em": (64, 128, 4, 0)},
+    True: {"generate": (4, 8, 2, 0), "static": (4, 8, 2, 0), "steer": (4, 8, 2, 0), "capture": (2, 16, 2, 0), "em": (16, 8, 1, 4)},
 }
 
 
@@ -162,10 +165,25 @@ def section_generate(lm: Any, size: tuple[int, int, int, int]) -> dict[str, Any]
     from emi.interventions import hooks
 
     batch, new, rounds, warmup = size
-    methods = {f"{s}, no hook": (s, hooks.nothing) for s in ("generate", "static", "paged")}
+    methods = {f"{s}, no hook": (s, hooks.nothing) for s in ("generate", "paged")}
     times, counts, notes = _sampling(lm, batch, new, rounds, warmup, methods)
     return {"title": f"in-process generate: batch {batch}, up to {new} new tokens, greedy",
             "rows": _rows(times, counts, "generate, no hook", "new tokens"), "notes": notes}
+
+
+def section_static(lm: Any, size: tuple[int, int, int, int]) -> dict[str, Any]:
+    import torch
+
+    from emi.interventions import hooks
+
+    batch, new, rounds, warmup = size
+    methods = {f"{s}, no hook": (s, hooks.nothing) for s in ("generate", "static")}
+    t = time.perf_counter()
+    times, counts, notes = _sampling(lm, batch, new, rounds, warmup, methods)
+    compiled = "compiled decode step" if torch.cuda.is_available() else "not compiled on CPU"
+    return {"title": f"static sampler ({compiled}): batch {batch}, up to {new} new tokens, greedy",
+            "rows": _rows(times, counts, "generate, no hook", "new tokens"),
+            "notes": [*notes, f"warm-up (compile) and timing {time.perf_counter() - t:.0f} s"]}
 
 
 def section_steer(lm: Any, size: tuple[int, int, int, int]) -> dict[str, Any]:
@@ -235,8 +253,7 @@ def section_em(lm: Any, size: tuple[int, int, int, int]) -> dict[str, Any]:
     from emi.models.registry import get_pair
 
     batch, new, n, k = size
-    ft_model = type(lm.model)(lm.model.config).to(dtype=lm.model.dtype, device=lm.device).eval()
-    ft_model.load_state_dict(lm.model.state_dict())  # a "finetune": the base plus 5% noise on every weight
+    ft_model = copy.deepcopy(lm.model)  # a "finetune": the base plus 5% noise on every weight (on the device)
     g = torch.Generator(device=lm.device).manual_seed(1)
     with torch.no_grad():
         for p in ft_model.parameters():
@@ -320,6 +337,8 @@ def table(folder: Path, device: str, budget: dict[str, str] | None = None) -> st
         if s == "em":
             rows.append([s, "the six conditions, judged, with log-prob and KL", r["notes"][0], "", "", ""])
         notes += [f"- {s}: {r['title']}; {'; '.join(r.get('notes', []))}; section {r['wall_s']:.0f} s"]
+    notes.append("- no vLLM row: vLLM's CUDA wheels are far over the 64 MiB that travels to the GPU machine, "
+                 "whose image has none (python bench/sampling_speed.py --vllm times it where vLLM is installed)")
     lines += _md(rows) + [""] + notes
     em = found.get("em")
     if em:

@@ -98,9 +98,9 @@ def test_gpu_script_dry_run_prints_every_section(tmp_path):
     assert "## emi on CPU (dry run" in table
     assert "did not finish" not in table and "failed" not in table and "not run" not in table
     lines = table.splitlines()
-    for s in ("generate", "steer", "capture"):
+    for s, n in (("generate", 2), ("steer", 3), ("capture", 3), ("static", 2)):
         timed = [x for x in lines if x.startswith(f"| {s} |") and "x [" in x]
-        assert len(timed) == 3, (s, table)
+        assert len(timed) == n, (s, table)
     assert any(x.startswith("| em | the six conditions") for x in lines)
     em = json.loads((tmp_path / "out" / "em.json").read_text())
     assert [x["condition"] for x in em["em"]] == ["base", "finetuned", "finetuned - persona", "finetuned - random",
