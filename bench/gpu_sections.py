@@ -90,7 +90,8 @@ def _rows(times: dict[str, list[float]], counts: dict[str, int], ref: str, unit:
     from common import ratio
 
     return [{"what": k, "count": counts[k], "unit": unit, "per_s": counts[k] / statistics.median(t),
-             "ratio": str(ratio(times, counts, k, ref)), "ref": ref} for k, t in times.items()]
+             "ratio": str(ratio(times, counts, k, ref)) if ref in times else "", "ref": ref if ref in times else
+             f"({ref}: left out)"} for k, t in times.items()]
 
 
 def skipped_samplers() -> dict[str, str]:

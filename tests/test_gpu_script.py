@@ -91,7 +91,7 @@ def test_gpu_script_dry_run_prints_every_section(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out")}
     env.pop("PYTHONPATH", None)  # the script puts this checkout first itself
     r = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--dry-run"], capture_output=True, text=True,
-                       env=env, cwd=tmp_path, timeout=600)
+                       env=env, cwd=tmp_path, timeout=1800)
     assert r.returncode == 0, r.stderr[-2000:]
     table = r.stdout
     assert table == (tmp_path / "out" / "gpu-table.md").read_text()
