@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -230,7 +231,10 @@ def section_capture(lm: Any, size: tuple[int, int, int, int]) -> dict[str, Any]:
 
     methods = {"full forward (logits)": full, f"emi capture, all {n} layers + disk": capture("all", "all"),
                f"emi capture, layers 0-{n // 2 - 1} + disk": capture(list(range(n // 2)), "half")}
-    times = interleaved_runs(methods, rounds=rounds, warmup=warmup)
+    try:
+        times = interleaved_runs(methods, rounds=rounds, warmup=warmup)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     tokens = {k: batch * seq * n_batches for k in methods}
     rows = _rows(times, tokens, "full forward (logits)", "tokens")
     params = sum(p.numel() for p in lm.model.parameters())
@@ -273,8 +277,9 @@ def section_em(lm: Any, size: tuple[int, int, int, int]) -> dict[str, Any]:
         questions, benign = questions[:k], benign[:k]
     cfg = SamplingConfig(n=n, temperature=1.0, max_new_tokens=new, batch_size=batch, seed=0)
     t = time.perf_counter()
-    results = run(pair, standard_conditions(d, [8.0], [d.best_layer]), d, questions, cfg, make_judge("toy"),
-                  tempfile.mkdtemp(prefix="emi-gpu-em-"), progress=False, benign=benign)
+    with tempfile.TemporaryDirectory(prefix="emi-gpu-em-") as out:
+        results = run(pair, standard_conditions(d, [8.0], [d.best_layer]), d, questions, cfg, make_judge("toy"),
+                      out, progress=False, benign=benign)
     _sync()
     secs = time.perf_counter() - t
     rows = []
