@@ -6,7 +6,9 @@ For each sampler (``generate``: HF generate with a dynamic KV cache, what emi ra
 static KV cache, decode step compiled on CUDA; ``paged``: continuous batching) and each
 intervention (no hook, steering at one layer, ablation at every residual writer): new tokens per
 second, greedy, the same prompts (the toy's questions), methods interleaved, medians. Ratios are
-against ``generate, no hook`` measured in the same run. ``--server`` adds the same prompts sampled
+against ``generate, no hook`` measured in the same run: the median of the per-round ratios (the two
+methods timed side by side in each round) with their min-max. New tokens are counted the same for
+every engine (``common.decoded``): an answer's tokens plus the EOS it stopped on. ``--server`` adds the same prompts sampled
 through a local ``transformers serve`` (``--engine server``) against in-process ``generate``.
 ``--vllm`` adds ``--engine vllm`` (the vLLM that ``make vllm`` builds, started by emi with
 vllm-lens) with no hook, steering at one layer and ablation at every layer (a hook after every
@@ -23,13 +25,14 @@ peak memory bandwidth (decode streams every weight once per step). ``--peak-tflo
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved, table, toy  # noqa: E402
+from common import answer_tokens, interleaved, interleaved_runs, ratio, row_tokens, table, toy  # noqa: E402
 
 from emi.behaviour.questions import load_questions  # noqa: E402
 from emi.behaviour.sampling import SamplingConfig, sample_ids  # noqa: E402
@@ -51,8 +54,20 @@ def random_direction(lm) -> Direction:  # noqa: ANN001
 
 
 def new_tokens(lm, rows: list[list[int]]) -> int:  # noqa: ANN001
+    """New tokens of in-process rows, counted as every engine's are (common.decoded: EOS included)."""
     eos, pad = lm.tokenizer.eos_token_id, lm.tokenizer.pad_token_id
-    return sum(len(r[: r.index(eos) + 1] if eos in r else [t for t in r if t != pad]) for r in rows)
+    return sum(row_tokens(r, eos, pad) for r in rows)
+
+
+def rows_of(times: dict[str, list[float]], counts: dict[str, int], refs: dict[str, str]) -> list[dict]:
+    """One row per method: its new tokens, median tokens/s, and its ratio to each reference (median
+    over rounds and min-max, each round's two methods timed side by side)."""
+    out = []
+    for k, ts in times.items():
+        row = {"m": k, "tok": counts[k], "tps": f"{counts[k] / statistics.median(ts):,.1f}"}
+        row.update({col: str(ratio(times, counts, k, ref)) for col, ref in refs.items()})
+        out.append(row)
+    return out
 
 
 def measure(lm, batch: int, new: int, rounds: int, samplers: list[str]) -> list[dict]:  # noqa: ANN001
@@ -73,16 +88,13 @@ def measure(lm, batch: int, new: int, rounds: int, samplers: list[str]) -> list[
         return key, f
 
     methods = dict(method(s, name, ctx) for s in samplers for name, ctx in interventions.items())
-    secs = interleaved(methods, rounds=rounds)
-    ref = counts["generate, no hook"] / secs["generate, no hook"]
-    return [{"m": k, "tok": counts[k], "tps": f"{counts[k] / v:,.1f}", "x": f"{counts[k] / v / ref:.2f}x"}
-            for k, v in secs.items()]
+    return rows_of(interleaved_runs(methods, rounds=rounds), counts, {"x": "generate, no hook"})
 
 
 def report(title: str, rows: list[dict]) -> None:
     print(f"\n{title}")
     table(rows, [("m", "sampler, intervention"), ("tok", "new tokens"), ("tps", "new tokens/s"),
-                 ("x", "vs generate, no hook")])
+                 ("x", "vs generate, no hook [min-max over rounds]")])
 
 
 def server_vs_inprocess(lm, batch: int, new: int, rounds: int) -> None:  # noqa: ANN001
@@ -102,15 +114,13 @@ def server_vs_inprocess(lm, batch: int, new: int, rounds: int) -> None:  # noqa:
         counts: dict[str, int] = {}
 
         def served() -> None:
-            counts["server"] = sum(a["n_tokens"] or 0 for a in engine.chat(str(folder), msgs, cfg, 0))
+            counts["transformers serve"] = answer_tokens(engine.chat(str(folder), msgs, cfg, 0))
 
         def local() -> None:
-            counts["in-process"] = new_tokens(lm, sample_ids(lm, msgs, cfg, seed=0))
+            counts["in-process generate"] = new_tokens(lm, sample_ids(lm, msgs, cfg, seed=0))
 
-        secs = interleaved({"in-process generate": local, "transformers serve": served}, rounds=rounds)
-    ref = counts["in-process"] / secs["in-process generate"]
-    rows = [{"m": k, "tok": counts[c], "tps": f"{counts[c] / v:,.1f}", "x": f"{counts[c] / v / ref:.2f}x"}
-            for (k, v), c in zip(secs.items(), ("in-process", "server"), strict=True)]
+        times = interleaved_runs({"in-process generate": local, "transformers serve": served}, rounds=rounds)
+    rows = rows_of(times, counts, {"x": "in-process generate"})
     report(f"server engine vs in-process, batch {batch}, up to {new} new tokens (the server decides EOS)", rows)
 
 
@@ -142,7 +152,7 @@ def vllm_vs_inprocess(lm, batch: int, new: int, rounds: int, dtype: str) -> None
         for name, sv in served.items():
             def remote(sv: Served = sv, key: str = f"vllm, {name}") -> None:
                 cfg = SamplingConfig(temperature=0.0, max_new_tokens=new, batch_size=batch)
-                counts[key] = sum(a.n_tokens or 0 for a in engine.sample(sv, lm.tokenizer, msgs, cfg, 0))
+                counts[key] = answer_tokens(engine.sample(sv, lm.tokenizer, msgs, cfg, 0))
             methods[f"vllm, {name}"] = remote
         for sampler in ("generate", "static"):
             for name, ctx in local.items():
@@ -154,16 +164,14 @@ def vllm_vs_inprocess(lm, batch: int, new: int, rounds: int, dtype: str) -> None
         # vLLM's CPU workers spin for a while after their requests: the method timed after them would
         # pay for it (measured: in-process generate at 597 new tokens/s there, 4,863 alone)
         settle = {k: 3.0 for k in methods if k.startswith("vllm")} if not torch.cuda.is_available() else {}
-        secs = interleaved(methods, rounds=rounds, settle=settle)
+        times = interleaved_runs(methods, rounds=rounds, settle=settle)
     finally:
         engine.close()
-    ref = counts["generate, no hook"] / secs["generate, no hook"]
-    plain = counts["vllm, no hook"] / secs["vllm, no hook"]
-    rows = [{"m": k, "tok": counts[k], "tps": f"{counts[k] / v:,.1f}", "x": f"{counts[k] / v / ref:.2f}x",
-             "y": f"{counts[k] / v / plain:.2f}x"} for k, v in secs.items()]
-    print(f"\n--engine vllm vs in-process, batch {batch}, up to {new} new tokens ({rounds} rounds, medians)")
-    table(rows, [("m", "engine, intervention"), ("tok", "new tokens"), ("tps", "new tokens/s"),
-                 ("x", "vs generate, no hook"), ("y", "vs vllm, no hook")])
+    rows = rows_of(times, counts, {"x": "generate, no hook", "y": "vllm, no hook"})
+    print(f"\n--engine vllm vs in-process, batch {batch}, up to {new} new tokens ({rounds} rounds: medians, "
+          f"ratios [min-max])")
+    table(rows, [("m", "engine, intervention"), ("tok", "new tokens (EOS included, every engine)"),
+                 ("tps", "new tokens/s"), ("x", "vs generate, no hook"), ("y", "vs vllm, no hook")])
 
 
 SHAPES = {"0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
