@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from emi.behaviour.engines import Ablation, Served, Steering, VllmEngine, lens_xargs, steering_xarg
 from emi.behaviour.sampling import SamplingConfig
-from emi.behaviour.vllm_hooks import project_out_fn, steer_positions_fn
-from emi.behaviour.vllm_server import (
+from emi.core.errors import ConfigError
+from emi.engines.served import Ablation, Served, Steering
+from emi.engines.vllm.engine import VllmEngine
+from emi.engines.vllm.hooks import project_out_fn, steer_positions_fn
+from emi.engines.vllm.launcher import (
     EngineError,
     EngineInfo,
     Launcher,
@@ -24,7 +26,7 @@ from emi.behaviour.vllm_server import (
     check_servable,
     lora_rank,
 )
-from emi.core.errors import ConfigError
+from emi.engines.vllm.lens import lens_xargs, steering_xarg
 from emi.interventions.hooks import project_out
 
 INFO = EngineInfo(tuple(sys.version_info[:2]), "0.32.0", "1.3.0", True)  # type: ignore[arg-type]
@@ -171,7 +173,7 @@ def test_a_server_dies_with_the_command_that_started_it_even_by_sigkill(tmp_path
 
     pidfile = tmp_path / "server.pid"
     exe = fake_python(tmp_path, f"echo $$ > {pidfile}; exec sleep 600")
-    code = ("import sys; from pathlib import Path; from emi.behaviour.vllm_server import Launcher, EngineInfo; "
+    code = ("import sys; from pathlib import Path; from emi.engines.vllm.launcher import Launcher, EngineInfo; "
             f"info = EngineInfo(tuple(sys.version_info[:2]), '0.32.0', '1.3.0', True); "
             f"Launcher(Path({str(exe)!r}), log_dir=Path({str(tmp_path / 'logs')!r}), startup_timeout=3600, "
             f"info=info).start({str(tmp_path / 'model')!r})")
