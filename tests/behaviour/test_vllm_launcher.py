@@ -79,6 +79,31 @@ def test_architectures_and_head_sizes_vllm_cannot_serve_are_refused_before_start
         check_servable(cfg(model_type="llama", head_dim=64), cpu=True)
 
 
+def test_the_newest_qwen_is_refused_in_one_sentence_where_vllm_cpu_cannot_serve_it(tmp_path):
+    """Gated DeltaNet hybrids on vLLM's CPU build: bf16 only, linear heads of a multiple of 32;
+    Qwen3.5 needs torchvision in the engine environment; Qwen4-Exp is never run on vLLM."""
+    def cfg(model_type, **kw):
+        (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type, "hidden_size": 64,
+                                                          "num_attention_heads": 4, "head_dim": 32,
+                                                          "linear_key_head_dim": 32, "linear_value_head_dim": 32,
+                                                          **kw}))
+        return str(tmp_path)
+
+    check_servable(cfg("qwen3_next"), cpu=True, dtype="bfloat16")
+    check_servable(cfg("qwen3_next"), cpu=False, dtype="float32")  # on a GPU vLLM decides
+    with pytest.raises(EngineError, match="bf16 only, asked for float32; pass --dtype bf16"):
+        check_servable(cfg("qwen3_next"), cpu=True, dtype="float32")
+    with pytest.raises(EngineError, match=r"linear-attention heads of size \[16, 32\].*multiples of 32"):
+        check_servable(cfg("qwen3_next", linear_key_head_dim=16), cpu=True, dtype="bfloat16")
+    with pytest.raises(EngineError, match="imports torchvision, which the engine environment lacks"):
+        check_servable(cfg("qwen3_5_text"), cpu=True, dtype="bfloat16", torchvision=False)
+    check_servable(cfg("qwen3_5_text"), cpu=True, dtype="bfloat16", torchvision=True)
+    for mt in ("qwen4_exp", "qwen4_exp_text"):
+        with pytest.raises(EngineError, match="several residual streams.*--engine in-process") as e:
+            check_servable(cfg(mt), cpu=False)
+        assert str(e.value).count(". ") == 0  # one sentence
+
+
 def test_a_server_killed_mid_run_says_to_rerun(tmp_path):
     proc = subprocess.Popen(["true"])
     proc.wait()

