@@ -1,12 +1,14 @@
 """Does vLLM's CPU build serve a Qwen3-Next stand-in? Builds one (bf16, attention heads of 32,
 linear-attention heads of LINEAR, default 128), starts vLLM on it through emi's launcher and prints
-one greedy completion's token ids beside in-process generate's (or the server's error).
+one greedy completion's token ids beside in-process generate's (or the server's error). It sets
+EMI_VLLM_HYBRID=1: emi refuses these models on vLLM otherwise (emi.engines.vllm.launcher.check_servable).
 
     PYTHONPATH=$PWD HF_HUB_OFFLINE=1 .venv/bin/python bench/vllm_gdn_probe.py [LINEAR] [--tied]
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -20,6 +22,7 @@ from tests.standins import build_model, qwen_tokenizer, save_checkpoint
 
 
 def main() -> None:
+    os.environ.setdefault("EMI_VLLM_HYBRID", "1")
     linear = int(next((a for a in sys.argv[1:] if a.isdigit()), "128"))
     tok = qwen_tokenizer()
     root = Path(tempfile.mkdtemp())
