@@ -101,7 +101,7 @@ def server_vs_inprocess(lm, batch: int, new: int, rounds: int) -> None:  # noqa:
     """The same greedy prompts through `transformers serve` (one request per answer) and in-process."""
     import tempfile
 
-    from emi.behaviour.engines import ServerEngine
+    from emi.engines.server import ServerEngine
     from tests.standins import transformers_serve
 
     folder = Path(tempfile.mkdtemp()) / "model"
@@ -129,8 +129,9 @@ def vllm_vs_inprocess(lm, batch: int, new: int, rounds: int, dtype: str) -> None
     layer and ablation at every layer, interleaved; one vLLM server for all three."""
     import tempfile
 
-    from emi.behaviour.engines import Ablation, Served, Steering, VllmEngine
-    from emi.behaviour.vllm_server import Launcher, vllm_python
+    from emi.engines.served import Ablation, Served, Steering
+    from emi.engines.vllm.engine import VllmEngine
+    from emi.engines.vllm.launcher import Launcher, vllm_python
 
     folder = Path(tempfile.mkdtemp()) / "model"
     lm.model.save_pretrained(folder)

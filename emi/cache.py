@@ -96,11 +96,7 @@ def _cache(args, spec, source, judge, path, rk) -> int:  # noqa: ANN001
     with cli.engine_session(args, path.parent / f"{path.name}.vllm-logs") as engine:  # checked before models load
         pair = cli.load_pair_from_args(args, tuple(dict.fromkeys((args.generator,) + roles)))
         layers = L.resolve_layers(args.layers, pair[args.generator].n_layers)  # bad --layers fail before sampling
-        reader = None
-        if args.engine == "vllm":
-            from emi.activations.vllm_capture import VllmReaders
-
-            reader = VllmReaders(engine)
+        reader = engine.readers() if engine is not None else None  # vLLM captures there; a server cannot
         store = capture_pair_shared(pair, roles, lambda: _texts(args, spec, pair, path, source, judge, engine), path,
                                     layers, tuple(s.strip() for s in args.sites.split(",")), args.positions,
                                     args.store_dtype, args.capture_batch, args.shard_texts, overwrite=args.overwrite,
@@ -126,7 +122,7 @@ def _texts(args, spec, pair, path, source, judge, engine):  # noqa: ANN001, ANN2
     questions = source
     cfg = cli.sampling_config(args, spec.kit)
     path.mkdir(parents=True, exist_ok=True)
-    from emi.behaviour.engines import bind
+    from emi.engines.base import bind
 
     if args.contrast:
         from emi.directions.contrast import contrast_answers, contrast_items

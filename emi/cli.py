@@ -9,9 +9,14 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from emi.core.errors import ConfigError, EmiError
+
+if TYPE_CHECKING:
+    from emi.engines.base import Backend
+    from emi.engines.vllm.launcher import Server
 
 
 def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
@@ -196,35 +201,15 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="seconds vLLM may take to start (default 1200)")
 
 
-def make_engine(args: argparse.Namespace, logs: Any):  # -> ServerEngine | VllmEngine | None
+def make_engine(args: argparse.Namespace, logs: str | Path) -> Backend | None:
     """The engine of --engine, checked (flags, and for vllm the engine environment) before any model loads."""
-    import shlex
-    from pathlib import Path
+    from emi.engines.select import from_args
 
-    if args.engine != "server" and (args.engine_url or args.engine_lens):
-        raise ConfigError("--engine-url (and --engine-lens) is for --engine server; add --engine server, or drop it")
-    if args.engine == "server":
-        from emi.behaviour.engines import ServerEngine, parse_body
-
-        if not args.engine_url:
-            raise ConfigError("--engine server needs --engine-url URL (an OpenAI-compatible server, e.g. "
-                              "http://localhost:8000/v1)")
-        return ServerEngine(args.engine_url, args.engine_key_env, args.engine_concurrency or 8,
-                            body=parse_body(args.engine_body), lens=args.engine_lens)
-    if args.engine == "vllm":
-        from emi.behaviour.engines import VllmEngine
-        from emi.behaviour.vllm_server import Launcher, vllm_python
-
-        dtype = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(args.dtype, args.dtype)
-        launcher = Launcher(vllm_python(args.vllm_python), "float32" if dtype == "auto" and _cpu() else dtype,
-                            tuple(shlex.split(args.vllm_args)), Path(logs), args.vllm_port,
-                            args.vllm_startup_timeout)
-        return VllmEngine(launcher, args.engine_concurrency or 256)
-    return None
+    return from_args(args, logs)
 
 
 @contextlib.contextmanager
-def engine_session(args: argparse.Namespace, logs: Any) -> Iterator[Any]:
+def engine_session(args: argparse.Namespace, logs: str | Path) -> Iterator[Backend | None]:
     """The engine of --engine for a command's run, closed at the end, on errors and on Ctrl-C (no vLLM
     server outlives the command)."""
     engine = make_engine(args, logs)
@@ -235,23 +220,12 @@ def engine_session(args: argparse.Namespace, logs: Any) -> Iterator[Any]:
             engine.close()
 
 
-def _cpu() -> bool:
-    import torch
-
-    return not torch.cuda.is_available()
-
-
-def print_engines(ran: Sequence[tuple[str, str]], engine: Any) -> None:
+def print_engines(ran: Sequence[tuple[str, str]], engine: Backend | None) -> None:
     """Say which engine sampled each condition."""
-    if engine is None:
-        return
-    where: dict[str, list[str]] = {}
-    for name, eng in ran:
-        where.setdefault(eng, []).append(name)
-    label = {"server": f"the server at {getattr(engine, 'url', '')}", "vllm": "vLLM (started by emi)",
-             "in-process": "in-process"}
-    print("engine: " + "; ".join(f"{label.get(e, e)}: {', '.join(names)}" for e, names in where.items()),
-          file=sys.stderr)
+    from emi.engines.select import where_ran
+
+    if engine is not None:
+        print(where_ran(ran, engine), file=sys.stderr)
 
 
 def add_judge_args(p: argparse.ArgumentParser, allow_none: bool = False) -> None:
@@ -320,21 +294,16 @@ def make_judge_from_args(args: argparse.Namespace, default: str, allow_none: boo
     return judge
 
 
-def serve_judge(args: argparse.Namespace) -> Any:  # -> vllm_server.Server
+def serve_judge(args: argparse.Namespace) -> Server:
     """``--judge vllm --judge-model ID|DIR`` with no ``--judge-url``: emi serves that judge on vLLM,
     from the engine environment (``--vllm-python``, ``$EMI_VLLM_PYTHON`` or ``.venv-vllm``), for
     the command's lifetime (stopped when the command ends)."""
     import atexit
-    import shlex
-    from pathlib import Path
 
-    from emi.behaviour.vllm_server import Launcher, vllm_python
+    from emi.engines.select import judge_launcher
 
-    launcher = Launcher(vllm_python(getattr(args, "vllm_python", None)), "float32" if _cpu() else "auto",
-                        tuple(shlex.split(getattr(args, "judge_vllm_args", "") or "")),
-                        Path(getattr(args, "out", None) or "runs") / "vllm-judge-logs")
     print(f"judge: starting vLLM for {args.judge_model} (stopped when this command ends)", file=sys.stderr)
-    server = launcher.start(args.judge_model)
+    server = judge_launcher(args).start(args.judge_model)
     atexit.register(server.stop)
     return server
 

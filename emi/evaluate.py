@@ -65,10 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _evaluate(pair, questions, cfg, judge, out, pairs, denominator, engine):  # noqa: ANN001, ANN202
     """Per role: its summary row (with P(misaligned) on the option pairs, where there are any), its
     judged answers, and its per-question rows; and which engine sampled each role."""
-    from emi.behaviour.engines import bind, prepare
     from emi.behaviour.evaluation import evaluate
     from emi.behaviour.logprob import logprob_metrics
     from emi.behaviour.metrics import per_question
+    from emi.engines.base import bind, prepare
 
     prepare(engine, pair)
     rows, judged_all, by_q, ran = [], [], {}, []

@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, out, engine) -> int:  # noqa: ANN001
-    from emi.behaviour.engines import prepare
+    from emi.engines.base import prepare
     from emi.experiments.conditions import pair_direction, write_results
     from emi.experiments.dynamics import correlations, trajectory
     from emi.models.loading import load_pair

@@ -73,7 +73,7 @@ def test_python_m_emi_command_is_python_m_emi_dot_command(capsys, tmp_path):
     assert set(VERBS) >= {"steer", "evaluate", "cache", "extract", "sae", "figures"}
 
 
-STAGES = {"core", "models", "behaviour", "activations", "directions", "interventions", "experiments", "report",
+STAGES = {"core", "models", "behaviour", "activations", "engines", "directions", "interventions", "experiments", "report",
           "organism", "training"}
 COMMANDS = {"view", "steer", "evaluate", "cache", "extract", "sae", "figures", "trajectory", "export", "rejudge", "finetune",
             "screen", "defences"}

@@ -391,7 +391,7 @@ def capture_models(models: dict[str, LoadedModel], items: Sequence[dict[str, Any
                    root: str | Path | None = None, shard_mb: int = 256, plan_roles: int | None = None,
                    ranks: Ranks = SINGLE, reader: ReaderFactory | None = None) -> Store:
     """The fast path: capture Hugging Face models (e.g. a pair's base and finetuned) on the same texts.
-    ``reader(model, layers, sites)``: another reader of each model (e.g. emi.activations.vllm_capture,
+    ``reader(model, layers, sites)``: another reader of each model (e.g. emi.engines.vllm.capture,
     recorded in the store's identity), else :func:`hf_reader`."""
     if not models:
         raise ConfigError("no models to capture")

@@ -48,7 +48,7 @@ def contrast_answers(model: Any, items: list[dict[str, Any]], cfg: Any, judge: A
     answers judged aligned (persona-vectors style). Resumable through ``out`` (JSONL): batches are
     fixed by the item order and batch ``b`` is sampled with seed ``cfg.seed + b``, so a resumed
     run gives the answers of an uninterrupted one; answers are keyed by the model and settings.
-    ``engine`` (an emi.behaviour.engines.Bound, with the ``identity`` its answers are keyed by)
+    ``engine`` (an emi.engines.base.Bound, with the ``identity`` its answers are keyed by)
     samples them, e.g. on vLLM; else the model in this process."""
     from tqdm.auto import tqdm
 

@@ -295,7 +295,7 @@ def patch_sae(model: nn.Module, sae: Any, layer: int, zero: Sequence[int] = (), 
 def export_edit(sae: Any, folder: Path, zero: Sequence[int] = (), clamp: dict[int, float] | None = None) -> Path:
     """The edit :func:`patch_sae` makes (``zero``/``clamp`` latents), ``[pos, d_model] -> [pos,
     d_model]``, exported with torch.export into ``folder`` (once per SAE and edit: the file is named
-    by a digest of both). A vLLM server emi starts loads it in a hook (emi.behaviour.vllm_hooks),
+    by a digest of both). A vLLM server emi starts loads it in a hook (emi.engines.vllm.hooks),
     so any sae-lens architecture runs there as sae-lens computes it, without sae-lens."""
     import hashlib
 

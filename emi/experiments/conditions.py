@@ -15,8 +15,6 @@ from typing import Any, TypedDict, get_args, get_origin, get_type_hints
 
 import torch
 
-from emi.behaviour import engines
-from emi.behaviour.engines import Ablation, Bound, Served, ServerEngine, Steering, VllmEngine
 from emi.behaviour.evaluation import evaluate
 from emi.behaviour.judges import Judge
 from emi.behaviour.logprob import LogprobResult, OptionPair
@@ -27,6 +25,10 @@ from emi.behaviour.side_effects import BenignItem, SideEffects
 from emi.core import locks
 from emi.core.atomic import readable
 from emi.directions.direction import Direction, extract, random_like
+from emi.engines import base as engines
+from emi.engines.base import Backend, Bound
+from emi.engines.served import Ablation, Served, Steering
+from emi.engines.served import plain as served_plain
 from emi.interventions import hooks, weights
 from emi.models.loading import LoadedModel, ModelPair
 
@@ -125,7 +127,7 @@ def condition_identity(c: Condition, model: LoadedModel, persona: Direction, ran
 def run(pair: ModelPair, conditions: Sequence[Condition], direction: Direction, questions: Sequence[Question],
         cfg: SamplingConfig, judge: Judge, out: str | Path, random_seed: int = 0,
         progress: bool = True, pairs: Sequence[OptionPair] | None = None,
-        benign: Sequence[BenignItem] | None = None, engine: ServerEngine | VllmEngine | None = None,
+        benign: Sequence[BenignItem] | None = None, engine: Backend | None = None,
         denominator: str = "coherent") -> list[ConditionResult]:
     """Evaluate every condition (answers and judgements cached under ``out``); one
     :class:`ConditionResult` per condition, in the order of ``conditions``. Conditions run grouped by
@@ -193,12 +195,12 @@ def _ordered(conditions: Sequence[Condition]) -> list[tuple[int, Condition]]:
 
 
 def served_condition(c: Condition, model: LoadedModel, persona: Direction, random: Direction, out: Path,
-                     engine: ServerEngine | VllmEngine) -> Served | None:
+                     engine: Backend) -> Served | None:
     """What ``engine`` samples for condition ``c``, or None (it runs in-process): the role's
     checkpoint (and LoRA adapter), with vllm-lens steering, or a hook projecting the direction out
     at chosen layers; ablation at every residual writer is the checkpoint with the direction
     ablated from its weights (exactly that edit; exported once under ``out/served/``)."""
-    plain = engines.plain(model)
+    plain = served_plain(model)
     d = persona if c.direction == "persona" else random
     if c.kind == "none":
         wanted = plain

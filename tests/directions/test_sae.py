@@ -156,7 +156,7 @@ def test_a_direction_of_the_wrong_width_is_refused_before_training(toy_store, tm
 
 
 def test_a_missing_engine_environment_is_refused_before_training(toy_store, tmp_path):
-    from emi.behaviour.vllm_server import EngineError
+    from emi.engines.base import EngineError
     from emi.sae import main
 
     with pytest.raises(EngineError, match="make vllm"):
