@@ -78,7 +78,7 @@ def check_layer_list(layers: tuple[int, ...] | list[int] | None, n_layers: int |
     """Explicit layer indices (e.g. --steer-layers 9) within ``what``'s ``n_layers``."""
     if not layers or n_layers is None:
         return
-    bad = [x for x in layers if not -n_layers <= x < n_layers]
+    bad = [x for x in layers if not 0 <= x < n_layers]
     if bad:
         raise ConfigError(f"{flag} {','.join(map(str, layers))} is out of range: {what} has {n_layers} layers "
                           f"(0-{n_layers - 1}); pick layers among those")
