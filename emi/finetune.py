@@ -148,7 +148,7 @@ def _check_model(base, cfg, defence) -> None:  # noqa: ANN001
     for path in defence.directions:
         d = Direction.load(path)
         if isinstance(width, int):
-            d.check_fits(width, depth if isinstance(depth, int) else None, what)
+            d.check_fits(width, depth if isinstance(depth, int) else None, "the model being finetuned")
 
 
 def _base(args: argparse.Namespace):  # -> (ModelSpec, kit pair name | None, PairKit)

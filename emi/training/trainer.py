@@ -160,8 +160,8 @@ def check_folder(job: Job, restart: bool = False) -> Organism | None:
     if restart:
         return None
     diff = differences(org.record.get("key", {}), ours)
-    state = "a finished organism" if org.done else "an unfinished finetune"
-    raise ConfigError(f"{str(job.out)!r} holds {state} with other settings ({diff}); re-run its own command to "
+    state = "already holds a finished organism made" if org.done else "holds an unfinished finetune"
+    raise ConfigError(f"{str(job.out)!r} {state} with other settings ({diff}); re-run its own command to "
                       f"{'keep' if org.done else 'resume'} it, give another --out, or add --restart to start it "
                       f"over with these settings (the folder is emptied)")
 
