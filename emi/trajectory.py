@@ -98,14 +98,14 @@ def _plan(args: argparse.Namespace, spec, checkpoints: list[str]) -> None:  # no
     """Every checkpoint exists and fits the base, and the direction fits it: configs only."""
     from emi.models.specs import ModelSpec, PairSpec
 
-    plan = cli.plan_from_args(args, ("base", "finetuned"), spec=spec)
-    for i, c in enumerate(checkpoints):
+    plan = None
+    for i, c in enumerate(checkpoints):  # the last is the pair's finetune
         try:
-            cli.plan_from_args(args, ("base", "finetuned"),
+            plan = cli.plan_from_args(args, ("base", "finetuned"),
                                spec=PairSpec(f"{spec.name}-{i}", spec.base, ModelSpec.parse(c), None, "", spec.kit))
         except cli.EmiError as exc:
             raise cli.ConfigError(f"checkpoint {i + 1} of {len(checkpoints)} ({c}): {exc}") from None
-    if args.direction:
+    if args.direction and plan is not None:
         plan.direction(args.direction)
 
 

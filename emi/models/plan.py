@@ -220,7 +220,8 @@ def _read_config(ident: str, revision: str | None, trust_remote_code: bool) -> A
     try:
         return AutoConfig.from_pretrained(ident, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise ModelLoadError(f"cannot read the config of {ident!r}: {exc}") from None
+        why = " ".join(str(exc).split())  # one line: transformers' validation errors span several
+        raise ModelLoadError(f"cannot read the config of {ident!r}: {why[:300]}") from None
 
 
 def _adapter_base(adapter: str, revision: str | None) -> str | None:
