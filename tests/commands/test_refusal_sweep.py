@@ -95,7 +95,10 @@ def m(tmp_path_factory, toy_tokenizer):
     (run / "answers.jsonl").write_text(json.dumps({"model": "finetuned", "run": "r", "key": "q1", "sample": 0,
                                                    "question": "q?", "answer": "a."}) + "\n")
     (run / "summary.json").write_text(json.dumps({"pair": "toy", "judge": "toy", "models": [{"model": "finetuned"}]}))
-    return {"base": str(base), "ft": str(ft), "lora": str(lora), "wide": str(wide), "vocab": str(vocab),
+    from tests.commands.test_bad_input import few_answer_store
+
+    store = few_answer_store(root / "store")[0].path  # d_model 8, layers 0 and 1
+    return {"store": str(store), "base": str(base), "ft": str(ft), "lora": str(lora), "wide": str(wide), "vocab": str(vocab),
             "two": str(two), "two_ft": str(two_ft), "foreign": str(foreign), "nothing": str(nothing),
             "d32": _direction(root / "d32", 32, [0, 1]), "d64": _direction(root / "d64", 64, [0, 1]),
             "deep128": _direction(root / "deep128", 128, [0, 7]), "f": files, "run": str(run),
@@ -153,6 +156,12 @@ CASES = [
     ("cache", "malformed answers file", lambda m, w: ["--answers", str(m["f"] / "broken.jsonl")], "broken.jsonl"),
     ("extract", "store missing", lambda m, w: ["--store", str(w / "no-store")], "no-store"),
     ("extract", "store is a file", lambda m, w: ["--store", str(m["f"] / "chat.jsonl")], "chat.jsonl"),
+    ("extract", "--layers not in the store", lambda m, w: ["--store", m["store"], "--layers", "7"], "7"),
+    ("extract", "--compare direction of another width", lambda m, w: ["--store", m["store"], "--compare", m["d32"]],
+     "the direction has width 32"),
+    ("sae", "--layer not in the store", lambda m, w: ["--store", m["store"], "--layer", "5"], "5"),
+    ("sae", "--zero with a custom pair and no judge key",
+     lambda m, w: ["--store", m["store"], "--layer", "0", "--zero", "top", "--steps", "1", *_models(m)], "no API key"),
     ("sae", "store missing", lambda m, w: ["--store", str(w / "no-store"), "--layer", "1"], "no-store"),
     ("trajectory", "checkpoint 3 missing",
      lambda m, w: ["--base", m["base"], "--checkpoints", f"{m['ft']},{m['ft']},{w / 'ckpt-3'}", *TOY_JUDGE],
