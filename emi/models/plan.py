@@ -70,7 +70,7 @@ def check_layers(text: str | int | None, n_layers: int | None, flag: str = "--la
     try:
         return resolve_layers(text, n_layers)
     except ConfigError as exc:
-        raise ConfigError(f"{flag}: {exc}") from None
+        raise ConfigError(f"{flag} {text}: {str(exc).replace('this model', what)}") from None
 
 
 def check_layer_list(layers: tuple[int, ...] | list[int] | None, n_layers: int | None, flag: str,
