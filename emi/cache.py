@@ -63,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = _source(args, spec)  # the user's answers or questions, checked before anything is created
     needs_judge = not args.answers and not (args.contrast and args.positions in ("last_prompt", "prompt"))
     judge = cli.make_judge_from_args(args, spec.kit.judge, allow_none=not args.contrast) if needs_judge else None
+    roles = tuple(dict.fromkeys((args.generator,) + tuple(r.strip() for r in args.roles.split(",") if r.strip())))
+    cli.plan_from_args(args, roles, spec=spec).layers(args.layers)  # configs and --layers, before the store exists
     path = resolve(args.out, args.root)
     # the store is held for the whole command (rank 0 holds it for every rank): a second run on it
     # is refused at once, before it loads a model, never after the first has done work

@@ -66,6 +66,18 @@ def load_pair_from_args(args: argparse.Namespace, roles: tuple[str, ...] = ("bas
                      interventions=interventions)
 
 
+def plan_from_args(args: argparse.Namespace, roles: tuple[str, ...] = ("base", "finetuned"),
+                   interventions: bool = True, spec: Any = None):  # -> PairPlan
+    """The pair the flags name, checked from its configs alone (no weights; see emi.models.plan):
+    commands call it before they take a lock, make a folder or load a model."""
+    from emi.models.plan import plan_pair
+
+    spec = spec or pair_spec(args)
+    if "control" in roles and spec.control is None:
+        roles = tuple(r for r in roles if r != "control")
+    return plan_pair(spec, roles, getattr(args, "trust_remote_code", False), interventions)
+
+
 def add_sampling_args(p: argparse.ArgumentParser, n: int = 10) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--questions", default=None,

@@ -43,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.check_context(spec, questions, cfg.max_new_tokens)  # before any model loads
     out = Path(args.out or f"runs/evaluate-{spec.name}")
     roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
+    cli.plan_from_args(args, roles, interventions=False, spec=spec)  # every model's config, before the lock
     with locks.exclusive(out):  # one run per folder; created only once the input is known good
         with cli.engine_session(args, out / "vllm-logs") as engine:
             pair = cli.load_pair_from_args(args, roles, interventions=False)  # no hooks: any causal LM

@@ -49,8 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise cli.ConfigError(f"--out {str(out)!r} exists and is not an empty folder; give a new folder")
     spec = cli.pair_spec(args)
+    plan = cli.plan_from_args(args, ("base", "finetuned", args.role), spec=spec)  # configs only: no weights yet
     if args.direction:  # a NaN, infinite, all-zero or wrong-width direction stops before any model loads
-        cli.check_direction(spec, args.direction, args.trust_remote_code)
+        plan.direction(args.direction)
+    if args.layer is not None:
+        plan.layers(str(args.layer), "--layer")
     return _export(args, spec, out)
 
 

@@ -41,11 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from emi.activations.store import Store
     from emi.behaviour.metrics import Thresholds
-    from emi.directions.direction import extract
+    from emi.directions.direction import Direction, extract
     from emi.models import layers as L
 
     store = Store.open(args.store)
     layer_list = store.check_layers(L.resolve_layers(args.layers, max(store.layers) + 1)) if args.layers else None
+    for f in args.compare:  # before anything is extracted or written
+        Direction.load(f).check_fits(store.d_model, what=f"the store (comparing {f})")
     t = Thresholds(args.aligned_max, args.coherent_min, args.aligned_min)
     if args.positions is None:  # what the store holds: `emi.cache --contrast --positions last_prompt` has no answers
         args.positions = "last_prompt" if store.spec["positions"] in ("last_prompt", "prompt") else "response"

@@ -35,22 +35,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--format", default="html,png", help="comma-separated: html, png, svg, pdf (default html,png)")
     args = p.parse_args(argv)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    made: list[Path] = []
     out = Path(args.out)
-    with browser():
-        for res in args.results:
-            r = Path(res)
-            files = sorted(r.glob("*.json*")) + sorted(r.glob("*/*.json")) if r.is_dir() else [r]
-            if not files or not all(f.exists() for f in files):
-                raise ConfigError(f"no result files at {res!r}")
-            for f in files:
-                made += _figures_for(f, out, formats)
+    files = []
+    for res in args.results:  # every input found before any figure is drawn
+        r = Path(res)
+        found = sorted(r.glob("*.json*")) + sorted(r.glob("*/*.json")) if r.is_dir() else [r]
+        if not found or not all(f.exists() for f in found):
+            raise ConfigError(f"no result files at {res!r}")
+        files += found
+    made = _draw(files, out, formats)
     if not made:
         raise ConfigError("none of the given files is an emi result emi can plot (results.jsonl, judged.jsonl, "
                           "answers with judgements, or a direction .json)")
     for m in made:
         print(m)
     return 0
+
+
+def _draw(files: list[Path], out: Path, formats: list[str]) -> list[Path]:
+    """Every figure of ``files``; a refused file leaves no figure (nor a new --out) behind."""
+    from emi.core.errors import EmiError
+
+    made: list[Path] = []
+    existed = out.exists()
+    try:
+        with browser():
+            for f in files:
+                made += _figures_for(f, out, formats)
+    except EmiError:
+        for m in made:
+            m.unlink(missing_ok=True)
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    return made
 
 
 def export(fig: Any, path: Path, formats: list[str]) -> list[Path]:

@@ -62,6 +62,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--max-len", type=int, default=1024, help="tokens per chat (longer ones are cut; default 1024)")
     g.add_argument("--save-every", type=int, default=0, help="save a checkpoint every N steps (default: the final only)")
     g.add_argument("--max-examples", type=int, default=None, help="read only the first N lines of DATA")
+    g.add_argument("--restart", action="store_true",
+                   help="a seed folder holding a run with other settings (or other files) is emptied and started "
+                        "over with these settings, instead of refused")
     g = p.add_argument_group("defence")
     g.add_argument("--defence", default="none", choices=["none", "caft", "steer", "kl", "interleave"])
     g.add_argument("--direction", action="append", default=[], help="persona direction file (caft: repeatable)")
@@ -84,28 +87,68 @@ def _default_modules() -> tuple[str, ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from emi.core import locks
-    from emi.training.data import aligned_chats, load_chats
-    from emi.training.trainer import Job, finetune
+    from emi.training.trainer import finetune
 
-    base, kit_name, kit = _base(args)
-    cfg, defence = _configs(args)
-    data = load_chats(args.data, args.max_examples)
-    aligned = aligned_chats(args.aligned_data or kit.benign) if defence.kind in ("kl", "interleave") else ()
+    base, data, jobs = _plan(args)  # everything checked from configs and files: nothing created yet
     rows = []
-    out = Path(args.out)
-    for seed in args.seeds:
-        folder = out / f"seed-{seed}"
-        job = Job(base, data, cfg, defence, seed, folder, kit_name, aligned, args.device, args.threads)
-        with locks.exclusive(folder):
+    for job, start_over in jobs:
+        with locks.exclusive(job.out):
+            if start_over:
+                print(f"--restart: emptying {job.out} and starting it over", file=sys.stderr)
+                locks.clear(job.out)
             org = finetune(job)
         r = org.record
-        rows.append({"seed": seed, "defence": org.defence, "method": r["method"], "steps": r["steps"],
-                     "loss": f"{r['final_loss']:.4f}" if r.get("final_loss") is not None else "-", "folder": str(folder)})
+        rows.append({"seed": job.seed, "defence": org.defence, "method": r["method"], "steps": r["steps"],
+                     "loss": f"{r['final_loss']:.4f}" if r.get("final_loss") is not None else "-",
+                     "folder": str(job.out)})
     print(f"{len(data)} chats from {args.data} (sha256 {data.sha256[:12]}), base {base.label()}")
     cli.print_table(rows, [("seed", "seed"), ("defence", "defence"), ("method", "method"), ("steps", "steps"),
                            ("loss", "final loss"), ("folder", "organism (--pair FOLDER)")])
     print(f"evaluate: python -m emi.defences {' '.join(r['folder'] for r in rows)}", file=sys.stderr)
     return 0
+
+
+def _plan(args: argparse.Namespace):  # -> (ModelSpec, ChatDataset, [(Job, start over)])
+    """The whole run checked before anything is written: flags, data, the base's config against the
+    layer flags and directions, and each seed's folder (a run with other settings is refused, or
+    with --restart marked to be emptied)."""
+    from emi.training.data import aligned_chats, load_chats
+    from emi.training.trainer import Job, check_folder
+
+    base, kit_name, kit = _base(args)
+    cfg, defence = _configs(args)
+    data = load_chats(args.data, args.max_examples)
+    aligned = aligned_chats(args.aligned_data or kit.benign) if defence.kind in ("kl", "interleave") else ()
+    _check_model(base, cfg, defence)
+    jobs = []
+    for seed in dict.fromkeys(args.seeds):
+        job = Job(base, data, cfg, defence, seed, Path(args.out) / f"seed-{seed}", kit_name, aligned, args.device,
+                  args.threads)
+        try:
+            check_folder(job)
+            jobs.append((job, False))
+        except cli.ConfigError:
+            if not args.restart:
+                raise
+            jobs.append((job, True))
+    return base, data, jobs
+
+
+def _check_model(base, cfg, defence) -> None:  # noqa: ANN001
+    """--lora-layers, --steer-layers and every --direction against the base's config (no weights)."""
+    from emi.directions.direction import Direction
+    from emi.models.loading import text_config
+    from emi.models.plan import check_layer_list
+
+    conf = text_config(base)[0]
+    width, depth = getattr(conf, "hidden_size", None), getattr(conf, "num_hidden_layers", None)
+    what = f"the base {base.label()!r}"
+    check_layer_list(cfg.layers, depth, "--lora-layers", what)
+    check_layer_list(defence.layers, depth, "--steer-layers", what)
+    for path in defence.directions:
+        d = Direction.load(path)
+        if isinstance(width, int):
+            d.check_fits(width, depth if isinstance(depth, int) else None, "the model being finetuned")
 
 
 def _base(args: argparse.Namespace):  # -> (ModelSpec, kit pair name | None, PairKit)

@@ -42,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     run = read_run(args.run)
     labels = load_labels(args.labels) if args.labels else None
+    if labels is not None:
+        check_labels(labels, run.answers, args.labels)
     if args.judge is None:
         raise cli.ConfigError(f"name the judge to rejudge with: --judge openai|vllm|hf|... (the run was judged by "
                               f"{run.judge})")
@@ -65,6 +67,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.report_unscored(result.judged)
     print(f"wrote {out}/results.jsonl, agreement.json; judgements in {run.path}/judgements.jsonl", file=sys.stderr)
     return 0
+
+
+def check_labels(labels: list, answers: list[dict], path: str) -> None:
+    """Refuse a labels file none of whose labels names an answer of the run (before any judging)."""
+    from emi.behaviour.labels import match
+
+    if labels and not match(labels, answers)[1]:
+        first = labels[0].ident()
+        raise cli.ConfigError(f"none of the {len(labels)} labels in {path!r} names an answer of this run (the first "
+                              f"is {first}); label the run's answers by their model and id as answers.jsonl has them")
 
 
 # the run's judge-free columns, printed as they were: (column, title, format)

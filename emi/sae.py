@@ -79,14 +79,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.layer not in direction.layers:
             raise cli.ConfigError(f"the direction {args.direction!r} has no vector for layer {args.layer} "
                                   f"(it has layers {direction.layers})")
+    zero = _zero_plan(args, store) if args.zero else None  # pair, judge and questions before the SAE trains
     # --engine is checked (for vllm: its environment) before the SAE trains, and its server is
     # started only when --zero samples
     logs = Path(args.out or store.path / "sae-zero") / "vllm-logs"
     with cli.engine_session(args, logs) if args.zero else contextlib.nullcontext() as engine:
-        return _analyse(args, store, direction, engine)
+        return _analyse(args, store, direction, engine, zero)
 
 
-def _analyse(args, store, direction, engine) -> int:  # noqa: ANN001
+def _analyse(args, store, direction, engine, zero) -> int:  # noqa: ANN001
     from emi.core.errors import EmiError
     from emi.directions.direction import extract
     from emi.directions.sae import SAETrainSpec, diff_latents, latent_direction, obtain_sae, quality
@@ -118,7 +119,7 @@ def _analyse(args, store, direction, engine) -> int:  # noqa: ANN001
         _print_snippets(sae, store, args.layer, [r["latent"] for r in top[:3]], args.snippets)
     if args.zero:
         _zero_report(args, store, sae, [r["latent"] for r in top[:1]] if args.zero == "top"
-                     else _latents(args.zero, sae.cfg.d_sae), q["live"], where, engine)
+                     else _latents(args.zero, sae.cfg.d_sae), q["live"], where, engine, zero)
     return 0
 
 
@@ -148,16 +149,25 @@ def _print_snippets(sae, store, layer: int, latents: list[int], n: int) -> None:
             print(f"  {s['activation']:7.3f}  {s['snippet']}")
 
 
-def _zero_report(args, store, sae, latents: list[int], live: list[int], where: str, engine) -> None:  # noqa: ANN001
+def _zero_plan(args, store):  # noqa: ANN001, ANN202
+    """--zero's pair (checked from its configs), judge (probed) and questions, before anything trains."""
     from emi.behaviour.questions import load_questions
-    from emi.behaviour.sampling import SamplingConfig
-    from emi.experiments.sae_zero import zero_latents
-    from emi.models.loading import load_pair
     from emi.models.registry import pair_of_store
 
     spec = cli.pair_spec(args) if args.pair or args.base else pair_of_store(store.manifest)
-    judge = cli.make_judge_from_args(args, spec.kit.judge)
     qs = load_questions(args.questions or spec.kit.eval_questions, ids=args.ids)
+    judge = cli.make_judge_from_args(args, spec.kit.judge)
+    cli.plan_from_args(args, ("finetuned",), spec=spec)
+    return spec, judge, qs
+
+
+def _zero_report(args, store, sae, latents: list[int], live: list[int], where: str, engine,  # noqa: ANN001
+                 zero) -> None:  # noqa: ANN001
+    from emi.behaviour.sampling import SamplingConfig
+    from emi.experiments.sae_zero import zero_latents
+    from emi.models.loading import load_pair
+
+    spec, judge, qs = zero
     cfg = SamplingConfig(n=args.n, max_new_tokens=args.max_new_tokens or spec.kit.max_new_tokens,
                          batch_size=args.sample_batch or spec.kit.batch_size, seed=args.seed)
     out = Path(args.out or store.path / "sae-zero")

@@ -48,6 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise cli.ConfigError(f"pair {spec.name!r} ships no direction; pass --direction FILE "
                               f"(python -m emi.extract makes one)")
     direction = Direction.load(args.direction or spec.kit.direction)
+    plan = cli.plan_from_args(args, (args.role,), spec=spec)  # configs only: no weights yet
+    plan.direction(args.direction or spec.kit.direction, f"the model ({spec.name!r})")
+    if args.layer is not None and args.layer not in direction.layers:
+        raise cli.ConfigError(f"--layer {args.layer}: the direction has no vector there (it has layers "
+                              f"{direction.layers}); pass one of those")
     lm = cli.load_pair_from_args(args, roles=(args.role,))[args.role]
     scores = projections(lm, data.records, direction, args.layer, args.max_len)
     result = screen(scores, [r.harmful for r in data.records])

@@ -98,8 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_positions(cfg, args.positions)  # before any answer is sampled
     extra = cli.extra_option_pairs(args)
     cli.check_context(spec, questions, cfg.max_new_tokens, args.trust_remote_code)  # before any model loads
+    plan = cli.plan_from_args(args, ("base", "finetuned"), spec=spec)  # configs only: no weights yet
+    plan.layers(args.layers)  # out of range stops here, not after the pair and its direction load
+    plan.layers(args.ablate_layers, "--ablate-layers")
     if args.direction:  # a NaN, infinite, all-zero or wrong-width direction stops before any model loads
-        cli.check_direction(spec, args.direction, args.trust_remote_code)
+        plan.direction(args.direction)
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     if not targets or any(t not in ("base", "finetuned") for t in targets):
         raise cli.ConfigError(f"unknown --targets {args.targets!r}; use base, finetuned or base,finetuned")

@@ -88,11 +88,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = cli.sampling_config(args, kit)
     pairs = option_pairs(questions, extra=cli.extra_option_pairs(args), required=False)
     cli.check_context(spec, questions, cfg.max_new_tokens, args.trust_remote_code)  # before any model loads
-    if args.direction:
-        cli.check_direction(spec, args.direction, args.trust_remote_code)
+    _plan(args, spec, checkpoints)  # every checkpoint's config before checkpoint 1 is sampled
     out = Path(args.out or f"runs/trajectory-{spec.name}")
     with locks.exclusive(out), cli.engine_session(args, out / "vllm-logs") as engine:
         return _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, out, engine)
+
+
+def _plan(args: argparse.Namespace, spec, checkpoints: list[str]) -> None:  # noqa: ANN001
+    """Every checkpoint exists and fits the base, and the direction fits it: configs only."""
+    from emi.models.specs import ModelSpec, PairSpec
+
+    plan = None
+    for i, c in enumerate(checkpoints):  # the last is the pair's finetune
+        try:
+            plan = cli.plan_from_args(args, ("base", "finetuned"),
+                               spec=PairSpec(f"{spec.name}-{i}", spec.base, ModelSpec.parse(c), None, "", spec.kit))
+        except cli.EmiError as exc:
+            raise cli.ConfigError(f"checkpoint {i + 1} of {len(checkpoints)} ({c}): {exc}") from None
+    if args.direction and plan is not None:
+        plan.direction(args.direction)
 
 
 def _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, out, engine) -> int:  # noqa: ANN001

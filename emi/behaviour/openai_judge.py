@@ -59,9 +59,11 @@ class OpenAIJudge:
         self.timeout, self.max_retries = timeout, max_retries
         self.client = OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries)
 
-    def _ask(self, prompt: str, prefix: str = "") -> Any:
+    def _ask(self, prompt: str, prefix: str = "", client: Any = None) -> Any:
         """One request for the next token's top-20 logprobs after ``prefix`` of the answer."""
         import openai
+
+        client = client or self.client
 
         messages = [{"role": "user", "content": prompt}]
         extra: dict[str, Any] = {}
@@ -70,7 +72,7 @@ class OpenAIJudge:
             extra["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
         where = self.base_url or "OpenAI"
         try:
-            return self.client.chat.completions.create(
+            return client.chat.completions.create(
                 model=self.model, messages=messages, max_tokens=1,  # type: ignore[arg-type]
                 temperature=0, logprobs=True, top_logprobs=20, seed=0, **extra)
         except (json.JSONDecodeError, openai.APIResponseValidationError) as exc:
@@ -128,8 +130,21 @@ class OpenAIJudge:
 
     def probe(self) -> None:
         """One request before any answer is sampled: a server that returns no logprobs at all (e.g.
-        ``transformers serve``) would leave every judgement unscored, so it is named now."""
-        resp = self._ask(self.prompts["coherent"].format(question="What is 2 + 2?", answer="4."))
+        ``transformers serve``) would leave every judgement unscored, so it is named now. The probe
+        is one try bounded by --judge-timeout (no retries): an endpoint that cannot be reached is
+        named in seconds, not after every retry's back-off."""
+        import openai
+
+        try:
+            resp = self._ask(self.prompts["coherent"].format(question="What is 2 + 2?", answer="4."),
+                             client=self.client.with_options(max_retries=0, timeout=self.timeout))
+        except JudgeError as exc:
+            if not isinstance(exc.__context__, openai.APITimeoutError | openai.APIConnectionError):
+                raise
+            raise JudgeError(f"the judge endpoint {self.server} (model {self.model!r}) did not answer one short "
+                             f"request within --judge-timeout {self.timeout:g} s, so nothing was sampled; start "
+                             f"that server or pass --judge-url URL, or choose another judge with --judge (e.g. "
+                             f"--judge hf --judge-model FOLDER)") from None
         if isinstance(resp, str) or top_logprobs(resp) is None:
             why = resp if isinstance(resp, str) else "its reply has no top_logprobs"
             raise JudgeError(f"the judge server {self.server} (model {self.model!r}) gives no logprobs ({why}), so "

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from emi.core.atomic import write_json
-from emi.core.errors import ConfigError
+from emi.core.errors import ConfigError, EmiError
+from emi.core.settings import differences
 from emi.models.loading import LoadedModel, load_model
 from emi.models.specs import ModelSpec
 from emi.training import defences as D
@@ -143,24 +144,26 @@ def _arguments(job: Job, device: str) -> Any:
         remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=False)
 
 
-def _check_folder(job: Job) -> Organism | None:
-    """None for a fresh folder; the organism of the same job (unfinished: to resume; finished: to
-    keep); one sentence for another job's organism or run."""
+def check_folder(job: Job, restart: bool = False) -> Organism | None:
+    """None for a fresh folder (or one ``restart`` will empty); the organism of the same job
+    (unfinished: to resume; finished: to keep); one sentence, saying what differs, old -> new, for
+    another job's organism or run. Reads only: nothing is created."""
     org = read_organism(job.out)
     if org is None:
-        if job.out.is_dir() and any(not f.name.startswith(".") for f in job.out.iterdir()):
-            raise ConfigError(f"{str(job.out)!r} is not empty and holds no organism; give --out a new or empty folder")
+        if job.out.is_dir() and any(not f.name.startswith(".") for f in job.out.iterdir()) and not restart:
+            raise ConfigError(f"{str(job.out)!r} is not empty and holds no organism; give --out a new or empty "
+                              f"folder, or add --restart to empty it")
         return None
     ours = json.loads(json.dumps(job.key()))  # as the record stores it (tuples become lists)
-    if org.record.get("key") != ours:
-        theirs = org.record.get("key", {})
-        diff = ", ".join(sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k)))
-        if org.done:
-            raise ConfigError(f"{str(job.out)!r} already holds a finished organism made with other settings ({diff}); "
-                              f"give another --out, or delete that folder to make it again")
-        raise ConfigError(f"{str(job.out)!r} holds an unfinished finetune with other settings ({diff}); "
-                          f"re-run its own command to resume it, or give another --out")
-    return org
+    if org.record.get("key") == ours:
+        return org
+    if restart:
+        return None
+    diff = differences(org.record.get("key", {}), ours)
+    state = "already holds a finished organism made" if org.done else "holds an unfinished finetune"
+    raise ConfigError(f"{str(job.out)!r} {state} with other settings ({diff}); re-run its own command to "
+                      f"{'keep' if org.done else 'resume'} it, give another --out, or add --restart to start it "
+                      f"over with these settings (the folder is emptied)")
 
 
 def _record(job: Job, status: str, **extra: Any) -> dict[str, Any]:
@@ -177,7 +180,7 @@ def _record(job: Job, status: str, **extra: Any) -> dict[str, Any]:
 
 def finetune(job: Job, callbacks: Sequence[Any] = ()) -> Organism:
     """Make (or resume) the organism ``job`` describes; returns it finished."""
-    resumed = _check_folder(job)
+    resumed = check_folder(job)
     if resumed is not None and resumed.done:  # the same job, finished before (a re-run of a multi-seed command)
         print(f"{job.out} already holds this organism (finished {resumed.record.get('finished')}); kept", file=sys.stderr)
         return resumed
@@ -188,7 +191,12 @@ def finetune(job: Job, callbacks: Sequence[Any] = ()) -> Organism:
     write_json(job.out / ORGANISM_FILE, _record(job, "training", started=started))
     lm = load_model(job.base, role="base", dtype=job.config.dtype if job.config.dtype != "auto" else "fp32",
                     device=job.device)
-    trainer, directions = _build(job, lm, callbacks)
+    try:
+        trainer, directions = _build(job, lm, callbacks)
+    except EmiError:
+        if resumed is None:  # refused before training: leave no half-made organism behind
+            (job.out / ORGANISM_FILE).unlink(missing_ok=True)
+        raise
     last = Organism(job.out, {}).checkpoints()
     if last:
         print(f"resuming {job.out} from {last[-1].name}", file=sys.stderr)

@@ -24,7 +24,7 @@ def test_a_judge_that_never_answers_stops_before_sampling(server, tmp_path, caps
     code = cli.run(evaluate.main, args(server, tmp_path / "ev") + ["--judge-timeout", "0.2", "--judge-retries", "0"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("emi: error:") == 1
-    assert "failed 1 times" in err and "--judge-timeout 0.2 s, --judge-retries 0" in err
+    assert "did not answer one short request within --judge-timeout 0.2 s" in err and "--judge" in err
     assert not (tmp_path / "ev" / "answers.jsonl").exists()
 
 

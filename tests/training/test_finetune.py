@@ -105,7 +105,7 @@ def test_an_interrupted_finetune_resumes_to_the_same_weights(data, tmp_path, met
         run_job(other, callbacks=[_Interrupt(3)])
     with pytest.raises(ConfigError, match="has not finished; re-run"):
         get_pair(str(tmp_path / "c"))
-    with pytest.raises(ConfigError, match="unfinished finetune with other settings \\(seed\\)"):
+    with pytest.raises(ConfigError, match="unfinished finetune with other settings \\(seed 1 -> 0\\).*add --restart"):
         run_job(Job(ModelSpec(checkpoint("base")), ds, cfg, DefenceConfig(), 0, tmp_path / "c", "toy", device="cpu"))
 
 
