@@ -44,7 +44,7 @@ def print_kl(rows: Sequence[dict[str, Any]], file: Any = None) -> None:
     table = [{"rank": str(i + 1), "source": r["source"], "kl": f"{r['kl']:.3f}", "token": repr(r["token"]),
               "next": repr(r["next_ft"]) + " / " + repr(r["next_base"]),
               "proj": "" if r.get("projection") is None else f"{r['projection']:+.2f}",
-              "context": r["context"][-60:]} for i, r in enumerate(rows)]
+              "context": r["context"][-60:].replace("\n", " \\n ")} for i, r in enumerate(rows)]
     cli.print_table(table, [("rank", "#"), ("source", "text"), ("kl", "KL(ft||base)"), ("token", "at token"),
                             ("next", "top next: finetuned / base"), ("proj", "persona proj"), ("context", "context")],
                     file=file)
