@@ -47,15 +47,22 @@ def texts(args: argparse.Namespace, kit: Any) -> list[str]:
 
 
 def persona(spec: Any, path: str | None, trust_remote_code: bool = False) -> Direction | None:
-    from emi import cli
+    from emi.core.errors import ModelLoadError
+    from emi.models.loading import text_config
 
     where = path or spec.kit.direction
     if not where:
         print("emi: note: this pair ships no persona direction; pass --persona FILE (python -m emi.extract) to "
               "compare with it", file=sys.stderr)
         return None
-    cli.check_direction(spec, where, trust_remote_code)
-    return Direction.load(where)
+    d = Direction.load(where)
+    try:
+        cfg = text_config(spec.base, trust_remote_code)[0]
+    except ModelLoadError:
+        return d  # loading the pair says what is wrong with it
+    if cfg is not None and isinstance(getattr(cfg, "hidden_size", None), int):
+        d.check_fits(cfg.hidden_size, getattr(cfg, "num_hidden_layers", None), f"pair {spec.name!r}")
+    return d
 
 
 def store(args: argparse.Namespace, spec: Any) -> Any:

@@ -30,22 +30,18 @@ def print_adl(rows: Sequence[dict[str, Any]], file: Any = None) -> None:
 
 
 def print_cosines(table: Sequence[dict[str, Any]], file: Any = None) -> None:
-    from emi import cli
-
     names = [k for k in table[0] if k != "direction"] if table else []
     rows = [{"direction": t["direction"], **{n: f"{t[n]:+.3f}" for n in names}} for t in table]
     print("cosines at the diffing layer:", file=file)
-    cli.print_table(rows, [("direction", "direction")] + [(n, n) for n in names], file=file)
+    print_table(rows, [("direction", "direction")] + [(n, n) for n in names], file=file)
 
 
 def print_kl(rows: Sequence[dict[str, Any]], file: Any = None) -> None:
-    from emi import cli
-
     table = [{"rank": str(i + 1), "source": r["source"], "kl": f"{r['kl']:.3f}", "token": repr(r["token"]),
               "next": repr(r["next_ft"]) + " / " + repr(r["next_base"]),
               "proj": "" if r.get("projection") is None else f"{r['projection']:+.2f}",
               "context": r["context"][-60:].replace("\n", " \\n ")} for i, r in enumerate(rows)]
-    cli.print_table(table, [("rank", "#"), ("source", "text"), ("kl", "KL(ft||base)"), ("token", "at token"),
+    print_table(table, [("rank", "#"), ("source", "text"), ("kl", "KL(ft||base)"), ("token", "at token"),
                             ("next", "top next: finetuned / base"), ("proj", "persona proj"), ("context", "context")],
                     file=file)
 
@@ -54,3 +50,12 @@ def write(out: Path, name: str, obj: Any) -> Path:
     path = out / f"{name}.json"
     write_json(path, obj)
     return path
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], file: Any = None) -> None:
+    """Left-aligned columns under a dashed header (the commands' table style)."""
+    width = {k: max([len(t)] + [len(str(r.get(k, ""))) for r in rows]) for k, t in columns}
+    print("  ".join(t.ljust(width[k]) for k, t in columns), file=file)
+    print("  ".join("-" * width[k] for k, _ in columns), file=file)
+    for r in rows:
+        print("  ".join(str(r.get(k, "")).ljust(width[k]) for k, _ in columns), file=file)

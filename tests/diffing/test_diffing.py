@@ -177,6 +177,7 @@ def test_bad_input_is_one_sentence_before_any_weights_load(tmp_path, capsys, arg
 
         capture_pair(load_pair("toy-pretrained"), ("base", "finetuned"), ["a b c"], tmp_path / "other", [1],
                      positions="all", progress=False)
+        capsys.readouterr()
     argv = [str(tmp_path / "empty.txt") if a == "EMPTY" else str(tmp_path / "other") if a == "OTHER" else a
             for a in argv]
     out = tmp_path / "run"
