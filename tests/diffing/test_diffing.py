@@ -92,9 +92,14 @@ def test_latent_scaling_tells_a_finetune_only_latent_from_a_shared_one():
     st.ft[:200, 0] += 2.0
     cc = BatchTopK(8, 2, k=2, seed=0)
     with torch.no_grad():
-        cc.W_dec.zero_(); cc.W_enc.zero_(); cc.b_enc.fill_(-0.5)
-        cc.W_dec[0, 1] = e[0]; cc.W_dec[1, 0] = e[1]; cc.W_dec[1, 1] = e[1]
-        cc.W_enc[1, :, 0] = e[0]; cc.W_enc[0, :, 1] = e[1]
+        cc.W_dec.zero_()
+        cc.W_enc.zero_()
+        cc.b_enc.fill_(-0.5)
+        cc.W_dec[0, 1] = e[0]  # latent 0: finetune decoder only
+        cc.W_dec[1, 0] = e[1]  # latent 1: shared
+        cc.W_dec[1, 1] = e[1]
+        cc.W_enc[1, :, 0] = e[0]
+        cc.W_enc[0, :, 1] = e[1]
     stats = analyse(Trained(cc, torch.ones(2), 0, 0.0), st, 1)
     assert stats[0]["dec_norm_ratio"] == pytest.approx(1.0) and abs(stats[0]["nu_activation"]) < 0.05
     assert stats[1]["dec_norm_ratio"] == pytest.approx(0.5) and stats[1]["nu_activation"] == pytest.approx(1, abs=0.05)
