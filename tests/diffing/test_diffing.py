@@ -209,3 +209,14 @@ def test_adl_on_the_toy_end_to_end(tmp_path, capsys):
     assert rows[0]["cosines"]["persona"] is not None and len(rows[0]["logit_lens"]["base"]) == 10
     names = [json.loads(x)["condition"] for x in (out / "results.jsonl").read_text().splitlines()]
     assert "finetuned - adl d0" in names and "finetuned - persona" in names
+
+
+def test_diffing_figures_draw_the_files_emi_diff_writes():
+    from emi.report.diffing import cosine_heatmap, kl_bars
+
+    table = cosine_table([("a", torch.tensor([1.0, 0])), ("b", torch.tensor([1.0, 1]))])
+    fig = cosine_heatmap(table)
+    assert list(fig.data[0].x) == ["a", "b"] and fig.data[0].z[0][1] == pytest.approx(0.707, abs=1e-3)
+    bars = kl_bars([{"source": "em:x", "token": "t", "kl": 2.0, "projection": 1.5},
+                    {"source": "benign:y", "token": "u", "kl": 1.0, "projection": None}])
+    assert list(bars.data[0].x) == [2.0, 1.0] and list(bars.data[0].marker.color) == [1.5, 0.0]
