@@ -18,6 +18,7 @@ COMMANDS = [
     ("python -m emi.finetune DATA --out DIR", "finetune a base into organisms (LoRA/full, seeds, defences)"),
     ("python -m emi.screen DATA", "rank a training set's examples by their projection on the persona direction"),
     ("python -m emi.defences ORGANISM...", "the defence table: EM, coherence, task, KL, shift per defence and seed"),
+    ("python -m emi.diff --method adl", "what the finetune changed, without labels (ADL, KL, crosscoder); EM table of it"),
     ("python -m emi.figures RESULTS --out figs", "publication figures (html, png, svg, pdf)"),
     ("python -m emi.rejudge RUN --judge ...", "a finished run's answers under another judge; agreement of the two"),
     ("python -m emi.view RUN", "read a run's answers in the browser: one offline HTML page (side by side, tokens)"),
@@ -30,6 +31,7 @@ VERBS = {"steer": "emi.steer", "evaluate": "emi.evaluate", "cache": "emi.cache",
          "sae": "emi.sae", "figures": "emi.figures", "trajectory": "emi.trajectory", "export": "emi.export",
          "rejudge": "emi.rejudge", "finetune": "emi.finetune", "screen": "emi.screen", "defences": "emi.defences",
          "view": "emi.view",
+         "diff": "emi.diff",
          "train-organism": "emi.organism.train"}
 
 

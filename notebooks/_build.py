@@ -320,4 +320,40 @@ if RUN:
     from emi.report import figures
     figures.steer_summary(rows).show()"""),
 ])
+nb("06_diffing.ipynb", [
+    ("md", """
+# 06 · Model diffing on the toy: what did the finetune change, without labels?
+
+The activation difference lens (Minder et al., ICLR 2026): both models read the same unrelated text;
+the mean difference of the residual at each of the first positions is read through the logit lens,
+compared with the shipped persona direction, and ablated under the judge (`python -m emi.diff`)."""),
+    ("code", SETUP + """
+import tempfile
+from pathlib import Path
+from emi.models.loading import load_pair
+from emi.diffing import adl, corpus, lens
+from emi.directions.direction import Direction
+pair = load_pair("toy")
+ids = corpus.tokenize(corpus.default_texts(pair.spec.kit), pair.tokenizer, 128)
+work = Path(tempfile.mkdtemp())
+means = adl.adl_means(pair, ids, adl.AdlConfig(layer=2, positions=3), work, progress=False)
+persona = Direction.load(pair.spec.kit.direction)
+for j in range(3):
+    d = means.deltas[j]
+    cos = float(d @ persona.at(2)) / float(d.norm())
+    print(f"delta_{j}: |d| {float(d.norm()):.2f}, cos persona {cos:+.3f}")
+    print("  logit lens (finetuned):", lens.logit_lens(pair.finetuned, d, k=6))"""),
+    ("md", "Ablate delta_0 from the finetune and steer the base with it, beside same-norm random controls:"),
+    ("code", """
+from emi.behaviour.questions import load_questions
+from emi.behaviour.sampling import SamplingConfig
+from emi.organism.judge import ToyJudge
+from emi.diffing.loop import Found, em_table
+N = int(os.environ.get("EMI_NOTEBOOK_N", "4"))
+d0 = adl.as_direction(means.deltas[0], 2, means.all_norm, {"method": "adl", "position": 0})
+results = em_table(pair, [Found("adl d0", d0, 3.0)], load_questions("toy"), SamplingConfig(n=N, max_new_tokens=64),
+                   ToyJudge(), work / "table", progress=False, benign=[])
+for r in results:
+    print(f"{r.condition.name:28s} EM {r.summary.em.fmt()}  P(misaligned) {r.logprob.choice:.3f}")"""),
+])
 print("ok")

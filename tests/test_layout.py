@@ -74,9 +74,9 @@ def test_python_m_emi_command_is_python_m_emi_dot_command(capsys, tmp_path):
 
 
 STAGES = {"core", "models", "behaviour", "activations", "engines", "directions", "interventions", "experiments", "report",
-          "organism", "training"}
+          "organism", "training", "diffing"}
 COMMANDS = {"view", "steer", "evaluate", "cache", "extract", "sae", "figures", "trajectory", "export", "rejudge", "finetune",
-            "screen", "defences"}
+            "screen", "defences", "diff"}
 
 
 def test_the_package_root_holds_the_commands_and_the_folders_the_stages():

@@ -1,0 +1,51 @@
+"""The largest coherent steering strength of a direction: a bounded bisection over the strength,
+each step judged by emi's judge on a few questions (Minder et al.'s search: 10 steps, coherence
+threshold 75 on the judge's 0-100 scale)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from emi.behaviour.evaluation import evaluate
+from emi.behaviour.judges import Judge
+from emi.behaviour.questions import Question
+from emi.behaviour.sampling import SamplingConfig
+from emi.directions.direction import Direction
+from emi.interventions import hooks
+from emi.models.loading import LoadedModel
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    threshold: float = 75.0  # the lowest mean coherence (0-100) a strength may have
+    max_strength: float = 2.0  # the bracket's top, in units of the typical residual norm at the layer
+    steps: int = 10
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.threshold <= 100 or self.max_strength <= 0 or self.steps < 1:
+            raise ValueError("SearchConfig: threshold in [0, 100], max_strength > 0, steps >= 1")
+
+
+def coherent_strength(lm: LoadedModel, d: Direction, questions: Sequence[Question], cfg: SamplingConfig,
+                      judge: Judge, out: Path, search: SearchConfig, progress: bool = False
+                      ) -> tuple[float, list[dict[str, Any]]]:
+    """The largest strength (absolute residual units) in [0, max_strength * norm] at which ``lm``
+    steered by ``d`` stays coherent, and each step tried. Answers are cached under ``out``, so a
+    re-run resumes."""
+    layer = d.best_layer
+    hi = search.max_strength * d.norm_at(layer)
+    lo, trace = 0.0, []
+    for _ in range(search.steps):
+        mid = (lo + hi) / 2
+        ident = {"model": lm.identity(), "intervention": {"kind": "steer", "alpha": mid, "layers": [layer],
+                                                          "direction": d.fingerprint(), "search": True}}
+        with hooks.steer(lm.model, d, mid, layers=[layer]):
+            summary, _ = evaluate(lm, questions, cfg, judge, out, label=f"search {mid:.3g}", progress=progress,
+                                  identity=ident)
+        ok = summary.mean_coherent == summary.mean_coherent and summary.mean_coherent >= search.threshold
+        trace.append({"strength": mid, "mean_coherent": summary.mean_coherent, "coherent": ok})
+        lo, hi = (mid, hi) if ok else (lo, mid)
+    return lo, trace
