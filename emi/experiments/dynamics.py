@@ -123,8 +123,8 @@ def task_rate(lm: LoadedModel, task: TaskMetric, cfg: SamplingConfig, out: Path 
     bound, ident = bind(engine, lm)
     answers = generate_answers(lm, qs, cfg, out=out, label=label, progress=progress,
                                identity=ident or {"model": lm.identity()}, engine=bound)
-    flags = [task.score(a["question"], a["answer"]) for a in answers]
-    return rate((f for f in flags if f is not None), seed=cfg.seed)
+    scored = [(a.get("id", "?"), f) for a in answers if (f := task.score(a["question"], a["answer"])) is not None]
+    return rate((f for _, f in scored), seed=cfg.seed, groups=[q for q, _ in scored])
 
 
 @dataclass(frozen=True)
