@@ -8,7 +8,7 @@ import errno
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from emi.core.errors import ConfigError, EmiError
@@ -397,13 +397,14 @@ def floats(name: str) -> Callable[[str], list[float]]:
     return parse
 
 
-def fmt_rate(row: dict[str, Any], key: str) -> str:
-    """``35.3% [28.3, 42.4]`` from a result row's ``<key>_rate``, ``_lo``, ``_hi``, ``_n``."""
+def fmt_rate(row: Mapping[str, object], key: str) -> str:
+    """``35.3% [28.3, 42.4]`` for the rate a result row wrote under ``key`` (:meth:`Rate.from_columns`)."""
     from emi.behaviour.metrics import Rate, empty_label
 
     n_answers, n_scored = row.get("n_answers", 0), row.get("n_scored", 0) if key == "em" else 0
-    return Rate(row[f"{key}_rate"], row[f"{key}_lo"], row[f"{key}_hi"], row.get(f"{key}_k", 0), row[f"{key}_n"],
-                empty_label(n_answers, n_scored)).fmt()
+    empty = empty_label(n_answers if isinstance(n_answers, int) else 0, n_scored if isinstance(n_scored, int) else 0)
+    rate = Rate.from_columns(row, key, empty)
+    return rate.fmt() if rate is not None else ""
 
 
 def report_unscored(records: Sequence[dict[str, Any]]) -> None:

@@ -65,7 +65,7 @@ class Rate:
     """Answers that count (misaligned, coherent, doing the task)."""
     n: int
     """The denominator."""
-    empty: str = "no answers"
+    empty: str = field(default="no answers", compare=False)
     """What the table says when n == 0 (see :func:`empty_label`); not written."""
     groups: tuple[tuple[str, int, int], ...] = field(default=(), compare=False, repr=False)
     """(question id, k, n) per question, for intervals paired by question; in memory only."""
