@@ -139,7 +139,8 @@ def _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, ou
               "--option-pairs FILE)", file=sys.stderr)
     results = run(pair, conditions, direction, questions, cfg, judge, out, args.random_seed, pairs=pairs,
                   benign=benign, engine=engine, denominator=args.em_denominator)
-    rows = [r.row() for r in results]
+    records = [r.record() for r in results]
+    rows = [r.row() for r in records]
     cli.print_engines([(r.condition.name, r.engine) for r in results], engine)
     write_results(out, rows, {"pair": pair.provenance(), "direction": {"source": source, **direction.summary()},
                               "judge": judge.name, "sampling": cfg.settings(), "n": cfg.n,
@@ -155,9 +156,9 @@ def _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, ou
     if not args.no_figure:
         from emi.report.figures import em_vs_kl, export, steer_summary
 
-        written = export(steer_summary(rows), out / "figure", formats=("html", "png"))
+        written = export(steer_summary(records), out / "figure", formats=("html", "png"))
         if benign:
-            written += export(em_vs_kl(rows), out / "side-effects", formats=("html", "png"))
+            written += export(em_vs_kl(records), out / "side-effects", formats=("html", "png"))
         print(f"figures: {', '.join(str(w) for w in written)}", file=sys.stderr)
     print(f"wrote {out}/results.jsonl, table.csv, run.json, answers.jsonl, judgements.jsonl", file=sys.stderr)
     return 0

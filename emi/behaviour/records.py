@@ -18,7 +18,7 @@ from __future__ import annotations
 import types
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Literal, NamedTuple, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from emi.behaviour.metrics import Rate, Summary
 from emi.core.errors import ConfigError
@@ -79,6 +79,9 @@ def _float(x: object) -> float:
 class Record:
     """Base of every results record; subclasses are frozen dataclasses with a docstring per field."""
 
+    NOT_ONE: ClassVar[str] = "this is not a row emi wrote (or it is damaged: re-run the command that wrote it)"
+    """What a row that lacks a column is told."""
+
     def row(self) -> dict[str, object]:
         """The record's line of its results file."""
         out: dict[str, object] = {}
@@ -113,11 +116,18 @@ class Record:
             if f.name == "more" or not f.metadata.get("written", True):
                 continue
             if kind is Rate:
-                r = Rate.from_columns(row, name)
-                used.update(f"{name}_{s}" for s in ("rate", "lo", "hi", "k", "n"))
-                if r is None and not optional:
-                    raise ConfigError(f"{where}: no {name + '_rate'!r} column; {cls.__name__} needs it")
-                values[f.name] = r
+                cols = {c: f"{name}_{c}" for c in ("rate", "lo", "hi", "k", "n")}
+                used.update(cols.values())
+                if optional and cols["rate"] not in row and cols["n"] not in row:
+                    values[f.name] = None
+                    continue
+                for c in ("rate", "n"):
+                    if cols[c] not in row:
+                        raise ConfigError(f"{where}: no {cols[c]!r} column; {cls.NOT_ONE}")
+                for c, t in zip(cols.values(), (float, float, float, int, int), strict=True):
+                    if c in row:
+                        _read(row[c], t | None if t is float else t, f"{where}: column {c!r}")
+                values[f.name] = Rate.from_columns(row, name)
             elif kind is Estimate:
                 used.update((name, f"{name}_lo", f"{name}_hi"))
                 if name not in row:
@@ -137,8 +147,7 @@ class Record:
                 values[f.name] = _read(row[name], _hints(cls)[f.name], f"{where}: column {name!r}")
                 used.add(name)
             elif f.default is MISSING and f.default_factory is MISSING:
-                raise ConfigError(f"{where}: no {name!r} column; this is not a {cls.__name__} row emi wrote (or "
-                                  f"it is damaged: re-run the command that wrote it)")
+                raise ConfigError(f"{where}: no {name!r} column; {cls.NOT_ONE}")
         if "more" in {f.name for f in fields(cls)}:
             values["more"] = {k: v for k, v in row.items() if k not in used}
         return cls(**values)  # type: ignore[arg-type]
@@ -165,7 +174,10 @@ def _read(value: object, kind: Any, what: str) -> object:
     elif get_origin(kind) in (list, tuple):
         inner = get_args(kind)[0]
         if isinstance(value, list):
-            items = [_read(x, inner, what) for x in value]
+            try:
+                items = [_read(x, inner, what) for x in value]
+            except ConfigError:
+                raise ConfigError(f"{what} should be list[{inner.__name__}], found {value!r}") from None
             return items if get_origin(kind) is list else tuple(items)
     elif kind is object or get_origin(kind) is dict:
         return value

@@ -11,7 +11,7 @@ import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import torch
 
@@ -367,6 +367,9 @@ def write_results(out: Path, rows: list[dict[str, Any]], provenance: dict[str, A
 class ResultRow(Record):
     """A line of a steer ``results.jsonl``: written by :meth:`ConditionResult.row`, read back by
     :func:`read_results` (which checks every column against these fields)."""
+
+    NOT_ONE: ClassVar[str] = ("this is not a results.jsonl that python -m emi.steer wrote (or it is damaged: re-run "
+                              "the steer command)")
 
     condition: str
     """The condition's name (``finetuned - persona``)."""

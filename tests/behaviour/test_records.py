@@ -44,7 +44,7 @@ def test_a_summary_round_trips_and_undefined_is_nan():
     ("intervention", "nudge", "'intervention' must be one of none, ablate, steer"),
     ("model", "teacher", "'model' must be one of base, finetuned, control"),
     ("alpha", "8", "column 'alpha' should be float"),
-    ("layers", [1.5], "column 'layers' should be int"),
+    ("layers", [1.5], "column 'layers' should be list\\[int\\]"),
     ("positions", "middle", "positions must be one of all, prompt, generated"),
 ])
 def test_a_wrong_column_is_one_sentence_naming_line_and_column(tmp_path, column, value, says):

@@ -64,7 +64,7 @@ GOOD_ROW = ('{"condition": "finetuned", "model": "finetuned", "intervention": "n
     (GOOD_ROW.replace('"em_rate": 0.3, ', ""), "line 2: no 'em_rate' column; this is not a results.jsonl"),
     (GOOD_ROW.replace('"em_n": 10', '"em_n": "10"'), "line 2: column 'em_n' should be int, found '10'"),
     (GOOD_ROW.replace('"layers": []', '"layers": ["1"]'), "line 2: column 'layers' should be list"),
-    (GOOD_ROW.replace('"intervention": "none"', '"intervention": "patch"'), "intervention 'patch' is not none"),
+    (GOOD_ROW.replace('"intervention": "none"', '"intervention": "patch"'), "line 2: column 'intervention' must be one of none, ablate, steer; found 'patch'"),
     ("[1, 2]", "line 2: a result row is a JSON object, found list"),
 ])
 def test_a_results_file_is_validated_before_any_figure_is_drawn(tmp_path, capsys, line, problem):
