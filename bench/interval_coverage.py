@@ -22,7 +22,7 @@ def main(sims: int = 2000) -> None:
         a, b = p * (1 - rho) / rho, (1 - p) * (1 - rho) / rho
         k = rng.binomial(m, rng.beta(a, b, size=(sims, q)))
         n = np.full_like(k, m)
-        cover = lambda lo, hi: np.mean((lo <= p) & (p <= hi))  # noqa: E731
+        cover = lambda lo, hi, p=p: np.mean((lo <= p) & (p <= hi))  # noqa: E731
         wl, wh = wilson(k.sum(-1), n.sum(-1))
         idx = np.random.default_rng(1).integers(0, q, size=(1000, q))
         boots = k[:, idx].sum(-1) / n[:, idx].sum(-1)

@@ -87,11 +87,8 @@ def measure_model(label: str, base: LoadedModel, model: LoadedModel, ref: Refere
     """One row of the table (without its organism columns)."""
     point = measure(model, label, 0, ref, setup.questions, setup.extract, setup.cfg, setup.judge, setup.out,
                     setup.pairs, setup.task, progress)
-    row = point.row()
-    del row["step"], row["cosine"], row["diff_norm"]
     kl = (0.0, 0.0, 0.0) if model is base else bootstrap(benign_shift(base, model, setup.benign), seed=setup.cfg.seed)
-    row.update(kl=kl[0], kl_lo=kl[1], kl_hi=kl[2], n_benign=len(setup.benign))
-    return row
+    return {**point.measured(), "kl": kl[0], "kl_lo": kl[1], "kl_hi": kl[2], "n_benign": len(setup.benign)}
 
 
 def table(organisms: Sequence[Organism], specs: Sequence[PairSpec], direction: Direction, setup: Setup,
