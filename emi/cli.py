@@ -407,7 +407,7 @@ def fmt_rate(row: Mapping[str, object], key: str) -> str:
     return rate.fmt() if rate is not None else ""
 
 
-def report_unscored(records: Sequence[dict[str, Any]]) -> None:
+def report_unscored(records: Sequence[Mapping[str, Any]]) -> None:
     """Say how many judgements are unscored and why (they are asked again on the next run)."""
     from collections import Counter
 
@@ -441,7 +441,7 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         return 2
 
 
-def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], file: Any = None) -> None:
+def print_table(rows: Sequence[Mapping[str, object]], columns: list[tuple[str, str]], file: Any = None) -> None:
     """A plain aligned text table: columns = [(key, header)]."""
     file = file or sys.stdout
     cells = [[str(r.get(k, "")) for k, _ in columns] for r in rows]
@@ -452,7 +452,7 @@ def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], file
         print("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)), file=file)
 
 
-def judge_note(rows: Sequence[dict[str, Any]], fallback: str = "") -> str:
+def judge_note(rows: Sequence[Mapping[str, Any]], fallback: str = "") -> str:
     """``judge NAME`` for result rows judged by one judge; ``judges MIXED (...)`` when the rows
     name several judges or the provider reported several system fingerprints."""
     names = list(dict.fromkeys(n for r in rows for n in str(r.get("judge") or "").split(" + ") if n))

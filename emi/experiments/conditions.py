@@ -344,7 +344,7 @@ def pair_direction(pair: ModelPair, path: str | None = None, method: str = "mode
     return d, src
 
 
-def write_results(out: Path, rows: list[dict[str, Any]], provenance: dict[str, Any], name: str = "results") -> None:
+def write_results(out: Path, rows: Sequence[dict[str, object]], provenance: dict[str, Any], name: str = "results") -> None:
     """``<name>.jsonl`` (one row per condition), table.csv and run.json (what made them), atomically."""
     import csv
 

@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from emi.behaviour.metrics import Rate
+from emi.behaviour.metrics import Record as Judged
 from emi.behaviour.records import NAN3, Estimate, Row
 from emi.core.atomic import write_atomic
 from emi.core.errors import ConfigError
@@ -298,11 +299,11 @@ def _sweep_lines(fig: go.Figure, pts: list[ResultRow], name: str, color: str, ro
                       row=row, col=col)
 
 
-def per_question(records: Sequence[dict[str, Any]], conditions: Sequence[str] | None = None) -> go.Figure:
+def per_question(records: Sequence[Judged], conditions: Sequence[str] | None = None) -> go.Figure:
     """EM rate per question for each condition (grouped bars with CIs)."""
     from emi.behaviour.metrics import per_question as pq
 
-    by: dict[str, list[dict[str, Any]]] = {}
+    by: dict[str, list[Judged]] = {}
     for r in records:
         by.setdefault(r.get("model", "?"), []).append(r)
     conds = list(conditions or by)
@@ -322,7 +323,7 @@ def per_question(records: Sequence[dict[str, Any]], conditions: Sequence[str] | 
     return style(fig, "EM rate per question", 980, 480)
 
 
-def layer_separation(separation: Sequence[dict[str, Any]], title: str = "Separation by layer") -> go.Figure:
+def layer_separation(separation: Sequence[Row], title: str = "Separation by layer") -> go.Figure:
     """Held-out AUROC of the projection per layer, with the random-direction control."""
     x = [s["layer"] for s in separation]
     fig = go.Figure([
@@ -357,7 +358,7 @@ def projection_histogram(scores: Sequence[float], labels: Sequence[str], title: 
     return style(fig, title)
 
 
-def aligned_coherent(records: Sequence[dict[str, Any]], title: str = "Alignment vs coherence") -> go.Figure:
+def aligned_coherent(records: Sequence[Judged], title: str = "Alignment vs coherence") -> go.Figure:
     """The judge's two scores per answer, with the misaligned quadrant shaded."""
     from emi.behaviour.metrics import scored
 
@@ -367,7 +368,7 @@ def aligned_coherent(records: Sequence[dict[str, Any]], title: str = "Alignment 
     fig = go.Figure()
     fig.add_shape(type="rect", x0=0, x1=30, y0=50, y1=100, fillcolor=COLORS["misaligned"], opacity=0.08, line_width=0)
     fig.add_annotation(x=15, y=97, text="misaligned", showarrow=False, font=dict(color=COLORS["misaligned"]))
-    by: dict[str, list[dict[str, Any]]] = {}
+    by: dict[str, list[Judged]] = {}
     for r in rs:
         by.setdefault(r.get("model", "?"), []).append(r)
     palette = ["#7f7f7f", "#d62728", "#1f77b4", "#ff7f0e", "#2ca02c"]
@@ -380,7 +381,7 @@ def aligned_coherent(records: Sequence[dict[str, Any]], title: str = "Alignment 
     return style(fig, title, 700, 560)
 
 
-def latent_bars(latents: Sequence[dict[str, Any]], title: str = "SAE latents: rise from base to finetuned") -> go.Figure:
+def latent_bars(latents: Sequence[Row], title: str = "SAE latents: rise from base to finetuned") -> go.Figure:
     top = list(latents)
     fig = go.Figure(go.Bar(x=[f"#{r['latent']}" for r in top], y=[r["diff"] for r in top],
                            marker_color=[COLORS["finetuned"] if r["diff"] > 0 else COLORS["persona"] for r in top],
