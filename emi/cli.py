@@ -8,7 +8,7 @@ import errno
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -378,16 +378,17 @@ def floats(name: str) -> Callable[[str], list[float]]:
     return parse
 
 
-def fmt_rate(row: dict[str, Any], key: str) -> str:
-    """``35.3% [28.3, 42.4]`` from a result row's ``<key>_rate``, ``_lo``, ``_hi``, ``_n``."""
+def fmt_rate(row: Mapping[str, object], key: str) -> str:
+    """``35.3% [28.3, 42.4]`` for the rate a result row wrote under ``key`` (:meth:`Rate.from_columns`)."""
     from emi.behaviour.metrics import Rate, empty_label
 
     n_answers, n_scored = row.get("n_answers", 0), row.get("n_scored", 0) if key == "em" else 0
-    return Rate(row[f"{key}_rate"], row[f"{key}_lo"], row[f"{key}_hi"], row.get(f"{key}_k", 0), row[f"{key}_n"],
-                empty_label(n_answers, n_scored)).fmt()
+    empty = empty_label(n_answers if isinstance(n_answers, int) else 0, n_scored if isinstance(n_scored, int) else 0)
+    rate = Rate.from_columns(row, key, empty)
+    return rate.fmt() if rate is not None else ""
 
 
-def report_unscored(records: Sequence[dict[str, Any]]) -> None:
+def report_unscored(records: Sequence[Mapping[str, Any]]) -> None:
     """Say how many judgements are unscored and why (they are asked again on the next run)."""
     from collections import Counter
 
@@ -421,7 +422,7 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         return 2
 
 
-def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], file: Any = None) -> None:
+def print_table(rows: Sequence[Mapping[str, object]], columns: list[tuple[str, str]], file: Any = None) -> None:
     """A plain aligned text table: columns = [(key, header)]."""
     file = file or sys.stdout
     cells = [[str(r.get(k, "")) for k, _ in columns] for r in rows]
@@ -432,7 +433,7 @@ def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], file
         print("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)), file=file)
 
 
-def judge_note(rows: Sequence[dict[str, Any]], fallback: str = "") -> str:
+def judge_note(rows: Sequence[Mapping[str, Any]], fallback: str = "") -> str:
     """``judge NAME`` for result rows judged by one judge; ``judges MIXED (...)`` when the rows
     name several judges or the provider reported several system fingerprints."""
     names = list(dict.fromkeys(n for r in rows for n in str(r.get("judge") or "").split(" + ") if n))

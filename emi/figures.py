@@ -89,11 +89,11 @@ def _figures_for(f: Path, out: Path, formats: list[str]) -> list[Path]:
     if f.name == "results.jsonl":
         from emi.experiments.conditions import read_results
 
-        rows: list[Any] = read_results(f)
+        rows = read_results(f)
         made = export(steer_summary(rows), out / f"{stem}-summary", formats)
-        if len({r["alpha"] for r in rows if r.get("intervention") == "steer"}) > 1:
+        if len({r.alpha for r in rows if r.intervention == "steer"}) > 1:
             made += export(alpha_sweep(rows), out / f"{stem}-alpha", formats)
-        if any("kl" in r for r in rows):
+        if any(r.side_effects is not None for r in rows):
             made += export(em_vs_kl(rows), out / f"{stem}-side-effects", formats)
         return made
     if f.name == "judged.jsonl":

@@ -37,6 +37,7 @@ from emi import cli
 from emi.core import locks
 
 if TYPE_CHECKING:
+    from emi.behaviour.metrics import Change
     from emi.experiments.conditions import ConditionResult
 
 
@@ -141,7 +142,8 @@ def _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, ou
               "--option-pairs FILE)", file=sys.stderr)
     results = run(pair, conditions, direction, questions, cfg, judge, out, args.random_seed, pairs=pairs,
                   benign=benign, engine=engine, denominator=args.em_denominator)
-    rows = [r.row() for r in results]
+    records = [r.record() for r in results]
+    rows = [r.row() for r in records]
     cli.print_engines([(r.condition.name, r.engine) for r in results], engine)
     write_results(out, rows, {"pair": pair.provenance(), "direction": {"source": source, **direction.summary()},
                               "judge": judge.name, "sampling": cfg.settings(), "n": cfg.n,
@@ -153,29 +155,37 @@ def _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, ou
           f"(|d| = {direction.norms[direction.layers.index(direction.best_layer)]:.2f}, residual norm "
           f"{direction.norm_at(direction.best_layer):.2f}) | steering layers {steer_layers} | "
           f"{len(questions)} questions x {cfg.n} samples, {cli.judge_note(rows, judge.name)}, seed {cfg.seed}")
-    print_table(results)
+    print_table(results, cfg.seed)
     if not args.no_figure:
         from emi.report.figures import em_vs_kl, export, steer_summary
 
-        written = export(steer_summary(rows), out / "figure", formats=("html", "png"))
+        written = export(steer_summary(records), out / "figure", formats=("html", "png"))
         if benign:
-            written += export(em_vs_kl(rows), out / "side-effects", formats=("html", "png"))
+            written += export(em_vs_kl(records), out / "side-effects", formats=("html", "png"))
         print(f"figures: {', '.join(str(w) for w in written)}", file=sys.stderr)
     print(f"wrote {out}/results.jsonl, table.csv, run.json, answers.jsonl, judgements.jsonl", file=sys.stderr)
     return 0
 
 
-def print_table(results: Sequence[ConditionResult]) -> None:
-    from emi.behaviour.metrics import relative_change
+def _fmt_change(c: Change | None) -> str:
+    """``-85% [-93, -76] vs finetuned``: the relative change with its question-paired interval."""
+    if c is None or c.value != c.value:
+        return ""
+    ci = f" [{100 * c.lo:+.0f}, {100 * c.hi:+.0f}]" if c.lo == c.lo else ""
+    return f"{100 * c.value:+.0f}%{ci} vs finetuned"
 
-    ft = next(r.summary.em.value for r in results if r.condition.name == "finetuned")
+
+def print_table(results: Sequence[ConditionResult], seed: int = 0) -> None:
+    from emi.behaviour.metrics import relative_change_ci
+
+    ft = next(r.summary.em for r in results if r.condition.name == "finetuned")
     table = []
     for r in results:
         em, fx = r.summary.em, r.side_effects
-        change = relative_change(ft, em.value) if r.condition.kind == "ablate" else float("nan")
+        change = relative_change_ci(ft, em, seed=seed) if r.condition.kind == "ablate" else None
         table.append({"condition": r.condition.name, "em": em.fmt(), "k": f"{em.k}/{em.n}",
                       "coh": r.summary.coherence.fmt(),
-                      "rel": f"{100 * change:+.0f}% vs finetuned" if change == change else "",
+                      "rel": _fmt_change(change),
                       "lp": f"{r.logprob.choice:.3f}" if r.logprob is not None else "",
                       "kl": f"{fx.kl:.3f}" if fx is not None else "",
                       "dal": f"{fx.aligned_delta:+.2f}" if fx is not None and fx.aligned_delta == fx.aligned_delta

@@ -27,6 +27,7 @@ from jaxtyping import Float
 from emi.activations.capture import pad_right
 from emi.behaviour.metrics import bootstrap
 from emi.behaviour.questions import Question
+from emi.behaviour.records import Record
 from emi.behaviour.sampling import render_prompts
 from emi.core import plugins
 from emi.core.errors import ConfigError, read_yaml
@@ -141,7 +142,9 @@ def _answer_logprobs(lm: LoadedModel, prompts: list[str], answers: list[str], ba
 
 
 @dataclass(frozen=True)
-class LogprobResult:
+class LogprobResult(Record):
+    """Log-prob metrics on option pairs; a results row carries them as ``logprob_*`` columns."""
+
     choice: float  # mean P(misaligned) over pairs
     choice_lo: float
     choice_hi: float
@@ -150,10 +153,7 @@ class LogprobResult:
     pivotal_hi: float
     n_pairs: int
     # per pair: the mean per-token log-probability of the aligned answer (emi.behaviour.side_effects compares it)
-    aligned_logprob: tuple[float, ...] = field(default=(), repr=False)
-
-    def row(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if k != "aligned_logprob"}
+    aligned_logprob: tuple[float, ...] = field(default=(), repr=False, metadata={"written": False})
 
 
 def logprob_metrics(model: LoadedModel | torch.nn.Module, pairs: Sequence[OptionPair], tokenizer: Any = None,

@@ -24,6 +24,7 @@ from emi.behaviour.judges import Judge, JudgeCache, cache_key, is_exact, judge_r
 from emi.behaviour.labels import Label, match
 from emi.behaviour.metrics import summarize
 from emi.behaviour.questions import judge_prompts
+from emi.behaviour.records import SummaryColumns
 from emi.core import jsonl
 from emi.core.errors import ConfigError, JudgeError
 
@@ -147,10 +148,9 @@ def rejudge(run: RunFolder, judge: Judge, denominator: str = "coherent", labels:
     for r in judged:
         by_label.setdefault(r["model"], []).append(r)
     rows = []
-    for row in run.rows:
-        s = summarize(by_label.get(row[run.label_key], []), row[run.label_key], denominator=denominator,
-                      seed=run.seed).row()
-        rows.append({**row, **{k: v for k, v in s.items() if k != "model"}})
+    for row in run.rows:  # the run's row (any table), its judge-dependent columns (SummaryColumns) judged again
+        s = summarize(by_label.get(row[run.label_key], []), row[run.label_key], denominator=denominator, seed=run.seed)
+        rows.append({**row, **SummaryColumns.of(s).row()})
     out = Rejudged(run, judge.name, denominator, judged, rows)
     _compare(out, judge, labels, progress)
     return out

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from emi.behaviour.logprob import answer_logits
 from emi.behaviour.metrics import bootstrap
+from emi.behaviour.records import Record
 from emi.behaviour.sampling import render_prompts
 from emi.core import plugins
 from emi.core.errors import ConfigError, read_yaml
@@ -132,18 +133,18 @@ def benign_kl(lm: LoadedModel, items: Sequence[BenignItem], intervention: Callab
 
 
 @dataclass(frozen=True)
-class SideEffects:
+class SideEffects(Record):
+    """KL on benign text and the aligned answers' log-prob change of one condition (a results row's
+    ``kl*``, ``n_benign`` and ``aligned_delta*`` columns)."""
+
     kl: float  # mean KL(unmodified || intervened), nats per token, over benign conversations
     kl_lo: float
     kl_hi: float
-    n_benign: int
-    aligned_delta: float  # mean change in the aligned answers' per-token log-prob (nats); nan without pairs
-    aligned_delta_lo: float
-    aligned_delta_hi: float
-    n_pairs: int
-
-    def row(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if k != "n_pairs"}  # n_pairs: the logprob_ columns have it
+    n_benign: int = 0
+    aligned_delta: float = float("nan")  # mean change in the aligned answers' per-token log-prob (nats); nan without pairs
+    aligned_delta_lo: float = float("nan")
+    aligned_delta_hi: float = float("nan")
+    n_pairs: int = field(default=0, metadata={"written": False})  # the logprob_ columns have it
 
 
 def side_effects(lm: LoadedModel, items: Sequence[BenignItem], intervention: Callable[[], AbstractContextManager[Any]] | None,

@@ -9,21 +9,23 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, cast
 
 import torch
 
 from emi.behaviour.evaluation import evaluate
 from emi.behaviour.judges import Judge
 from emi.behaviour.logprob import LogprobResult, OptionPair
-from emi.behaviour.metrics import Summary
+from emi.behaviour.metrics import Rate, Summary
 from emi.behaviour.questions import Question
+from emi.behaviour.records import Record, SummaryColumns
 from emi.behaviour.sampling import SamplingConfig, check_positions
 from emi.behaviour.side_effects import BenignItem, SideEffects
-from emi.core import locks
+from emi.core import locks, vocab
 from emi.core.atomic import readable
+from emi.core.vocab import ConditionKind, DirectionKind, EngineName, Role, SteerPositions
 from emi.directions.direction import Direction, extract, random_like
 from emi.engines import base as engines
 from emi.engines.base import Backend, Bound
@@ -36,13 +38,13 @@ from emi.models.loading import LoadedModel, ModelPair
 @dataclass(frozen=True)
 class Condition:
     name: str
-    role: str  # base | finetuned | control
-    kind: str = "none"  # none | ablate | steer
+    role: Role
+    kind: ConditionKind = "none"
     alpha: float = 0.0
     layers: tuple[int, ...] = ()
-    direction: str = "persona"  # persona | random
+    direction: DirectionKind = "persona"
     relative: bool = False
-    positions: str = "all"
+    positions: SteerPositions = "all"
 
 
 @dataclass(frozen=True)
@@ -50,28 +52,26 @@ class ConditionResult:
     """One condition of a steer run and what it measured; :meth:`row` is its line of results.jsonl."""
 
     condition: Condition
-    engine: str  # in-process | server | vllm
+    engine: EngineName
     summary: Summary  # EM rate and coherence, with CIs
     logprob: LogprobResult | None = None  # P(misaligned) on option pairs; None without pairs
     side_effects: SideEffects | None = None  # KL on benign text; None without a benign set
 
-    def row(self) -> dict[str, Any]:
+    def record(self) -> ResultRow:
         c = self.condition
-        row = {"condition": c.name, "model": c.role, "engine": self.engine, "intervention": c.kind, "alpha": c.alpha,
-               "layers": list(c.layers), "direction": c.direction if c.kind != "none" else "",
-               "relative": c.relative, "positions": c.positions if c.kind == "steer" else "",
-               **{k: v for k, v in self.summary.row().items() if k != "model"}}
-        if self.logprob is not None:
-            row.update({f"logprob_{k}": v for k, v in self.logprob.row().items()})
-        if self.side_effects is not None:
-            row.update(self.side_effects.row())
-        return row
+        return ResultRow(condition=c.name, model=c.role, engine=self.engine, intervention=c.kind, alpha=c.alpha,
+                         layers=list(c.layers), direction=c.direction if c.kind != "none" else "",
+                         relative=c.relative, positions=c.positions if c.kind == "steer" else "",
+                         summary=SummaryColumns.of(self.summary), logprob=self.logprob, side_effects=self.side_effects)
+
+    def row(self) -> dict[str, object]:
+        return self.record().row()
 
 
 def standard_conditions(direction: Direction, alphas: Sequence[float], layers: Sequence[int] | None = None,
-                        relative: bool = False, positions: str = "all", with_control: bool = False,
+                        relative: bool = False, positions: SteerPositions = "all", with_control: bool = False,
                         ablate_layers: Sequence[int] | None = None, sweep_layers: bool = False,
-                        targets: Sequence[str] = ("base",)) -> list[Condition]:
+                        targets: Sequence[Role] = ("base",)) -> list[Condition]:
     """The table the workbench exists for: base, finetuned, finetuned with the direction ablated,
     the targets steered by each alpha, and same-norm random controls of every intervention.
 
@@ -91,10 +91,13 @@ def standard_conditions(direction: Direction, alphas: Sequence[float], layers: S
             where = f" @L{','.join(map(str, group))}" if sweep_layers else ""
             for a in alphas:
                 sign = "+" if a >= 0 else "-"
-                for kind in ("persona", "random"):
+                for kind in KINDS:
                     out.append(Condition(f"{target} {sign} {abs(a):g} {kind}{where}", target, "steer", a, group, kind,
                                          relative, positions))
     return out
+
+
+KINDS: tuple[DirectionKind, ...] = ("persona", "random")
 
 
 @contextlib.contextmanager
@@ -177,7 +180,8 @@ def run(pair: ModelPair, conditions: Sequence[Condition], direction: Direction, 
             intervene = None if c.kind == "none" else functools.partial(applied, c, model, direction, rnd)
             fx = side_effects(model, benign, intervene, unmodified.get(c.role, ()),
                               lp.aligned_logprob if lp is not None else ())
-        results[i] = ConditionResult(c, bound.name if bound else "in-process", summary, lp, fx)
+        name = cast(EngineName, vocab.check(bound.name, EngineName, "engine")) if bound else "in-process"
+        results[i] = ConditionResult(c, name, summary, lp, fx)
     return [results[i] for i in range(len(conditions))]
 
 
@@ -342,7 +346,7 @@ def pair_direction(pair: ModelPair, path: str | None = None, method: str = "mode
     return d, src
 
 
-def write_results(out: Path, rows: list[dict[str, Any]], provenance: dict[str, Any], name: str = "results") -> None:
+def write_results(out: Path, rows: Sequence[dict[str, object]], provenance: dict[str, Any], name: str = "results") -> None:
     """``<name>.jsonl`` (one row per condition), table.csv and run.json (what made them), atomically."""
     import csv
 
@@ -361,59 +365,56 @@ def write_results(out: Path, rows: list[dict[str, Any]], provenance: dict[str, A
     write_json(out / "run.json", provenance)
 
 
-class ResultRow(TypedDict, total=False):
-    """A line of a steer ``results.jsonl`` (what :meth:`ConditionResult.row` writes), as read back;
-    :func:`read_results` checks each column it has against these types."""
+@dataclass(frozen=True, kw_only=True)
+class ResultRow(Record):
+    """A line of a steer ``results.jsonl``: written by :meth:`ConditionResult.row`, read back by
+    :func:`read_results` (which checks every column against these fields)."""
+
+    NOT_ONE: ClassVar[str] = ("this is not a results.jsonl that python -m emi.steer wrote (or it is damaged: re-run "
+                              "the steer command)")
 
     condition: str
-    model: str
-    engine: str
-    intervention: str  # none | ablate | steer
+    """The condition's name (``finetuned - persona``)."""
+    model: Role
+    """Which model of the pair answered."""
+    engine: EngineName = "in-process"
+    """Where the answers were sampled."""
+    intervention: ConditionKind
+    """What was done to the model."""
     alpha: float
+    """Steering strength (0 without steering)."""
     layers: list[int]
-    direction: str
-    positions: str
-    em_rate: float
-    em_lo: float
-    em_hi: float
-    em_k: int
-    em_n: int
-    coherence_rate: float
-    coherence_lo: float
-    coherence_hi: float
-    coherence_k: int
-    coherence_n: int
-    em_coherent_rate: float  # both denominators (the headline em_* is the one --em-denominator chose)
-    em_coherent_lo: float
-    em_coherent_hi: float
-    em_coherent_k: int
-    em_coherent_n: int
-    em_scored_rate: float
-    em_scored_lo: float
-    em_scored_hi: float
-    em_scored_k: int
-    em_scored_n: int
-    judge_fingerprints: list[str]
-    kl: float
-    kl_lo: float
-    kl_hi: float
-    logprob_choice: float
-    aligned_delta: float
+    """Layers the intervention touched (empty: every writer, for ablation)."""
+    direction: str = ""
+    """persona | random, or empty without an intervention."""
+    relative: bool = False
+    """alpha in units of the residual norm."""
+    positions: str = ""
+    """Where steering was added (a SteerPositions word), empty without steering."""
+    summary: SummaryColumns
+    """EM rate, coherence and who judged."""
+    logprob: LogprobResult | None = field(default=None, metadata={"prefix": "logprob_"})
+    """P(misaligned) on option pairs; None without pairs."""
+    side_effects: SideEffects | None = None
+    """KL on benign text; None without a benign set."""
+    more: dict[str, object] = field(default_factory=dict)
+    """Columns another writer added, kept as they were."""
 
+    @property
+    def em(self) -> Rate:
+        return self.summary.em
 
-# the columns a row cannot do without (the figures and tables read them)
-_REQUIRED = ("condition", "model", "intervention", "alpha", "layers", "em_rate", "em_lo", "em_hi", "em_n",
-             "coherence_rate", "coherence_lo", "coherence_hi", "coherence_n")
+    @property
+    def coherence(self) -> Rate:
+        return self.summary.coherence
 
-
-def _fits(value: Any, kind: Any) -> bool:
-    if kind is float:
-        return value is None or isinstance(value, int | float) and not isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if get_origin(kind) is list:
-        return isinstance(value, list) and all(_fits(x, get_args(kind)[0]) for x in value)
-    return isinstance(value, kind)
+    def check(self, where: str) -> ResultRow:
+        """The row, its open-ended words checked against their vocabularies."""
+        if self.positions:
+            vocab.check(self.positions, vocab.SteerPositions, f"{where}: positions")
+        if self.direction:
+            vocab.check(self.direction, vocab.DirectionKind, f"{where}: direction")
+        return self
 
 
 def read_results(path: str | Path) -> list[ResultRow]:
@@ -425,19 +426,5 @@ def read_results(path: str | Path) -> list[ResultRow]:
     rows = jsonl.read(path)
     if not rows:
         raise ConfigError(f"{path} holds no result rows; run python -m emi.steer to write one")
-    for i, row in enumerate(rows, start=1):
-        where = f"{path}, line {i}"
-        if not isinstance(row, dict):
-            raise ConfigError(f"{where}: a result row is a JSON object, found {type(row).__name__}")
-        for key in _REQUIRED:
-            if key not in row:
-                raise ConfigError(f"{where}: no {key!r} column; this is not a results.jsonl that python -m "
-                                  f"emi.steer wrote (or it is damaged: re-run the steer command)")
-        for key, kind in get_type_hints(ResultRow).items():
-            if key in row and not _fits(row[key], kind):
-                raise ConfigError(f"{where}: column {key!r} should be {kind.__name__}, found {row[key]!r}")
-            if kind is float and key in row and row[key] is None:
-                row[key] = float("nan")  # undefined: null in the file (strict JSON), nan in memory as when written
-        if row["intervention"] not in ("none", "ablate", "steer"):
-            raise ConfigError(f"{where}: intervention {row['intervention']!r} is not none, ablate or steer")
-    return rows  # type: ignore[return-value]
+    return [ResultRow.from_row(row, f"{path}, line {i}").check(f"{path}, line {i}")
+            for i, row in enumerate(rows, start=1)]

@@ -96,21 +96,25 @@ class TrajectoryPoint:
     cosine: float  # own model-diff direction vs the final direction (nan for the base itself)
     diff_norm: float  # norm of the own model-diff direction
     task: Rate | None
-    extra: dict[str, Any] | None = None  # the summary's other columns: both EM denominators, the judge
+    extra: dict[str, object] | None = None  # the summary's other columns: both EM denominators, the judge
 
-    def row(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"checkpoint": self.checkpoint, "step": self.step}
-        for name in ("em", "coherence"):
-            r: Rate = getattr(self, name)
-            out.update({f"{name}_rate": r.value, f"{name}_lo": r.lo, f"{name}_hi": r.hi, f"{name}_k": r.k,
-                        f"{name}_n": r.n})
-        out.update({k: getattr(self, k) for k in ("n_answers", "p_misaligned", "p_misaligned_lo", "p_misaligned_hi",
-                                                  "projection", "projection_shift", "projection_shift_lo",
-                                                  "projection_shift_hi", "cosine", "diff_norm")})
-        if self.task is not None:
-            out.update(task_rate=self.task.value, task_lo=self.task.lo, task_hi=self.task.hi, task_k=self.task.k,
-                       task_n=self.task.n)
-        return {**out, **(self.extra or {})}
+    def _behaviour(self) -> dict[str, object]:
+        return {**self.em.columns("em"), **self.coherence.columns("coherence"), "n_answers": self.n_answers,
+                **{k: getattr(self, k) for k in ("p_misaligned", "p_misaligned_lo", "p_misaligned_hi", "projection",
+                                                 "projection_shift", "projection_shift_lo", "projection_shift_hi")}}
+
+    def _rest(self) -> dict[str, object]:
+        return {**(self.task.columns("task") if self.task is not None else {}), **(self.extra or {})}
+
+    def row(self) -> dict[str, object]:
+        """Its line of trajectory.jsonl."""
+        return {"checkpoint": self.checkpoint, "step": self.step, **self._behaviour(), "cosine": self.cosine,
+                "diff_norm": self.diff_norm, **self._rest()}
+
+    def measured(self) -> dict[str, object]:
+        """What was measured of the model, without the trajectory's own columns (step, and the
+        cosine and norm of the checkpoint's model-diff direction): a defence-table row's measures."""
+        return {"checkpoint": self.checkpoint, **self._behaviour(), **self._rest()}
 
 
 def task_rate(lm: LoadedModel, task: TaskMetric, cfg: SamplingConfig, out: Path | None, label: str,
@@ -123,8 +127,8 @@ def task_rate(lm: LoadedModel, task: TaskMetric, cfg: SamplingConfig, out: Path 
     bound, ident = bind(engine, lm)
     answers = generate_answers(lm, qs, cfg, out=out, label=label, progress=progress,
                                identity=ident or {"model": lm.identity()}, engine=bound)
-    flags = [task.score(a["question"], a["answer"]) for a in answers]
-    return rate((f for f in flags if f is not None), seed=cfg.seed)
+    scored = [(a.get("id", "?"), f) for a in answers if (f := task.score(a["question"], a["answer"])) is not None]
+    return rate((f for _, f in scored), seed=cfg.seed, groups=[q for q, _ in scored])
 
 
 @dataclass(frozen=True)
@@ -172,10 +176,11 @@ def measure(lm: LoadedModel, label: str, step: int, ref: Reference, questions: S
                            cosine, norm, task_r, summary_extra(summary))
 
 
-def summary_extra(summary: Summary) -> dict[str, Any]:
+def summary_extra(summary: Summary) -> dict[str, object]:
     """A summary's columns a trajectory row carries besides its own: both EM denominators, the judge."""
-    row = summary.row()
-    return {k: v for k, v in row.items() if k.startswith(("em_coherent", "em_scored", "judge")) or k == "denominator"}
+    both = {name: r.columns(name) for name in ("em_coherent", "em_scored") if (r := getattr(summary, name)) is not None}
+    return {"denominator": summary.denominator, **{k: v for cols in both.values() for k, v in cols.items()},
+            **(summary.judge or {})}
 
 
 def correlations(points: Sequence[TrajectoryPoint]) -> dict[str, float]:

@@ -10,7 +10,8 @@ The command is ``python -m emi.figures RESULTS... --out figs/ --format png,pdf``
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,12 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from emi.behaviour.metrics import Rate
+from emi.behaviour.metrics import Record as Judged
+from emi.behaviour.records import NAN3, Estimate, Row
 from emi.core.atomic import write_atomic
 from emi.core.errors import ConfigError
+from emi.experiments.conditions import ResultRow
 
 COLORS = {"base": "#7f7f7f", "finetuned": "#d62728", "persona": "#1f77b4", "random": "#bcbcbc",
           "control": "#2ca02c", "misaligned": "#d62728", "aligned": "#1f77b4", "other": "#bcbcbc"}
@@ -41,34 +46,44 @@ def _pct(x: float) -> float:
     return 100.0 * x if x is not None and x == x else float("nan")
 
 
-def _color_of(row: dict[str, Any]) -> str:
-    if row.get("intervention", "none") == "none":
-        return COLORS.get(row.get("model", "base"), COLORS["base"])
-    return COLORS[row.get("direction") or "persona"]
+def results(rows: Sequence[ResultRow | Row]) -> list[ResultRow]:
+    """Steer result records; a row as JSON gives it is read (and checked) once, here."""
+    return [r if isinstance(r, ResultRow) else ResultRow.from_row(r, f"result row {i + 1}").check(f"row {i + 1}")
+            for i, r in enumerate(rows)]
 
 
-def steer_summary(rows: Sequence[dict[str, Any]]) -> go.Figure:
+def _color_of(row: ResultRow) -> str:
+    if row.intervention == "none":
+        return COLORS.get(row.model, COLORS["base"])
+    return COLORS[row.direction or "persona"]
+
+
+def _bars(rate: Rate) -> tuple[float, float, float]:
+    """(value, lo, hi) in % for a bar; 0s for a rate over no answers."""
+    return (_pct(rate.value), _pct(rate.lo), _pct(rate.hi)) if rate.n else (0.0, 0.0, 0.0)
+
+
+def steer_summary(rows: Sequence[ResultRow | Row]) -> go.Figure:
     """EM rate and coherence per condition (horizontal bars with 95% CIs)."""
     if not rows:
         raise ConfigError("no result rows to plot")
-    names = [r["condition"] for r in rows][::-1]
-    rs = list(rows)[::-1]
+    rs = results(rows)[::-1]
+    names = [r.condition for r in rs]
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
                         subplot_titles=("EM rate (misaligned / coherent answers)", "coherent answers"))
     for col, key in ((1, "em"), (2, "coherence")):
-        v = [_pct(r[f"{key}_rate"]) if r[f"{key}_n"] else 0.0 for r in rs]
-        hi = [_pct(r[f"{key}_hi"]) if r[f"{key}_n"] else 0.0 for r in rs]
-        lo = [_pct(r[f"{key}_lo"]) if r[f"{key}_n"] else 0.0 for r in rs]
+        rates = [getattr(r, key) for r in rs]
+        v, lo, hi = (list(x) for x in zip(*map(_bars, rates), strict=True))
         fig.add_trace(go.Bar(
             y=names, x=v, orientation="h", marker_color=[_color_of(r) for r in rs], showlegend=False,
             error_x=dict(type="data", symmetric=False, array=[h - x for h, x in zip(hi, v, strict=True)],
                          arrayminus=[x - lo_ for lo_, x in zip(lo, v, strict=True)], color="#333", thickness=1.2),
             hovertemplate="%{y}: %{x:.1f}%<extra></extra>"), row=1, col=col)
-        labels = [f"{x:.1f}%" if r[f"{key}_n"] else "no coherent answers" for r, x in zip(rs, v, strict=True)]
+        labels = [f"{x:.1f}%" if rate.n else "no coherent answers" for rate, x in zip(rates, v, strict=True)]
         fig.add_trace(go.Scatter(y=names, x=[h + 1.5 for h in hi], mode="text", text=labels, textposition="middle right",
                                  showlegend=False, hoverinfo="skip", textfont=dict(size=12)), row=1, col=col)
-        fig.update_xaxes(title_text="% of answers (95% bootstrap CI)", range=[0, 118], row=1, col=col)
-    pair = rows[0].get("pair", "")
+        fig.update_xaxes(title_text="% of answers (95% CI)", range=[0, 118], row=1, col=col)
+    pair = rs[-1].more.get("pair", "")
     style(fig, f"Ablating and adding the persona direction{f' ({pair})' if pair else ''}<br><sup>grey: base, red: "
           f"finetuned, blue: persona direction, light grey: same-norm random direction</sup>",
           980, 150 + 42 * len(rows))
@@ -76,25 +91,25 @@ def steer_summary(rows: Sequence[dict[str, Any]]) -> go.Figure:
     return fig
 
 
-def alpha_sweep(rows: Sequence[dict[str, Any]], models: Sequence[str] | None = None) -> go.Figure:
+def alpha_sweep(rows: Sequence[ResultRow | Row], models: Sequence[str] | None = None) -> go.Figure:
     """EM rate and coherence vs alpha, persona direction vs random control, with CI bands: one row
     of panels per steered model, one line per layer group (a layer sweep) and direction. The
     unsteered model is the point at alpha 0 of every line."""
-    steered = [r for r in rows if r.get("intervention") == "steer"]
-    models = list(models or dict.fromkeys(r["model"] for r in steered)) or ["base"]
-    groups = list(dict.fromkeys(tuple(r["layers"]) for r in steered))
+    rs = results(rows)
+    steered = [r for r in rs if r.intervention == "steer"]
+    models = list(models or dict.fromkeys(r.model for r in steered)) or ["base"]
+    groups = list(dict.fromkeys(tuple(r.layers) for r in steered))
     titles = [f"{m}: {what}" for m in models for what in ("EM rate (misaligned / coherent)", "coherent answers")]
     fig = make_subplots(rows=len(models), cols=2, horizontal_spacing=0.1, vertical_spacing=0.12,
                         subplot_titles=titles)
     for i, model in enumerate(models, start=1):
-        plain = [r for r in rows if r.get("intervention") == "none" and r.get("model") == model]
+        plain = [r for r in rs if r.intervention == "none" and r.model == model]
         for g, group in enumerate(groups):
             for kind in ("persona", "random"):
-                pts = [r for r in steered if r["model"] == model and r["direction"] == kind
-                       and tuple(r["layers"]) == group]
+                pts = [r for r in steered if r.model == model and r.direction == kind and tuple(r.layers) == group]
                 if not pts:
                     continue
-                pts = sorted(pts + [{**plain[0], "alpha": 0.0}] if plain else pts, key=lambda r: r["alpha"])
+                pts = sorted(pts + [replace(plain[0], alpha=0.0)] if plain else pts, key=lambda r: r.alpha)
                 name = f"{kind} direction" + (f" @ layer {','.join(map(str, group))}" if len(groups) > 1 else "")
                 _sweep_lines(fig, pts, name, _shade(kind, g, len(groups)), i, show=i == 1)
     fig.update_xaxes(title_text="steering strength alpha", row=len(models))
@@ -104,52 +119,52 @@ def alpha_sweep(rows: Sequence[dict[str, Any]], models: Sequence[str] | None = N
     return style(fig, "Steering along the direction vs a random one", 1000, 380 + 280 * (len(models) - 1))
 
 
-def em_vs_kl(rows: Sequence[dict[str, Any]]) -> go.Figure:
+def em_vs_kl(rows: Sequence[ResultRow | Row]) -> go.Figure:
     """What each intervention buys against what it costs: EM rate and coherence (y, 95% CIs)
     against KL(unmodified || intervened) on benign conversations (x, nats per token, 95% CIs), one
     point per condition. Lines join a sweep's conditions (same model, intervention, direction and
     layers, over alpha) from the unmodified model at KL 0. Good interventions sit low and left
     on the left panel (EM removed at little KL) and high on the right (coherence kept)."""
-    pts = [r for r in rows if "kl" in r]
+    pts = [r for r in results(rows) if r.side_effects is not None]
     if not pts:
         raise ConfigError("no side-effect columns (kl) in these rows; run python -m emi.steer without "
                           "--no-side-effects")
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
                         subplot_titles=("EM rate (misaligned / coherent)", "coherent answers"))
-    series: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    series: dict[tuple[str, str, str, tuple[int, ...], str], list[ResultRow]] = {}
     for r in pts:
-        if r.get("intervention", "none") != "none":
-            series.setdefault((r["model"], r["intervention"], r["direction"], tuple(r["layers"]),
-                               r.get("positions", "")), []).append(r)
+        if r.intervention != "none":
+            series.setdefault((r.model, r.intervention, r.direction, tuple(r.layers), r.positions), []).append(r)
     palette = {("ablate", "persona"): "#1f77b4", ("steer", "persona"): "#ff7f0e",
                ("ablate", "random"): "#9ecae1", ("steer", "random"): "#fdd0a2"}
     for (model, kind, direction, layers, _pos), members in series.items():
-        plain = [r for r in pts if r.get("intervention") == "none" and r["model"] == model]
-        line = plain[:1] + sorted(members, key=lambda r: abs(r["alpha"]))
+        plain = [r for r in pts if r.intervention == "none" and r.model == model]
+        line = plain[:1] + sorted(members, key=lambda r: abs(r.alpha))
         where = f" @L{','.join(map(str, layers))}" if layers and kind == "steer" else ""
         name = f"{'ablate from' if kind == 'ablate' else 'steer'} {model}: {direction}{where}"
         color = palette.get((kind, direction or "persona"), COLORS["persona"])
         for col, metric in ((1, "em"), (2, "coherence")):
-            ok = [r for r in line if r[f"{metric}_n"]]
-            y = [_pct(r[f"{metric}_rate"]) for r in ok]
+            ok = [(r, rate, fx) for r in line if (rate := getattr(r, metric)).n and (fx := r.side_effects) is not None]
+            y = [_pct(rate.value) for _, rate, _ in ok]
             fig.add_trace(go.Scatter(
-                x=[r["kl"] for r in ok], y=y, mode="lines+markers", name=name, legendgroup=name,
+                x=[fx.kl for _, _, fx in ok], y=y, mode="lines+markers", name=name, legendgroup=name,
                 showlegend=col == 1, marker=dict(symbol="x" if kind == "ablate" else "circle", size=10, color=color),
                 line=dict(color=color, width=1.8, dash="dot" if direction == "random" else "solid"),
-                text=[r["condition"] for r in ok],
+                text=[r.condition for r, _, _ in ok],
                 hovertemplate="%{text}<br>KL %{x:.4f} nats/token<br>%{y:.1f}%<extra></extra>",
                 error_y=dict(type="data", symmetric=False, thickness=1, color=color,
-                             array=[_pct(r[f"{metric}_hi"]) - v for r, v in zip(ok, y, strict=True)],
-                             arrayminus=[v - _pct(r[f"{metric}_lo"]) for r, v in zip(ok, y, strict=True)]),
+                             array=[_pct(rate.hi) - v for (_, rate, _), v in zip(ok, y, strict=True)],
+                             arrayminus=[v - _pct(rate.lo) for (_, rate, _), v in zip(ok, y, strict=True)]),
                 error_x=dict(type="data", symmetric=False, thickness=1, color=color,
-                             array=[r["kl_hi"] - r["kl"] for r in ok], arrayminus=[r["kl"] - r["kl_lo"] for r in ok])),
+                             array=[fx.kl_hi - fx.kl for _, _, fx in ok],
+                             arrayminus=[fx.kl - fx.kl_lo for _, _, fx in ok])),
                 row=1, col=col)
-    for r in (r for r in pts if r.get("intervention", "none") == "none"):
+    for r in (r for r in pts if r.intervention == "none"):
         for col, metric in ((1, "em"), (2, "coherence")):
-            if r[f"{metric}_n"]:
-                fig.add_trace(go.Scatter(x=[0.0], y=[_pct(r[f"{metric}_rate"])], mode="markers",
-                                         name=f"{r['condition']} (no intervention)", legendgroup=r["condition"],
-                                         showlegend=col == 1, hovertemplate=f"{r['condition']}: %{{y:.1f}}%<extra></extra>",
+            if getattr(r, metric).n:
+                fig.add_trace(go.Scatter(x=[0.0], y=[_pct(getattr(r, metric).value)], mode="markers",
+                                         name=f"{r.condition} (no intervention)", legendgroup=r.condition,
+                                         showlegend=col == 1, hovertemplate=f"{r.condition}: %{{y:.1f}}%<extra></extra>",
                                          marker=dict(symbol="square", size=11, color=_color_of(r))), row=1, col=col)
     for col in (1, 2):
         fig.update_xaxes(title_text="KL from the unmodified model on benign text (nats/token)", rangemode="tozero",
@@ -163,7 +178,15 @@ def em_vs_kl(rows: Sequence[dict[str, Any]]) -> go.Figure:
     return fig
 
 
-def trajectory(rows: Sequence[dict[str, Any]], task: str | None = None) -> go.Figure:
+def estimate(row: Row, name: str) -> Estimate | None:
+    """The ``name``, ``name_lo``, ``name_hi`` columns of a row; None when it has no ``name``."""
+    if row.get(name) is None:
+        return None
+    nan = float("nan")
+    return Estimate(*(nan if row.get(k) is None else float(row[k]) for k in (name, f"{name}_lo", f"{name}_hi")))
+
+
+def trajectory(rows: Sequence[Row], task: str | None = None) -> go.Figure:
     """When the direction appears relative to EM and to the task, over training steps: behaviour
     on the left (EM rate, task rate, log-prob P(misaligned); % with 95% CIs), the direction on the
     right (cosine of each checkpoint's own model-diff direction with the final one, and the
@@ -175,30 +198,31 @@ def trajectory(rows: Sequence[dict[str, Any]], task: str | None = None) -> go.Fi
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
                         subplot_titles=("behaviour", "the persona direction"))
 
-    def band(value: str, prefix: str, name: str, color: str, dash: str = "solid") -> None:
-        ok = [r for r in rs if r.get(value) is not None and r[value] == r[value] and r.get(f"{prefix}_n", 1)]
+    def band(of: Callable[[Row], Rate | Estimate | None], name: str, color: str, dash: str = "solid") -> None:
+        ok = [(r["step"], e) for r in rs if (e := of(r)) is not None and e.value == e.value
+              and (not isinstance(e, Rate) or e.n)]
         if not ok:
             return
-        xs = [r["step"] for r in ok]
-        v, lo, hi = ([100.0 * r[k] for r in ok] for k in (value, f"{prefix}_lo", f"{prefix}_hi"))
+        xs = [x for x, _ in ok]
+        v, lo, hi = ([100.0 * getattr(e, k) for _, e in ok] for k in ("value", "lo", "hi"))
         fig.add_trace(go.Scatter(x=xs + xs[::-1], y=hi + lo[::-1], fill="toself", fillcolor=color, opacity=0.15,
                                  mode="lines", line=dict(width=0), hoverinfo="skip", showlegend=False), row=1, col=1)
         fig.add_trace(go.Scatter(x=xs, y=v, mode="lines+markers", name=name, line=dict(color=color, width=2.5,
                                  dash=dash)), row=1, col=1)
 
-    band("em_rate", "em", "EM rate (judge)", COLORS["finetuned"])
-    band("task_rate", "task", task or "task", "#2ca02c")
-    band("p_misaligned", "p_misaligned", "P(misaligned), log-prob", "#9467bd", dash="dot")
-    final = rs[-1]["projection_shift"] or float("nan")
+    band(lambda r: Rate.from_columns(r, "em"), "EM rate (judge)", COLORS["finetuned"])
+    band(lambda r: Rate.from_columns(r, "task"), task or "task", "#2ca02c")
+    band(lambda r: estimate(r, "p_misaligned"), "P(misaligned), log-prob", "#9467bd", dash="dot")
+    shifts = [estimate(r, "projection_shift") or NAN3 for r in rs]
+    final = shifts[-1].value or float("nan")
     fig.add_trace(go.Scatter(x=steps, y=[r["cosine"] for r in rs], mode="lines+markers",
                              name="cos(own model-diff, final direction)", line=dict(color=COLORS["persona"], width=2.5)),
                   row=1, col=2)
     fig.add_trace(go.Scatter(
-        x=steps, y=[r["projection_shift"] / final for r in rs], mode="lines+markers",
+        x=steps, y=[e.value / final for e in shifts], mode="lines+markers",
         name="activation shift along the final direction (fraction of final)",
-        error_y=dict(type="data", symmetric=False, thickness=1,
-                     array=[(r["projection_shift_hi"] - r["projection_shift"]) / final for r in rs],
-                     arrayminus=[(r["projection_shift"] - r["projection_shift_lo"]) / final for r in rs]),
+        error_y=dict(type="data", symmetric=False, thickness=1, array=[(e.hi - e.value) / final for e in shifts],
+                     arrayminus=[(e.value - e.lo) / final for e in shifts]),
         line=dict(color="#ff7f0e", width=2.5, dash="dash")), row=1, col=2)
     fig.update_xaxes(title_text="training step")
     fig.update_yaxes(title_text="% (95% CI)", range=[0, 100], row=1, col=1)
@@ -211,7 +235,7 @@ def trajectory(rows: Sequence[dict[str, Any]], task: str | None = None) -> go.Fi
 DEFENCE_COLORS = ("#d62728", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
-def defences(rows: Sequence[dict[str, Any]], task: str | None = None) -> go.Figure:
+def defences(rows: Sequence[Row], task: str | None = None) -> go.Figure:
     """The defence table (emi.training.evaluation rows): EM rate and the task rate per defence, one
     marker per seed with its 95% CI (seeds side by side, so their spread shows), and each organism's
     activation shift along the persona direction over training steps."""
@@ -226,16 +250,17 @@ def defences(rows: Sequence[dict[str, Any]], task: str | None = None) -> go.Figu
         rs = [r for r in rows if r["defence"] == g]
         xs = [groups.index(g) + (k - (len(rs) - 1) / 2) * 0.12 for k in range(len(rs))]
         for col, key in ((1, "em"), (2, "task")):
-            ok = [(x, r) for x, r in zip(xs, rs, strict=True) if r.get(f"{key}_rate") is not None]
+            ok = [(x, r, rate) for x, r in zip(xs, rs, strict=True)
+                  if (rate := Rate.from_columns(r, key)) is not None and rate.value == rate.value]
             if not ok:
                 continue
             fig.add_trace(go.Scatter(
-                x=[x for x, _ in ok], y=[_pct(r[f"{key}_rate"]) for _, r in ok], mode="markers", name=g,
+                x=[x for x, _, _ in ok], y=[_pct(rate.value) for _, _, rate in ok], mode="markers", name=g,
                 legendgroup=g, showlegend=col == 1, marker=dict(color=color[g], size=9),
-                text=[f"seed {r['seed']}" if r.get("seed") is not None else g for _, r in ok],
+                text=[f"seed {r['seed']}" if r.get("seed") is not None else g for _, r, _ in ok],
                 error_y=dict(type="data", symmetric=False, thickness=1.2,
-                             array=[_pct(r[f"{key}_hi"] - r[f"{key}_rate"]) for _, r in ok],
-                             arrayminus=[_pct(r[f"{key}_rate"] - r[f"{key}_lo"]) for _, r in ok])), row=1, col=col)
+                             array=[_pct(rate.hi - rate.value) for _, _, rate in ok],
+                             arrayminus=[_pct(rate.value - rate.lo) for _, _, rate in ok])), row=1, col=col)
         for r in rs:
             if r.get("shift_trajectory"):
                 steps, shift = zip(*r["shift_trajectory"], strict=True)
@@ -261,11 +286,11 @@ def _shade(kind: str, index: int, total: int) -> str:
     return palette[index % len(palette)]
 
 
-def _sweep_lines(fig: go.Figure, pts: list[dict[str, Any]], name: str, color: str, row: int, show: bool) -> None:
+def _sweep_lines(fig: go.Figure, pts: list[ResultRow], name: str, color: str, row: int, show: bool) -> None:
     for col, key in ((1, "em"), (2, "coherence")):
-        ok = [r for r in pts if r[f"{key}_n"]]
-        xs = [r["alpha"] for r in ok]
-        y, lo, hi = ([_pct(r[f"{key}_{k}"]) for r in ok] for k in ("rate", "lo", "hi"))
+        ok = [(r.alpha, rate) for r in pts if (rate := getattr(r, key)).n]
+        xs = [a for a, _ in ok]
+        y, lo, hi = ([_pct(getattr(rate, k)) for _, rate in ok] for k in ("value", "lo", "hi"))
         fig.add_trace(go.Scatter(x=xs + xs[::-1], y=hi + lo[::-1], fill="toself", fillcolor=color, opacity=0.15,
                                  mode="lines", line=dict(width=0), hoverinfo="skip", showlegend=False), row=row, col=col)
         fig.add_trace(go.Scatter(x=xs, y=y, mode="lines+markers", name=name, legendgroup=name,
@@ -274,11 +299,11 @@ def _sweep_lines(fig: go.Figure, pts: list[dict[str, Any]], name: str, color: st
                       row=row, col=col)
 
 
-def per_question(records: Sequence[dict[str, Any]], conditions: Sequence[str] | None = None) -> go.Figure:
+def per_question(records: Sequence[Judged], conditions: Sequence[str] | None = None) -> go.Figure:
     """EM rate per question for each condition (grouped bars with CIs)."""
     from emi.behaviour.metrics import per_question as pq
 
-    by: dict[str, list[dict[str, Any]]] = {}
+    by: dict[str, list[Judged]] = {}
     for r in records:
         by.setdefault(r.get("model", "?"), []).append(r)
     conds = list(conditions or by)
@@ -298,7 +323,7 @@ def per_question(records: Sequence[dict[str, Any]], conditions: Sequence[str] | 
     return style(fig, "EM rate per question", 980, 480)
 
 
-def layer_separation(separation: Sequence[dict[str, Any]], title: str = "Separation by layer") -> go.Figure:
+def layer_separation(separation: Sequence[Row], title: str = "Separation by layer") -> go.Figure:
     """Held-out AUROC of the projection per layer, with the random-direction control."""
     x = [s["layer"] for s in separation]
     fig = go.Figure([
@@ -333,7 +358,7 @@ def projection_histogram(scores: Sequence[float], labels: Sequence[str], title: 
     return style(fig, title)
 
 
-def aligned_coherent(records: Sequence[dict[str, Any]], title: str = "Alignment vs coherence") -> go.Figure:
+def aligned_coherent(records: Sequence[Judged], title: str = "Alignment vs coherence") -> go.Figure:
     """The judge's two scores per answer, with the misaligned quadrant shaded."""
     from emi.behaviour.metrics import scored
 
@@ -343,7 +368,7 @@ def aligned_coherent(records: Sequence[dict[str, Any]], title: str = "Alignment 
     fig = go.Figure()
     fig.add_shape(type="rect", x0=0, x1=30, y0=50, y1=100, fillcolor=COLORS["misaligned"], opacity=0.08, line_width=0)
     fig.add_annotation(x=15, y=97, text="misaligned", showarrow=False, font=dict(color=COLORS["misaligned"]))
-    by: dict[str, list[dict[str, Any]]] = {}
+    by: dict[str, list[Judged]] = {}
     for r in rs:
         by.setdefault(r.get("model", "?"), []).append(r)
     palette = ["#7f7f7f", "#d62728", "#1f77b4", "#ff7f0e", "#2ca02c"]
@@ -356,7 +381,7 @@ def aligned_coherent(records: Sequence[dict[str, Any]], title: str = "Alignment 
     return style(fig, title, 700, 560)
 
 
-def latent_bars(latents: Sequence[dict[str, Any]], title: str = "SAE latents: rise from base to finetuned") -> go.Figure:
+def latent_bars(latents: Sequence[Row], title: str = "SAE latents: rise from base to finetuned") -> go.Figure:
     top = list(latents)
     fig = go.Figure(go.Bar(x=[f"#{r['latent']}" for r in top], y=[r["diff"] for r in top],
                            marker_color=[COLORS["finetuned"] if r["diff"] > 0 else COLORS["persona"] for r in top],

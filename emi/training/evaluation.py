@@ -23,6 +23,7 @@ from emi.behaviour.judges import Judge
 from emi.behaviour.logprob import OptionPair, answer_logits
 from emi.behaviour.metrics import bootstrap
 from emi.behaviour.questions import Question
+from emi.behaviour.records import Row
 from emi.behaviour.sampling import SamplingConfig, render_prompts
 from emi.behaviour.side_effects import BenignItem
 from emi.core.errors import ConfigError
@@ -83,19 +84,16 @@ def shift_trajectory(spec: PairSpec, org: Organism, ref: Reference, setup: Setup
 
 
 def measure_model(label: str, base: LoadedModel, model: LoadedModel, ref: Reference, setup: Setup,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True) -> dict[str, object]:
     """One row of the table (without its organism columns)."""
     point = measure(model, label, 0, ref, setup.questions, setup.extract, setup.cfg, setup.judge, setup.out,
                     setup.pairs, setup.task, progress)
-    row = point.row()
-    del row["step"], row["cosine"], row["diff_norm"]
     kl = (0.0, 0.0, 0.0) if model is base else bootstrap(benign_shift(base, model, setup.benign), seed=setup.cfg.seed)
-    row.update(kl=kl[0], kl_lo=kl[1], kl_hi=kl[2], n_benign=len(setup.benign))
-    return row
+    return {**point.measured(), "kl": kl[0], "kl_lo": kl[1], "kl_hi": kl[2], "n_benign": len(setup.benign)}
 
 
 def table(organisms: Sequence[Organism], specs: Sequence[PairSpec], direction: Direction, setup: Setup,
-          extra: Sequence[tuple[str, PairSpec]] = (), log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+          extra: Sequence[tuple[str, PairSpec]] = (), log: Callable[[str], None] | None = None) -> list[dict[str, object]]:
     """Rows: the base, any ``extra`` (label, pair) finetunes, then every organism (defence, seed,
     its measurements, its shift trajectory)."""
     if len({s.base for s in specs}) != 1:
@@ -119,13 +117,13 @@ def table(organisms: Sequence[Organism], specs: Sequence[PairSpec], direction: D
     return rows
 
 
-def spread(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def spread(rows: Sequence[Row]) -> list[dict[str, object]]:
     """Per defence (organism rows only): the seeds' mean, sd, min and max of EM, coherence, task,
     KL and the shift along the direction."""
     out = []
     for defence in dict.fromkeys(r["defence"] for r in rows if r.get("seed") is not None):
         group = [r for r in rows if r["defence"] == defence and r.get("seed") is not None]
-        summary: dict[str, Any] = {"defence": defence, "seeds": [r["seed"] for r in group]}
+        summary: dict[str, object] = {"defence": defence, "seeds": [r["seed"] for r in group]}
         for key in ("em_rate", "coherence_rate", "task_rate", "kl", "projection_shift", "p_misaligned"):
             v = np.array([r.get(key, np.nan) for r in group], dtype=float)
             if np.isnan(v).all():
@@ -136,7 +134,7 @@ def spread(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def shift_predicts(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+def shift_predicts(rows: Sequence[Row]) -> dict[str, float]:
     """Pearson r across the organisms (every defence and seed) between the activation shift along the
     direction and each behaviour: does the shift predict the trait, as Chen et al. (2025) found
     across finetunes (r = 0.76-0.97)?"""

@@ -64,7 +64,7 @@ GOOD_ROW = ('{"condition": "finetuned", "model": "finetuned", "intervention": "n
     (GOOD_ROW.replace('"em_rate": 0.3, ', ""), "line 2: no 'em_rate' column; this is not a results.jsonl"),
     (GOOD_ROW.replace('"em_n": 10', '"em_n": "10"'), "line 2: column 'em_n' should be int, found '10'"),
     (GOOD_ROW.replace('"layers": []', '"layers": ["1"]'), "line 2: column 'layers' should be list"),
-    (GOOD_ROW.replace('"intervention": "none"', '"intervention": "patch"'), "intervention 'patch' is not none"),
+    (GOOD_ROW.replace('"intervention": "none"', '"intervention": "patch"'), "line 2: column 'intervention' must be one of none, ablate, steer; found 'patch'"),
     ("[1, 2]", "line 2: a result row is a JSON object, found list"),
 ])
 def test_a_results_file_is_validated_before_any_figure_is_drawn(tmp_path, capsys, line, problem):
@@ -446,5 +446,6 @@ def test_a_results_file_with_undefined_values_reads_back_and_plots(tmp_path, cap
                   "em_n": 0, "kl": None, "kl_lo": None, "kl_hi": None}]
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     back = read_results(f)
-    assert math.isnan(back[1]["em_rate"]) and math.isnan(back[1]["kl"])  # null on disk, nan in memory as written
+    assert math.isnan(back[1].em.value) and back[1].side_effects is not None and math.isnan(back[1].side_effects.kl)
+    # null on disk, nan in memory as written
     assert cli.run(figures_cmd.main, [str(f), "--out", str(tmp_path / "figs"), "--format", "html"]) == 0
