@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from emi.core.vocab import Role
 from emi.directions.direction import Direction
 from emi.experiments.conditions import Condition, ConditionResult, run, standard_conditions
 
@@ -39,7 +40,7 @@ def renamed(conditions: Sequence[Condition], name: str) -> list[Condition]:
 
 
 def em_table(pair: Any, found: Sequence[Found], questions: Sequence[Any], cfg: Any, judge: Any, out: Path,
-             targets: Sequence[str] = ("base",), **run_kw: Any) -> list[ConditionResult]:
+             targets: Sequence[Role] = ("base",), **run_kw: Any) -> list[ConditionResult]:
     """base, finetuned, then per found direction: finetuned - it, finetuned - random, targets + alpha
     it, targets + alpha random. Answers are shared under ``out`` (keyed by condition identity)."""
     results: list[ConditionResult] = []
