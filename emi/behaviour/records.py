@@ -113,9 +113,10 @@ class Record:
         return out
 
     @classmethod
-    def from_row(cls: type[T], row: Row, where: str = "a row", prefix: str = "") -> T:
+    def from_row(cls: type[T], row: Row, where: str = "a row", prefix: str = "", not_one: str | None = None) -> T:
         """The record ``row`` holds; a missing required column or a wrong value is a ConfigError
-        naming ``where`` and the column."""
+        naming ``where`` and the column (and ``not_one``, the outer record's sentence, for a nested one)."""
+        not_one = not_one or cls.NOT_ONE
         if not isinstance(row, Mapping):
             raise ConfigError(f"{where}: a result row is a JSON object, found {type(row).__name__}")
         values: dict[str, object] = {}
@@ -133,7 +134,7 @@ class Record:
                     continue
                 for c in ("rate", "n"):
                     if cols[c] not in row:
-                        raise ConfigError(f"{where}: no {cols[c]!r} column; {cls.NOT_ONE}")
+                        raise ConfigError(f"{where}: no {cols[c]!r} column; {not_one}")
                 for c, t in zip(cols.values(), (float, float, float, int, int), strict=True):
                     if c in row:
                         _read(row[c], t | None if t is float else t, f"{where}: column {c!r}")
@@ -150,14 +151,14 @@ class Record:
                 if optional and pre + fields(kind)[0].name not in row:
                     values[f.name] = None
                     continue
-                sub = kind.from_row(row, where, prefix=pre)
+                sub = kind.from_row(row, where, prefix=pre, not_one=not_one)
                 used.update(pre + k for k in sub.row())
                 values[f.name] = sub
             elif name in row:
                 values[f.name] = _read(row[name], _hints(cls)[f.name], f"{where}: column {name!r}")
                 used.add(name)
             elif f.default is MISSING and f.default_factory is MISSING:
-                raise ConfigError(f"{where}: no {name!r} column; {cls.NOT_ONE}")
+                raise ConfigError(f"{where}: no {name!r} column; {not_one}")
         if "more" in {f.name for f in fields(cls)}:
             values["more"] = {k: v for k, v in row.items() if k not in used}
         return cls(**values)  # type: ignore[arg-type]
