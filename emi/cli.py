@@ -136,8 +136,8 @@ def check_context(spec: Any, questions: Sequence[Any], max_new_tokens: int, trus
     """Every question and its answer fit the base model's context, read from its config before any
     weights load (the tokenizer loads only when a question could be too long)."""
     from emi.behaviour.questions import check_lengths
-    from emi.behaviour.sampling import render_prompts
     from emi.core.errors import ModelLoadError
+    from emi.models import chat
     from emi.models.loading import context_window, load_tokenizer
 
     try:
@@ -153,7 +153,7 @@ def check_context(spec: Any, questions: Sequence[Any], max_new_tokens: int, trus
             tok.append(load_tokenizer(where, revision, trust_remote_code))
             tok[0].model_max_length = 2**62  # counting, not running: no "longer than the maximum" warning
         msgs = [dict(m, content=m["content"][:chars]) for m in q.messages()]
-        return len(tok[0](render_prompts(tok[0], [msgs])[0], add_special_tokens=False)["input_ids"])
+        return len(chat.prompt_ids(tok[0], [msgs])[0])
 
     check_lengths(questions, limit, max_new_tokens, count, f"the base model ({spec.base.label()})")
 

@@ -37,9 +37,10 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
-from emi.behaviour.sampling import Answer, Messages, SamplingConfig, render_prompts
+from emi.behaviour.sampling import Answer, Messages, SamplingConfig
 from emi.behaviour.vllm_server import EngineError
 from emi.core.errors import ConfigError
+from emi.models.chat import CHAT, Render, prompt_ids
 
 
 @dataclass(frozen=True, eq=False)
@@ -227,15 +228,14 @@ _TOKENIZING = threading.Lock()
 
 def complete_ids(url: str, served: Served, model: str, tokenizer: Any, messages: Sequence[Messages],
                  cfg: SamplingConfig, seed: int, concurrency: int, timeout: float, extra: dict[str, Any],
-                 hooks_ok: bool = False) -> list[Answer]:
+                 hooks_ok: bool = False, render: Render = CHAT) -> list[Answer]:
     """One completion per conversation of its chat-templated token ids (so the engine sees emi's
     exact prompt and its length), answer i seeded ``seed * 100_003 + i``, with vllm-lens's
     per-request steering and hooks."""
     import requests
 
     with _TOKENIZING:  # batches sample at once: a fast tokenizer's state must not change under another
-        prompts = render_prompts(tokenizer, messages)
-        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        ids = prompt_ids(tokenizer, messages, render)  # the ids in-process sampling decodes from
     session = requests.Session()
 
     def one(i: int) -> Answer:
@@ -276,8 +276,9 @@ class Bound:
         many answers' worth of batches at once."""
         return int(self.engine.concurrency)
 
-    def answer(self, messages: Sequence[Messages], cfg: SamplingConfig, seed: int) -> list[Answer]:
-        return list(self.engine.sample(self.served, self.tokenizer, messages, cfg, seed))
+    def answer(self, messages: Sequence[Messages], cfg: SamplingConfig, seed: int, render: Render = CHAT
+               ) -> list[Answer]:
+        return list(self.engine.sample(self.served, self.tokenizer, messages, cfg, seed, render))
 
 
 @dataclass(frozen=True)
@@ -314,10 +315,10 @@ class ServerEngine:
         return served.adapter is None and not served.needs_hooks and (st is None or self.lens)
 
     def sample(self, served: Served, tokenizer: Any, messages: Sequence[Messages], cfg: SamplingConfig,
-               seed: int) -> list[Answer]:
-        if served.steering is not None:
+               seed: int, render: Render = CHAT) -> list[Answer]:
+        if served.steering is not None or render != CHAT:  # emi's own prompt ids
             return complete_ids(self.url, served, served.checkpoint, tokenizer, messages, cfg, seed,
-                                self.concurrency, self.timeout, self.body)
+                                self.concurrency, self.timeout, self.body, render=render)
         return [Answer(**a) for a in self.chat(served.checkpoint, messages, cfg, seed)]
 
     def _client(self) -> Any:
@@ -420,7 +421,7 @@ class VllmEngine:
             return self.server
 
     def sample(self, served: Served, tokenizer: Any, messages: Sequence[Messages], cfg: SamplingConfig,
-               seed: int) -> list[Answer]:
+               seed: int, render: Render = CHAT) -> list[Answer]:
         self.plan([served])
         server = self.server_for(served.checkpoint)
         if served.needs_hooks:
@@ -428,7 +429,7 @@ class VllmEngine:
         model = adapter_name(served.adapter) if served.adapter else served.checkpoint
         try:
             return complete_ids(f"{server.url}/v1", served, model, tokenizer, messages, cfg, seed, self.concurrency,
-                                self.timeout, {}, hooks_ok=True)
+                                self.timeout, {}, hooks_ok=True, render=render)
         except Exception as exc:
             if not server.alive():
                 raise server.died() from None

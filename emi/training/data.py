@@ -115,7 +115,9 @@ class Encoded:
 
 
 def _render(tok: Any, msgs: list[dict[str, str]], gen: bool) -> str:
-    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+    from emi.models.chat import chat_template
+
+    return chat_template(tok, msgs, gen)
 
 
 def assistant_spans(tok: Any, msgs: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
