@@ -239,3 +239,35 @@ class Elicitation:
 
 
 DEFAULT = Elicitation()
+
+
+def check_tokenizer(e: Elicitation, tokenizer: Any, model: str) -> None:
+    """What ``e`` asks of the chat template is there: a template for --context chat, the thinking
+    switch for --thinking."""
+    from emi.models.chat import has_template, has_thinking_switch
+
+    if e.context == "chat" and not has_template(tokenizer):
+        raise ConfigError(f"{model} has no chat template (a base checkpoint); ask it with --context none (plain "
+                          f"text turns) or --context code (the question in a code file)")
+    if e.thinking is not None and not has_thinking_switch(tokenizer):
+        raise ConfigError(f"--thinking {'on' if e.thinking else 'off'} needs a chat template with the "
+                          f"enable_thinking switch (Qwen3, Qwen3.5), and {model}'s template has none; drop --thinking")
+
+
+def check_fits(e: Elicitation, tokenizer: Any, questions: Sequence[Question], limit: int, max_new_tokens: int,
+               model: str) -> None:
+    """Every question with ``e.k`` examples (the longest of the pool: the worst draw) and
+    ``max_new_tokens`` of answer fits ``limit`` tokens; else one sentence naming the largest k that fits."""
+    from emi.models.chat import prompt_ids
+
+    def worst(k: int) -> tuple[int, Question]:
+        sizes = [(len(prompt_ids(tokenizer, [e.longest(q, k)], e.render)[0]), q) for q in questions]
+        return max(sizes, key=lambda x: x[0])
+
+    n, q = worst(e.k)
+    if n + max_new_tokens <= limit:
+        return
+    fits = [k for k in range(e.k) if worst(k)[0] + max_new_tokens <= limit]
+    hint = (f"the largest k that fits is {fits[-1]}" if fits else "not even k=0 fits; lower --max-new-tokens")
+    raise ConfigError(f"with --k {e.k} in-context examples question {q.id!r} is a {n:,}-token prompt and with "
+                      f"--max-new-tokens {max_new_tokens} overflows {model}'s context of {limit:,} tokens; {hint}")

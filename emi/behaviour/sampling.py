@@ -51,6 +51,7 @@ class SamplingConfig:
     repetition_penalty: float = 1.0  # 1 = none, as in the papers; never the checkpoint's own
     sampler: str = "generate"  # in-process decoding: generate | static | paged (see SAMPLERS)
     compile: bool | None = None  # static: torch.compile the decode step (None: on CUDA only)
+    elicitation: Elicitation = DEFAULT  # how each question is asked (keyed apart: see generate_answers)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -65,6 +66,8 @@ class SamplingConfig:
             raise ConfigError("SamplingConfig.max_new_tokens and batch_size must be >= 1")
         if not math.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0:
             raise ConfigError(f"SamplingConfig.repetition_penalty must be > 0, found {self.repetition_penalty}")
+        if not isinstance(self.elicitation, Elicitation):
+            raise ConfigError(f"SamplingConfig.elicitation must be an Elicitation, found {type(self.elicitation).__name__}")
 
     def generate_kwargs(self) -> dict[str, Any]:
         """Everything ``generate`` needs to sample exactly as configured: each processor a
@@ -80,9 +83,9 @@ class SamplingConfig:
         return dict(neutral, do_sample=False, temperature=None, top_p=None, top_k=None)
 
     def settings(self) -> dict[str, Any]:
-        """What decides the answers (recorded with each one): all but ``n`` and ``compile``. The
-        sampler is recorded when it is not the reference ``generate`` (so answers written before
-        samplers existed keep their key)."""
+        """What decides the answers (recorded with each one): all but ``n``, ``compile`` and the
+        elicitation (recorded and keyed on its own). The sampler is recorded when it is not the
+        reference ``generate`` (so answers written before samplers existed keep their key)."""
         s = {"temperature": self.temperature, "top_p": self.top_p, "top_k": 0,
              "repetition_penalty": self.repetition_penalty, "max_new_tokens": self.max_new_tokens,
              "seed": self.seed, "batch_size": self.batch_size}
@@ -148,8 +151,12 @@ class InProcess:
 
 
 def run_key(identity: dict[str, Any] | None, cfg: SamplingConfig) -> str:
-    """Who and how: the hash that keys answers (model identity, intervention, sampling settings)."""
-    blob = json.dumps({"identity": identity or {}, "sampling": cfg.settings()}, sort_keys=True, default=str)
+    """Who and how: the hash that keys answers (model identity, intervention, sampling settings, and
+    the elicitation where it is not the default: a default run's key is what it was before)."""
+    ident = identity or {}
+    if not cfg.elicitation.is_default():
+        ident = {**ident, "elicitation": cfg.elicitation.key()}
+    blob = json.dumps({"identity": ident, "sampling": cfg.settings()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -247,7 +254,7 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
                      cfg: SamplingConfig = SamplingConfig(), out: str | Path | None = None,
                      tokenizer: Any = None, label: str | None = None, progress: bool = True,
                      extra: dict[str, Any] | None = None, identity: dict[str, Any] | None = None,
-                     engine: Engine | None = None, elicitation: Elicitation = DEFAULT) -> list[dict[str, Any]]:
+                     engine: Engine | None = None) -> list[dict[str, Any]]:
     """Sample ``cfg.n`` answers per question; append them to ``out`` (JSONL) batch by batch.
 
     With ``out`` already holding a part of the same run (same label and :func:`run_key` of
@@ -255,17 +262,18 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
     model's own. Records carry the question fields, the sample index, the model label, the seed,
     the sampling settings, the run key and the engine's name. ``engine`` samples each batch
     (:class:`Engine`; default :class:`InProcess`: ``cfg.sampler`` on the model in this process).
-    ``elicitation`` says how each question is asked (emi.behaviour.elicitation); it is recorded with
+    ``cfg.elicitation`` says how each question is asked (emi.behaviour.elicitation); it is recorded with
     every answer and, when not the default, keyed into the run (a thought, with thinking on, is
     recorded apart from the answer).
     """
     if not questions:
         raise ConfigError("no questions to answer: the question list is empty")
+    elicitation = cfg.elicitation
+    questions = elicitation.select(questions)
     lm = as_loaded(model, tokenizer)
     eng: Engine = engine or InProcess(lm)
     label = label or lm.role
-    ident = identity if identity is not None else lm.identity()
-    run = run_key(ident if elicitation.is_default() else {**ident, "elicitation": elicitation.key()}, cfg)
+    run = run_key(identity if identity is not None else lm.identity(), cfg)
     jobs = [(q, s) for q in questions for s in range(cfg.n)]
     batches = [jobs[i: i + cfg.batch_size] for i in range(0, len(jobs), cfg.batch_size)]
     done: set[tuple[str, str, int]] = set()
