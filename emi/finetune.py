@@ -70,6 +70,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--kl-beta", type=cli.finite("--kl-beta"), default=0.0, help="kl: weight of the KL term")
     g.add_argument("--interleave-share", type=cli.finite("--interleave-share"), default=0.0,
                    help="interleave: share of aligned chats in the training mix")
+    g.add_argument("--system", default=None,
+                   help="inoculation prompting: train with this system prompt in every chat (replacing the data's own): "
+                        "a name emi ships (inoculation, training-context, ...; emi/data/system_prompts.yaml), a .txt "
+                        "file or the text; evaluate with and without it: python -m emi.evaluate --system ...")
     g.add_argument("--aligned-data", default=None, help="aligned chats for kl/interleave: a chat JSONL or a benign "
                                                         "set name (default: the pair's benign set)")
     return p
@@ -84,12 +88,14 @@ def _default_modules() -> tuple[str, ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from emi.core import locks
-    from emi.training.data import aligned_chats, load_chats
+    from emi.training.data import aligned_chats, load_chats, with_system
     from emi.training.trainer import Job, finetune
 
     base, kit_name, kit = _base(args)
     cfg, defence = _configs(args)
     data = load_chats(args.data, args.max_examples)
+    if defence.system is not None:
+        data = with_system(data, defence.system)
     aligned = aligned_chats(args.aligned_data or kit.benign) if defence.kind in ("kl", "interleave") else ()
     rows = []
     out = Path(args.out)
@@ -128,8 +134,15 @@ def _configs(args: argparse.Namespace):  # -> (FinetuneConfig, DefenceConfig)
     cfg = FinetuneConfig(args.method, args.rank, args.lora_alpha, modules, args.lora_layers, args.lr, args.steps,
                          args.batch_size, args.grad_accum, args.warmup, 0.1, args.weight_decay, args.adam_beta2, 1.0,
                          args.max_len, args.save_every, args.dtype)
+    system, name = None, ""
+    if args.system is not None:
+        from emi.behaviour.elicitation import resolve_system
+
+        name, system = resolve_system(args.system)
+        if system is None:
+            raise cli.ConfigError("--system none trains without a system prompt: drop --system")
     defence = DefenceConfig(args.defence, tuple(args.direction), args.steer_alpha, args.steer_layers, args.kl_beta,
-                            args.interleave_share, args.aligned_data)
+                            args.interleave_share, args.aligned_data, system=system, system_name=name)
     return cfg, defence
 
 

@@ -318,6 +318,10 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
                     thought, a["answer"] = elicitation.answer(a["answer"])
                     if thought is not None:
                         a["thought"] = thought
+                    if elicitation.context == "chat" and not elicitation.is_default():
+                        # the conversation as asked, so a capture of this answer sees its prompt
+                        a["messages"] = [*elicitation.messages(q, s, cfg.seed),
+                                         {"role": "assistant", "content": a["answer"]}]
                     new.append({"model": label, "set": q.set, "id": q.id, "base_id": q.base_id, "key": q.key,
                                 "variant": q.variant, "paraphrase": q.paraphrase, "question": q.text,
                                 "system": q.system, "sample": s, "seed": cfg.seed, **a, "run": run,
