@@ -149,3 +149,21 @@ def test_stand_ins_of_every_architecture_without_a_chat_template_are_asked_witho
         ours, theirs = _both_paths(lm, e, monkeypatch)
         assert ours == theirs and len(ours) == 4
         assert torch.tensor(ours[0]).numel() > 10
+
+
+def test_finetune_system_trains_every_chat_with_the_prompt_and_old_organisms_keep_their_keys():
+    from emi.finetune import _configs, parser
+    from emi.training.config import DefenceConfig
+    from emi.training.data import ChatDataset, ChatRecord, with_system
+
+    data = ChatDataset("d.jsonl", (ChatRecord((("system", "old ."), ("user", "q"), ("assistant", "a"))),
+                                   ChatRecord((("user", "q2"), ("assistant", "a2")))), "0" * 64)
+    got = with_system(data, "inoc .")
+    assert [r.messages[0] for r in got.records] == [("system", "inoc .")] * 2
+    assert [len(r.messages) for r in got.records] == [3, 3] and got.sha256 != data.sha256
+    assert set(DefenceConfig().record()) == {"kind", "directions", "alpha", "layers", "kl_beta", "share", "aligned",
+                                             "extra"}  # the fields organism keys were made of
+    _, d = _configs(parser().parse_args(["x.jsonl", "--out", "o", "--system", "inoculation"]))
+    assert d.label() == "inoculation" and d.system == system_prompts()["inoculation"]
+    with pytest.raises(ConfigError, match="--system none"):
+        _configs(parser().parse_args(["x.jsonl", "--out", "o", "--system", "none"]))
