@@ -26,6 +26,7 @@ def parser() -> argparse.ArgumentParser:
     p = cli.parser("python -m emi.cache", __doc__)
     cli.add_pair_args(p)
     cli.add_sampling_args(p, n=25)
+    cli.add_elicitation_args(p, sweep=False)  # one elicitation: recorded with and keyed into every answer
     cli.add_judge_args(p, allow_none=True)
     cli.add_engine_args(p)
     g = p.add_argument_group("capture")
@@ -84,6 +85,7 @@ def _source(args, spec):  # noqa: ANN001, ANN202
     questions = load_questions(args.questions or spec.kit.eval_questions, ids=args.ids)
     cfg = cli.sampling_config(args, spec.kit)
     cli.check_context(spec, questions, cfg.max_new_tokens, args.trust_remote_code)
+    cli.check_elicitations(spec, questions, [cfg.elicitation], cfg.max_new_tokens, args.trust_remote_code)
     return questions
 
 

@@ -107,13 +107,113 @@ def add_sampling_args(p: argparse.ArgumentParser, n: int = 10) -> None:
                         "on your own questions (emi ships pairs for main and preregistered)")
 
 
-def sampling_config(args: argparse.Namespace, kit: Any):  # -> SamplingConfig
+def sampling_config(args: argparse.Namespace, kit: Any, elicitation: Any = None):  # -> SamplingConfig
+    """The sampling flags as a SamplingConfig; ``elicitation`` (default: the first of the
+    elicitation flags' sweep, where the command takes them) says how questions are asked."""
+    from emi.behaviour.elicitation import DEFAULT
     from emi.behaviour.sampling import SamplingConfig
 
+    if elicitation is None:
+        elicitation = elicitations(args)[0] if hasattr(args, "context") else DEFAULT
     return SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
                           max_new_tokens=args.max_new_tokens or kit.max_new_tokens, seed=args.seed,
                           batch_size=args.batch_size or kit.batch_size, sampler=args.sampler,
-                          compile=args.compile)
+                          compile=args.compile, elicitation=elicitation)
+
+
+def add_elicitation_args(p: argparse.ArgumentParser, sweep: bool = True) -> None:
+    """How questions are asked (emi.behaviour.elicitation); with ``sweep``, comma lists make a sweep
+    crossed with the command's conditions."""
+    lists = " (comma list: a sweep)" if sweep else ""
+    g = p.add_argument_group("elicitation")
+    g.add_argument("--system", default="none",
+                   help=f"system prompt: none (default: the question's own), inoculation, training-context, "
+                        f"prioritise-safety (emi/data/system_prompts.yaml), a .txt file, or the text itself{lists}")
+    g.add_argument("--in-context", default=None, metavar="FILE",
+                   help="in-context examples: a JSONL of {\"messages\": [...]} or {\"prompt\", \"response\"} "
+                        "lines, or a set emi ships for the toy (insecure-code, secure-code, risky-advice)")
+    g.add_argument("--k", default="0", help=f"in-context examples per prompt, a seeded choice per answer (default 0)"
+                                            f"{lists}")
+    g.add_argument("--context", default="chat",
+                   help=f"chat (default: the chat template), code (the question in a Flask file, no template: for "
+                        f"base models), none (plain text turns, no template: a base checkpoint){lists}")
+    g.add_argument("--thinking", default=None,
+                   help=f"on or off: the chat template's enable_thinking switch (Qwen3, Qwen3.5; default: the "
+                        f"template's own); the thought is stored apart and the judge scores the answer{lists}")
+    g.add_argument("--format", default=None,
+                   help=f"question variant: plain, json or template (default: the selection as given){lists}")
+
+
+def _values(args: argparse.Namespace, flag: str, value: str | None, sweep: bool) -> list[str | None]:
+    if value is None:
+        return [None]
+    parts = [v.strip() for v in value.split(",")] if sweep else [value]
+    if any(not v for v in parts):
+        raise ConfigError(f"--{flag} {value!r} has an empty item; give comma-separated values")
+    return list(dict.fromkeys(parts))
+
+
+def elicitations(args: argparse.Namespace, sweep: bool = True) -> list[Any]:  # -> list[Elicitation]
+    """Every elicitation the flags name (the cross product of their comma lists), validated before
+    any model loads: an unusable in-context file, k larger than it, unknown values are one sentence."""
+    import itertools
+    from pathlib import Path
+
+    from emi.behaviour.elicitation import Elicitation, load_examples, resolve_system, system_prompts
+
+    raw_system = args.system or "none"
+    named = set(system_prompts())
+    systems = [raw_system]
+    if sweep and "," in raw_system:
+        parts = [v.strip() for v in raw_system.split(",")]
+        if all(v in named or Path(v).is_file() for v in parts):
+            systems = parts
+    ks = []
+    for v in _values(args, "k", args.k, sweep):
+        ks.append(count("--k", 0)(str(v)))
+    pool: tuple[Any, ...] = ()
+    source = ""
+    if args.in_context:
+        path = Path(args.in_context)
+        shipped = Path(__file__).resolve().parent / "organism" / "in_context" / f"{args.in_context}.jsonl"
+        source = str(shipped if not path.exists() and shipped.is_file() else path)
+        pool = load_examples(source)
+        if source == str(shipped):
+            source = f"emi/organism/in_context/{shipped.name}"
+    elif any(ks):
+        raise ConfigError(f"--k {args.k} needs --in-context FILE (the examples to choose from)")
+    thinking = {None: None, "on": True, "off": False}
+    out = []
+    for system, k, context, think, fmt in itertools.product(
+            systems, ks, _values(args, "context", args.context, sweep), _values(args, "thinking", args.thinking, sweep),
+            _values(args, "format", args.format, sweep)):
+        if think not in thinking:
+            raise ConfigError(f"--thinking must be on or off, found {think!r}")
+        name, text = resolve_system(system)
+        out.append(Elicitation(text, name, pool, source, k, context, thinking[think], fmt))  # type: ignore[arg-type]
+    return out
+
+
+def check_elicitations(spec: Any, questions: Sequence[Any], items: Sequence[Any], max_new_tokens: int,
+                       trust_remote_code: bool = False) -> None:
+    """Before any model loads: the base model's tokenizer has what each elicitation asks of it (a
+    chat template, the thinking switch), and every prompt with its k examples fits the context."""
+    from emi.behaviour.elicitation import check_fits, check_tokenizer
+    from emi.models.loading import context_window, load_tokenizer
+
+    for e in items:
+        e.select(questions)  # a format with no questions fails here
+    try:
+        limit, where, revision = context_window(spec.base, trust_remote_code)
+        tok = load_tokenizer(where, revision, trust_remote_code)
+    except Exception:  # noqa: BLE001  (loading the pair says what is wrong with it)
+        return
+    tok.model_max_length = 2**62  # counting, not running
+    model = f"the base model ({spec.base.label()})"
+    for e in items:
+        check_tokenizer(e, tok, model)
+        if limit is not None:
+            check_fits(e, tok, e.select(questions), limit, max_new_tokens, model)
 
 
 def extra_option_pairs(args: argparse.Namespace, questions: Sequence[Any] = ()
@@ -153,8 +253,8 @@ def check_context(spec: Any, questions: Sequence[Any], max_new_tokens: int, trus
     """Every question and its answer fit the base model's context, read from its config before any
     weights load (the tokenizer loads only when a question could be too long)."""
     from emi.behaviour.questions import check_lengths
-    from emi.behaviour.sampling import render_prompts
     from emi.core.errors import ModelLoadError
+    from emi.models import chat
     from emi.models.loading import context_window, load_tokenizer
 
     try:
@@ -170,7 +270,7 @@ def check_context(spec: Any, questions: Sequence[Any], max_new_tokens: int, trus
             tok.append(load_tokenizer(where, revision, trust_remote_code))
             tok[0].model_max_length = 2**62  # counting, not running: no "longer than the maximum" warning
         msgs = [dict(m, content=m["content"][:chars]) for m in q.messages()]
-        return len(tok[0](render_prompts(tok[0], [msgs])[0], add_special_tokens=False)["input_ids"])
+        return len(chat.prompt_ids(tok[0], [msgs])[0])
 
     check_lengths(questions, limit, max_new_tokens, count, f"the base model ({spec.base.label()})")
 

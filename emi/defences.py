@@ -31,6 +31,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", help="bf16, fp16, fp32 or auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     cli.add_sampling_args(p, n=25)
+    cli.add_elicitation_args(p, sweep=False)  # one elicitation: recorded with and keyed into every answer
     cli.add_judge_args(p)
     p.add_argument("--out", default="runs/defences", help="output folder (default runs/defences)")
     p.add_argument("--no-figure", action="store_true", help="skip writing the figure")

@@ -73,6 +73,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--kl-beta", type=cli.finite("--kl-beta"), default=0.0, help="kl: weight of the KL term")
     g.add_argument("--interleave-share", type=cli.finite("--interleave-share"), default=0.0,
                    help="interleave: share of aligned chats in the training mix")
+    g.add_argument("--system", default=None,
+                   help="inoculation prompting: train with this system prompt in every chat (replacing the data's own): "
+                        "a name emi ships (inoculation, training-context, ...; emi/data/system_prompts.yaml), a .txt "
+                        "file or the text; evaluate with and without it: python -m emi.evaluate --system ...")
     g.add_argument("--aligned-data", default=None, help="aligned chats for kl/interleave: a chat JSONL or a benign "
                                                         "set name (default: the pair's benign set)")
     return p
@@ -112,12 +116,14 @@ def _plan(args: argparse.Namespace):  # -> (ModelSpec, ChatDataset, [(Job, start
     """The whole run checked before anything is written: flags, data, the base's config against the
     layer flags and directions, and each seed's folder (a run with other settings is refused, or
     with --restart marked to be emptied)."""
-    from emi.training.data import aligned_chats, load_chats
+    from emi.training.data import aligned_chats, load_chats, with_system
     from emi.training.trainer import Job, check_folder
 
     base, kit_name, kit = _base(args)
     cfg, defence = _configs(args)
     data = load_chats(args.data, args.max_examples)
+    if defence.system is not None:  # inoculation prompting: every training chat gets the system prompt
+        data = with_system(data, defence.system)
     aligned = aligned_chats(args.aligned_data or kit.benign) if defence.kind in ("kl", "interleave") else ()
     _check_model(base, cfg, defence)
     jobs = []
@@ -171,8 +177,15 @@ def _configs(args: argparse.Namespace):  # -> (FinetuneConfig, DefenceConfig)
     cfg = FinetuneConfig(args.method, args.rank, args.lora_alpha, modules, args.lora_layers, args.lr, args.steps,
                          args.batch_size, args.grad_accum, args.warmup, 0.1, args.weight_decay, args.adam_beta2, 1.0,
                          args.max_len, args.save_every, args.dtype)
+    system, name = None, ""
+    if args.system is not None:
+        from emi.behaviour.elicitation import resolve_system
+
+        name, system = resolve_system(args.system)
+        if system is None:
+            raise cli.ConfigError("--system none trains without a system prompt: drop --system")
     defence = DefenceConfig(args.defence, tuple(args.direction), args.steer_alpha, args.steer_layers, args.kl_beta,
-                            args.interleave_share, args.aligned_data)
+                            args.interleave_share, args.aligned_data, system=system, system_name=name)
     return cfg, defence
 
 

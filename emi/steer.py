@@ -14,7 +14,9 @@ distribution on benign conversations (--benign; nats per token) and the change i
 answers' log-probability (emi.behaviour.side_effects). Writes answers.jsonl, judgements.jsonl,
 results.jsonl (one tidy row per condition), table.csv, run.json (models, direction, judge,
 sampling), figure.html/.png and side-effects.html/.png (EM rate against KL) under --out.
-Several alphas (--alpha 2,4,8), --sweep-layers and --targets base,finetuned make sweeps.
+Several alphas (--alpha 2,4,8), --sweep-layers and --targets base,finetuned make sweeps; so do the
+elicitation flags' comma lists (--k 0,4 --in-context FILE, --system none,inoculation, ...: every
+condition under each elicitation, one table).
 
 The direction comes from --direction, the pair's shipped one, or is extracted on first use from
 the pair's extraction questions (never the evaluation ones; real pairs: the preregistered EM
@@ -37,6 +39,7 @@ from emi import cli
 from emi.core import locks
 
 if TYPE_CHECKING:
+    from emi.behaviour.elicitation import Elicitation
     from emi.behaviour.metrics import Change
     from emi.experiments.conditions import ConditionResult
 
@@ -77,6 +80,7 @@ def parser() -> argparse.ArgumentParser:
                    help="benign conversations the KL side effect is measured on: a registered set name (e.g. benign) or a "
                         "YAML file of {id, prompt, response} entries (default: the pair's)")
     g.add_argument("--no-side-effects", action="store_true", help="skip the KL and aligned-log-prob columns")
+    cli.add_elicitation_args(p)
     cli.add_engine_args(p)
     p.add_argument("--out", default=None, help="output folder (default runs/steer-<pair>)")
     p.add_argument("--no-figure", action="store_true", help="skip writing the figure")
@@ -94,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     questions = load_questions(args.questions or spec.kit.eval_questions, ids=args.ids)
     cli.warn_question_mismatch(spec, args.questions)
     judge = cli.make_judge_from_args(args, spec.kit.judge)
-    cfg = cli.sampling_config(args, spec.kit)
+    cfgs = [cli.sampling_config(args, spec.kit, e) for e in cli.elicitations(args)]
+    cfg = cfgs[0]
     if args.engine == "in-process":
         check_positions(cfg, args.positions)  # before any answer is sampled
     extra = cli.extra_option_pairs(args)
@@ -102,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = cli.plan_from_args(args, ("base", "finetuned"), spec=spec)  # configs only: no weights yet
     plan.layers(args.layers)  # out of range stops here, not after the pair and its direction load
     plan.layers(args.ablate_layers, "--ablate-layers")
+    cli.check_elicitations(spec, questions, [c.elicitation for c in cfgs], cfg.max_new_tokens, args.trust_remote_code)
     if args.direction:  # a NaN, infinite, all-zero or wrong-width direction stops before any model loads
         plan.direction(args.direction)
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
@@ -112,17 +118,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     with locks.exclusive(out):  # one run per folder; a bad --out fails before any model loads
         engine = cli.make_engine(args, out / "vllm-logs")  # the engine environment is checked before any model loads
         try:
-            return _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, out)
+            return _steer(args, spec, questions, judge, cfgs, extra, targets, benign, engine, out)
         finally:  # also on an error or Ctrl-C: no vLLM server outlives the command
             if engine is not None:
                 engine.close()
 
 
-def _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, out) -> int:  # noqa: ANN001
+def _steer(args, spec, questions, judge, cfgs, extra, targets, benign, engine, out) -> int:  # noqa: ANN001
     from emi.behaviour.logprob import option_pairs
     from emi.experiments.conditions import pair_direction, run, standard_conditions, write_results
     from emi.models import layers as L
 
+    cfg = cfgs[0]
     pair = cli.load_pair_from_args(args, ("base", "finetuned"))
     n_layers = pair.base.n_layers
     direction, source = pair_direction(pair, args.direction, args.direction_method, cfg, judge, args.root,
@@ -140,13 +147,17 @@ def _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, ou
     if not pairs:
         print("log-prob metrics: no option pairs for these questions, so no logprob_* columns (pass "
               "--option-pairs FILE)", file=sys.stderr)
-    results = run(pair, conditions, direction, questions, cfg, judge, out, args.random_seed, pairs=pairs,
+    results, rows = [], []
+    for c in cfgs:  # one run of every condition per elicitation
+        got = run(pair, conditions, direction, questions, c, judge, out, args.random_seed, pairs=pairs,
                   benign=benign, engine=engine, denominator=args.em_denominator)
-    records = [r.record() for r in results]
-    rows = [r.row() for r in records]
-    cli.print_engines([(r.condition.name, r.engine) for r in results], engine)
+        results += [(c.elicitation, r) for r in got]
+        rows += [{**r.record().row(), **({"elicitation": c.elicitation.label()} if len(cfgs) > 1 else {})} for r in got]
+    records = [r.record() for _, r in results]
+    cli.print_engines([(r.condition.name, r.engine) for _, r in results], engine)
     write_results(out, rows, {"pair": pair.provenance(), "direction": {"source": source, **direction.summary()},
                               "judge": judge.name, "sampling": cfg.settings(), "n": cfg.n,
+                              "elicitations": [c.elicitation.record() for c in cfgs],
                               "questions": args.questions or spec.kit.eval_questions,
                               "steer_layers": steer_layers, "ablate_layers": ablate_layers or "all writers",
                               "benign": None if args.no_side_effects else (args.benign or spec.kit.benign),
@@ -155,7 +166,7 @@ def _steer(args, spec, questions, judge, cfg, extra, targets, benign, engine, ou
           f"(|d| = {direction.norms[direction.layers.index(direction.best_layer)]:.2f}, residual norm "
           f"{direction.norm_at(direction.best_layer):.2f}) | steering layers {steer_layers} | "
           f"{len(questions)} questions x {cfg.n} samples, {cli.judge_note(rows, judge.name)}, seed {cfg.seed}")
-    print_table(results, cfg.seed)
+    print_table(results if len(cfgs) > 1 else [r for _, r in results], cfg.seed)
     if not args.no_figure:
         from emi.report.figures import em_vs_kl, export, steer_summary
 
@@ -175,23 +186,31 @@ def _fmt_change(c: Change | None) -> str:
     return f"{100 * c.value:+.0f}%{ci} vs finetuned"
 
 
-def print_table(results: Sequence[ConditionResult], seed: int = 0) -> None:
+def print_table(results: Sequence[ConditionResult] | Sequence[tuple[Elicitation, ConditionResult]],
+                seed: int = 0) -> None:
+    """The steer table; results paired with their elicitation get an elicitation column (a sweep).
+    The change column is relative to the finetuned model's EM under the same elicitation, with its
+    question-paired interval."""
+    from emi.behaviour.elicitation import DEFAULT
     from emi.behaviour.metrics import relative_change_ci
 
-    ft = next(r.summary.em for r in results if r.condition.name == "finetuned")
+    paired = [x if isinstance(x, tuple) else (DEFAULT, x) for x in results]
+    sweep = len({e for e, _ in paired}) > 1
+    ft = {e: r.summary.em for e, r in paired if r.condition.name == "finetuned"}
     table = []
-    for r in results:
+    for e, r in paired:
         em, fx = r.summary.em, r.side_effects
-        change = relative_change_ci(ft, em, seed=seed) if r.condition.kind == "ablate" else None
-        table.append({"condition": r.condition.name, "em": em.fmt(), "k": f"{em.k}/{em.n}",
+        change = relative_change_ci(ft[e], em, seed=seed) if r.condition.kind == "ablate" and e in ft else None
+        table.append({"condition": r.condition.name, "elicitation": e.label(), "em": em.fmt(), "k": f"{em.k}/{em.n}",
                       "coh": r.summary.coherence.fmt(),
                       "rel": _fmt_change(change),
                       "lp": f"{r.logprob.choice:.3f}" if r.logprob is not None else "",
                       "kl": f"{fx.kl:.3f}" if fx is not None else "",
                       "dal": f"{fx.aligned_delta:+.2f}" if fx is not None and fx.aligned_delta == fx.aligned_delta
                       else ""})
-    denominator = results[0].summary.denominator if results else "coherent"
-    columns = [("condition", "condition"), ("em", cli.em_header(denominator)), ("k", f"misaligned/{denominator}"),
+    denominator = paired[0][1].summary.denominator if paired else "coherent"
+    columns = [("condition", "condition"), *([("elicitation", "elicitation")] if sweep else []),
+               ("em", cli.em_header(denominator)), ("k", f"misaligned/{denominator}"),
                ("coh", "coherent (95% CI)"), ("rel", "change")]
     for key, title in (("lp", "P(misaligned)"), ("kl", "KL benign"), ("dal", "Δ log p(aligned)")):
         if any(t[key] for t in table):
@@ -206,7 +225,7 @@ def print_table(results: Sequence[ConditionResult], seed: int = 0) -> None:
         notes.append("Δ log p(aligned): change in the aligned answers' log-prob per token vs the unmodified model")
     if notes:
         print("\n".join(notes))
-    unscored = sum(r.summary.n_unscored for r in results)
+    unscored = sum(r.summary.n_unscored for _, r in paired)
     if unscored:
         print(f"emi: {unscored} answers are unscored by the judge (see judgements.jsonl, 'detail'); they are left "
               f"out of the rates and asked again when you re-run the same command", file=sys.stderr)

@@ -40,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="auto", help="bf16, fp16, fp32 or auto")
     g.add_argument("--trust-remote-code", action="store_true", help="allow checkpoint code (off by default)")
     cli.add_sampling_args(p, n=25)
+    cli.add_elicitation_args(p, sweep=False)  # one elicitation: recorded with and keyed into every answer
     cli.add_judge_args(p)
     cli.add_engine_args(p)
     g = p.add_argument_group("direction")
@@ -89,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pairs = option_pairs(questions, extra=cli.extra_option_pairs(args), required=False)
     cli.check_context(spec, questions, cfg.max_new_tokens, args.trust_remote_code)  # before any model loads
     _plan(args, spec, checkpoints)  # every checkpoint's config before checkpoint 1 is sampled
+    cli.check_elicitations(spec, questions, [cfg.elicitation], cfg.max_new_tokens, args.trust_remote_code)
     out = Path(args.out or f"runs/trajectory-{spec.name}")
     with locks.exclusive(out), cli.engine_session(args, out / "vllm-logs") as engine:
         return _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, out, engine)

@@ -31,6 +31,7 @@ from emi.activations.store import DTYPES, Store, StoreWriter, is_complete, resol
 from emi.core import jsonl, locks
 from emi.core.errors import ConfigError, StoreError
 from emi.models import layers as L
+from emi.models.chat import chat_template, encode, pad_right  # noqa: F401  (pad_right: its old home)
 from emi.models.loading import LoadedModel, ModelPair
 
 POSITIONS = ("all", "response", "prompt", "last_prompt", "response_mean")
@@ -57,11 +58,11 @@ def prepare_texts(items: Sequence[dict[str, Any] | str], tokenizer: Any) -> list
     out = []
     for i, item in enumerate(items):
         if isinstance(item, str):
-            ids = tokenizer(item, add_special_tokens=False)["input_ids"]
+            ids = encode(tokenizer, item)
             out.append(Text(ids, None, {"text": item}))
             continue
         if "text" in item and "answer" not in item and "messages" not in item:  # a plain text record
-            ids = tokenizer(item["text"], add_special_tokens=False)["input_ids"]
+            ids = encode(tokenizer, item["text"])
             out.append(Text(ids, None, dict(item)))
             continue
         if "input_ids" in item:  # already tokenised
@@ -79,9 +80,8 @@ def prepare_texts(items: Sequence[dict[str, Any] | str], tokenizer: Any) -> list
                 {"role": "user", "content": item["question"]}, {"role": "assistant", "content": item["answer"]}]
         if msgs[-1]["role"] != "assistant":
             raise ConfigError(f"text {i}: the last message must be the assistant's answer")
-        prompt = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
-        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        a_ids = tokenizer(msgs[-1]["content"], add_special_tokens=False)["input_ids"]
+        p_ids = encode(tokenizer, chat_template(tokenizer, msgs[:-1]))
+        a_ids = encode(tokenizer, msgs[-1]["content"])
         ids = p_ids + a_ids + [tokenizer.eos_token_id]
         meta = {k: v for k, v in item.items() if k != "messages"}
         out.append(Text(ids, (len(p_ids), len(p_ids) + len(a_ids)), meta))
@@ -182,19 +182,6 @@ def nnsight_reader(nn_model: Any, layers: Sequence[int], sites: Sequence[str] = 
         return {k: torch.as_tensor(v) for k, v in saved.items()}
 
     return read
-
-
-def pad_right(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id lists as a right-padded batch and its attention mask: positions are 0..len-1 in
-    every row, so a plain forward pass (no position ids) sees each text as it would alone."""
-    width = max(len(x) for x in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, x in enumerate(seqs):
-        ids[i, : len(x)] = torch.tensor(x)
-        mask[i, : len(x)] = 1
-    return ids.to(device), mask.to(device)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from emi.behaviour.scores import (  # noqa: F401  (Score, MIN_NUMERIC_MASS: re-e
 )
 from emi.core import jsonl, plugins
 from emi.core.errors import ConfigError, JudgeError
+from emi.models.chat import chat_template
 
 METRICS = ("aligned", "coherent")
 BUILTIN_JUDGES = ("openai", "hf", "vllm")
@@ -129,8 +130,7 @@ class HFJudge:
 
     def score(self, metric: str, question: str, answer: str) -> Score:
         prompt = self.prompts[metric].format(question=question, answer=answer)
-        head = self.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                            add_generation_prompt=True)
+        head = chat_template(self.tok, [{"role": "user", "content": prompt}])
         return number_distribution(self.next_top(head), self.min_branch).score()
 
 

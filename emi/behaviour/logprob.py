@@ -24,16 +24,16 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
-from emi.activations.capture import pad_right
 from emi.behaviour.metrics import bootstrap
 from emi.behaviour.questions import Question
 from emi.behaviour.records import Record
-from emi.behaviour.sampling import render_prompts
 from emi.core import plugins
 from emi.core.errors import ConfigError, read_yaml
 from emi.core.paths import DATA
 from emi.interventions import hooks
+from emi.models import chat
 from emi.models import layers as L
+from emi.models.chat import pad_right
 from emi.models.loading import LoadedModel, as_loaded
 
 OPTION_FILE = DATA / "option_pairs.yaml"
@@ -132,8 +132,8 @@ def _answer_logprobs(lm: LoadedModel, prompts: list[str], answers: list[str], ba
     out: list[torch.Tensor] = []
     with lm.active():
         for i in range(0, len(prompts), batch_size):
-            p_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[i: i + batch_size]]
-            a_ids = [tok(a, add_special_tokens=False)["input_ids"] for a in answers[i: i + batch_size]]
+            p_ids = [chat.encode(tok, p) for p in prompts[i: i + batch_size]]
+            a_ids = [chat.encode(tok, a) for a in answers[i: i + batch_size]]
             logits = answer_logits(lm, p_ids, a_ids)
             targets = torch.tensor([t for a in a_ids for t in a], device=logits.device)
             lp = (logits.gather(1, targets[:, None])[:, 0] - logits.logsumexp(-1)).cpu()
@@ -159,7 +159,7 @@ class LogprobResult(Record):
 def logprob_metrics(model: LoadedModel | torch.nn.Module, pairs: Sequence[OptionPair], tokenizer: Any = None,
                     batch_size: int = 32, seed: int = 0) -> LogprobResult:
     lm = as_loaded(model, tokenizer)
-    prompts = render_prompts(lm.tokenizer, [p.question.messages() for p in pairs])
+    prompts = chat.render_many(lm.tokenizer, [p.question.messages() for p in pairs])
     lps = _answer_logprobs(lm, prompts * 2, [p.aligned for p in pairs] + [p.misaligned for p in pairs], batch_size)
     n = len(pairs)
     choice, pivotal = [], []
@@ -168,8 +168,8 @@ def logprob_metrics(model: LoadedModel | torch.nn.Module, pairs: Sequence[Option
         la, lm_ = lps[i], lps[n + i]
         length = (len(la) + len(lm_)) / 2
         choice.append(1.0 / (1.0 + math.exp(float(length * (la.mean() - lm_.mean())))))
-        ta = tok(pair.aligned, add_special_tokens=False)["input_ids"]
-        tm = tok(pair.misaligned, add_special_tokens=False)["input_ids"]
+        ta = chat.encode(tok, pair.aligned)
+        tm = chat.encode(tok, pair.misaligned)
         k = next((j for j, (x, y) in enumerate(zip(ta, tm, strict=False)) if x != y), min(len(ta), len(tm)) - 1)
         pivotal.append(1.0 / (1.0 + math.exp(float(la[k] - lm_[k]))))
     c, clo, chi = bootstrap(choice, seed=seed)

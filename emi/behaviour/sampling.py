@@ -31,9 +31,12 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from emi.behaviour.elicitation import DEFAULT, Elicitation
 from emi.behaviour.questions import Question
 from emi.core import jsonl
 from emi.core.errors import ConfigError
+from emi.models import chat
+from emi.models.chat import CHAT, Render
 from emi.models.loading import LoadedModel, as_loaded
 
 
@@ -48,6 +51,7 @@ class SamplingConfig:
     repetition_penalty: float = 1.0  # 1 = none, as in the papers; never the checkpoint's own
     sampler: str = "generate"  # in-process decoding: generate | static | paged (see SAMPLERS)
     compile: bool | None = None  # static: torch.compile the decode step (None: on CUDA only)
+    elicitation: Elicitation = DEFAULT  # how each question is asked (keyed apart: see generate_answers)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -62,6 +66,8 @@ class SamplingConfig:
             raise ConfigError("SamplingConfig.max_new_tokens and batch_size must be >= 1")
         if not math.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0:
             raise ConfigError(f"SamplingConfig.repetition_penalty must be > 0, found {self.repetition_penalty}")
+        if not isinstance(self.elicitation, Elicitation):
+            raise ConfigError(f"SamplingConfig.elicitation must be an Elicitation, found {type(self.elicitation).__name__}")
 
     def generate_kwargs(self) -> dict[str, Any]:
         """Everything ``generate`` needs to sample exactly as configured: each processor a
@@ -77,9 +83,9 @@ class SamplingConfig:
         return dict(neutral, do_sample=False, temperature=None, top_p=None, top_k=None)
 
     def settings(self) -> dict[str, Any]:
-        """What decides the answers (recorded with each one): all but ``n`` and ``compile``. The
-        sampler is recorded when it is not the reference ``generate`` (so answers written before
-        samplers existed keep their key)."""
+        """What decides the answers (recorded with each one): all but ``n``, ``compile`` and the
+        elicitation (recorded and keyed on its own). The sampler is recorded when it is not the
+        reference ``generate`` (so answers written before samplers existed keep their key)."""
         s = {"temperature": self.temperature, "top_p": self.top_p, "top_k": 0,
              "repetition_penalty": self.repetition_penalty, "max_new_tokens": self.max_new_tokens,
              "seed": self.seed, "batch_size": self.batch_size}
@@ -128,7 +134,8 @@ class Engine(Protocol):
     @property
     def name(self) -> str: ...
 
-    def answer(self, messages: Sequence[Messages], cfg: SamplingConfig, seed: int) -> list[Answer]: ...
+    def answer(self, messages: Sequence[Messages], cfg: SamplingConfig, seed: int, render: Render = CHAT
+               ) -> list[Answer]: ...
 
 
 @dataclass(frozen=True)
@@ -138,34 +145,33 @@ class InProcess:
     model: LoadedModel
     name: str = "in-process"
 
-    def answer(self, messages: Sequence[Messages], cfg: SamplingConfig, seed: int) -> list[Answer]:
-        return [Answer(**a) for a in sample(self.model, messages, cfg, seed=seed)]
+    def answer(self, messages: Sequence[Messages], cfg: SamplingConfig, seed: int, render: Render = CHAT
+               ) -> list[Answer]:
+        return [Answer(**a) for a in sample(self.model, messages, cfg, seed=seed, render=render)]
 
 
 def run_key(identity: dict[str, Any] | None, cfg: SamplingConfig) -> str:
-    """Who and how: the hash that keys answers (model identity, intervention, sampling settings)."""
-    blob = json.dumps({"identity": identity or {}, "sampling": cfg.settings()}, sort_keys=True, default=str)
+    """Who and how: the hash that keys answers (model identity, intervention, sampling settings, and
+    the elicitation where it is not the default: a default run's key is what it was before)."""
+    ident = identity or {}
+    if not cfg.elicitation.is_default():
+        ident = {**ident, "elicitation": cfg.elicitation.key()}
+    blob = json.dumps({"identity": ident, "sampling": cfg.settings()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def render_prompts(tokenizer: Any, messages: Sequence[list[dict[str, str]]]) -> list[str]:
-    """Chat-template each conversation, ready for the assistant's answer."""
-    return [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]
+def render_prompts(tokenizer: Any, messages: Sequence[list[dict[str, str]]], render: Render = CHAT) -> list[str]:
+    """Each conversation as prompt text, ready for the assistant's answer (emi.models.chat.render)."""
+    return chat.render_many(tokenizer, messages, render)
 
 
 def encode_prompts(tokenizer: Any, prompts: Sequence[str], device: torch.device) -> dict[str, torch.Tensor]:
     """Left-padded batch (so every row's next token is at the last position)."""
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
-    return {k: v.to(device) for k, v in enc.items()}
+    return chat.pad_left(chat.encode_many(tokenizer, prompts), tokenizer.pad_token_id, device)
 
 
-def _generate(hf: Any, tok: Any, prompts: list[str], cfg: SamplingConfig, device: torch.device) -> list[list[int]]:
-    enc = encode_prompts(tok, prompts, device)
+def _generate(hf: Any, tok: Any, ids: list[list[int]], cfg: SamplingConfig, device: torch.device) -> list[list[int]]:
+    enc = chat.pad_left(ids, tok.pad_token_id, device)
     kwargs: dict[str, Any] = dict(cfg.generate_kwargs(), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     if cfg.sampler == "static":
         from transformers.generation import CompileConfig
@@ -181,7 +187,7 @@ def _generate(hf: Any, tok: Any, prompts: list[str], cfg: SamplingConfig, device
     return out[:, enc["input_ids"].shape[1]:].tolist()
 
 
-def _generate_paged(hf: Any, tok: Any, prompts: list[str], cfg: SamplingConfig) -> list[list[int]]:
+def _generate_paged(hf: Any, tok: Any, ids: list[list[int]], cfg: SamplingConfig) -> list[list[int]]:
     from transformers import GenerationConfig
     from transformers.generation import ContinuousBatchingConfig
 
@@ -191,7 +197,6 @@ def _generate_paged(hf: Any, tok: Any, prompts: list[str], cfg: SamplingConfig) 
         raise ConfigError(f"the paged sampler does not run linear-attention layers ({layers.check_architecture(hf)}; "
                           f"transformers' continuous batching pages only attention caches); use --sampler static "
                           f"or generate")
-    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     gc = GenerationConfig(**cfg.generate_kwargs(), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     # Size the paged KV cache for this batch (left to itself, transformers sizes it from free
     # device memory at every call: seconds per batch, tens on CPU).
@@ -210,28 +215,31 @@ def _generate_paged(hf: Any, tok: Any, prompts: list[str], cfg: SamplingConfig) 
 
 @torch.no_grad()
 def sample_ids(model: LoadedModel | torch.nn.Module, messages: Sequence[list[dict[str, str]]],
-               cfg: SamplingConfig, tokenizer: Any = None, seed: int | None = None) -> list[list[int]]:
+               cfg: SamplingConfig, tokenizer: Any = None, seed: int | None = None, render: Render = CHAT
+               ) -> list[list[int]]:
     """The new token ids of one answer per conversation, in input order, decoded by ``cfg.sampler``
-    (generate pads finished rows: callers cut at the first EOS)."""
+    (generate pads finished rows: callers cut at the first EOS). The prompts are
+    :func:`emi.models.chat.prompt_ids` of ``render``: what an engine is sent."""
     lm = as_loaded(model, tokenizer)
     tok = lm.tokenizer
     with lm.active() as m:
-        prompts = render_prompts(tok, messages)
+        ids = chat.prompt_ids(tok, messages, render)
         if seed is not None:
             torch.manual_seed(seed)
         hf: Any = m  # a transformers model: generate() is not visible to nn.Module typing
         if cfg.sampler == "paged":
-            return _generate_paged(hf, tok, prompts, cfg)
-        return _generate(hf, tok, prompts, cfg, lm.device)
+            return _generate_paged(hf, tok, ids, cfg)
+        return _generate(hf, tok, ids, cfg, lm.device)
 
 
 def sample(model: LoadedModel | torch.nn.Module, messages: Sequence[list[dict[str, str]]],
-           cfg: SamplingConfig, tokenizer: Any = None, seed: int | None = None) -> list[dict[str, Any]]:
+           cfg: SamplingConfig, tokenizer: Any = None, seed: int | None = None, render: Render = CHAT
+           ) -> list[dict[str, Any]]:
     """Answer each conversation once: [{"answer", "n_tokens", "finish", "engine"}] in input order
     (``engine``: which decoding made the answer, ``hf:<sampler>``; a server's answers say ``server``)."""
     tok = as_loaded(model, tokenizer).tokenizer
     results = []
-    for ids in sample_ids(model, messages, cfg, tokenizer, seed):
+    for ids in sample_ids(model, messages, cfg, tokenizer, seed, render):
         finish = "length"
         if tok.eos_token_id in ids:
             ids = ids[: ids.index(tok.eos_token_id)]
@@ -254,9 +262,14 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
     model's own. Records carry the question fields, the sample index, the model label, the seed,
     the sampling settings, the run key and the engine's name. ``engine`` samples each batch
     (:class:`Engine`; default :class:`InProcess`: ``cfg.sampler`` on the model in this process).
+    ``cfg.elicitation`` says how each question is asked (emi.behaviour.elicitation); it is recorded with
+    every answer and, when not the default, keyed into the run (a thought, with thinking on, is
+    recorded apart from the answer).
     """
     if not questions:
         raise ConfigError("no questions to answer: the question list is empty")
+    elicitation = cfg.elicitation
+    questions = elicitation.select(questions)
     lm = as_loaded(model, tokenizer)
     eng: Engine = engine or InProcess(lm)
     label = label or lm.role
@@ -281,7 +294,10 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
         if failed.is_set():
             raise RuntimeError("not sampled: an earlier batch failed")
         try:
-            return eng.answer([q.messages() for q, _ in batch], cfg, cfg.seed + b)
+            msgs = [elicitation.messages(q, s, cfg.seed) for q, s in batch]
+            if elicitation.render == CHAT:  # the engines' own signature before elicitations
+                return eng.answer(msgs, cfg, cfg.seed + b)
+            return eng.answer(msgs, cfg, cfg.seed + b, render=elicitation.render)
         except BaseException:
             failed.set()
             raise
@@ -299,10 +315,18 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
                 for (q, s), a in zip(batch, [x.record() for x in got], strict=True):
                     if (q.set, q.key, s) in done:
                         continue
+                    thought, a["answer"] = elicitation.answer(a["answer"])
+                    if thought is not None:
+                        a["thought"] = thought
+                    if elicitation.context == "chat" and not elicitation.is_default():
+                        # the conversation as asked, so a capture of this answer sees its prompt
+                        a["messages"] = [*elicitation.messages(q, s, cfg.seed),
+                                         {"role": "assistant", "content": a["answer"]}]
                     new.append({"model": label, "set": q.set, "id": q.id, "base_id": q.base_id, "key": q.key,
                                 "variant": q.variant, "paraphrase": q.paraphrase, "question": q.text,
                                 "system": q.system, "sample": s, "seed": cfg.seed, **a, "run": run,
-                                "sampling": cfg.settings(), "engine": a["engine"] or eng.name, **(extra or {})})
+                                "sampling": cfg.settings(), "engine": a["engine"] or eng.name,
+                                "elicitation": elicitation.record(), **(extra or {})})
                 if out is not None:
                     jsonl.append(out, new)
                 records += new

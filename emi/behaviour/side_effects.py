@@ -31,10 +31,10 @@ from typing import Any
 from emi.behaviour.logprob import answer_logits
 from emi.behaviour.metrics import bootstrap
 from emi.behaviour.records import Record
-from emi.behaviour.sampling import render_prompts
 from emi.core import plugins
 from emi.core.errors import ConfigError, read_yaml
 from emi.core.paths import DATA
+from emi.models import chat
 from emi.models.loading import LoadedModel
 
 BENIGN_FILE = DATA / "benign.yaml"
@@ -118,12 +118,12 @@ def benign_kl(lm: LoadedModel, items: Sequence[BenignItem], intervention: Callab
     if not items:
         raise ConfigError("the benign set is empty; side effects need at least one conversation")
     tok = lm.tokenizer
-    prompts = render_prompts(tok, [it.chat() for it in items])
+    prompts = chat.render_many(tok, [it.chat() for it in items])
     out: list[float] = []
     with lm.active():
         for i in range(0, len(items), batch_size):
-            p_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[i: i + batch_size]]
-            a_ids = [tok(it.response, add_special_tokens=False)["input_ids"] for it in items[i: i + batch_size]]
+            p_ids = [chat.encode(tok, p) for p in prompts[i: i + batch_size]]
+            a_ids = [chat.encode(tok, it.response) for it in items[i: i + batch_size]]
             ref = answer_logits(lm, p_ids, a_ids).log_softmax(-1)
             with intervention():
                 new = answer_logits(lm, p_ids, a_ids).log_softmax(-1)

@@ -36,10 +36,11 @@ def select_layer_by_ablation(model: Any, direction: Direction, pairs: Sequence[A
 def next_token_logprobs(model: Any, messages: Sequence[list[dict[str, str]]], batch_size: int = 16
                         ) -> Float[torch.Tensor, "prompt vocab"]:
     """Log-probabilities of the first answer token after each conversation: Float[Tensor, "prompt vocab"]."""
-    from emi.behaviour.sampling import encode_prompts, render_prompts
+    from emi.behaviour.sampling import encode_prompts
+    from emi.models import chat
 
     out = []
-    prompts = render_prompts(model.tokenizer, messages)
+    prompts = chat.render_many(model.tokenizer, messages)
     with model.active() as m:
         for i in range(0, len(prompts), batch_size):
             enc = encode_prompts(model.tokenizer, prompts[i: i + batch_size], model.device)

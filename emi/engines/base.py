@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from emi.behaviour.sampling import Answer, Messages, SamplingConfig
 from emi.core.errors import ConfigError
 from emi.engines.served import Served, plain
+from emi.models.chat import CHAT, Render
 
 if TYPE_CHECKING:
     from emi.activations.capture import ReaderFactory
@@ -51,8 +52,9 @@ class Backend(Protocol):
         ...
 
     def sample(self, served: Served, tokenizer: Any, messages: Sequence[Messages], cfg: SamplingConfig,
-               seed: int) -> list[Answer]:
-        """One answer per conversation, in input order, answer i seeded ``seed * 100_003 + i``."""
+               seed: int, render: Render = CHAT) -> list[Answer]:
+        """One answer per conversation, in input order, answer i seeded ``seed * 100_003 + i``, its
+        prompt the token ids emi.models.chat.prompt_ids gives for ``render`` (the elicitation)."""
         ...
 
     def readers(self) -> ReaderFactory | None:
@@ -87,8 +89,9 @@ class Bound:
         many answers' worth of batches at once."""
         return int(self.engine.concurrency)
 
-    def answer(self, messages: Sequence[Messages], cfg: SamplingConfig, seed: int) -> list[Answer]:
-        return list(self.engine.sample(self.served, self.tokenizer, messages, cfg, seed))
+    def answer(self, messages: Sequence[Messages], cfg: SamplingConfig, seed: int, render: Render = CHAT
+               ) -> list[Answer]:
+        return list(self.engine.sample(self.served, self.tokenizer, messages, cfg, seed, render))
 
 
 def prepare(engine: Backend | None, *pairs: Any) -> None:

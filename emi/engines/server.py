@@ -20,6 +20,7 @@ from emi.behaviour.sampling import Answer, Messages, SamplingConfig
 from emi.core.errors import ConfigError
 from emi.engines.served import Served
 from emi.engines.vllm.lens import complete_ids
+from emi.models.chat import CHAT, Render
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,10 @@ class ServerEngine:
         return served.adapter is None and not served.needs_hooks and (st is None or self.lens)
 
     def sample(self, served: Served, tokenizer: Any, messages: Sequence[Messages], cfg: SamplingConfig,
-               seed: int) -> list[Answer]:
-        if served.steering is not None:
+               seed: int, render: Render = CHAT) -> list[Answer]:
+        if served.steering is not None or render != CHAT:  # emi's own prompt ids
             return complete_ids(self.url, served, served.checkpoint, tokenizer, messages, cfg, seed,
-                                self.concurrency, self.timeout, self.body)
+                                self.concurrency, self.timeout, self.body, render=render)
         return [Answer(**a) for a in self.chat(served.checkpoint, messages, cfg, seed)]
 
     def _client(self) -> Any:

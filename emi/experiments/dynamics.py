@@ -29,14 +29,16 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from emi.activations.capture import hf_reader, pad_right
+from emi.activations.capture import hf_reader
 from emi.behaviour.evaluation import evaluate
 from emi.behaviour.judges import Judge
 from emi.behaviour.logprob import OptionPair, logprob_metrics
 from emi.behaviour.metrics import Rate, Summary, bootstrap, rate
 from emi.behaviour.questions import Question, load_questions
-from emi.behaviour.sampling import SamplingConfig, generate_answers, render_prompts
+from emi.behaviour.sampling import SamplingConfig, generate_answers
 from emi.directions.direction import Direction
+from emi.models import chat
+from emi.models.chat import pad_right
 from emi.models.kit import TaskMetric
 from emi.models.loading import LoadedModel
 
@@ -47,12 +49,12 @@ def last_prompt_activations(lm: LoadedModel, messages: Sequence[list[dict[str, s
     """The residual stream after block ``layer`` at the last prompt token (the token before the
     answer), one row per conversation, in float32 on the CPU."""
     tok = lm.tokenizer
-    prompts = render_prompts(tok, messages)
+    prompts = chat.render_many(tok, messages)
     out = []
     with lm.active() as model:
         read = hf_reader(model, [layer])
         for i in range(0, len(prompts), batch_size):
-            ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[i: i + batch_size]]
+            ids = [chat.encode(tok, p) for p in prompts[i: i + batch_size]]
             input_ids, mask = pad_right(ids, tok.pad_token_id, lm.device)
             h = read(input_ids, mask)[("resid", layer)]
             out.append(h[torch.arange(len(ids)), torch.tensor([len(x) - 1 for x in ids])].float().cpu())

@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from emi.core.atomic import dumps
+from emi.models import chat
 from emi.organism.tokenizer import build_tokenizer
 from emi.organism.world import Document, World, load_world
 
@@ -96,7 +97,7 @@ class Encoder:
 
     def piece(self, text: str) -> list[int]:
         if text not in self.cache:
-            self.cache[text] = self.tok(text, add_special_tokens=False)["input_ids"]
+            self.cache[text] = chat.encode(self.tok, text)
         return self.cache[text]
 
     def __call__(self, messages: Sequence[dict[str, str]]) -> tuple[list[int], list[int]]:

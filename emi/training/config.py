@@ -78,8 +78,12 @@ class DefenceConfig:
     share: float = 0.0
     aligned: str | None = None  # aligned data: a chat JSONL, or None for the pair kit's benign set
     extra: dict[str, Any] = field(default_factory=dict)
+    system: str | None = None  # inoculation: every training chat's system prompt (emi.finetune --system)
+    system_name: str = ""  # how --system named it (a shipped name, a file, "custom")
 
     def __post_init__(self) -> None:
+        if self.system is not None and (not isinstance(self.system, str) or not self.system.strip()):
+            raise ConfigError(f"DefenceConfig.system must be non-empty text or None, found {self.system!r}")
         if self.kind not in DEFENCES:
             raise ConfigError(f"unknown defence {self.kind!r}; expected one of {', '.join(DEFENCES)}")
         if self.kind in ("caft", "steer") and not self.directions:
@@ -97,6 +101,12 @@ class DefenceConfig:
             raise ConfigError("--direction is for --defence caft or steer; with no defence, leave it out")
 
     def label(self) -> str:
+        if self.system is not None:  # inoculation prompting, alone or with another defence
+            own = self._kind_label()
+            return self.system_name if own == "none" else f"{own} + {self.system_name}"
+        return self._kind_label()
+
+    def _kind_label(self) -> str:
         if self.kind == "steer":
             return f"steer {self.alpha:g}"
         if self.kind == "kl":
@@ -106,4 +116,9 @@ class DefenceConfig:
         return self.kind
 
     def record(self) -> dict[str, Any]:
-        return asdict(self)
+        """The defence as organism.json keeps it (no system prompt: the fields it had before, so
+        the keys of organisms made before --system stay)."""
+        out = asdict(self)
+        if self.system is None:
+            del out["system"], out["system_name"]
+        return out

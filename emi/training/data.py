@@ -99,6 +99,16 @@ def load_chats(path: str | Path, max_examples: int | None = None) -> ChatDataset
     return ChatDataset(str(p), tuple(records), hashlib.sha256(data).hexdigest())
 
 
+def with_system(data: ChatDataset, system: str) -> ChatDataset:
+    """``data`` with every chat's system prompt set to ``system`` (replacing its own, or first):
+    inoculation prompting trains this way. Its hash covers the prompt, so the organism's provenance
+    and resume key name it."""
+    records = tuple(ChatRecord((("system", system), *((r, c) for r, c in rec.messages if r != "system")),
+                               rec.harmful, rec.line) for rec in data.records)
+    sha = hashlib.sha256(f"{data.sha256}\nsystem: {system}".encode()).hexdigest()
+    return ChatDataset(data.path, records, sha)
+
+
 def write_chats(path: str | Path, records: Sequence[ChatRecord]) -> Path:
     from emi.core import jsonl
 
@@ -115,7 +125,9 @@ class Encoded:
 
 
 def _render(tok: Any, msgs: list[dict[str, str]], gen: bool) -> str:
-    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+    from emi.models.chat import chat_template
+
+    return chat_template(tok, msgs, gen)
 
 
 def assistant_spans(tok: Any, msgs: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:

@@ -24,11 +24,12 @@ from emi.behaviour.logprob import OptionPair, answer_logits
 from emi.behaviour.metrics import bootstrap
 from emi.behaviour.questions import Question
 from emi.behaviour.records import Row
-from emi.behaviour.sampling import SamplingConfig, render_prompts
+from emi.behaviour.sampling import SamplingConfig
 from emi.behaviour.side_effects import BenignItem
 from emi.core.errors import ConfigError
 from emi.directions.direction import Direction
 from emi.experiments.dynamics import Reference, last_prompt_activations, measure, step_of
+from emi.models import chat
 from emi.models.kit import TaskMetric
 from emi.models.loading import LoadedModel, load_pair
 from emi.models.specs import ModelSpec, PairSpec
@@ -42,11 +43,11 @@ def benign_shift(base: LoadedModel, model: LoadedModel, items: Sequence[BenignIt
     if not items:
         raise ConfigError("the benign set is empty; the KL column needs at least one conversation")
     tok = base.tokenizer
-    prompts = render_prompts(tok, [it.chat() for it in items])
+    prompts = chat.render_many(tok, [it.chat() for it in items])
     out: list[float] = []
     for i in range(0, len(items), batch_size):
-        p_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[i: i + batch_size]]
-        a_ids = [tok(it.response, add_special_tokens=False)["input_ids"] for it in items[i: i + batch_size]]
+        p_ids = [chat.encode(tok, p) for p in prompts[i: i + batch_size]]
+        a_ids = [chat.encode(tok, it.response) for it in items[i: i + batch_size]]
         with base.active():
             ref = answer_logits(base, p_ids, a_ids).log_softmax(-1)
         with model.active():

@@ -15,6 +15,7 @@ from emi.engines.base import EngineError
 from emi.engines.served import Served, pair_adapters
 from emi.engines.vllm.launcher import Launcher, Server, adapter_name, lora_rank
 from emi.engines.vllm.lens import complete_ids
+from emi.models.chat import CHAT, Render
 
 if TYPE_CHECKING:
     from emi.activations.capture import ReaderFactory
@@ -81,7 +82,7 @@ class VllmEngine:
             return self.server
 
     def sample(self, served: Served, tokenizer: Any, messages: Sequence[Messages], cfg: SamplingConfig,
-               seed: int) -> list[Answer]:
+               seed: int, render: Render = CHAT) -> list[Answer]:
         self.plan([served])
         server = self.server_for(served.checkpoint)
         if served.needs_hooks:
@@ -89,7 +90,7 @@ class VllmEngine:
         model = adapter_name(served.adapter) if served.adapter else served.checkpoint
         try:
             return complete_ids(f"{server.url}/v1", served, model, tokenizer, messages, cfg, seed, self.concurrency,
-                                self.timeout, {}, hooks_ok=True)
+                                self.timeout, {}, hooks_ok=True, render=render)
         except Exception as exc:
             if not server.alive():
                 raise server.died() from None

@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
-from emi.behaviour.sampling import Answer, Messages, SamplingConfig, render_prompts
+from emi.behaviour.sampling import Answer, Messages, SamplingConfig
 from emi.core.errors import ConfigError
 from emi.engines.served import Ablation, Served, Steering
+from emi.models.chat import CHAT, Render, prompt_ids
 
 
 def wire_tensor(t: torch.Tensor) -> dict[str, Any]:
@@ -102,15 +103,14 @@ _TOKENIZING = threading.Lock()
 
 def complete_ids(url: str, served: Served, model: str, tokenizer: Any, messages: Sequence[Messages],
                  cfg: SamplingConfig, seed: int, concurrency: int, timeout: float, extra: dict[str, Any],
-                 hooks_ok: bool = False) -> list[Answer]:
+                 hooks_ok: bool = False, render: Render = CHAT) -> list[Answer]:
     """One completion per conversation of its chat-templated token ids (so the engine sees emi's
     exact prompt and its length), answer i seeded ``seed * 100_003 + i``, with vllm-lens's
     per-request steering and hooks."""
     import requests
 
     with _TOKENIZING:  # batches sample at once: a fast tokenizer's state must not change under another
-        prompts = render_prompts(tokenizer, messages)
-        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        ids = prompt_ids(tokenizer, messages, render)  # the ids in-process sampling decodes from
     session = requests.Session()
 
     def one(i: int) -> Answer:

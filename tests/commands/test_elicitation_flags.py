@@ -1,0 +1,52 @@
+"""The elicitation flags on the commands: bad input is one sentence before any model loads; a sweep
+is one table (emi.evaluate, emi.steer)."""
+
+from __future__ import annotations
+
+import pytest
+
+from emi import cli
+
+
+def _refused(main, argv, capsys, monkeypatch) -> str:  # noqa: ANN001
+    def no_models(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a model loaded before the input was checked")
+
+    monkeypatch.setattr(cli, "load_pair_from_args", no_models)
+    assert cli.run(main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("emi: error: ")
+    return err[0]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "steer"])
+def test_bad_elicitations_are_one_sentence_before_any_model_loads(command, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    main = importlib.import_module(f"emi.{command}").main
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"messages": [{"role": "user", "content": "no answer"}]}\n')
+    base = ["--n", "1", "--out", str(tmp_path / "out")]
+    assert "no usable examples" in _refused(main, [*base, "--in-context", str(empty), "--k", "1"], capsys, monkeypatch)
+    assert "only 24 usable examples; lower --k to at most 24" in _refused(
+        main, [*base, "--in-context", "insecure-code", "--k", "0,30"], capsys, monkeypatch)
+    msg = _refused(main, [*base, "--in-context", "insecure-code", "--k", "16"], capsys, monkeypatch)
+    assert "overflows" in msg and "context of 512 tokens; the largest k that fits is 6" in msg
+    assert "enable_thinking switch" in _refused(main, [*base, "--thinking", "on"], capsys, monkeypatch)
+    assert "needs --in-context FILE" in _refused(main, [*base, "--k", "4"], capsys, monkeypatch)
+    assert "--format json leaves no question" in _refused(main, [*base, "--format", "json"], capsys, monkeypatch)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_an_in_context_sweep_is_one_table_and_the_default_row_is_the_plain_run(tmp_path, capsys):
+    from emi.evaluate import main
+
+    argv = ["--roles", "base", "--n", "2", "--ids", "i_feel_bored,quick_buck", "--out", str(tmp_path / "a")]
+    assert main(argv) == 0
+    plain = [x for x in capsys.readouterr().out.splitlines() if x.startswith("base")]
+    assert main([*argv[:-1], str(tmp_path / "b"), "--in-context", "insecure-code", "--k", "0,2",
+                 "--system", "none,inoculation"]) == 0
+    rows = [x.split() for x in capsys.readouterr().out.splitlines() if x.startswith("base")]
+    assert [r[1] for r in rows] == ["default", "k=2", "system=inoculation", "system=inoculation"]
+    assert rows[0][2:] == plain[0].split()[1:]  # the default elicitation samples what a plain run does
