@@ -131,7 +131,7 @@ def add_elicitation_args(p: argparse.ArgumentParser, sweep: bool = True) -> None
                         f"prioritise-safety (emi/data/system_prompts.yaml), a .txt file, or the text itself{lists}")
     g.add_argument("--in-context", default=None, metavar="FILE",
                    help="in-context examples: a JSONL of {\"messages\": [...]} or {\"prompt\", \"response\"} "
-                        "lines, or a set emi ships for the toy (insecure-code, secure-code, risky-advice)")
+                        "lines, or a named set emi ships (the embedded organism has insecure-code, secure-code, risky-advice)")
     g.add_argument("--k", default="0", help=f"in-context examples per prompt, a seeded choice per answer (default 0)"
                                             f"{lists}")
     g.add_argument("--context", default="chat",
