@@ -21,8 +21,9 @@ import gpu_sections  # noqa: E402
 def test_an_answer_ending_in_eos_counts_the_same_in_process_and_through_vllm():
     """The same answers, once as in-process rows of ids and once as a vLLM server returns them
     (token ids with the EOS, finish_reason stop), count the same: EOS included on both paths."""
-    from emi.behaviour.engines import Served, complete_ids
     from emi.behaviour.sampling import SamplingConfig
+    from emi.engines.served import Served
+    from emi.engines.vllm.lens import complete_ids
     from emi.models.loading import load_tokenizer
     from emi.organism.kit import checkpoint
     from tests.standins import serve_json

@@ -98,14 +98,15 @@ class _Recorder:
         return 200, {"choices": [{"text": "", "token_ids": [self.eos], "finish_reason": "stop"}]}
 
     def sample(self, served, tokenizer, messages, cfg, seed, render=chat.CHAT):  # noqa: ANN001, ANN201
-        from emi.behaviour.engines import complete_ids
+        from emi.engines.vllm.lens import complete_ids
 
         return complete_ids(self.url, served, served.checkpoint, tokenizer, messages, cfg, seed, self.concurrency,
                             self.timeout, {}, render=render)
 
 
 def _both_paths(lm, e: Elicitation, monkeypatch) -> tuple[list[list[int]], list[list[int]]]:  # noqa: ANN001
-    from emi.behaviour.engines import Bound, Served
+    from emi.engines.base import Bound
+    from emi.engines.served import Served
 
     seen: list[list[int]] = []
     original = lm.model.generate
