@@ -9,8 +9,11 @@ STAMP := $(VENV)/.emi-installed
 VLLM_VENV  ?= .venv-vllm
 VLLM_PY    := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.emi-vllm-installed
+# emi.view --inspect's read-back test: inspect-ai in its own venv (it caps fsspec below emi's stack)
+INSPECT_VENV  ?= .venv-inspect
+INSPECT_STAMP := $(INSPECT_VENV)/.emi-inspect-installed
 
-.PHONY: setup vllm chromium demo test test-fast resolve lint docs bench clean
+.PHONY: setup vllm inspect chromium demo test test-fast resolve lint docs bench clean
 
 setup: $(STAMP)
 
@@ -38,6 +41,15 @@ $(VLLM_STAMP): vllm-constraints.txt
 	VLLM_TARGET_DEVICE=cpu $(VLLM_PY) -c "import vllm, vllm_lens, zstandard"
 	touch $@
 
+inspect: $(INSPECT_STAMP)
+
+$(INSPECT_STAMP): inspect-constraints.txt
+	$(PY3) -m venv $(INSPECT_VENV)
+	$(INSPECT_VENV)/bin/python -m pip install -q --upgrade pip
+	$(INSPECT_VENV)/bin/python -m pip install -q -r inspect-constraints.txt
+	$(INSPECT_VENV)/bin/python -c "import inspect_ai"
+	touch $@
+
 # Figure export (kaleido 1.x) drives a Chromium; install Debian's when it is missing.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
@@ -56,8 +68,8 @@ demo: setup chromium
 # thread (tests/conftest.py, which also gives every child process, notebook kernels included, one
 # OpenMP thread), so 2 suits this 2-core machine; TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
-test: setup vllm chromium lint resolve docs
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --nbmake --nbmake-timeout=3600 notebooks/0*.ipynb tests
+test: setup vllm inspect chromium lint resolve docs
+	HF_HUB_OFFLINE=1 EMI_INSPECT_PYTHON=$(INSPECT_VENV)/bin/python $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --nbmake --nbmake-timeout=3600 notebooks/0*.ipynb tests
 
 # The inner loop: everything but the slow tiers (real path, faults, claims, engines) and notebooks.
 test-fast: setup
@@ -85,4 +97,4 @@ bench: setup vllm
 	HF_HUB_OFFLINE=1 $(PY) bench/sampling_speed.py --server --vllm
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) runs figs
+	rm -rf $(VENV) $(VLLM_VENV) $(INSPECT_VENV) runs figs
