@@ -86,6 +86,12 @@ pairs = option_pairs(questions)
 for role in ("base", "finetuned", "control"):
     r = logprob_metrics(pair[role], pairs)
     print(f"{role:10s} P(misaligned answer) {r.choice:.3f} [{r.choice_lo:.3f}, {r.choice_hi:.3f}]   pivotal token {r.pivotal:.3f}")"""),
+    ("md", """
+## Reading the answers
+Every run folder opens as one offline HTML page: `python -m emi.view RUN` (answers with their
+scores, filters, side by side across conditions, the direction's projection on every token with
+`--project`). `make demo` writes [runs/demo/view.html](../runs/demo/view.html); see
+[docs/viewer.md](../docs/viewer.md)."""),
 ])
 
 nb("02_directions.ipynb", [
@@ -206,6 +212,11 @@ print("max |TransformerLens - HF|:", float((tl_logits - hf_logits).abs().max()))
 edited = weights.orthogonalize(pair.finetuned.model, direction)
 with torch.no_grad():
     print("max |orthogonalised - hook ablation|:", float((edited(**enc).logits - hf_logits).abs().max()))"""),
+    ("md", """
+## Reading what the conditions said
+`python -m emi.view runs/demo --project` puts the answers of every condition side by side, each
+token shaded by its projection on the direction; `make demo` writes
+[runs/demo/view.html](../runs/demo/view.html) ([docs/viewer.md](../docs/viewer.md))."""),
 ])
 
 nb("04_sae.ipynb", [
