@@ -88,9 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if persona is not None:
             found.insert(0, plan.Found("persona", persona, args.persona_alpha))
         plan.print_cosines(found, out, layer)
-        if not args.no_table and found:
+        table = not args.no_table and bool(found)
+        if table:
             _table(args, pair, found, questions, cfg, judge, benign, engine, out)
-    print(f"wrote {out}/ (directions/, {args.method}.json, results.jsonl)", file=sys.stderr)
+    print(f"wrote {out}/ (directions/, {args.method}.json" + (", results.jsonl, answers.jsonl; read them with "
+          f"python -m emi.view {out})" if table else ")"), file=sys.stderr)
     return 0
 
 

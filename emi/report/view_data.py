@@ -91,7 +91,8 @@ def check_runs(paths: Sequence[str | Path]) -> list[Path]:
         if not is_run(p):
             raise ConfigError(f"{p} is not an emi run folder: it holds no answers.jsonl, run.json, results.jsonl, "
                               f"trajectory.jsonl, defences.jsonl or summary.json; give the --out folder of "
-                              f"python -m emi.steer, evaluate, trajectory, defences or sae")
+                              f"python -m emi.steer, evaluate, trajectory, defences, sae or diff (a diff folder "
+                              f"has answers only with its EM table: run emi.diff without --no-table)")
         out.append(p)
     return out
 
