@@ -24,7 +24,7 @@ TABLES = (("results.jsonl", "emi.steer", "condition"), ("trajectory.jsonl", "emi
           ("defences.jsonl", "emi.defences", "organism"), ("summary.json", "emi.evaluate", "model"))
 LABEL_KEYS = ("condition", "checkpoint", "organism", "model", "label", "defence")
 KNOWN_RUN_KEYS = {"pair", "direction", "judge", "sampling", "n", "questions", "steer_layers", "ablate_layers", "benign",
-                  "engine", "base", "checkpoints", "organisms", "models", "emi_version", "version"}
+                  "engine", "base", "checkpoints", "organisms", "models", "emi_version", "version", "elicitations"}
 PROJECTIONS = "projections.jsonl"  # written beside the run by python -m emi.view --project
 
 

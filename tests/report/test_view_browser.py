@@ -73,6 +73,7 @@ def _expected(run: Path, condition: str, key: str | None) -> int:
 
 def test_filter_misaligned_of_one_condition_and_question(demo, browser):
     page, requests, errors = _open(browser, demo.parent / "plain.html")
+    assert "another emi version" not in page.inner_text("#runs")  # a run this emi wrote is no foreign one
     rows = {json.loads(x)["condition"]: json.loads(x) for x in (demo / "results.jsonl").read_text().splitlines()}
     page.select_option("#f-cond", label="finetuned")
     page.select_option("#f-label", value="misaligned")
