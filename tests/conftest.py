@@ -21,6 +21,16 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def judge_server():
+    """An OpenAI-compatible stand-in judge on loopback (tests.standins.JudgeServer), one per module."""
+    from tests.standins import JudgeServer
+
+    s = JudgeServer()
+    yield s
+    s.close()
+
+
 def qwen2_config(**overrides):
     from transformers import Qwen2Config
 

@@ -13,7 +13,6 @@ from tests.standins import (
     ARCHS,
     HANG_S,
     HC_ARCHS,
-    JudgeServer,
     full_pair,
     lora_adapter,
     qwen_tokenizer,
@@ -25,13 +24,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def tok():
     return qwen_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def judge_server():
-    s = JudgeServer()
-    yield s
-    s.close()
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,9 @@ import pytest
 
 from emi import diff
 from emi.directions.direction import Direction
-from tests.standins import ARCHS, HC_ARCHS, JudgeServer, full_pair, lora_adapter, qwen_tokenizer
+from tests.standins import ARCHS, HC_ARCHS, full_pair, lora_adapter, qwen_tokenizer
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def judge_server():
-    s = JudgeServer()
-    yield s
-    s.close()
 
 
 @pytest.fixture(scope="module")

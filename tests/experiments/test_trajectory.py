@@ -9,17 +9,10 @@ import torch
 from emi import trajectory
 from emi.core.errors import ConfigError
 from emi.experiments.dynamics import step_of
-from tests.standins import JudgeServer, build_model, lora_adapter, qwen_tokenizer, save_checkpoint
+from tests.standins import build_model, lora_adapter, qwen_tokenizer, save_checkpoint
 
 pytestmark = pytest.mark.slow
 SMALL = ["--n", "1", "--max-new-tokens", "4", "--device", "cpu", "--questions", "main:plain"]
-
-
-@pytest.fixture(scope="module")
-def judge_server():
-    s = JudgeServer()
-    yield s
-    s.close()
 
 
 def judge_args(server):

@@ -7,16 +7,9 @@ import pytest
 
 from emi import finetune, steer
 from emi.training.organism import read_organism
-from tests.standins import JudgeServer, full_pair, qwen_tokenizer
+from tests.standins import full_pair, qwen_tokenizer
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def judge_server():
-    s = JudgeServer()
-    yield s
-    s.close()
 
 
 @pytest.fixture(scope="module")
