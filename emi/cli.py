@@ -53,15 +53,18 @@ def pair_spec(args: argparse.Namespace):  # -> PairSpec
     return get_pair(args.pair) if args.pair else default_pair()
 
 
+def present_roles(spec: Any, roles: tuple[str, ...]) -> tuple[str, ...]:
+    """``roles`` without control when the pair has none (the commands ask for it where present)."""
+    return roles if spec.control is not None else tuple(r for r in roles if r != "control")
+
+
 def load_pair_from_args(args: argparse.Namespace, roles: tuple[str, ...] = ("base", "finetuned"),
                         interventions: bool = True):
     """The pair the flags name; ``interventions=False`` (sampling only) accepts any causal LM."""
     from emi.models.loading import load_pair
 
     spec = pair_spec(args)
-    if "control" in roles and spec.control is None:
-        roles = tuple(r for r in roles if r != "control")
-    return load_pair(spec, roles=roles, dtype=args.dtype, device=args.device, device_map=args.device_map,
+    return load_pair(spec, roles=present_roles(spec, roles), dtype=args.dtype, device=args.device, device_map=args.device_map,
                      trust_remote_code=args.trust_remote_code, resident=getattr(args, "resident", "all"),
                      interventions=interventions)
 
@@ -73,9 +76,7 @@ def plan_from_args(args: argparse.Namespace, roles: tuple[str, ...] = ("base", "
     from emi.models.plan import plan_pair
 
     spec = spec or pair_spec(args)
-    if "control" in roles and spec.control is None:
-        roles = tuple(r for r in roles if r != "control")
-    return plan_pair(spec, roles, getattr(args, "trust_remote_code", False), interventions)
+    return plan_pair(spec, present_roles(spec, roles), getattr(args, "trust_remote_code", False), interventions)
 
 
 def add_sampling_args(p: argparse.ArgumentParser, n: int = 10) -> None:
@@ -230,23 +231,6 @@ def extra_option_pairs(args: argparse.Namespace, questions: Sequence[Any] = ()
                           f"{', '.join(sorted(pairs)[:5])}; they are {', '.join(sorted(ids)[:5])}); key the pairs "
                           f"by question id")
     return pairs
-
-
-def check_direction(spec: Any, path: str, trust_remote_code: bool = False) -> None:
-    """A --direction file, before any model loads: finite, non-zero (checked as it loads), and of
-    the base model's width and depth (read from its config)."""
-    from emi.core.errors import ModelLoadError
-    from emi.directions.direction import Direction
-    from emi.models.loading import text_config
-
-    d = Direction.load(path)
-    try:
-        cfg = text_config(spec.base, trust_remote_code)[0]
-    except ModelLoadError:
-        return  # loading the pair says what is wrong with it
-    width, depth = getattr(cfg, "hidden_size", None), getattr(cfg, "num_hidden_layers", None)
-    if isinstance(width, int):
-        d.check_fits(width, depth if isinstance(depth, int) else None, f"pair {spec.name!r}")
 
 
 def check_context(spec: Any, questions: Sequence[Any], max_new_tokens: int, trust_remote_code: bool = False) -> None:
