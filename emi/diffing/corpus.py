@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from emi.core.errors import ConfigError
+from emi.models import chat
 
 
 def _from_record(rec: Any, where: str) -> str:
@@ -87,7 +88,7 @@ def tokenize(texts: Sequence[str], tokenizer: Any, max_tokens: int, n: int | Non
     """The first ``max_tokens`` token ids of each of the first ``n`` texts (empty ones dropped)."""
     out = []
     for t in texts[: n or len(texts)]:
-        ids = tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens]
+        ids = chat.encode(tokenizer, t)[:max_tokens]
         if ids:
             out.append([int(x) for x in ids])
     if not out:

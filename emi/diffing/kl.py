@@ -30,13 +30,13 @@ from emi.models import layers as L
 
 def kl_texts(tokenizer: Any, questions: Sequence[Any], benign: Sequence[Any]) -> list[tuple[str, list[int]]]:
     """(source, token ids): each EM question as its chat prompt, each benign conversation with its answer."""
-    from emi.behaviour.sampling import render_prompts
+    from emi.models import chat
 
     out = []
-    for q, p in zip(questions, render_prompts(tokenizer, [q.messages() for q in questions]), strict=True):
-        out.append((f"em:{q.id}", tokenizer(p, add_special_tokens=False)["input_ids"]))
-    for b, p in zip(benign, render_prompts(tokenizer, [b.chat() for b in benign]), strict=True):
-        out.append((f"benign:{b.id}", tokenizer(p + b.response, add_special_tokens=False)["input_ids"]))
+    for q, p in zip(questions, chat.render_many(tokenizer, [q.messages() for q in questions]), strict=True):
+        out.append((f"em:{q.id}", chat.encode(tokenizer, p)))
+    for b, p in zip(benign, chat.render_many(tokenizer, [b.chat() for b in benign]), strict=True):
+        out.append((f"benign:{b.id}", chat.encode(tokenizer, p + b.response)))
     return [(s, [int(x) for x in ids]) for s, ids in out if len(ids) > 1]
 
 
