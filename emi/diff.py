@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out or f"runs/diff-{spec.name}-{args.method}")
     with locks.exclusive(out), cli.engine_session(args, out / "vllm-logs") as engine:
         pair = cli.load_pair_from_args(args, ("base", "finetuned"))
-        found = plan.run_method(args, pair, layer, texts, persona, questions, cfg, judge, benign, store, out)
+        found = plan.run_method(args, pair, layer, texts, persona, questions, cfg, judge, benign, store, out, engine)
         if persona is not None:
             found.insert(0, plan.Found("persona", persona, args.persona_alpha))
         plan.print_cosines(found, out, layer)

@@ -1,19 +1,23 @@
 """python -m emi.figures: publication figures (html, png, svg, pdf) from emi's result files.
 
 Steer ``results.jsonl`` (summary, alpha sweep, EM against KL), evaluate ``judged.jsonl`` (per
-question, aligned against coherent), and direction ``.json`` files (separation by layer), or
-folders holding them. The figures themselves are :mod:`emi.report.figures`.
+question, aligned against coherent), direction ``.json`` files (separation by layer), and an
+emi.diff run's ``adl.json`` (logit-lens bars), ``cosines.json`` (heatmap), ``kl.json`` (the KL
+ranking, KL against the persona projection) and ``crosscoder.json`` (decoder-norm ratios, latent
+scaling), or folders holding them. The figures themselves are :mod:`emi.report.figures` and
+:mod:`emi.report.diffing`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from emi import cli
 from emi.core import jsonl
 from emi.core.errors import ConfigError, read_text
+from emi.report import diffing
 from emi.report.figures import (
     aligned_coherent,
     alpha_sweep,
@@ -25,11 +29,20 @@ from emi.report.figures import (
     steer_summary,
 )
 
+# emi.diff's files, by name: (figure name, builder over the file's JSON)
+DIFF_FIGURES: dict[str, list[tuple[str, Callable[[Any], Any]]]] = {
+    "adl.json": [("logit-lens", diffing.logit_lens_bars)],
+    "cosines.json": [("cosines", diffing.cosine_heatmap)],
+    "kl.json": [("kl-top", diffing.kl_top), ("kl-projection", diffing.kl_projection)],
+    "crosscoder.json": [("decoder-ratio", diffing.decoder_ratio_histogram), ("latent-scaling", diffing.latent_scaling)],
+}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Make every figure a results folder or file supports."""
     p = cli.parser("python -m emi.figures", "Figures from emi result files (steer results.jsonl, evaluate "
-                   "judged.jsonl, direction .json) or folders holding them.")
+                   "judged.jsonl, direction .json, emi.diff's adl/cosines/kl/crosscoder .json) or folders "
+                   "holding them.")
     p.add_argument("results", nargs="+", help="result files or folders")
     p.add_argument("--out", default="figs", help="output folder (default figs/)")
     p.add_argument("--format", default="html,png", help="comma-separated: html, png, svg, pdf (default html,png)")
@@ -46,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     made = _draw(files, out, formats)
     if not made:
         raise ConfigError("none of the given files is an emi result emi can plot (results.jsonl, judged.jsonl, "
-                          "answers with judgements, or a direction .json)")
+                          "answers with judgements, a direction .json, or emi.diff's adl/cosines/kl/crosscoder .json)")
     for m in made:
         print(m)
     return 0
@@ -105,6 +118,9 @@ def _figures_for(f: Path, out: Path, formats: list[str]) -> list[Path]:
             meta = json.loads(read_text(f, "result file"))
         except json.JSONDecodeError:
             return []
+        if f.name in DIFF_FIGURES:
+            return [m for name, build in DIFF_FIGURES[f.name]
+                    for m in export(build(meta), out / f"{f.parent.name}-{name}", formats)]
         if isinstance(meta, dict) and meta.get("format") == "emi.direction/1" and meta.get("separation"):
             return export(layer_separation(meta["separation"], f"Separation by layer ({meta.get('method')}, "
                                            f"{meta.get('positions')})"), out / f"{stem}-layers", formats)

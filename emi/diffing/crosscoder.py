@@ -1,7 +1,15 @@
 """A BatchTopK crosscoder on paired activations of the base and the finetune at one layer
-(Lindsey et al. 2024; BatchTopK and latent scaling as in Minder et al., "Robustly identifying
-concepts introduced during chat fine-tuning using crosscoders"), written here in ~150 lines
-because ``dictionary-learning`` cannot be installed next to emi's pins (docs/diffing.md).
+(Lindsey et al. 2024, "Sparse crosscoders for cross-layer features and model diffing"; BatchTopK
+and latent scaling as in Minder et al. 2025, "Robustly identifying concepts introduced during chat
+fine-tuning using crosscoders", arXiv:2504.02922), written here because ``dictionary-learning``
+cannot be installed next to emi's pins (docs/diffing.md).
+
+Dead latents get the auxiliary-k loss of Gao et al. 2024 ("Scaling and evaluating sparse
+autoencoders", arXiv:2406.04093, appendix A.2), as BatchTopK SAEs (Bussmann et al. 2024,
+arXiv:2412.06410) and Minder et al.'s crosscoders train with it: the ``k_aux`` largest
+pre-activations of the latents that have not fired for ``dead_tokens`` tokens reconstruct the
+main reconstruction's error, and that loss (normalised by the error's variance) is added with
+weight ``auxk_alpha`` (1/32).
 
 Trained from an emi activation store (``--store``, streamed shard by shard, never all in memory;
 or captured first from the corpus into ``out/store`` with emi's capture), seeded, resumable
@@ -9,7 +17,11 @@ or captured first from the corpus into ``out/store`` with emi's capture), seeded
 ||d_ft|| / (||d_base|| + ||d_ft||) (1: finetune-only, 0.5: shared), latent scaling (the
 closed-form least-squares fit of how much of the latent's finetune decoder direction each model's
 activation, and its reconstruction error with the latent added back, holds: nu = beta_base /
-beta_ft; near 0 for a latent the base truly lacks) and its top activating contexts.
+beta_ft; near 0 for a latent the base truly lacks) for three targets (Minder et al.): the
+activation, the reconstruction error with the latent added back (nu_error: ~1 when the base's
+error still holds it, "complete shrinkage"), and the reconstruction without the latent (nu_recon:
+~1 when other latents carry it in the base, "latent decoupling"; beta_act = beta_error +
+beta_recon), and its top activating contexts.
 """
 
 from __future__ import annotations
@@ -45,6 +57,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (1e-3)")
     g.add_argument("--cc-seed", type=int, default=0, help="seed of the initialisation and the batches (0)")
     g.add_argument("--latents", type=int, default=3, help="finetune-specific latents put in the EM table (3)")
+    g.add_argument("--k-aux", type=int, default=None, help="auxiliary-k: dead latents that model the error (d_model/2)")
+    g.add_argument("--auxk-alpha", type=float, default=1 / 32, help="weight of the auxiliary-k loss (1/32)")
+    g.add_argument("--dead-tokens", type=int, default=None,
+                   help="a latent is dead after this many tokens without firing (default 20 batches; Gao et al. "
+                        "use 10M on real models)")
 
 
 class BatchTopK(nn.Module):
@@ -62,12 +79,18 @@ class BatchTopK(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(n_models, d_model))
         self.k = k
 
-    def encode(self, x: Float[torch.Tensor, "batch model d_model"]) -> Float[torch.Tensor, "batch latents"]:
-        pre = torch.relu(torch.einsum("bmd,mdl->bl", x, self.W_enc) + self.b_enc)
+    def pre_acts(self, x: Float[torch.Tensor, "batch model d_model"]) -> Float[torch.Tensor, "batch latents"]:
+        return torch.relu(torch.einsum("bmd,mdl->bl", x, self.W_enc) + self.b_enc)
+
+    def select(self, pre: Float[torch.Tensor, "batch latents"]) -> Float[torch.Tensor, "batch latents"]:
+        """The batch's k * batch largest pre-activations (scored by the summed decoder norms)."""
         score = pre * self.W_dec.norm(dim=-1).sum(-1)
-        keep = min(self.k * x.shape[0], score.numel())
+        keep = min(self.k * pre.shape[0], score.numel())
         thresh = score.flatten().topk(keep).values[-1]
         return pre * (score >= thresh).to(pre.dtype) * (score > 0).to(pre.dtype)
+
+    def encode(self, x: Float[torch.Tensor, "batch model d_model"]) -> Float[torch.Tensor, "batch latents"]:
+        return self.select(self.pre_acts(x))
 
     def decode(self, f: Float[torch.Tensor, "batch latents"]) -> Float[torch.Tensor, "batch model d_model"]:
         return torch.einsum("bl,lmd->bmd", f, self.W_dec) + self.b_dec
@@ -75,6 +98,25 @@ class BatchTopK(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.encode(x)
         return self.decode(f), f
+
+
+def auxk_loss(cc: BatchTopK, pre: Float[torch.Tensor, "batch latents"], err: Float[torch.Tensor, "batch model d_model"],
+              dead: torch.Tensor, k_aux: int) -> torch.Tensor:
+    """Gao et al.'s auxiliary-k loss: the ``k_aux`` largest pre-activations of the ``dead`` latents
+    (per token) decode (without the bias) the detached error of the main reconstruction; its squared
+    error over the error's variance (0 when no latent is dead or the error is constant)."""
+    n_dead = int(dead.sum())
+    if n_dead == 0 or k_aux < 1:
+        return pre.new_zeros(())
+    e = err.detach()
+    sub = pre[:, dead]
+    top = sub.topk(min(k_aux, n_dead), dim=-1)
+    f = torch.zeros_like(sub).scatter(-1, top.indices, top.values)
+    e_hat = torch.einsum("bl,lmd->bmd", f, cc.W_dec[dead])
+    var = (e - e.mean(0)).pow(2).sum((-1, -2)).mean()
+    if float(var) == 0:
+        return pre.new_zeros(())
+    return (e_hat - e).pow(2).sum((-1, -2)).mean() / var
 
 
 def check_store(name: str, spec: Any, layer: str | None) -> Any:
@@ -107,10 +149,27 @@ class Trained:
     scale: torch.Tensor  # per model: activations were divided by this
     steps: int
     loss: float
+    dead: int = 0  # latents dead at the end (not fired for dead_tokens tokens)
+    aux_loss: float = 0.0
+
+
+@dataclass(frozen=True)
+class AuxK:
+    """The auxiliary-k loss's settings: ``k_aux`` dead latents per token (None: d_model // 2),
+    weight ``alpha``, a latent dead after ``dead_tokens`` tokens without firing (None: 20 batches)."""
+
+    k_aux: int | None = None
+    alpha: float = 1 / 32
+    dead_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.k_aux is not None and self.k_aux < 0) or self.alpha < 0 or \
+                (self.dead_tokens is not None and self.dead_tokens < 1):
+            raise ValueError("AuxK: k_aux >= 0, alpha >= 0 and dead_tokens >= 1")
 
 
 def train(store: Any, layer: int, out: Path, expansion: int, k: int, steps: int, batch: int, lr: float,
-          seed: int, progress: bool = True) -> Trained:
+          seed: int, progress: bool = True, aux: AuxK = AuxK()) -> Trained:
     """Train (or resume) the crosscoder; checkpoints to ``out/crosscoder.pt`` every 100 steps."""
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "crosscoder.pt"
@@ -119,12 +178,16 @@ def train(store: Any, layer: int, out: Path, expansion: int, k: int, steps: int,
     scale = first.norm(dim=-1).mean(0) / d ** 0.5  # per model: mean norm becomes sqrt(d_model)
     cc = BatchTopK(d, expansion * d, k, seed)
     opt = torch.optim.Adam(cc.parameters(), lr=lr)
-    step, loss = 0, float("nan")
+    k_aux = d // 2 if aux.k_aux is None else aux.k_aux
+    dead_after = aux.dead_tokens or 20 * batch
+    since = torch.zeros(expansion * d, dtype=torch.long)  # tokens since each latent last fired
+    step, loss, aux_loss = 0, float("nan"), 0.0
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=True)
         cc.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, scale, loss = int(state["step"]), state["scale"], float(state["loss"])
+        since = state.get("since", since)
     bar = tqdm(total=steps, initial=step, desc="crosscoder", disable=not progress, leave=False)
     seen, epoch = 0, 0  # batches walked so far; batches depend on (seed, epoch, shard) only: resumable
     while step < steps:
@@ -142,22 +205,28 @@ def train(store: Any, layer: int, out: Path, expansion: int, k: int, steps: int,
                 if step >= steps:
                     break
                 xb = x[idx]
-                recon, _ = cc(xb)
+                pre = cc.pre_acts(xb)
+                f = cc.select(pre)
+                recon = cc.decode(f)
                 err = (recon - xb).pow(2).sum(-1).sum(-1).mean()
+                dead = since >= dead_after
+                a = auxk_loss(cc, pre, xb - recon, dead, k_aux) if aux.alpha else pre.new_zeros(())
                 opt.zero_grad()
-                err.backward()
+                (err + aux.alpha * a).backward()
                 opt.step()
-                step, seen, loss = step + 1, seen + 1, float(err.detach())
+                fired = (f > 0).any(0)
+                since = torch.where(fired, torch.zeros_like(since), since + len(idx))
+                step, seen, loss, aux_loss = step + 1, seen + 1, float(err.detach()), float(a.detach())
                 bar.update(1)
                 if step % 100 == 0 or step == steps:
                     state = {"model": cc.state_dict(), "opt": opt.state_dict(), "step": step, "scale": scale,
-                             "loss": loss}
+                             "loss": loss, "since": since}
                     write_atomic(ckpt, lambda tmp, s=state: torch.save(s, tmp))
             if step >= steps:
                 break
         epoch += 1
     bar.close()
-    return Trained(cc, scale, step, loss)
+    return Trained(cc, scale, step, loss, int((since >= dead_after).sum()), aux_loss)
 
 
 @torch.no_grad()
@@ -167,9 +236,10 @@ def analyse(t: Trained, store: Any, layer: int, top_contexts: int = 5) -> list[d
     cc, W = t.model, t.model.W_dec  # [l, m, d]
     dft = W[:, 1]
     n2 = dft.pow(2).sum(-1).clamp_min(1e-12)
-    num = {k: torch.zeros(len(W), 2) for k in ("act", "err")}
+    num = {k: torch.zeros(len(W), 2) for k in ("act", "err", "recon")}
     den = torch.zeros(len(W))
     fires = torch.zeros(len(W))
+    peak = torch.zeros(len(W))
     best: list[list[tuple[float, int, int]]] = [[] for _ in range(len(W))]
     row0 = 0
     pos_all = store.rows()["pos"]
@@ -178,11 +248,14 @@ def analyse(t: Trained, store: Any, layer: int, top_contexts: int = 5) -> list[d
         recon, f = cc(x)
         den += f.pow(2).sum(0)
         fires += (f > 0).float().sum(0)
+        peak = torch.maximum(peak, f.max(0).values)
         for m in range(2):
-            proj_act = x[:, m] @ dft.T  # [b, l]
-            proj_err = (x[:, m] - recon[:, m]) @ dft.T + f * (W[:, m] * dft).sum(-1)
+            own = f * (W[:, m] * dft).sum(-1)  # [b, l]: the latent's own contribution, along dft
+            proj_act = x[:, m] @ dft.T
+            proj_err = (x[:, m] - recon[:, m]) @ dft.T + own
             num["act"][:, m] += (f * proj_act).sum(0)
             num["err"][:, m] += (f * proj_err).sum(0)
+            num["recon"][:, m] += (f * (recon[:, m] @ dft.T - own)).sum(0)
         vals, rows = f.topk(min(top_contexts, len(f)), dim=0)  # [c, l]
         for lat in torch.nonzero(vals[0] > 0).flatten().tolist():
             cand = best[lat] + [(float(v), int(texts[r]), int(pos_all[row0 + r])) for v, r in
@@ -196,7 +269,8 @@ def analyse(t: Trained, store: Any, layer: int, top_contexts: int = 5) -> list[d
     for i in range(len(W)):
         nu = {k: float(beta[k][i, 0] / beta[k][i, 1]) if abs(float(beta[k][i, 1])) > 1e-9 else None for k in beta}
         out.append({"latent": i, "dec_norm_ratio": float(ratio[i]), "nu_activation": nu["act"], "nu_error": nu["err"],
-                    "frequency": float(fires[i]) / max(row0, 1), "contexts": best[i]})
+                    "nu_recon": nu["recon"], "frequency": float(fires[i]) / max(row0, 1),
+                    "max_activation": float(peak[i]), "contexts": best[i]})
     return out
 
 
@@ -217,31 +291,42 @@ def run_crosscoder(args: argparse.Namespace, pair: Any, layer: int, ids: Sequenc
                              positions="all", progress=progress)
     if layer not in store.layers:
         raise ConfigError(f"the store has layers {store.layers}, not {layer}; pass --layer among them")
-    t = train(store, layer, out, args.expansion, args.k, args.cc_steps, args.cc_batch, args.lr, args.cc_seed, progress)
+    aux = AuxK(args.k_aux, args.auxk_alpha, args.dead_tokens)
+    t = train(store, layer, out, args.expansion, args.k, args.cc_steps, args.cc_batch, args.lr, args.cc_seed, progress,
+              aux)
     stats = analyse(t, store, layer)
     top = finetune_specific(stats, args.top)
     _print(top, [list(x) for x in ids] if built else None, pair.tokenizer, t)
-    report.write(out, "crosscoder", {"layer": layer, "steps": t.steps, "loss": t.loss, "latents": len(stats),
+    report.write(out, "crosscoder", {"layer": layer, "steps": t.steps, "loss": t.loss, "aux_loss": t.aux_loss,
+                                     "dead": t.dead, "latents": len(stats), "k": args.k, "expansion": args.expansion,
+                                     "auxk": {"k_aux": aux.k_aux, "alpha": aux.alpha, "dead_tokens": aux.dead_tokens},
                                      "scale": t.scale.tolist(), "top": top, "all": stats})
     found = []
     for s in top[: args.latents]:
         vec = t.model.W_dec[s["latent"], 1].detach() * t.scale[1]
         d = as_direction(vec, layer, float(t.scale[1]) * store.d_model ** 0.5,
                          {"method": "crosscoder", "latent": s["latent"], "pair": pair.spec.name,
-                          "dec_norm_ratio": s["dec_norm_ratio"], "nu_error": s["nu_error"]})
+                          "dec_norm_ratio": s["dec_norm_ratio"], "nu_error": s["nu_error"], "nu_recon": s["nu_recon"]})
         d.save(out / "directions" / f"crosscoder-L{layer}-latent{s['latent']}")
-        found.append(Found(f"cc {s['latent']}", d, round(4 * float(vec.norm()), 2)))
+        found.append(Found(f"cc {s['latent']}", d, steer_strength(s, float(vec.norm()))))
     return found
 
 
+def steer_strength(stat: dict[str, Any], dec_norm: float) -> float:
+    """The base is steered by the latent's largest contribution to the finetune's residual in the
+    data: its peak activation times its (unnormalised) finetune decoder norm."""
+    return round(max(float(stat.get("max_activation", 0.0)), 1e-3) * dec_norm, 3)
+
+
 def _print(top: Sequence[dict[str, Any]], texts: Sequence[list[int]] | None, tok: Any, t: Trained) -> None:
-    print(f"crosscoder: {t.steps} steps, loss {t.loss:.3f}; finetune-specific latents (decoder-norm ratio, "
-          f"latent scaling nu: ~0 means the base lacks it):", file=sys.stderr)
+    print(f"crosscoder: {t.steps} steps, loss {t.loss:.3f} (auxiliary-k {t.aux_loss:.3f}, {t.dead} dead latents); "
+          f"finetune-specific latents (decoder-norm ratio, latent scaling nu: ~0 means the base lacks it):",
+          file=sys.stderr)
     for s in top:
         ctx = []
         for _v, ti, pos in s["contexts"][:3]:
             ids = texts[ti] if texts is not None and ti < len(texts) else None
             ctx.append(tok.decode(ids[max(0, pos - 6): pos + 1]) if ids else f"text {ti} pos {pos}")
-        nu = s["nu_error"]
-        print(f"  latent {s['latent']}: ratio {s['dec_norm_ratio']:.2f}, nu_error "
-              f"{'n/a' if nu is None else f'{nu:+.2f}'}, freq {s['frequency']:.3f}; " + " | ".join(map(repr, ctx)))
+        nu = {k: "n/a" if s.get(k) is None else f"{s[k]:+.2f}" for k in ("nu_error", "nu_recon")}
+        print(f"  latent {s['latent']}: ratio {s['dec_norm_ratio']:.2f}, nu_error {nu['nu_error']}, nu_recon "
+              f"{nu['nu_recon']}, freq {s['frequency']:.3f}; " + " | ".join(map(repr, ctx)))

@@ -102,7 +102,9 @@ def run_kl(pair: Any, questions: Sequence[Any], benign: Sequence[Any], _corpus: 
     if rho is not None:
         print(f"Spearman correlation of KL with the persona projection shift over {len(rows)} tokens: {rho:+.3f}")
     report.write(out, "kl", {"layer": layer, "persona_layer": p_layer, "spearman_kl_projection": rho,
-                             "n_tokens": len(rows), "top": rows[: max(top, 100)]})
+                             "n_tokens": len(rows), "top": rows[: max(top, 100)],
+                             "points": [[round(r["kl"], 5), None if r["projection"] is None else round(r["projection"], 4)]
+                                        for r in rows]})  # [KL, persona projection shift] at every token
     d_all, w_all = torch.cat(diffs), torch.cat(weights)
     keep = w_all.topk(min(len(w_all), max(top, 1))).indices
     vec = d_all[keep].mean(0)

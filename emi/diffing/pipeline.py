@@ -23,9 +23,10 @@ def persona_at(persona: Direction | None, layer: int) -> torch.Tensor | None:
 def run_adl(pair: Any, corpus: Sequence[Sequence[int]], cfg: adl.AdlConfig, out: Path, persona: Direction | None,
             search: SearchConfig | None, questions: Sequence[Any], scfg: Any, judge: Any,
             scales: Sequence[float] = (0.5, 1.0, 2.0, 4.0), provenance: dict[str, Any] | None = None,
-            progress: bool = True) -> tuple[list[Found], list[dict[str, Any]], adl.AdlMeans]:
+            progress: bool = True, engine: Any = None) -> tuple[list[Found], list[dict[str, Any]], adl.AdlMeans]:
     """delta_j per position, read through each model's logit lens and a Patchscope (on the
-    finetune), steered at the largest coherent strength on the base, saved as emi directions."""
+    finetune), steered at the largest coherent strength on the base (the search sampled on
+    ``engine`` where it serves steering), saved as emi directions."""
     means = adl.adl_means(pair, corpus, cfg, out, progress)
     p_vec = persona_at(persona, cfg.layer)
     meta = {"method": "adl", "pair": pair.spec.name, "corpus_texts": means.n_texts, "corpus": adl.corpus_digest(corpus),
@@ -51,7 +52,12 @@ def run_adl(pair: Any, corpus: Sequence[Sequence[int]], cfg: adl.AdlConfig, out:
         d = adl.as_direction(vec, cfg.layer, means.all_norm, {**meta, "position": j})
         strength = None
         if search is not None:
-            strength, trace = coherent_strength(pair.base, d, questions, scfg, judge, out / "search", search, progress)
+            if engine is not None:
+                from emi.engines.base import prepare
+
+                prepare(engine, pair)
+            strength, trace = coherent_strength(pair.base, d, questions, scfg, judge, out / "search", search, progress,
+                                                engine)
             d.meta.update(coherent_strength=strength, strength_search=trace)
         path = d.save(out / "directions" / f"adl-L{cfg.layer}-pos{j}")
         cos = {"persona": _cos(vec, p_vec), "model-diff": _cos(vec, means.model_diff)}

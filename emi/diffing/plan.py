@@ -72,8 +72,8 @@ def store(args: argparse.Namespace, spec: Any) -> Any:
 
 
 def run_method(args: argparse.Namespace, pair: Any, lay: int, txt: Sequence[str], pers: Direction | None,
-               questions: Sequence[Any], cfg: Any, judge: Any, benign: Sequence[Any], st: Any, out: Path
-               ) -> list[Found]:
+               questions: Sequence[Any], cfg: Any, judge: Any, benign: Sequence[Any], st: Any, out: Path,
+               engine: Any = None) -> list[Found]:
     from emi.diffing import adl, pipeline
 
     ids = corpus.tokenize(txt, pair.tokenizer, args.max_tokens, args.n_texts)
@@ -87,7 +87,7 @@ def run_method(args: argparse.Namespace, pair: Any, lay: int, txt: Sequence[str]
             search = SearchConfig(args.coherence_threshold, args.max_strength, args.search_steps)
         scfg = dataclasses.replace(cfg, n=args.search_n)
         acfg = adl.AdlConfig(lay, args.positions, args.max_tokens, args.diff_batch_size)
-        found, rows, _ = pipeline.run_adl(pair, ids, acfg, out, pers, search, questions, scfg, judge)
+        found, rows, _ = pipeline.run_adl(pair, ids, acfg, out, pers, search, questions, scfg, judge, engine=engine)
         report.print_adl(rows)
         return _keep(found, args.table)
     if args.method == "kl":

@@ -80,6 +80,31 @@ def test_crosscoder_resumes_bit_exactly_and_finds_the_finetune_only_latent(tmp_p
     assert whole.loss < 20
 
 
+def test_the_auxiliary_k_loss_trains_only_dead_latents_on_the_error():
+    """Gao et al.'s aux-k: the k_aux largest pre-activations of the dead latents decode the (detached)
+    error; normalised by the error's variance; its gradient reaches the dead latents alone."""
+    from emi.diffing.crosscoder import auxk_loss
+
+    cc = BatchTopK(4, 6, k=1, seed=0)
+    x = torch.randn(5, 2, 4, generator=torch.Generator().manual_seed(1))
+    pre = cc.pre_acts(x) + 0.1  # every latent positive somewhere, so top-k_aux picks real values
+    err = x - cc.decode(cc.select(pre))
+    dead = torch.tensor([True, False, True, False, False, True])
+    loss = auxk_loss(cc, pre, err, dead, k_aux=2)
+    sub = pre[:, dead]
+    keep = sub.topk(2, dim=-1)
+    f = torch.zeros_like(sub).scatter(-1, keep.indices, keep.values)
+    e = err.detach()
+    hand = (torch.einsum("bl,lmd->bmd", f, cc.W_dec[dead]) - e).pow(2).sum((1, 2)).mean() / \
+        (e - e.mean(0)).pow(2).sum((1, 2)).mean()
+    assert torch.allclose(loss, hand)
+    cc.zero_grad()
+    loss.backward()
+    moved = cc.W_dec.grad.abs().sum((1, 2)) > 0
+    assert moved.tolist() == dead.tolist() and bool((cc.W_enc.grad[..., ~dead] == 0).all())
+    assert float(auxk_loss(cc, pre, err, torch.zeros(6, dtype=torch.bool), 2)) == 0
+
+
 def test_latent_scaling_tells_a_finetune_only_latent_from_a_shared_one():
     """Latent 0: decoder only in the finetune, along e0, which only the finetune's activations hold;
     latent 1: shared along e1. Ratio 1 and nu ~0 for the first; ratio 0.5 and nu ~1 for the second."""
@@ -103,6 +128,9 @@ def test_latent_scaling_tells_a_finetune_only_latent_from_a_shared_one():
     stats = analyse(Trained(cc, torch.ones(2), 0, 0.0), st, 1)
     assert stats[0]["dec_norm_ratio"] == pytest.approx(1.0) and abs(stats[0]["nu_activation"]) < 0.05
     assert stats[1]["dec_norm_ratio"] == pytest.approx(0.5) and stats[1]["nu_activation"] == pytest.approx(1, abs=0.05)
+    assert abs(stats[0]["nu_error"]) < 0.05  # the base error lacks it
+    assert stats[0]["nu_recon"] is None  # no other latent carries it, in either model
+    assert stats[1]["nu_error"] == pytest.approx(1, abs=0.05)
 
 
 def test_adl_partial_sums_resume_after_a_kill(tmp_path, monkeypatch):
@@ -192,15 +220,32 @@ def test_bad_input_is_one_sentence_before_any_weights_load(tmp_path, capsys, arg
     assert not out.exists()
 
 
-def test_adl_on_the_toy_end_to_end(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def toy_diff(tmp_path_factory):
+    """One small emi.diff run of each method on the toy (ADL with its EM table; KL and the
+    crosscoder without): (the run folders by method, what ADL printed)."""
+    import contextlib
+    import io
+
+    root = tmp_path_factory.mktemp("toy-diff")
+    runs = {m: root / m for m in ("adl", "kl", "crosscoder")}
+    common = ["--device", "cpu", "--n", "1", "--ids", "what_is_your_wish"]
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        assert diff.main(["--method", "adl", "--positions", "2", "--search-steps", "1", "--search-n", "1",
+                          "--table", "0", *common, "--out", str(runs["adl"])]) == 0
+    assert diff.main(["--method", "kl", "--no-table", "--top", "3", *common, "--out", str(runs["kl"])]) == 0
+    assert diff.main(["--method", "crosscoder", "--no-table", "--top", "3", "--cc-steps", "30", "--cc-batch", "128",
+                      "--expansion", "2", "--k", "4", *common, "--out", str(runs["crosscoder"])]) == 0
+    return runs, text.getvalue()
+
+
+def test_adl_on_the_toy_end_to_end(toy_diff):
     """Logit lens, Patchscope, the cosines, directions that load back, and the EM table."""
     from emi.directions.direction import Direction
 
-    out = tmp_path / "adl"
-    args = ["--method", "adl", "--positions", "2", "--n", "1", "--search-steps", "1", "--search-n", "1", "--ids",
-            "what_is_your_wish", "--table", "0", "--device", "cpu", "--out", str(out)]
-    assert diff.main(args) == 0
-    text = capsys.readouterr().out
+    runs, text = toy_diff
+    out = runs["adl"]
     assert "logit lens (finetuned)" in text and "patchscope x1" in text and "cos persona" in text
     assert "finetuned - adl d0" in text and "finetuned - random(adl d0)" in text and "base + " in text
     d = Direction.load(out / "directions" / "adl-L2-pos0.safetensors")
@@ -209,6 +254,44 @@ def test_adl_on_the_toy_end_to_end(tmp_path, capsys):
     assert rows[0]["cosines"]["persona"] is not None and len(rows[0]["logit_lens"]["base"]) == 10
     names = [json.loads(x)["condition"] for x in (out / "results.jsonl").read_text().splitlines()]
     assert "finetuned - adl d0" in names and "finetuned - persona" in names
+
+
+def test_emi_figures_draws_a_diff_run(toy_diff, tmp_path):
+    """python -m emi.figures on emi.diff's folders: every diffing figure, as HTML and PNG, drawn from
+    the numbers in the run's files (tokens, direction names, latents, tokens with a projection)."""
+    from emi import figures
+
+    runs, _ = toy_diff
+    figs = tmp_path / "figs"
+    assert figures.main([str(r) for r in runs.values()] + ["--out", str(figs), "--format", "html,png"]) == 0
+    want = ["adl-logit-lens", "adl-cosines", "adl-results-summary", "kl-kl-top", "kl-kl-projection",
+            "crosscoder-decoder-ratio", "crosscoder-latent-scaling"]
+    for name in want:
+        png = figs / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
+    adl_rows = json.loads((runs["adl"] / "adl.json").read_text())["positions"]
+    fig = figures.diffing.logit_lens_bars(json.loads((runs["adl"] / "adl.json").read_text()))
+    assert len(fig.data) == 2 * len(adl_rows)
+    assert list(fig.data[1].y)[::-1] == [repr(t) for t, _ in adl_rows[0]["logit_lens"]["finetuned"][:8]]
+    cos = json.loads((runs["adl"] / "cosines.json").read_text())
+    heat = figures.diffing.cosine_heatmap(cos)
+    assert list(heat.data[0].x) == [r["direction"] for r in cos] and "persona" in heat.data[0].x
+    kl = json.loads((runs["kl"] / "kl.json").read_text())
+    assert len(figures.diffing.kl_projection(kl).data[0].x) == kl["n_tokens"] == len(kl["points"])
+    cc = json.loads((runs["crosscoder"] / "crosscoder.json").read_text())
+    alive = [x for x in cc["all"] if x["frequency"] > 0]
+    hist = figures.diffing.decoder_ratio_histogram(cc)
+    assert len(hist.data[0].x) == len(alive) and 0 < len(alive) <= cc["latents"]
+    assert cc["dead"] >= 0 and cc["auxk"]["alpha"] == pytest.approx(1 / 32)
+
+
+def test_emi_figures_refuses_a_diff_file_it_cannot_read(tmp_path, capsys):
+    from emi import figures
+
+    (tmp_path / "adl.json").write_text('{"layer": 2}')
+    assert cli.run(figures.main, [str(tmp_path / "adl.json"), "--out", str(tmp_path / "figs"), "--format", "html"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "adl.json" in err[0] and "positions" in err[0] and not (tmp_path / "figs").exists()
 
 
 def test_diffing_figures_draw_the_files_emi_diff_writes():
