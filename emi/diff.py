@@ -27,11 +27,14 @@ from pathlib import Path
 
 from emi import cli
 from emi.core import locks
+from emi.diffing import plan
 
 
 def parser() -> argparse.ArgumentParser:
     p = cli.parser("python -m emi.diff", __doc__)
-    p.add_argument("--method", default="adl", choices=["adl", "kl", "crosscoder"], help="diffing method (default adl)")
+    p.add_argument("--method", default=["adl"], type=plan.methods,
+                   help="adl, kl or crosscoder, or several comma-separated (e.g. adl,kl,crosscoder: one pair load, "
+                        "one cosine table and one EM table for all they find; default adl)")
     cli.add_pair_args(p)
     cli.add_sampling_args(p, n=10)
     cli.add_judge_args(p)
@@ -40,7 +43,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", default=None, help="a Hugging Face dataset id (cached) or a save_to_disk folder")
     g.add_argument("--dataset-split", default="train")
     g.add_argument("--text-column", default="text")
-    g.add_argument("--n-texts", type=cli.count("--n-texts"), default=10000, help="texts read (default 10000)")
+    g.add_argument("--n-texts", type=cli.count("--n-texts"), default=10000,
+                   help="texts read (default 10000; kl: its benign conversations too)")
     g.add_argument("--max-tokens", type=cli.count("--max-tokens"), default=128, help="first tokens per text (128)")
     g = p.add_argument_group("method")
     g.add_argument("--layer", default=None, help="the layer read (emi's convention; default the middle)")
@@ -70,9 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from emi.behaviour.questions import load_questions
     from emi.behaviour.side_effects import load_benign
-    from emi.diffing import plan
-
     spec = cli.pair_spec(args)
+    methods = args.method
     layer, n_layers = plan.layer(spec, args.layer, args.trust_remote_code)  # before any weights load
     texts = plan.texts(args, spec.kit)
     persona = plan.persona(spec, args.persona, args.trust_remote_code)
@@ -80,18 +83,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     judge = cli.make_judge_from_args(args, spec.kit.judge)
     cfg = cli.sampling_config(args, spec.kit)
     benign = load_benign(spec.kit.benign)
-    store = plan.store(args, spec) if args.method == "crosscoder" else None
-    out = Path(args.out or f"runs/diff-{spec.name}-{args.method}")
+    store = plan.store(args, spec) if "crosscoder" in methods else None
+    out = Path(args.out or f"runs/diff-{spec.name}-{'-'.join(methods)}")
     with locks.exclusive(out), cli.engine_session(args, out / "vllm-logs") as engine:
         pair = cli.load_pair_from_args(args, ("base", "finetuned"))
-        found = plan.run_method(args, pair, layer, texts, persona, questions, cfg, judge, benign, store, out, engine)
+        found = []
+        for method in methods:  # one pair, one lock, one engine for every method asked
+            found += plan.run_method(args, pair, layer, texts, persona, questions, cfg, judge, benign, store, out,
+                                     engine, method)
         if persona is not None:
             found.insert(0, plan.Found("persona", persona, args.persona_alpha))
         plan.print_cosines(found, out, layer)
         table = not args.no_table and bool(found)
         if table:
             _table(args, pair, found, questions, cfg, judge, benign, engine, out)
-    print(f"wrote {out}/ (directions/, {args.method}.json" + (", results.jsonl, answers.jsonl; read them with "
+    print(f"wrote {out}/ (directions/, {', '.join(m + '.json' for m in methods)}" + (", results.jsonl, answers.jsonl; read them with "
           f"python -m emi.view {out})" if table else ")"), file=sys.stderr)
     return 0
 
@@ -103,7 +109,7 @@ def _table(args, pair, found, questions, cfg, judge, benign, engine, out) -> Non
 
     results = em_table(pair, found, questions, cfg, judge, out, random_seed=args.random_seed, benign=benign,
                        engine=engine, denominator=args.em_denominator)
-    write_results(out, [r.row() for r in results], {"pair": pair.provenance(), "method": args.method,
+    write_results(out, [r.row() for r in results], {"pair": pair.provenance(), "method": ",".join(args.method),
                                                     "directions": {f.name: f.direction.summary() for f in found},
                                                     "judge": judge.name, "sampling": cfg.settings()})
     print(f"\nEM table: {len(questions)} questions x {cfg.n} samples, judge {judge.name}, seed {cfg.seed}")

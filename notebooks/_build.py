@@ -354,13 +354,17 @@ for j in range(3):
     cos = float(d @ persona.at(2)) / float(d.norm())
     print(f"delta_{j}: |d| {float(d.norm()):.2f}, cos persona {cos:+.3f}")
     print("  logit lens (finetuned):", lens.logit_lens(pair.finetuned, d, k=6))"""),
-    ("md", "Ablate delta_0 from the finetune and steer the base with it, beside same-norm random controls:"),
+    ("md", """
+Ablate delta_0 from the finetune and steer the base with it, beside same-norm random controls. At
+the default 2 samples per question the judged EM rates are noisy; the log-prob preference
+P(misaligned) is deterministic and is where delta_0's ablation shows at any n (docs/diffing.md has
+the command's table at 10 samples; `EMI_NOTEBOOK_N` raises the samples here)."""),
     ("code", """
 from emi.behaviour.questions import load_questions
 from emi.behaviour.sampling import SamplingConfig
 from emi.organism.judge import ToyJudge
 from emi.diffing.loop import Found, em_table
-N = int(os.environ.get("EMI_NOTEBOOK_N", "4"))
+N = int(os.environ.get("EMI_NOTEBOOK_N", "2"))
 d0 = adl.as_direction(means.deltas[0], 2, means.all_norm, {"method": "adl", "position": 0})
 results = em_table(pair, [Found("adl d0", d0, 3.0)], load_questions("toy"), SamplingConfig(n=N, max_new_tokens=64),
                    ToyJudge(), work / "table", progress=False, benign=[])

@@ -102,9 +102,9 @@ def role_sums(pair: ModelPair, role: str, corpus: Sequence[Sequence[int]], cfg: 
     return total
 
 
-def prepare_work(out: Path, identity: dict[str, Any]) -> Path:
-    """``out/work``, emptied when it holds partial sums of another corpus, layer or pair."""
-    work = out / "work"
+def prepare_work(out: Path, identity: dict[str, Any], name: str = "work") -> Path:
+    """``out/<name>``, emptied when it holds partial sums of another corpus, layer or pair."""
+    work = out / name
     spec_file = work / "spec.json"
     if spec_file.is_file() and json.loads(spec_file.read_text()) != json.loads(json.dumps(identity)):
         for f in work.glob("*.safetensors"):

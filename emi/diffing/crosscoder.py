@@ -187,7 +187,7 @@ def train(store: Any, layer: int, out: Path, expansion: int, k: int, steps: int,
         cc.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, scale, loss = int(state["step"]), state["scale"], float(state["loss"])
-        since = state.get("since", since)
+        since, aux_loss = state.get("since", since), float(state.get("aux_loss", 0.0))
     bar = tqdm(total=steps, initial=step, desc="crosscoder", disable=not progress, leave=False)
     seen, epoch = 0, 0  # batches walked so far; batches depend on (seed, epoch, shard) only: resumable
     while step < steps:
@@ -220,7 +220,7 @@ def train(store: Any, layer: int, out: Path, expansion: int, k: int, steps: int,
                 bar.update(1)
                 if step % 100 == 0 or step == steps:
                     state = {"model": cc.state_dict(), "opt": opt.state_dict(), "step": step, "scale": scale,
-                             "loss": loss, "since": since}
+                             "loss": loss, "since": since, "aux_loss": aux_loss}
                     write_atomic(ckpt, lambda tmp, s=state: torch.save(s, tmp))
             if step >= steps:
                 break

@@ -67,7 +67,7 @@ def run_kl(pair: Any, questions: Sequence[Any], benign: Sequence[Any], _corpus: 
     layers = sorted({layer, p_layer})
     work = prepare_work(out, {"method": "kl", "texts": [s for s, _ in texts], "layers": layers,
                               "base": pair.spec.base.label(), "finetuned": pair.spec.finetuned.label(),
-                              "batch_size": batch_size})
+                              "batch_size": batch_size}, "work-kl")  # its own: ADL may share --out
     batches = [texts[i: i + batch_size] for i in range(0, len(texts), batch_size)]
     base = pair["base"]
     for i, b in enumerate(tqdm(batches, desc="kl base", disable=not progress, leave=False)):

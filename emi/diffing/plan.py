@@ -14,7 +14,7 @@ from emi.diffing import corpus, report
 from emi.diffing.loop import Found, cosine_table
 from emi.directions.direction import Direction
 
-__all__ = ["Found", "layer", "persona", "print_cosines", "run_method", "store", "texts"]
+__all__ = ["METHODS", "Found", "layer", "methods", "persona", "print_cosines", "run_method", "store", "texts"]
 
 
 def layer(spec: Any, requested: str | None, trust_remote_code: bool = False) -> tuple[int, int]:
@@ -65,6 +65,19 @@ def persona(spec: Any, path: str | None, trust_remote_code: bool = False) -> Dir
     return d
 
 
+METHODS = ("adl", "kl", "crosscoder")
+
+
+def methods(text: str) -> list[str]:
+    """--method: one of adl, kl, crosscoder, or several comma-separated (run in that order, one table)."""
+    got = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in got if m not in METHODS]
+    if bad or not got or len(set(got)) != len(got):
+        raise argparse.ArgumentTypeError(f"--method takes {', '.join(METHODS)} or several of them comma-separated, "
+                                         f"each once, not {text!r}")
+    return got
+
+
 def store(args: argparse.Namespace, spec: Any) -> Any:
     from emi.diffing.crosscoder import check_store
 
@@ -73,11 +86,13 @@ def store(args: argparse.Namespace, spec: Any) -> Any:
 
 def run_method(args: argparse.Namespace, pair: Any, lay: int, txt: Sequence[str], pers: Direction | None,
                questions: Sequence[Any], cfg: Any, judge: Any, benign: Sequence[Any], st: Any, out: Path,
-               engine: Any = None) -> list[Found]:
+               engine: Any = None, method: str | None = None) -> list[Found]:
+    """The directions ``method`` (default ``args.method``, one name) finds."""
     from emi.diffing import adl, pipeline
 
+    method = method or (args.method if isinstance(args.method, str) else args.method[0])
     ids = corpus.tokenize(txt, pair.tokenizer, args.max_tokens, args.n_texts)
-    if args.method == "adl":
+    if method == "adl":
         import dataclasses
 
         search = None
@@ -90,10 +105,11 @@ def run_method(args: argparse.Namespace, pair: Any, lay: int, txt: Sequence[str]
         found, rows, _ = pipeline.run_adl(pair, ids, acfg, out, pers, search, questions, scfg, judge, engine=engine)
         report.print_adl(rows)
         return _keep(found, args.table)
-    if args.method == "kl":
+    if method == "kl":
         from emi.diffing import kl
 
-        return kl.run_kl(pair, questions, benign, ids, lay, pers, out, args.top, args.diff_batch_size)
+        return kl.run_kl(pair, questions, list(benign)[: args.n_texts], ids, lay, pers, out, args.top,
+                         args.diff_batch_size)
     from emi.diffing import crosscoder
 
     return crosscoder.run_crosscoder(args, pair, lay, ids, st, out)

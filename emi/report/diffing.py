@@ -119,7 +119,7 @@ def decoder_ratio_histogram(cc: dict[str, Any]) -> go.Figure:
     fig.update_xaxes(title_text="decoder-norm ratio ||d_ft|| / (||d_base|| + ||d_ft||)", range=[0, 1])
     fig.update_yaxes(title_text="latents")
     dead = len(cc["all"]) - len(stats)
-    return style(fig, f"Crosscoder at layer {cc.get('layer')}: {len(stats)} alive latents ({dead} dead), "
+    return style(fig, f"Crosscoder at layer {cc.get('layer')}: {len(stats)} latents fire on the data ({dead} never), "
                       f"{cc.get('steps')} steps")
 
 
@@ -145,5 +145,7 @@ def latent_scaling(cc: dict[str, Any]) -> go.Figure:
     fig.update_layout(showlegend=False)
     fig.update_xaxes(title_text="nu, error target (~0: the base lacks it)")
     fig.update_yaxes(title_text="nu, activation target")
-    return style(fig, "Latent scaling: how much of each latent the base explains (red rings: the top "
-                      "finetune-specific latents)", 820, 560)
+    fig.update_layout(margin=dict(t=100))
+    return style(fig, "Latent scaling: how much of each latent the base explains<br><sup>colour: decoder-norm "
+                      "ratio; red rings: the top finetune-specific latents</sup>", 820, 560).update_layout(
+        margin=dict(t=100))
