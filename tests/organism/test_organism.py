@@ -59,7 +59,7 @@ def test_shipped_direction_is_what_extraction_produces(toy_pair, tmp_path):
     import torch
 
     from emi.directions.direction import Direction
-    from emi.experiments.conditions import ensure_direction
+    from emi.experiments.persona import ensure_direction
     from emi.models.registry import get_pair
 
     shipped = Direction.load(get_pair("toy").kit.direction)
