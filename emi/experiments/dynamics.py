@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from emi.activations.capture import hf_reader
+from emi.activations.readers import hf_reader
 from emi.behaviour.evaluation import evaluate
 from emi.behaviour.judges import Judge
 from emi.behaviour.logprob import OptionPair, logprob_metrics

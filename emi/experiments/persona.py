@@ -33,6 +33,7 @@ def ensure_direction(pair: ModelPair, cache_dir: str | Path, method: str = "mode
     direction's meta records the prompts, the criterion and its table.
     """
     from emi.activations.capture import capture_models, capture_pair
+    from emi.activations.plan import CaptureSpec
     from emi.behaviour.logprob import option_pairs
     from emi.behaviour.questions import load_questions
     from emi.directions.contrast import contrast_items
@@ -58,20 +59,20 @@ def ensure_direction(pair: ModelPair, cache_dir: str | Path, method: str = "mode
     if method == "model-diff":
         items = [{"messages": q.messages() + [{"role": "assistant", "content": ""}], "id": q.id, "key": q.key}
                  for q in qs]
-        store = capture_pair(pair, ("base", "finetuned"), items, cache_dir / "store", "all", positions="last_prompt",
-                             progress=progress, overwrite=overwrite)
+        store = capture_pair(pair, ("base", "finetuned"), items, cache_dir / "store",
+                             CaptureSpec(positions="last_prompt"), progress=progress, overwrite=overwrite)
         ex = extract(store, "model-diff", "last_prompt", holdout=0.0, min_count=2)
     elif method == "contrast":
         items = contrast_items(qs, kit, per_question=kit.contrast_per_question)
-        store = capture_models({"finetuned": pair.finetuned}, items, cache_dir / "store", "all",
-                               positions="last_prompt", progress=progress, overwrite=overwrite)
+        store = capture_models({"finetuned": pair.finetuned}, items, cache_dir / "store",
+                               CaptureSpec(positions="last_prompt"), progress=progress, overwrite=overwrite)
         ex = extract(store, "contrast", "last_prompt", role="finetuned", min_count=2)
     elif method == "mean-diff":
         if cfg is None or judge is None:
             raise ValueError("mean-diff needs sampling settings and a judge")
         _, judged = evaluate(pair.finetuned, qs, cfg, judge, cache_dir / "answers", progress=progress)
-        store = capture_models({"finetuned": pair.finetuned}, judged, cache_dir / "store", "all",
-                               positions="response", progress=progress, overwrite=overwrite)
+        store = capture_models({"finetuned": pair.finetuned}, judged, cache_dir / "store",
+                               CaptureSpec(positions="response"), progress=progress, overwrite=overwrite)
         ex = extract(store, "mean-diff", "response", role="finetuned")
     else:
         raise ValueError(f"unknown method {method!r}")
