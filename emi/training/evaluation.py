@@ -32,8 +32,8 @@ from emi.experiments.dynamics import Reference, last_prompt_activations, measure
 from emi.models import chat
 from emi.models.kit import TaskMetric
 from emi.models.loading import LoadedModel, load_pair
+from emi.models.organism_folder import Organism
 from emi.models.specs import ModelSpec, PairSpec
-from emi.training.organism import Organism
 
 
 def benign_shift(base: LoadedModel, model: LoadedModel, items: Sequence[BenignItem], batch_size: int = 8
