@@ -250,11 +250,11 @@ def section_capture(lm: Any, size: tuple[int, int, int, int]) -> dict[str, Any]:
 def section_em(lm: Any, size: tuple[int, int, int, int]) -> dict[str, Any]:
     import torch
 
-    from emi.behaviour.judges import make_judge
     from emi.behaviour.questions import load_questions
     from emi.behaviour.sampling import SamplingConfig
     from emi.behaviour.side_effects import load_benign
     from emi.experiments.conditions import run, standard_conditions
+    from emi.judging.judges import make_judge
     from emi.models.loading import LoadedModel, ModelPair
     from emi.models.registry import get_pair
 

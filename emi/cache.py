@@ -120,7 +120,7 @@ def _cache(args, spec, source, judge, path, rk) -> int:  # noqa: ANN001
 def _texts(args, spec, pair, path, source, judge, engine):  # noqa: ANN001, ANN202
     """What to capture: a user's answers, persona-contrast prompts (answered and judged when the
     positions need answers), or the generator's judged answers to the pair's questions."""
-    from emi.behaviour.evaluation import evaluate
+    from emi.judging.evaluation import evaluate
 
     if args.answers:
         return source

@@ -16,8 +16,6 @@ from typing import Any, cast
 
 import torch
 
-from emi.behaviour.evaluation import evaluate
-from emi.behaviour.judges import Judge
 from emi.behaviour.logprob import LogprobResult, OptionPair
 from emi.behaviour.metrics import Summary
 from emi.behaviour.questions import Question
@@ -36,6 +34,8 @@ from emi.experiments.persona import pair_direction as pair_direction  # noqa: F4
 from emi.experiments.results import ResultRow
 from emi.experiments.results import write_results as write_results  # noqa: F401  (shim: emi/defences.py)
 from emi.interventions import hooks, weights
+from emi.judging.evaluation import evaluate
+from emi.judging.judges import Judge
 from emi.models.loading import LoadedModel, ModelPair
 
 

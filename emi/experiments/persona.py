@@ -7,11 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from emi.behaviour.evaluation import evaluate
-from emi.behaviour.judges import Judge
 from emi.behaviour.sampling import SamplingConfig
 from emi.core import locks
 from emi.directions.direction import Direction, extract
+from emi.judging.evaluation import evaluate
+from emi.judging.judges import Judge
 from emi.models.loading import ModelPair
 
 

@@ -174,8 +174,8 @@ class _Stub:
 
 
 def _prompts_for(entries: dict[str, dict[str, Any]]) -> dict[str, str]:
-    from emi.behaviour.judges import prompt_hash
     from emi.behaviour.questions import judge_prompts
+    from emi.judging.judges import prompt_hash
 
     hashes = {e.get("judge_prompt") for e in entries.values()}
     paper = judge_prompts()
@@ -232,7 +232,7 @@ def read_run(path: Path, cols: dict[str, Any], tables: dict[str, Interner], run_
 def _append(answers: list[dict[str, Any]], judges: dict[str, dict[str, dict[str, Any]]],
             proj: dict[str, list[Any]], cols: dict[str, Any], tables: dict[str, Interner], run_index: int) -> None:
     """The run's answers onto the page's columns, with every judge's scores (None where a judge has none)."""
-    from emi.behaviour.judges import cache_key
+    from emi.judging.judges import cache_key
 
     stubs = {name: _Stub(name, _prompts_for(entries)) for name, entries in sorted(judges.items())}
     for name in stubs:

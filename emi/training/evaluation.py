@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from emi.behaviour.judges import Judge
 from emi.behaviour.logprob import OptionPair, answer_logits
 from emi.behaviour.metrics import bootstrap
 from emi.behaviour.questions import Question
@@ -29,6 +28,7 @@ from emi.behaviour.side_effects import BenignItem
 from emi.core.errors import ConfigError
 from emi.directions.direction import Direction
 from emi.experiments.dynamics import Reference, last_prompt_activations, measure, step_of
+from emi.judging.judges import Judge
 from emi.models import chat
 from emi.models.kit import TaskMetric
 from emi.models.loading import LoadedModel, load_pair

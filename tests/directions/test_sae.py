@@ -26,9 +26,9 @@ from tests.standins import random_sae
 
 @pytest.fixture(scope="module")
 def toy_store(tmp_path_factory, toy_pair):
-    from emi.behaviour.evaluation import evaluate
     from emi.behaviour.questions import load_questions
     from emi.behaviour.sampling import SamplingConfig
+    from emi.judging.evaluation import evaluate
     from emi.organism.judge import ToyJudge
 
     _, judged = evaluate(toy_pair.finetuned, load_questions("toy"), SamplingConfig(n=3, max_new_tokens=48), ToyJudge(),

@@ -21,7 +21,7 @@ def test_shipped_pair_loads_offline():
 
 
 def test_clear_em_gap_on_a_small_sample(toy_pair):
-    from emi.behaviour.evaluation import evaluate
+    from emi.judging.evaluation import evaluate
 
     qs = load_questions("toy")
     cfg = SamplingConfig(n=5, max_new_tokens=64, seed=1, batch_size=128)

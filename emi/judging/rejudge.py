@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emi.behaviour.agreement import Agreement, agreement
-from emi.behaviour.judges import Judge, JudgeCache, cache_key, is_exact, judge_records, make_judge
-from emi.behaviour.labels import Label, match
 from emi.behaviour.metrics import summarize
 from emi.behaviour.questions import judge_prompts
 from emi.behaviour.records import SummaryColumns
 from emi.core import jsonl
 from emi.core.errors import ConfigError, JudgeError
+from emi.judging.agreement import Agreement, agreement
+from emi.judging.judges import Judge, JudgeCache, cache_key, is_exact, judge_records, make_judge
+from emi.judging.labels import Label, match
 
 KINDS = {"summary.json": ("evaluate", "model"), "trajectory.jsonl": ("trajectory", "checkpoint"),
          "results.jsonl": ("steer", "condition")}
