@@ -31,7 +31,20 @@ from emi.activations.plan import (
     select_positions,
 )
 from emi.activations.readers import Acts, Reader, ReaderFactory, hf_reader
-from emi.activations.store import DTYPES, Store, StoreWriter, is_complete, resolve, tensor_key
+from emi.activations.store import (
+    DTYPES,
+    Manifest,
+    ModelIdentity,
+    ShardEntry,
+    Store,
+    StoreProvenance,
+    StoreSpec,
+    StoreWriter,
+    Texts,
+    is_complete,
+    resolve,
+    tensor_key,
+)
 from emi.core import jsonl, locks
 from emi.core.errors import ConfigError, StoreError
 from emi.models.chat import pad_right
@@ -75,9 +88,9 @@ def _spec(spec: CaptureSpec | str | Sequence[int] | None, legacy: LegacyKeywords
 
 def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[dict[str, Any] | str], out: str | Path,
             spec: CaptureSpec, d_model: int, device: torch.device | str = "cpu",
-            provenance: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = True,
+            provenance: StoreProvenance | None = None, overwrite: bool = False, progress: bool = True,
             root: str | Path | None = None, active: dict[str, Callable[[], Any]] | None = None,
-            identity: dict[str, Any] | None = None, plan_roles: int | None = None, ranks: Ranks = SINGLE) -> Store:
+            identity: dict[str, ModelIdentity] | None = None, plan_roles: int | None = None, ranks: Ranks = SINGLE) -> Store:
     """Run each reader over the texts and write one store; resumes an interrupted run.
 
     ``identity`` (which checkpoints each role is) joins the spec: resuming a store with other
@@ -90,10 +103,10 @@ def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[dict[str
     positions = [select_positions(t, spec.positions) for t in texts]  # fails early on plain texts
     counts = row_counts(positions, spec.positions)
     path = resolve(out, root)
-    store_spec = {"roles": list(readers), "layers": list(spec.layer_indices), "sites": list(spec.sites),
-                  "positions": spec.positions, "dtype": spec.store_dtype, "d_model": d_model,
-                  "shard_texts": spec.shard_texts, "shard_mb": spec.shard_mb,
-                  "models": identity or {}, "layer_convention": "residual stream after decoder block l"}
+    store_spec = StoreSpec(roles=list(readers), layers=list(spec.layer_indices), sites=list(spec.sites),
+                           positions=spec.positions, dtype=spec.store_dtype, d_model=d_model,
+                           shard_texts=spec.shard_texts, shard_mb=spec.shard_mb, models=identity or {},
+                           layer_convention="residual stream after decoder block l")
     if ranks.world > 1:
         plan = plan_shards(counts, spec, plan_roles or len(readers), d_model)
         return _capture_parallel(readers, texts, positions, plan, path, spec, store_spec, provenance, overwrite,
@@ -132,8 +145,8 @@ def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[dict[str
 
 
 def _capture_parallel(readers: dict[str, Reader], texts: list[Text], positions: list[range],
-                      plan: list[tuple[int, int]], path: Path, spec: CaptureSpec, store_spec: dict[str, Any],
-                      provenance: dict[str, Any] | None, overwrite: bool, pad_id: int, device: torch.device,
+                      plan: list[tuple[int, int]], path: Path, spec: CaptureSpec, store_spec: StoreSpec,
+                      provenance: StoreProvenance | None, overwrite: bool, pad_id: int, device: torch.device,
                       active: dict[str, Callable[[], Any]] | None, ranks: Ranks) -> Store:
     """Data-parallel capture: rank r writes shards r, r + world, ... into ``path/.rank-r`` (a
     store of the same spec, resumable like any), then rank 0 copies every shard, verified, into
@@ -158,14 +171,15 @@ def _capture_parallel(readers: dict[str, Reader], texts: list[Text], positions: 
     return Store.open(path)
 
 
-def _assemble(path: Path, store_spec: dict[str, Any], metas: list[dict[str, Any]], provenance: dict[str, Any] | None,
+def _assemble(path: Path, store_spec: StoreSpec, metas: Texts, provenance: StoreProvenance | None,
               plan: list[tuple[int, int]], overwrite: bool) -> Store:
     """The store at ``path`` from the ranks' parts (``path/.rank-*``), shard by shard, resumable."""
-    found: dict[tuple[int, int], tuple[Path, dict[str, Any]]] = {}
+    found: dict[tuple[int, int], tuple[Path, ShardEntry]] = {}
     for part in sorted(path.glob(".rank-*")):
-        mf = json.loads((part / "manifest.json").read_text()) if (part / "manifest.json").is_file() else {"shards": []}
+        mf: Manifest = (json.loads((part / "manifest.json").read_text()) if (part / "manifest.json").is_file()
+                        else Manifest(shards=[]))
         for entry in mf["shards"]:
-            found[tuple(entry["texts"])] = (part / entry["file"], entry)  # type: ignore[index]
+            found[(entry["texts"][0], entry["texts"][1])] = (part / entry["file"], entry)
     writer = StoreWriter(path, store_spec, metas, provenance, overwrite)
     for index, texts in enumerate(plan):
         if texts in writer.done:
@@ -240,12 +254,21 @@ def capture_models(models: dict[str, LoadedModel], items: Sequence[dict[str, Any
     layers = got.layer_indices
     readers = {r: reader(m, layers, got.sites) if reader else hf_reader(m.model, layers, got.sites)
                for r, m in models.items()}
-    prov = {"models": {r: m.provenance for r, m in models.items()}}
-    identity = {r: {k: m.provenance.get(k) for k in ("resolved", "revision", "adapter", "commit")}
-                | ({"reader": getattr(reader, "name", "custom")} if reader else {}) for r, m in models.items()}
+    prov = StoreProvenance(models={r: m.provenance for r, m in models.items()})
+    identity = {r: _identity(m, reader) for r, m in models.items()}
     return capture(readers, first.tokenizer, items, out, got, d_model, first.device, prov, overwrite,
                    progress, root, active={r: m.active for r, m in models.items()}, identity=identity,
                    plan_roles=plan_roles, ranks=ranks)
+
+
+def _identity(m: LoadedModel, reader: ReaderFactory | None) -> ModelIdentity:
+    """The checkpoint a role's rows come from, as the store's spec records it."""
+    p = m.provenance
+    out = ModelIdentity(resolved=p.get("resolved"), revision=p.get("revision"), adapter=p.get("adapter"),
+                        commit=p.get("commit"))
+    if reader:
+        out["reader"] = getattr(reader, "name", "custom")
+    return out
 
 
 def capture_pair(pair: ModelPair, roles: Sequence[str], items: Sequence[dict[str, Any] | str], out: str | Path,

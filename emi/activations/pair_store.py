@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from emi.activations.plan import CaptureSpec, prepare_texts
-from emi.activations.store import Store, StoreWriter
+from emi.activations.store import Store, StoreProvenance, StoreSpec, StoreWriter
 from emi.core.errors import ConfigError, StoreError
 from emi.models.loading import ModelPair
 
@@ -57,9 +57,12 @@ def merge_role_stores(parts: dict[str, Store], path: Path) -> Store:
         if not same or part.spec["texts_sha256"] != first.spec["texts_sha256"]:
             raise ConfigError(f"cannot merge the {r} store: its texts or shards differ from the {first.roles[0]} "
                               f"store's; delete {str(path)!r} and capture again")
-    spec = {k: v for k, v in first.spec.items() if k not in ("texts_sha256", "n_texts")}
-    spec.update(roles=list(parts), models={r: p.spec["models"][r] for r, p in parts.items()})
-    prov = {"models": {r: p.manifest["provenance"]["models"][r] for r, p in parts.items()}}
+    spec = StoreSpec(**first.spec)
+    spec.pop("texts_sha256", None)
+    spec.pop("n_texts", None)
+    spec["roles"] = list(parts)
+    spec["models"] = {r: p.spec["models"][r] for r, p in parts.items()}
+    prov = StoreProvenance(models={r: p.manifest["provenance"]["models"][r] for r, p in parts.items()})
     writer = StoreWriter(path, spec, first.texts(), prov)
     if writer.repaired:
         print(f"emi: {path}: rebuilding {', '.join(writer.repaired)} (damaged or missing)", file=sys.stderr)

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 from tqdm.auto import tqdm
 
@@ -67,11 +67,39 @@ def prompt_hash(prompts: dict[str, str] | None) -> str | None:
     return hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def judge_identity(judge: Judge) -> dict[str, Any]:
+class JudgeIdentity(TypedDict):
+    """Who judged, as every judgement and judged answer records it."""
+
+    judge: str
+    judge_model: str
+    judge_server: str | None
+    judge_prompt: str | None
+
+
+class JudgeEntry(TypedDict, total=False):
+    """One line of a judgement cache: one metric of one answer, by one judge (a JudgeIdentity's keys too)."""
+
+    judge: str
+    judge_model: str
+    judge_server: str | None
+    judge_prompt: str | None
+    key: str
+    metric: str
+    system_fingerprint: str | None
+    value: float | None
+    status: str
+    mass: float | None
+    label: str | None
+    detail: str | None
+    pruned: float
+
+
+def judge_identity(judge: Judge) -> JudgeIdentity:
     """Who judged: ``judge`` (the name the cache is keyed by), ``judge_model``, ``judge_server``
     (base URL; None in-process) and ``judge_prompt`` (hash of the prompts)."""
-    return {"judge": judge.name, "judge_model": getattr(judge, "model_id", None) or judge.name,
-            "judge_server": getattr(judge, "server", None), "judge_prompt": prompt_hash(getattr(judge, "prompts", None))}
+    return JudgeIdentity(judge=judge.name, judge_model=getattr(judge, "model_id", None) or judge.name,
+                         judge_server=getattr(judge, "server", None),
+                         judge_prompt=prompt_hash(getattr(judge, "prompts", None)))
 
 
 class HFJudge:
@@ -199,16 +227,16 @@ class JudgeCache:
 
     def __init__(self, path: str | Path | None) -> None:
         self.path = Path(path) if path else None
-        self.data: dict[str, dict[str, Any]] = {}
+        self.data: dict[str, JudgeEntry] = {}
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             for r in jsonl.read(self.path, repair=True):
-                self.data[r["key"]] = r
+                self.data[r["key"]] = r  # type: ignore[assignment]  # a line this cache wrote
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, key: str) -> JudgeEntry | None:
         return self.data.get(key)
 
-    def put(self, entries: list[dict[str, Any]]) -> None:
+    def put(self, entries: list[JudgeEntry]) -> None:
         """Record ``entries``; one that repeats the stored judgement (an unscored one asked again
         and unscored again for the same reason) is not appended a second time."""
         new = [e for e in entries if not self._same(self.data.get(e["key"]), e)]
@@ -218,19 +246,21 @@ class JudgeCache:
             jsonl.append(self.path, new)
 
     @staticmethod
-    def _same(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
-        return old is not None and all(old.get(k) == new.get(k) for k in _SAME)
+    def _same(old: JudgeEntry | None, new: JudgeEntry) -> bool:
+        return old is not None and all(old.get(k) == new.get(k) for k in _SAME)  # type: ignore[misc]
 
 
 Job = tuple[str, str, str, str]  # cache key, metric, question, answer
 
 
-def _entry(judge: Judge, job: Job) -> dict[str, Any]:
+def _entry(judge: Judge, job: Job) -> JudgeEntry:
     k, m, q, a = job
     s = judge.score(m, q, a)
-    return {"key": k, "metric": m, **judge_identity(judge), "system_fingerprint": s.fingerprint, "value": s.value,
-            "status": s.status, "mass": s.mass, "label": s.label, "detail": s.detail,
-            **({"pruned": s.pruned} if s.pruned is not None else {})}
+    out = JudgeEntry(key=k, metric=m, **judge_identity(judge), system_fingerprint=s.fingerprint, value=s.value,
+                     status=s.status, mass=s.mass, label=s.label, detail=s.detail)
+    if s.pruned is not None:
+        out["pruned"] = s.pruned
+    return out
 
 
 class _Pool:
@@ -238,17 +268,17 @@ class _Pool:
     flight is still collected, and a deadline returns at once (a request that never answers
     cannot hold the process: the threads are daemons)."""
 
-    def __init__(self, fn: Callable[[Job], dict[str, Any]], jobs: Sequence[Job], workers: int) -> None:
+    def __init__(self, fn: Callable[[Job], JudgeEntry], jobs: Sequence[Job], workers: int) -> None:
         self.todo: queue.Queue[Job] = queue.Queue()
         for j in jobs:
             self.todo.put(j)
-        self.results: queue.Queue[tuple[dict[str, Any] | None, BaseException | None]] = queue.Queue()
+        self.results: queue.Queue[tuple[JudgeEntry | None, BaseException | None]] = queue.Queue()
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._work, args=(fn,), daemon=True) for _ in range(workers)]
         for t in self.threads:
             t.start()
 
-    def _work(self, fn: Callable[[Job], dict[str, Any]]) -> None:
+    def _work(self, fn: Callable[[Job], JudgeEntry]) -> None:
         while not self.stop.is_set():
             try:
                 job = self.todo.get_nowait()
@@ -260,7 +290,7 @@ class _Pool:
                 self.stop.set()  # no new requests; those in flight are still collected
                 self.results.put((None, exc))
 
-    def collect(self, end: float | None, keep: Callable[[dict[str, Any]], None]) -> tuple[BaseException | None, bool]:
+    def collect(self, end: float | None, keep: Callable[[JudgeEntry], None]) -> tuple[BaseException | None, bool]:
         """Hand each result to ``keep`` until every worker is done: (first error, deadline passed)."""
         error: BaseException | None = None
         while any(t.is_alive() for t in self.threads) or not self.results.empty():
@@ -311,9 +341,9 @@ def judge_records(records: Sequence[dict[str, Any]], judge: Judge, cache: str | 
     store = JudgeCache(cache)
     jobs, keys = _jobs(records, judge, store)
     bar = tqdm(total=len(jobs), desc=f"judge [{judge.name}]", disable=not progress or not jobs, leave=False)
-    pending: list[dict[str, Any]] = []
+    pending: list[JudgeEntry] = []
 
-    def keep(entry: dict[str, Any]) -> None:
+    def keep(entry: JudgeEntry) -> None:
         pending.append(entry)
         bar.update(1)
         if len(pending) >= flush_every:
@@ -336,7 +366,7 @@ def judge_records(records: Sequence[dict[str, Any]], judge: Judge, cache: str | 
         if deadline is not None:
             judge.spent = spent + time.monotonic() - start  # type: ignore[attr-defined]
     if error is not None or late:
-        kept = sum(1 for k in keys if (store.get(k) or {}).get("status", "unscored") != "unscored")
+        kept = sum(1 for e in map(store.get, keys) if e is not None and e.get("status", "unscored") != "unscored")
         where = f" in {cache}" if cache else ""
         if late:
             raise JudgeError(f"the judge {judge.name} did not finish within --judge-deadline {deadline:g} s: {kept} of "
