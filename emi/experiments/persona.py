@@ -38,6 +38,8 @@ def ensure_direction(pair: ModelPair, cache_dir: str | Path, method: str = "mode
     from emi.behaviour.questions import load_questions
     from emi.directions.contrast import contrast_items
     from emi.directions.selection import (
+        AblationScore,
+        RestorationScore,
         next_token_logprobs,
         select_layer_by_ablation,
         select_layer_by_restoration,
@@ -78,6 +80,7 @@ def ensure_direction(pair: ModelPair, cache_dir: str | Path, method: str = "mode
         raise ValueError(f"unknown method {method!r}")
     d = ex.direction
     pairs = option_pairs(qs, extra=extra_pairs, required=False)
+    table: list[AblationScore] | list[RestorationScore]
     if pairs:
         best, table = select_layer_by_ablation(pair.finetuned, d, pairs)
         how = ("lowest log-prob P(misaligned) of the finetuned model under ablation, on option pairs of the "
