@@ -62,6 +62,15 @@ class LoadOptions(TypedDict):
     tokenizer: Any
 
 
+class PairLoadOptions(TypedDict, total=False):
+    """:func:`load_pair`'s keywords for how its checkpoints load (a caller that loads many pairs alike keeps one)."""
+
+    dtype: str | torch.dtype | None
+    device: str | None
+    device_map: Any
+    trust_remote_code: bool
+
+
 @dataclass
 class LoadedModel:
     """One role of a pair: the module to run, its tokenizer, and where it came from."""
