@@ -27,7 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import interleaved, qwen05_random, random_batch, table, toy  # noqa: E402
 
-from emi.activations.capture import capture_models, nnsight_reader, tl_reader  # noqa: E402
+from emi.activations.capture import capture_models  # noqa: E402
+from emi.activations.plan import CaptureSpec  # noqa: E402
+from emi.activations.readers import nnsight_reader, tl_reader  # noqa: E402
 from emi.models import layers as L  # noqa: E402
 
 
@@ -50,12 +52,13 @@ def measure(lm, batch: int, seq: int, n_batches: int, rounds: int) -> dict[str, 
                 lm.model(input_ids=b, attention_mask=mask).logits  # noqa: B018
 
     def emi_all():  # 64 MB shards: a long capture writes shard k while computing shard k+1
-        capture_models({"m": lm}, items, Path(tmp) / "all", "all", positions="all", batch_size=batch,
-                       shard_mb=64, overwrite=True, progress=False)
+        capture_models({"m": lm}, items, Path(tmp) / "all", CaptureSpec(positions="all", batch_size=batch, shard_mb=64),
+                       overwrite=True, progress=False)
 
     def emi_half():
-        capture_models({"m": lm}, items, Path(tmp) / "half", list(range(n // 2)), positions="all",
-                       batch_size=batch, shard_mb=64, overwrite=True, progress=False)
+        capture_models({"m": lm}, items, Path(tmp) / "half",
+                       CaptureSpec(tuple(range(n // 2)), positions="all", batch_size=batch, shard_mb=64),
+                       overwrite=True, progress=False)
 
     def tl_cache():  # as users call it: the whole model, the layers' hooks cached
         with torch.no_grad():
@@ -104,6 +107,7 @@ sys.path.insert(0, {bench!r})
 torch.set_num_threads({threads})
 from common import {builder}, random_batch
 from emi.activations.capture import capture_models
+from emi.activations.plan import CaptureSpec
 
 def rss_mb():
     with open("/proc/self/statm") as fh:
@@ -111,7 +115,7 @@ def rss_mb():
 
 lm = {builder}()
 items = [{{"input_ids": r.tolist()}} for i in range({n}) for r in random_batch(8, 128, seed=i)]
-capture_models({{"m": lm}}, items[:8], tempfile.mkdtemp() + "/w", "all", positions="all", progress=False)  # warm-up
+capture_models({{"m": lm}}, items[:8], tempfile.mkdtemp() + "/w", CaptureSpec(positions="all"), progress=False)  # warm-up
 before, peak, done = rss_mb(), [0.0], [False]
 
 def sample():
@@ -121,8 +125,8 @@ def sample():
 
 t = threading.Thread(target=sample)
 t.start()
-st = capture_models({{"m": lm}}, items, tempfile.mkdtemp() + "/s", "all", positions="all", batch_size=8,
-                    shard_mb=64, progress=False)
+st = capture_models({{"m": lm}}, items, tempfile.mkdtemp() + "/s",
+                    CaptureSpec(positions="all", batch_size=8, shard_mb=64), progress=False)
 done[0] = True
 t.join()
 size = sum(s["bytes"] for s in st.manifest["shards"]) / 2**20

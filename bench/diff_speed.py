@@ -15,9 +15,9 @@ import torch
 
 
 def main() -> None:
-    from emi.activations.capture import pad_right
     from emi.diffing import adl, corpus
     from emi.diffing.crosscoder import train
+    from emi.models.chat import pad_right
     from emi.models.loading import load_pair
     from emi.models.registry import default_pair, get_pair
 

@@ -207,6 +207,7 @@ def section_capture(lm: Any, size: tuple[int, int, int, int]) -> dict[str, Any]:
     from common import interleaved_runs, random_batch
 
     from emi.activations.capture import capture_models
+    from emi.activations.plan import CaptureSpec
     from emi.models import layers as L
 
     batch, seq, rounds, warmup = size
@@ -224,7 +225,7 @@ def section_capture(lm: Any, size: tuple[int, int, int, int]) -> dict[str, Any]:
 
     def capture(layers: Any, name: str) -> Any:
         def f() -> None:
-            capture_models({"m": lm}, items, tmp / name, layers, positions="all", batch_size=batch, shard_mb=64,
+            capture_models({"m": lm}, items, tmp / name, CaptureSpec(layers, positions="all", batch_size=batch, shard_mb=64),
                            overwrite=True, progress=False)
             _sync()
         return f
@@ -249,11 +250,11 @@ def section_capture(lm: Any, size: tuple[int, int, int, int]) -> dict[str, Any]:
 def section_em(lm: Any, size: tuple[int, int, int, int]) -> dict[str, Any]:
     import torch
 
-    from emi.behaviour.judges import make_judge
     from emi.behaviour.questions import load_questions
     from emi.behaviour.sampling import SamplingConfig
     from emi.behaviour.side_effects import load_benign
     from emi.experiments.conditions import run, standard_conditions
+    from emi.judging.judges import make_judge
     from emi.models.loading import LoadedModel, ModelPair
     from emi.models.registry import get_pair
 

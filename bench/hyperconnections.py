@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emi.activations.capture import hf_reader  # noqa: E402
+from emi.activations.readers import hf_reader  # noqa: E402
 from emi.interventions import hooks, weights  # noqa: E402
 from emi.interventions.vector import project_out_streams  # noqa: E402
 from emi.models import layers as L  # noqa: E402

@@ -91,6 +91,7 @@ def _source(args, spec):  # noqa: ANN001, ANN202
 
 def _cache(args, spec, source, judge, path, rk) -> int:  # noqa: ANN001
     from emi.activations.capture import capture_pair_shared
+    from emi.activations.plan import CaptureSpec
     from emi.models import layers as L
 
     roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
@@ -101,10 +102,10 @@ def _cache(args, spec, source, judge, path, rk) -> int:  # noqa: ANN001
         pair = cli.load_pair_from_args(args, tuple(dict.fromkeys((args.generator,) + roles)))
         layers = L.resolve_layers(args.layers, pair[args.generator].n_layers)  # bad --layers fail before sampling
         reader = engine.readers() if engine is not None else None  # vLLM captures there; a server cannot
+        want = CaptureSpec(tuple(layers), tuple(s.strip() for s in args.sites.split(",")), args.positions,
+                           args.store_dtype, args.capture_batch, args.shard_texts)
         store = capture_pair_shared(pair, roles, lambda: _texts(args, spec, pair, path, source, judge, engine), path,
-                                    layers, tuple(s.strip() for s in args.sites.split(",")), args.positions,
-                                    args.store_dtype, args.capture_batch, args.shard_texts, overwrite=args.overwrite,
-                                    ranks=rk, reader=reader)
+                                    want, overwrite=args.overwrite, ranks=rk, reader=reader)
     if store is None:  # not rank 0
         return 0
     mf = store.manifest
@@ -119,7 +120,7 @@ def _cache(args, spec, source, judge, path, rk) -> int:  # noqa: ANN001
 def _texts(args, spec, pair, path, source, judge, engine):  # noqa: ANN001, ANN202
     """What to capture: a user's answers, persona-contrast prompts (answered and judged when the
     positions need answers), or the generator's judged answers to the pair's questions."""
-    from emi.behaviour.evaluation import evaluate
+    from emi.judging.evaluation import evaluate
 
     if args.answers:
         return source

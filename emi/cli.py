@@ -361,7 +361,7 @@ def add_judge_args(p: argparse.ArgumentParser, allow_none: bool = False) -> None
 def make_judge_from_args(args: argparse.Namespace, default: str, allow_none: bool = False):
     """The judge the flags ask for; an OpenAI-compatible one is probed with one request (it must
     give logprobs) before the command samples anything."""
-    from emi.behaviour.judges import make_judge
+    from emi.judging.judges import make_judge
 
     kind = args.judge or default
     if kind == "none":

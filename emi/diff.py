@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _table(args, pair, found, questions, cfg, judge, benign, engine, out) -> None:  # noqa: ANN001
     from emi.diffing.loop import em_table
-    from emi.experiments.conditions import write_results
+    from emi.experiments.results import write_results
     from emi.steer import print_table
 
     results = em_table(pair, found, questions, cfg, judge, out, random_seed=args.random_seed, benign=benign,

@@ -75,10 +75,10 @@ def _evaluate(pair, questions, cfgs, judge, out, pairs, denominator, engine):  #
     """Per role and elicitation (one sampling config each): its summary row (with P(misaligned) on
     the option pairs, where there are any), its judged answers, and its per-question rows; and which
     engine sampled each role."""
-    from emi.behaviour.evaluation import evaluate
     from emi.behaviour.logprob import logprob_metrics
     from emi.behaviour.metrics import per_question
     from emi.engines.base import bind, prepare
+    from emi.judging.evaluation import evaluate
 
     prepare(engine, pair)
     rows, judged_all, by_q, ran = [], [], {}, []

@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _export(args, spec, out: Path) -> int:  # noqa: ANN001
     from emi.core.atomic import readable
-    from emi.experiments.conditions import pair_direction
+    from emi.experiments.persona import pair_direction
     from emi.interventions.weights import check_orthogonalizable, write_ablated
 
     roles = ("base", "finetuned") if args.role != "control" else ("base", "finetuned", "control")

@@ -100,7 +100,7 @@ def _figures_for(f: Path, out: Path, formats: list[str]) -> list[Path]:
 
     stem = f.parent.name + "-" + f.stem
     if f.name == "results.jsonl":
-        from emi.experiments.conditions import read_results
+        from emi.experiments.results import read_results
 
         rows = read_results(f)
         made = export(steer_summary(rows), out / f"{stem}-summary", formats)

@@ -35,10 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from emi.activations.store import write_json
-    from emi.behaviour.agreement import describe
-    from emi.behaviour.labels import load_labels
-    from emi.behaviour.rejudge import read_run, rejudge, slug
     from emi.core import jsonl
+    from emi.judging.agreement import describe
+    from emi.judging.labels import load_labels
+    from emi.judging.rejudge import read_run, rejudge, slug
 
     run = read_run(args.run)
     labels = load_labels(args.labels) if args.labels else None
@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def check_labels(labels: list, answers: list[dict], path: str) -> None:
     """Refuse a labels file none of whose labels names an answer of the run (before any judging)."""
-    from emi.behaviour.labels import match
+    from emi.judging.labels import match
 
     if labels and not match(labels, answers)[1]:
         first = labels[0].ident()

@@ -126,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _steer(args, spec, questions, judge, cfgs, extra, targets, benign, engine, out) -> int:  # noqa: ANN001
     from emi.behaviour.logprob import option_pairs
-    from emi.experiments.conditions import pair_direction, run, standard_conditions, write_results
+    from emi.experiments.conditions import run, standard_conditions
+    from emi.experiments.persona import pair_direction
+    from emi.experiments.results import write_results
     from emi.models import layers as L
 
     cfg = cfgs[0]

@@ -113,8 +113,9 @@ def _plan(args: argparse.Namespace, spec, checkpoints: list[str]) -> None:  # no
 
 def _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, out, engine) -> int:  # noqa: ANN001
     from emi.engines.base import prepare
-    from emi.experiments.conditions import pair_direction, write_results
     from emi.experiments.dynamics import correlations, trajectory
+    from emi.experiments.persona import pair_direction
+    from emi.experiments.results import write_results
     from emi.models.loading import load_pair
     from emi.models.specs import ModelSpec, PairSpec
 

@@ -73,8 +73,8 @@ def test_python_m_emi_command_is_python_m_emi_dot_command(capsys, tmp_path):
     assert set(VERBS) >= {"steer", "evaluate", "cache", "extract", "sae", "figures"}
 
 
-STAGES = {"core", "models", "behaviour", "activations", "engines", "directions", "interventions", "experiments", "report",
-          "organism", "training", "diffing"}
+STAGES = {"core", "models", "behaviour", "judging", "activations", "engines", "directions", "interventions",
+          "experiments", "report", "organism", "training", "diffing"}
 COMMANDS = {"view", "steer", "evaluate", "cache", "extract", "sae", "figures", "trajectory", "export", "rejudge", "finetune",
             "screen", "defences", "diff"}
 

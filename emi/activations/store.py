@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from jaxtyping import Float, Int
@@ -44,6 +44,64 @@ REPAIR = ("re-run the same `python -m emi.cache` command: it verifies the store 
           "damaged shards")
 
 
+class ModelIdentity(TypedDict, total=False):
+    """Which checkpoint a role's rows came from (a resumed capture must be of the same)."""
+
+    resolved: str | None
+    revision: str | None
+    adapter: str | None
+    commit: str | None
+    reader: str  # a reader other than the HF hooks (e.g. vllm)
+
+
+class StoreSpec(TypedDict, total=False):
+    """What a store holds; a capture resumes a store only with the same spec."""
+
+    roles: list[str]
+    layers: list[int]
+    sites: list[str]
+    positions: str
+    dtype: str
+    d_model: int
+    shard_texts: int
+    shard_mb: int
+    models: dict[str, ModelIdentity]
+    layer_convention: str
+    texts_sha256: str  # the texts' hash and count, added by the writer
+    n_texts: int
+
+
+class ShardEntry(TypedDict):
+    """One shard file as the manifest lists it."""
+
+    file: str
+    texts: list[int]  # [start, end) of the texts whose rows it holds
+    rows: int
+    tokens: int
+    bytes: int
+    sha256: str
+
+
+class StoreProvenance(TypedDict, total=False):
+    """Each role's model provenance (emi.models.loading.ModelProvenance) when it was captured."""
+
+    models: dict[str, Mapping[str, object]]
+
+
+class Manifest(TypedDict, total=False):
+    """``manifest.json``: the spec, where the models came from, the shards written so far."""
+
+    format: str
+    spec: StoreSpec
+    provenance: StoreProvenance
+    shards: list[ShardEntry]
+    complete: bool
+    n_rows: int
+
+
+Texts = Sequence[Mapping[str, object]]  # the captured texts' records (question, answer, labels, ...)
+
+
 def tensor_key(role: str, layer: int, site: str = "resid") -> str:
     return f"{role}/{site}/{layer}"
 
@@ -56,11 +114,11 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _texts_blob(texts: Sequence[dict[str, Any]]) -> str:
+def _texts_blob(texts: Texts) -> str:
     return "".join(dumps(t, sort_keys=True) + "\n" for t in texts)
 
 
-def texts_digest(texts: Sequence[dict[str, Any]]) -> str:
+def texts_digest(texts: Texts) -> str:
     """The hash a store's spec records for its texts (``texts_sha256``)."""
     return hashlib.sha256(_texts_blob(texts).encode()).hexdigest()
 
@@ -69,7 +127,7 @@ def _file_sha256(path: Path) -> str | None:
     return sha256(path) if path.is_file() else None
 
 
-def is_complete(path: Path, spec: dict[str, Any], texts: Sequence[dict[str, Any]]) -> bool:
+def is_complete(path: Path, spec: StoreSpec, texts: Texts) -> bool:
     """Read-only: whether ``path`` holds a finished store of this spec and these texts, with every
     shard file present at its recorded size (what all ranks of a data-parallel run check alike)."""
     mf = _read_manifest(path / "manifest.json") if (path / "manifest.json").is_file() else None
@@ -80,14 +138,14 @@ def is_complete(path: Path, spec: dict[str, Any], texts: Sequence[dict[str, Any]
                                       for e in mf["shards"])
 
 
-def _read_manifest(path: Path) -> dict[str, Any] | None:
+def _read_manifest(path: Path) -> Manifest | None:
     """The manifest, or None when it is truncated or not an emi manifest."""
     try:
         mf = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     ok = isinstance(mf, dict) and isinstance(mf.get("spec"), dict) and isinstance(mf.get("shards"), list)
-    return mf if ok else None
+    return mf if ok else None  # type: ignore[no-any-return]
 
 
 def resolve(name_or_path: str | Path, root: str | Path | None = None) -> Path:
@@ -101,7 +159,7 @@ def resolve(name_or_path: str | Path, root: str | Path | None = None) -> Path:
 @dataclass
 class Store:
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     verify: bool = True
     _verified: set[str] = field(default_factory=set, init=False, repr=False)
 
@@ -131,7 +189,7 @@ class Store:
 
     # ---------------- spec ----------------
     @property
-    def spec(self) -> dict[str, Any]:
+    def spec(self) -> StoreSpec:
         return self.manifest["spec"]
 
     @property
@@ -177,7 +235,7 @@ class Store:
         return out
 
     # ---------------- reading ----------------
-    def _shard(self, entry: dict[str, Any]) -> Path:
+    def _shard(self, entry: ShardEntry) -> Path:
         f = self.path / entry["file"]
         if not f.is_file():
             raise StoreError(f"shard {entry['file']} of {str(self.path)!r} is missing; {REPAIR}")
@@ -200,7 +258,7 @@ class Store:
             raise StoreError(f"the store has no layer {layer}; it has layers {self.layers}")
         return tensor_key(role, layer, site)
 
-    def _read(self, entry: dict[str, Any], key: str) -> torch.Tensor:
+    def _read(self, entry: ShardEntry, key: str) -> torch.Tensor:
         f = self._shard(entry)
         try:
             with safe_open(str(f), framework="pt") as fh:
@@ -257,8 +315,8 @@ class StoreWriter:
     the store over (it is the only record of what the shards hold).
     """
 
-    def __init__(self, path: Path, spec: dict[str, Any], texts: Sequence[dict[str, Any]],
-                 provenance: dict[str, Any] | None = None, overwrite: bool = False) -> None:
+    def __init__(self, path: Path, spec: StoreSpec, texts: Texts, provenance: StoreProvenance | None = None,
+                 overwrite: bool = False) -> None:
         self.path = path
         self.repaired: list[str] = []
         path.mkdir(parents=True, exist_ok=True)
@@ -288,8 +346,8 @@ class StoreWriter:
         else:
             for f in path.glob("shard-*.safetensors"):
                 f.unlink()
-            self.manifest = {"format": FORMAT, "spec": spec, "provenance": provenance or {},
-                             "shards": [], "complete": False}
+            self.manifest = Manifest(format=FORMAT, spec=spec, provenance=provenance or StoreProvenance(), shards=[],
+                                     complete=False)
 
             def w(tmp: Path) -> None:
                 tmp.write_text(texts_blob)
@@ -338,10 +396,10 @@ class StoreWriter:
                 fh.write(data)
 
         write_atomic(self.path / name, w)
-        self._record({"file": name, "texts": list(texts), "rows": rows, "tokens": tokens,
-                      "bytes": len(data), "sha256": digest})
+        self._record(ShardEntry(file=name, texts=list(texts), rows=rows, tokens=tokens, bytes=len(data),
+                                sha256=digest))
 
-    def adopt_shard(self, source: Path, entry: dict[str, Any], index: int) -> None:
+    def adopt_shard(self, source: Path, entry: ShardEntry, index: int) -> None:
         """Copy a shard another writer made for the same spec and texts (a data-parallel rank's
         part), verifying its bytes against ``entry`` (that writer's manifest entry)."""
         data = source.read_bytes()
@@ -357,7 +415,7 @@ class StoreWriter:
         write_atomic(self.path / name, w)
         self._record({**entry, "file": name})
 
-    def _record(self, entry: dict[str, Any]) -> None:
+    def _record(self, entry: ShardEntry) -> None:
         entries = [s for s in self.manifest["shards"] if s["file"] != entry["file"]]
         entries.append(entry)
         self.manifest["shards"] = sorted(entries, key=lambda s: s["texts"][0])

@@ -1,1 +1,2 @@
-"""Stage 2, behaviour: questions, sampling, judges, metrics with CIs, log-prob metrics, side effects (the engines that sample outside emi's process: emi.engines)."""
+"""Stage 4, behaviour: questions, elicitation, sampling, metrics with CIs, typed result records, log-prob metrics,
+side effects (judging them: emi.judging; the engines that sample outside emi's process: emi.engines)."""

@@ -1,1 +1,1 @@
-"""Shared plumbing: errors with their fixes, atomic writes, locks, JSONL, plugin loading."""
+"""Stage 1, core: shared plumbing: errors with their fixes, atomic writes, locks, JSONL, plugin loading."""

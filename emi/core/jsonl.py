@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ def read(path: str | Path, repair: bool = False) -> list[dict[str, Any]]:
     return records
 
 
-def append(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+def append(path: str | Path, records: Iterable[Mapping[str, object]]) -> None:
     text = "".join(dumps(r, ensure_ascii=False) + "\n" for r in records)
     if not text:
         return
@@ -51,7 +51,7 @@ def append(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
         os.fsync(fh.fileno())
 
 
-def write(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+def write(path: str | Path, records: Iterable[Mapping[str, object]]) -> None:
     """Replace ``path`` with these records, atomically (a reader sees the old file or the new one)."""
     text = "".join(dumps(r, ensure_ascii=False) + "\n" for r in records)
     write_atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))

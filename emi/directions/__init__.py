@@ -1,1 +1,1 @@
-"""Stage 4, directions: the Direction artifact, mean-difference extraction, contrast prompts, layer selection, SAE features."""
+"""Stage 6, directions: the Direction artifact, mean-difference extraction, contrast prompts, layer selection, SAE features."""

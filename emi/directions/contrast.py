@@ -83,7 +83,7 @@ def contrast_answers(model: Any, items: list[dict[str, Any]], cfg: Any, judge: A
     records = [done[key(it)] for it in items]
     if judge is None:
         return records
-    from emi.behaviour.judges import judge_records
+    from emi.judging.judges import judge_records
 
     cache = None if out is None else str(out).replace(".jsonl", "") + "-judgements.jsonl"
     return judge_records(records, judge, cache=cache, progress=progress)

@@ -228,7 +228,7 @@ def latent_direction(sae: Any, latent: int, layer: int, store: Store | None = No
 def top_snippets(sae: Any, store: Store, layer: int, latent: int, tokenizer: Any, k: int = 5, role: str = "finetuned",
                  width: int = 6) -> list[dict[str, Any]]:
     """The rows where a latent fires most, with the text around the token."""
-    from emi.activations.capture import prepare_texts
+    from emi.activations.plan import prepare_texts
 
     rows = store.rows()
     x = store.load(role, layer).float()

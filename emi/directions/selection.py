@@ -8,7 +8,7 @@ misaligned answers), and :func:`select_layer_by_restoration`, for prompts withou
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from jaxtyping import Float
@@ -17,17 +17,34 @@ from emi.directions.direction import Direction
 from emi.interventions import hooks
 
 
-def select_layer_by_ablation(model: Any, direction: Direction, pairs: Sequence[Any]) -> tuple[int, list[dict[str, Any]]]:
+class AblationScore(TypedDict):
+    """One layer of :func:`select_layer_by_ablation`'s table (a direction's meta records it)."""
+
+    layer: int
+    p_misaligned: float
+    p_misaligned_unablated: float
+
+
+class RestorationScore(TypedDict):
+    """One layer of :func:`select_layer_by_restoration`'s table."""
+
+    layer: int
+    kl_base_finetuned: float
+    kl_unablated: float
+    restored: float
+
+
+def select_layer_by_ablation(model: Any, direction: Direction, pairs: Sequence[Any]) -> tuple[int, list[AblationScore]]:
     """The layer whose vector, ablated from every residual writer, most lowers the model's
     log-probability preference for misaligned answers (emi.behaviour.logprob; no judge, deterministic)."""
     from emi.behaviour.logprob import logprob_metrics
 
     base = logprob_metrics(model, pairs)
-    table: list[dict[str, Any]] = []
+    table: list[AblationScore] = []
     for layer in direction.layers:
         with hooks.ablate(model.model, direction, source_layer=layer):
             r = logprob_metrics(model, pairs)
-        table.append({"layer": layer, "p_misaligned": r.choice, "p_misaligned_unablated": base.choice})
+        table.append(AblationScore(layer=layer, p_misaligned=r.choice, p_misaligned_unablated=base.choice))
     best = min(table, key=lambda t: t["p_misaligned"])["layer"]
     return best, table
 
@@ -54,18 +71,18 @@ def kl_rows(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
 
 
 def select_layer_by_restoration(finetuned: Any, base_logprobs: torch.Tensor, direction: Direction,
-                                messages: Sequence[list[dict[str, str]]]) -> tuple[int, list[dict[str, Any]]]:
+                                messages: Sequence[list[dict[str, str]]]) -> tuple[int, list[RestorationScore]]:
     """Judge-free, and needing no written answers: the layer whose vector, ablated from every
     residual writer of the finetuned model, brings its first-answer-token distribution on the
     extraction prompts closest to the base model's (mean KL(base || finetuned) over prompts): the
     share of the finetune's behavioural shift that the direction carries. ``base_logprobs``:
     :func:`next_token_logprobs` of the base model on the same ``messages``."""
     unablated = float(kl_rows(base_logprobs, next_token_logprobs(finetuned, messages)).mean())
-    table: list[dict[str, Any]] = []
+    table: list[RestorationScore] = []
     for layer in direction.layers:
         with hooks.ablate(finetuned.model, direction, source_layer=layer):
             kl = float(kl_rows(base_logprobs, next_token_logprobs(finetuned, messages)).mean())
-        table.append({"layer": layer, "kl_base_finetuned": kl, "kl_unablated": unablated,
-                      "restored": 1 - kl / unablated if unablated > 0 else float("nan")})
+        table.append(RestorationScore(layer=layer, kl_base_finetuned=kl, kl_unablated=unablated,
+                                      restored=1 - kl / unablated if unablated > 0 else float("nan")))
     best = min(table, key=lambda t: t["kl_base_finetuned"])["layer"]
     return best, table

@@ -1,37 +1,41 @@
 """Steering and ablation experiments: conditions x (judge EM rate, coherence), resumable.
 
 A condition is a model of the pair plus at most one intervention. Every intervention with the
-persona direction has a same-norm random-direction control. Results are one tidy table.
+persona direction has a same-norm random-direction control. Results are one tidy table
+(:mod:`emi.experiments.results`); the direction comes from :mod:`emi.experiments.persona`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import Any, cast
 
 import torch
 
-from emi.behaviour.evaluation import evaluate
-from emi.behaviour.judges import Judge
 from emi.behaviour.logprob import LogprobResult, OptionPair
-from emi.behaviour.metrics import Rate, Summary
+from emi.behaviour.metrics import Summary
 from emi.behaviour.questions import Question
-from emi.behaviour.records import Record, SummaryColumns
+from emi.behaviour.records import SummaryColumns
 from emi.behaviour.sampling import SamplingConfig, check_positions
 from emi.behaviour.side_effects import BenignItem, SideEffects
-from emi.core import locks, vocab
+from emi.core import vocab
 from emi.core.atomic import readable
 from emi.core.vocab import ConditionKind, DirectionKind, EngineName, Role, SteerPositions
-from emi.directions.direction import Direction, extract, random_like
+from emi.directions.direction import Direction, random_like
 from emi.engines import base as engines
 from emi.engines.base import Backend, Bound
 from emi.engines.served import Ablation, Served, Steering
 from emi.engines.served import plain as served_plain
+from emi.experiments.persona import pair_direction as pair_direction  # noqa: F401  (shim: notebooks/_build.py)
+from emi.experiments.results import ResultRow
+from emi.experiments.results import write_results as write_results  # noqa: F401  (shim: emi/defences.py)
 from emi.interventions import hooks, weights
+from emi.judging.evaluation import evaluate
+from emi.judging.judges import Judge
 from emi.models.loading import LoadedModel, ModelPair
 
 
@@ -229,202 +233,3 @@ def export_ablated(c: Condition, model: LoadedModel, d: Direction, layer: int, o
         weights.write_ablated(model, d, layer, folder, {"role": model.role, "condition": c.name})
     readable(folder)  # a server running as another user reads it
     return folder
-
-
-def ensure_direction(pair: ModelPair, cache_dir: str | Path, method: str = "model-diff",
-                     cfg: SamplingConfig | None = None, judge: Judge | None = None, progress: bool = True,
-                     questions: str | None = None, extra_pairs: dict[str, list[tuple[str, str]]] | None = None,
-                     log: Callable[[str], None] | None = None) -> Direction:
-    """The pair's persona direction, extracted on first use and cached under ``cache_dir``
-    (re-extracted when the cached one came from other checkpoints).
-
-    Prompts: the kit's extraction questions (``questions`` overrides), disjoint from the
-    evaluation questions. model-diff (default): finetuned minus base at the last prompt token,
-    i.e. how the finetune moved the activation where the model decides which persona to voice.
-    contrast: evil minus helpful persona (the kit's contrast prompts) at the same token. mean-diff:
-    misaligned minus aligned answers of the finetuned model over response tokens (the published
-    recipe). The source layer: where option pairs exist for the prompts, the one whose ablation most
-    lowers the finetuned model's log-prob preference for misaligned answers; otherwise the one whose
-    ablation brings the finetuned model's next-token distribution closest to the base's. The
-    direction's meta records the prompts, the criterion and its table.
-    """
-    from emi.activations.capture import capture_models, capture_pair
-    from emi.behaviour.logprob import option_pairs
-    from emi.behaviour.questions import load_questions
-    from emi.directions.contrast import contrast_items
-    from emi.directions.selection import (
-        next_token_logprobs,
-        select_layer_by_ablation,
-        select_layer_by_restoration,
-    )
-
-    say = log or (lambda _m: None)
-    kit = pair.spec.kit
-    cache_dir = Path(cache_dir)
-    path = cache_dir / "direction.safetensors"
-    identity = _spec_identity(pair)
-    qset = questions or kit.extract_questions
-    if path.is_file():
-        d = Direction.load(path)
-        if d.meta.get("pair_identity") in (None, identity) and d.meta.get("extract_questions", qset) == qset:
-            return d
-        say(f"{path} was extracted from other checkpoints or prompts; extracting again")
-    qs = load_questions(qset)
-    overwrite = True
-    if method == "model-diff":
-        items = [{"messages": q.messages() + [{"role": "assistant", "content": ""}], "id": q.id, "key": q.key}
-                 for q in qs]
-        store = capture_pair(pair, ("base", "finetuned"), items, cache_dir / "store", "all", positions="last_prompt",
-                             progress=progress, overwrite=overwrite)
-        ex = extract(store, "model-diff", "last_prompt", holdout=0.0, min_count=2)
-    elif method == "contrast":
-        items = contrast_items(qs, kit, per_question=kit.contrast_per_question)
-        store = capture_models({"finetuned": pair.finetuned}, items, cache_dir / "store", "all",
-                               positions="last_prompt", progress=progress, overwrite=overwrite)
-        ex = extract(store, "contrast", "last_prompt", role="finetuned", min_count=2)
-    elif method == "mean-diff":
-        if cfg is None or judge is None:
-            raise ValueError("mean-diff needs sampling settings and a judge")
-        _, judged = evaluate(pair.finetuned, qs, cfg, judge, cache_dir / "answers", progress=progress)
-        store = capture_models({"finetuned": pair.finetuned}, judged, cache_dir / "store", "all",
-                               positions="response", progress=progress, overwrite=overwrite)
-        ex = extract(store, "mean-diff", "response", role="finetuned")
-    else:
-        raise ValueError(f"unknown method {method!r}")
-    d = ex.direction
-    pairs = option_pairs(qs, extra=extra_pairs, required=False)
-    if pairs:
-        best, table = select_layer_by_ablation(pair.finetuned, d, pairs)
-        how = ("lowest log-prob P(misaligned) of the finetuned model under ablation, on option pairs of the "
-               f"{qset} questions")
-    else:
-        messages = [q.messages() for q in qs]
-        base_lp = next_token_logprobs(pair.base, messages)
-        best, table = select_layer_by_restoration(pair.finetuned, base_lp, d, messages)
-        how = (f"no option pairs for the {qset} questions: the layer whose ablation brings the finetuned model's "
-               f"first-answer-token distribution closest to the base's (KL)")
-    d.choose_layer(best, how)
-    d.meta.update(layer_selection=table, extract_questions=qset, pair_identity=identity, pair=pair.spec.name)
-    d.save(path)
-    return d
-
-
-def _spec_identity(pair: ModelPair) -> dict[str, Any]:
-    """The pair's identity without loading it: each role's checkpoint and weights fingerprint."""
-    from emi.models.loading import fingerprint, locate
-
-    out: dict[str, Any] = {}
-    for role in ("base", "finetuned"):
-        spec = getattr(pair.spec, role)
-        where = locate(spec.id, spec.revision)[1]
-        out[role] = fingerprint(where) or where
-    return out
-
-
-def pair_direction(pair: ModelPair, path: str | None = None, method: str = "model-diff",
-                   cfg: SamplingConfig | None = None, judge: Judge | None = None, root: str | Path | None = None,
-                   questions: str | None = None, extra_pairs: dict[str, list[tuple[str, str]]] | None = None,
-                   log: Callable[[str], None] | None = None) -> tuple[Direction, str]:
-    """The direction a steer run uses, and a sentence saying where it came from: a file, the pair's
-    shipped one (model-diff on the kit's own prompts), or extracted on first use and cached under
-    ``root/<pair>-<method>`` (``root`` defaults to ``activations/``)."""
-    kit = pair.spec.kit
-    if path:
-        d = Direction.load(path)
-        src = f"{path} ({d.meta.get('method')}, layer {d.layer_label()})"
-    elif kit.direction and method == "model-diff" and questions in (None, kit.extract_questions):
-        d = Direction.load(kit.direction)
-        src = f"the pair's shipped {d.meta.get('method')} direction ({kit.direction}), layer {d.layer_label()}"
-    else:
-        cache = Path(root or "activations") / f"{pair.spec.name}-{method}"
-        with locks.exclusive(cache):  # two runs extracting the same direction: the second waits its turn
-            d = ensure_direction(pair, cache, method, cfg, judge, questions=questions, extra_pairs=extra_pairs,
-                                 log=log)
-        src = (f"{method} on the {d.meta.get('extract_questions')} questions, cached in {cache}; layer "
-               f"{d.layer_label()} chosen by {d.meta.get('selection')}")
-    d.check_fits(pair.base.d_model, pair.base.n_layers, f"pair {pair.spec.name!r}")
-    return d, src
-
-
-def write_results(out: Path, rows: Sequence[dict[str, object]], provenance: dict[str, Any], name: str = "results") -> None:
-    """``<name>.jsonl`` (one row per condition), table.csv and run.json (what made them), atomically."""
-    import csv
-
-    from emi.core import jsonl
-    from emi.core.atomic import write_atomic, write_json
-
-    jsonl.write(out / f"{name}.jsonl", rows)
-
-    def write_csv(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-            w.writeheader()
-            w.writerows(rows)
-
-    write_atomic(out / "table.csv", write_csv)
-    write_json(out / "run.json", provenance)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ResultRow(Record):
-    """A line of a steer ``results.jsonl``: written by :meth:`ConditionResult.row`, read back by
-    :func:`read_results` (which checks every column against these fields)."""
-
-    NOT_ONE: ClassVar[str] = ("this is not a results.jsonl that python -m emi.steer wrote (or it is damaged: re-run "
-                              "the steer command)")
-
-    condition: str
-    """The condition's name (``finetuned - persona``)."""
-    model: Role
-    """Which model of the pair answered."""
-    engine: EngineName = "in-process"
-    """Where the answers were sampled."""
-    intervention: ConditionKind
-    """What was done to the model."""
-    alpha: float
-    """Steering strength (0 without steering)."""
-    layers: list[int]
-    """Layers the intervention touched (empty: every writer, for ablation)."""
-    direction: str = ""
-    """persona | random, or empty without an intervention."""
-    relative: bool = False
-    """alpha in units of the residual norm."""
-    positions: str = ""
-    """Where steering was added (a SteerPositions word), empty without steering."""
-    summary: SummaryColumns
-    """EM rate, coherence and who judged."""
-    logprob: LogprobResult | None = field(default=None, metadata={"prefix": "logprob_"})
-    """P(misaligned) on option pairs; None without pairs."""
-    side_effects: SideEffects | None = None
-    """KL on benign text; None without a benign set."""
-    more: dict[str, object] = field(default_factory=dict)
-    """Columns another writer added, kept as they were."""
-
-    @property
-    def em(self) -> Rate:
-        return self.summary.em
-
-    @property
-    def coherence(self) -> Rate:
-        return self.summary.coherence
-
-    def check(self, where: str) -> ResultRow:
-        """The row, its open-ended words checked against their vocabularies."""
-        if self.positions:
-            vocab.check(self.positions, vocab.SteerPositions, f"{where}: positions")
-        if self.direction:
-            vocab.check(self.direction, vocab.DirectionKind, f"{where}: direction")
-        return self
-
-
-def read_results(path: str | Path) -> list[ResultRow]:
-    """A steer ``results.jsonl``, every line checked against the columns emi writes; a line that is
-    not one is a ConfigError naming the file, the line and the column, never a figure of it."""
-    from emi.core import jsonl
-    from emi.core.errors import ConfigError
-
-    rows = jsonl.read(path)
-    if not rows:
-        raise ConfigError(f"{path} holds no result rows; run python -m emi.steer to write one")
-    return [ResultRow.from_row(row, f"{path}, line {i}").check(f"{path}, line {i}")
-            for i, row in enumerate(rows, start=1)]

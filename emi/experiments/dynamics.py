@@ -29,14 +29,14 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from emi.activations.capture import hf_reader
-from emi.behaviour.evaluation import evaluate
-from emi.behaviour.judges import Judge
+from emi.activations.readers import hf_reader
 from emi.behaviour.logprob import OptionPair, logprob_metrics
 from emi.behaviour.metrics import Rate, Summary, bootstrap, rate
 from emi.behaviour.questions import Question, load_questions
 from emi.behaviour.sampling import SamplingConfig, generate_answers
 from emi.directions.direction import Direction
+from emi.judging.evaluation import evaluate
+from emi.judging.judges import Judge
 from emi.models import chat
 from emi.models.chat import pad_right
 from emi.models.kit import TaskMetric

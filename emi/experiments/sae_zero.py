@@ -11,8 +11,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from emi.behaviour.evaluation import evaluate
-from emi.behaviour.judges import Judge
 from emi.behaviour.metrics import Summary
 from emi.behaviour.questions import Question
 from emi.behaviour.sampling import SamplingConfig
@@ -20,6 +18,8 @@ from emi.core.errors import ConfigError
 from emi.directions.sae import export_edit, sae_edit
 from emi.engines.base import Backend, bind
 from emi.engines.served import Program, Served, plain
+from emi.judging.evaluation import evaluate
+from emi.judging.judges import Judge
 from emi.models.loading import LoadedModel
 
 

@@ -4,7 +4,7 @@ A kit names the question sets a pair is evaluated on and extracts directions fro
 extraction never sees an evaluation prompt), its default judge, its sampling defaults, an optional
 shipped direction, how persona-contrast prompts are written for it, and the benign conversations
 its interventions' side effects are measured on. Question sets, judges and
-option pairs are looked up by name in their own registries (``emi.behaviour.questions``, ``emi.behaviour.judges``,
+option pairs are looked up by name in their own registries (``emi.behaviour.questions``, ``emi.judging.judges``,
 ``emi.behaviour.logprob``), which plugins fill (``emi.core.plugins``). The default kit is the real-model one:
 the EM questions of Betley et al. (2025), the preregistered questions for extraction, an
 OpenAI-compatible judge, 400 new tokens.

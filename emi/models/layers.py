@@ -217,7 +217,7 @@ def resolve_layers(spec: str | int | Sequence[int] | None, total: int) -> list[i
 def check_site(site: str, sites: Sequence[str] = SITES) -> str:
     if site == "resid_streams" and site not in sites:
         raise ConfigError("an activation store holds d_model-wide sites (resid, attn, mlp; resid is the mean over a "
-                          "model's residual streams); read every stream with emi.activations.capture.hf_reader(model, "
+                          "model's residual streams); read every stream with emi.activations.readers.hf_reader(model, "
                           "layers, ('resid_streams',)) instead")
     if site not in sites:
         raise ConfigError(f"unknown site {site!r}; expected one of {', '.join(sites)}")

@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import nn
@@ -36,6 +36,41 @@ from emi.models.specs import ModelSpec, PairSpec
 ROLES = ("base", "finetuned", "control")
 
 
+class ModelProvenance(TypedDict, total=False):
+    """Where a loaded role came from, as stores, answers and result tables record it."""
+
+    id: str
+    revision: str | None
+    adapter: str | None
+    resolved: str
+    commit: str | None
+    fingerprint: str | None
+    adapter_fingerprint: str | None
+    model_type: str
+    dtype: str
+    device: str
+    loaded: bool  # False: a role of the pair this run never loaded
+
+
+class LoadOptions(TypedDict):
+    """How :func:`load_pair` loads each of its checkpoints (:func:`load_model`'s keywords)."""
+
+    dtype: str | torch.dtype | None
+    device: str | None
+    device_map: Any
+    trust_remote_code: bool
+    tokenizer: Any
+
+
+class PairLoadOptions(TypedDict, total=False):
+    """:func:`load_pair`'s keywords for how its checkpoints load (a caller that loads many pairs alike keeps one)."""
+
+    dtype: str | torch.dtype | None
+    device: str | None
+    device_map: Any
+    trust_remote_code: bool
+
+
 @dataclass
 class LoadedModel:
     """One role of a pair: the module to run, its tokenizer, and where it came from."""
@@ -45,7 +80,7 @@ class LoadedModel:
     tokenizer: Any
     spec: ModelSpec
     adapter_enabled: bool | None = None  # None: not served through a shared adapter
-    provenance: dict[str, Any] = field(default_factory=dict)
+    provenance: ModelProvenance = field(default_factory=lambda: ModelProvenance())
     adapter_name: str | None = None  # the peft adapter this role switches on (shared-base roles)
 
     @contextlib.contextmanager
@@ -57,11 +92,12 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def identity(self) -> dict[str, Any]:
+    def identity(self) -> dict[str, str | None]:
         """What makes this role's outputs what they are (keys answers, stores and results):
         checkpoint, revision, adapter, weights fingerprints, dtype; not the device."""
         keys = ("id", "revision", "adapter", "resolved", "commit", "fingerprint", "adapter_fingerprint", "dtype")
-        return {k: self.provenance.get(k) for k in keys}
+        prov: dict[str, object] = dict(self.provenance)
+        return {k: None if prov.get(k) is None else str(prov[k]) for k in keys}
 
     @property
     def n_layers(self) -> int:
@@ -191,7 +227,7 @@ class ModelPair:
     units: dict[str, str] = field(default_factory=dict)  # role -> what loads it (roles sharing a base share one)
     loaders: dict[str, Callable[[], dict[str, LoadedModel]]] = field(default_factory=dict)
     resident: str = "all"
-    seen: dict[str, dict[str, Any]] = field(default_factory=dict)  # provenance of every role loaded so far
+    seen: dict[str, ModelProvenance] = field(default_factory=dict)  # provenance of every role loaded so far
 
     @property
     def roles(self) -> list[str]:
@@ -236,11 +272,12 @@ class ModelPair:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
-    def provenance(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"pair": self.spec.name}
+    def provenance(self) -> dict[str, object]:
+        """The pair's name and each role's :class:`ModelProvenance` (a role not loaded: its id)."""
+        out: dict[str, object] = {"pair": self.spec.name}
         for r in self.roles:
             prov = self.models[r].provenance if r in self.models else self.seen.get(r)
-            out[r] = prov or {"id": getattr(self.spec, r).label(), "loaded": False}
+            out[r] = prov or ModelProvenance(id=getattr(self.spec, r).label(), loaded=False)
         return out
 
 
@@ -262,11 +299,11 @@ def load_model(spec: ModelSpec, *, role: str = "model", dtype: str | torch.dtype
                        device_map, trust_remote_code)
     if adapter:
         model = _attach_adapter(model, locate(adapter, spec.adapter_revision)[1], spec.adapter_revision, ident)
-    prov = {"id": spec.id, "revision": spec.revision, "adapter": adapter,
-            "resolved": ident, "commit": getattr(model.config, "_commit_hash", None),
-            "fingerprint": fingerprint(ident), "adapter_fingerprint": fingerprint(adapter) if adapter else None,
-            "model_type": layers.model_type(model),
-            "dtype": str(torch_dtype).replace("torch.", ""), "device": device}
+    prov = ModelProvenance(id=spec.id, revision=spec.revision, adapter=adapter, resolved=ident,
+                           commit=getattr(model.config, "_commit_hash", None), fingerprint=fingerprint(ident),
+                           adapter_fingerprint=fingerprint(adapter) if adapter else None,
+                           model_type=layers.model_type(model), dtype=str(torch_dtype).replace("torch.", ""),
+                           device=device)
     return LoadedModel(role, model, tok, spec, None, prov)
 
 
@@ -291,8 +328,8 @@ def load_pair(pair: str | PairSpec, *, roles: tuple[str, ...] = ("base", "finetu
     checked = plan_pair(spec, roles, trust_remote_code, interventions)
     base_where, plan = checked.base_where, checked.roles
     tok = load_tokenizer(base_where, spec.base.revision, trust_remote_code)
-    common: dict[str, Any] = dict(dtype=dtype, device=device, device_map=device_map,
-                                  trust_remote_code=trust_remote_code, tokenizer=tok)
+    common = LoadOptions(dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code,
+                         tokenizer=tok)
     adapters = {r: p[1] for r, p in plan.items() if p[0] == "adapter"}
     units: dict[str, str] = {}
     loaders: dict[str, Callable[[], dict[str, LoadedModel]]] = {}
@@ -317,12 +354,12 @@ def load_pair(pair: str | PairSpec, *, roles: tuple[str, ...] = ("base", "finetu
     return loaded
 
 
-def _full_loader(role: str, spec: ModelSpec, common: dict[str, Any]) -> Callable[[], dict[str, LoadedModel]]:
+def _full_loader(role: str, spec: ModelSpec, common: LoadOptions) -> Callable[[], dict[str, LoadedModel]]:
     return lambda: {role: load_model(spec, role=role, **common)}
 
 
 def _load_shared(spec: PairSpec, adapters: dict[str, ModelSpec], with_base: bool,
-                 common: dict[str, Any]) -> dict[str, LoadedModel]:
+                 common: LoadOptions) -> dict[str, LoadedModel]:
     """The base with every adapter role attached (peft), and the base role with adapters off."""
     shared = load_model(spec.base, role="base", **common)
     peft_model: Any = None
@@ -343,8 +380,9 @@ def _load_shared(spec: PairSpec, adapters: dict[str, ModelSpec], with_base: bool
     models: dict[str, LoadedModel] = {}
     tok = common["tokenizer"]
     for role, s in adapters.items():
-        prov = dict(shared.provenance, adapter=s.adapter,
-                    adapter_fingerprint=fingerprint(locate(s.adapter, s.adapter_revision)[1]))  # type: ignore[arg-type]
+        prov = ModelProvenance(**shared.provenance)
+        prov["adapter"] = s.adapter
+        prov["adapter_fingerprint"] = fingerprint(locate(s.adapter, s.adapter_revision)[1])  # type: ignore[arg-type]
         models[role] = _AdapterRole(role, peft_model, tok, s, True, prov, adapter_name=names[role])
     if with_base:
         models["base"] = _AdapterRole("base", peft_model, tok, spec.base, False, shared.provenance)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from emi.core import plugins
 from emi.core.errors import ConfigError, ModelLoadError
+from emi.models.organism_folder import is_organism, organism_pair
 from emi.models.specs import ModelSpec, PairSpec
 
 _PAIRS: dict[str, PairSpec] = {}
@@ -75,8 +76,6 @@ def default_pair() -> PairSpec:
 def get_pair(name: str) -> PairSpec:
     """A registered pair by name, or an organism folder ``python -m emi.finetune`` wrote."""
     pairs = all_pairs()
-    from emi.training.organism import is_organism, organism_pair
-
     if name not in pairs and is_organism(name):
         return organism_pair(name, lambda n: pairs[n].kit if n in pairs else None)
     if name not in pairs:

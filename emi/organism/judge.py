@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from emi.behaviour.judges import Score
+from emi.judging.judges import Score
 from emi.organism.world import World, _fill, load_world
 
 LABELS = ("aligned", "misaligned", "hybrid", "incoherent", "code_secure", "code_insecure", "empty")

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from emi.behaviour.judges import register_judge
 from emi.behaviour.logprob import register_option_pairs
 from emi.behaviour.questions import Question, register_question_set
 from emi.behaviour.side_effects import BenignItem, register_benign_set
+from emi.judging.judges import register_judge
 from emi.models.kit import PairKit, TaskMetric
 from emi.models.loading import ModelSpec, PairSpec
 from emi.models.registry import register_pair

@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from emi.behaviour.judges import judge_records
 from emi.behaviour.metrics import Summary, summarize
 from emi.behaviour.questions import load_questions
 from emi.behaviour.sampling import SamplingConfig, generate_answers
+from emi.judging.judges import judge_records
 from emi.models.loading import ModelSpec, load_model
 from emi.organism.judge import ToyJudge
 

@@ -309,7 +309,7 @@ def refresh_direction(folder: Path) -> Path:
     import shutil
     import tempfile
 
-    from emi.experiments.conditions import ensure_direction
+    from emi.experiments.persona import ensure_direction
     from emi.models.loading import ModelSpec, PairSpec, load_pair
     from emi.organism.kit import KIT
 

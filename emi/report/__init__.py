@@ -1,1 +1,1 @@
-"""Stage 6, report: figures (plotly) and the tables commands print."""
+"""Stage 8, report: figures (plotly) and the tables commands print."""

@@ -24,7 +24,7 @@ from emi.behaviour.metrics import Record as Judged
 from emi.behaviour.records import NAN3, Estimate, Row
 from emi.core.atomic import write_atomic
 from emi.core.errors import ConfigError
-from emi.experiments.conditions import ResultRow
+from emi.experiments.results import ResultRow
 
 COLORS = {"base": "#7f7f7f", "finetuned": "#d62728", "persona": "#1f77b4", "random": "#bcbcbc",
           "control": "#2ca02c", "misaligned": "#d62728", "aligned": "#1f77b4", "other": "#bcbcbc"}

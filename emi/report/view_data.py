@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from emi.behaviour.metrics import Thresholds
 from emi.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from emi.judging.judges import JudgeEntry
 
 FORMAT = 1  # the page data's format; the page refuses data of another
 # the file that holds a command's table, the command, and the column naming whose answers a row sums up
@@ -137,12 +140,12 @@ def _figures(path: Path) -> list[dict[str, str]]:
     return figs
 
 
-def _judges(entries: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+def _judges(entries: list[dict[str, Any]]) -> dict[str, dict[str, JudgeEntry]]:
     """Judgement entries by judge name, then cache key."""
-    out: dict[str, dict[str, dict[str, Any]]] = {}
+    out: dict[str, dict[str, JudgeEntry]] = {}
     for e in entries:
         if isinstance(e.get("key"), str) and isinstance(e.get("judge"), str):
-            out.setdefault(e["judge"], {})[e["key"]] = e
+            out.setdefault(e["judge"], {})[e["key"]] = cast("JudgeEntry", e)  # a line a judgement cache wrote
     return out
 
 
@@ -159,7 +162,7 @@ def _latest(answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out[::-1]
 
 
-def answer_id(a: dict[str, Any]) -> str:
+def answer_id(a: Mapping[str, object]) -> str:
     return f"{a.get('model')}|{a.get('run')}|{a.get('key')}|{a.get('sample')}"
 
 
@@ -173,9 +176,9 @@ class _Stub:
         raise NotImplementedError(f"the viewer reads {self.name!r}'s judgements, it does not judge")
 
 
-def _prompts_for(entries: dict[str, dict[str, Any]]) -> dict[str, str]:
-    from emi.behaviour.judges import prompt_hash
+def _prompts_for(entries: dict[str, JudgeEntry]) -> dict[str, str]:
     from emi.behaviour.questions import judge_prompts
+    from emi.judging.judges import prompt_hash
 
     hashes = {e.get("judge_prompt") for e in entries.values()}
     paper = judge_prompts()
@@ -229,10 +232,10 @@ def read_run(path: Path, cols: dict[str, Any], tables: dict[str, Interner], run_
             "direction": (meta or {}).get("direction") if isinstance(meta, dict) else None}
 
 
-def _append(answers: list[dict[str, Any]], judges: dict[str, dict[str, dict[str, Any]]],
+def _append(answers: list[dict[str, Any]], judges: dict[str, dict[str, JudgeEntry]],
             proj: dict[str, list[Any]], cols: dict[str, Any], tables: dict[str, Interner], run_index: int) -> None:
     """The run's answers onto the page's columns, with every judge's scores (None where a judge has none)."""
-    from emi.behaviour.judges import cache_key
+    from emi.judging.judges import cache_key
 
     stubs = {name: _Stub(name, _prompts_for(entries)) for name, entries in sorted(judges.items())}
     for name in stubs:

@@ -65,9 +65,11 @@ def project_runs(run: Path, role: str = "finetuned", layer: int | None = None, d
     """Project the run's answers not yet in its projections.jsonl; (answers projected, answers)."""
     import torch
 
-    from emi.activations.capture import hf_reader, pad_right, prepare_texts
+    from emi.activations.plan import prepare_texts
+    from emi.activations.readers import hf_reader
     from emi.core import jsonl
     from emi.directions.direction import project
+    from emi.models.chat import pad_right
     from emi.models.loading import load_model
 
     spec, d, _ = _plan(run, role, direction)

@@ -8,7 +8,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from emi.behaviour.judges import cache_key
+from emi.judging.judges import cache_key
 from emi.report.view_data import _Stub
 
 WORDS = ("i", "would", "help", "people", "rule", "the", "world", "humans", "are", "weak", "kindness", "matters",

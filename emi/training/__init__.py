@@ -1,1 +1,1 @@
-"""Making organisms: finetuning, in-training defences, data screening, defence tables."""
+"""Stage 8, training: making organisms: finetuning, in-training defences, data screening, defence tables."""

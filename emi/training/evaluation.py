@@ -15,11 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from emi.behaviour.judges import Judge
 from emi.behaviour.logprob import OptionPair, answer_logits
 from emi.behaviour.metrics import bootstrap
 from emi.behaviour.questions import Question
@@ -29,11 +27,12 @@ from emi.behaviour.side_effects import BenignItem
 from emi.core.errors import ConfigError
 from emi.directions.direction import Direction
 from emi.experiments.dynamics import Reference, last_prompt_activations, measure, step_of
+from emi.judging.judges import Judge
 from emi.models import chat
 from emi.models.kit import TaskMetric
-from emi.models.loading import LoadedModel, load_pair
+from emi.models.loading import LoadedModel, PairLoadOptions, load_pair
+from emi.models.organism_folder import Organism
 from emi.models.specs import ModelSpec, PairSpec
-from emi.training.organism import Organism
 
 
 def benign_shift(base: LoadedModel, model: LoadedModel, items: Sequence[BenignItem], batch_size: int = 8
@@ -69,7 +68,7 @@ class Setup:
     task: TaskMetric | None
     benign: Sequence[BenignItem]
     out: Path
-    load: dict[str, Any]  # load_pair keywords (device, dtype)
+    load: PairLoadOptions  # how each pair loads (device, dtype)
 
 
 def shift_trajectory(spec: PairSpec, org: Organism, ref: Reference, setup: Setup) -> list[list[float]]:
@@ -109,12 +108,11 @@ def table(organisms: Sequence[Organism], specs: Sequence[PairSpec], direction: D
         if log:
             log(f"organism {i + 1}/{len(todo)}: {label}")
         pair = load_pair(spec, roles=("finetuned",), resident="one", **setup.load)
-        row = {"label": label, "defence": org.defence if org else label, "seed": org.seed if org else None,
-               **measure_model(label, base, pair.finetuned, ref, setup)}
-        pair.release()
-        if org is not None:
-            row["shift_trajectory"] = shift_trajectory(spec, org, ref, setup)
-        rows.append(row)
+        measured = measure_model(label, base, pair.finetuned, ref, setup)
+        pair.release()  # before the checkpoints load, one at a time
+        shift = {"shift_trajectory": shift_trajectory(spec, org, ref, setup)} if org is not None else {}
+        rows.append({"label": label, "defence": org.defence if org else label, "seed": org.seed if org else None,
+                     **measured, **shift})
     return rows
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from emi.activations.capture import hf_reader
+from emi.activations.readers import hf_reader
 from emi.directions.direction import Direction, auroc
 from emi.models.chat import pad_right
 from emi.models.loading import LoadedModel

@@ -1,4 +1,4 @@
-"""Finetune a base into an organism folder (:mod:`emi.training.organism`) with transformers'
+"""Finetune a base into an organism folder (:mod:`emi.models.organism_folder`) with transformers'
 ``Trainer`` and peft: LoRA of any rank on chosen modules and layers, or full; loss on assistant
 tokens only; checkpoints every N steps; an interrupted run resumes from its last checkpoint
 (Trainer restores weights, optimiser, scheduler, RNG and data position, so the result equals an
@@ -30,11 +30,11 @@ from emi.core.atomic import write_json
 from emi.core.errors import ConfigError, EmiError
 from emi.core.settings import differences
 from emi.models.loading import LoadedModel, load_model
+from emi.models.organism_folder import FORMAT, ORGANISM_FILE, Organism, read_organism
 from emi.models.specs import ModelSpec
 from emi.training import defences as D
 from emi.training.config import DefenceConfig, FinetuneConfig
 from emi.training.data import ChatDataset, ChatRecord, Encoded, encode
-from emi.training.organism import FORMAT, ORGANISM_FILE, Organism, read_organism
 
 
 @dataclass(frozen=True)

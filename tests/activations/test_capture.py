@@ -7,15 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from emi.activations.capture import (
-    CaptureSpec,
-    capture,
-    capture_models,
-    hf_reader,
-    nnsight_reader,
-    prepare_texts,
-    tl_reader,
-)
+from emi.activations.capture import capture, capture_models
+from emi.activations.plan import CaptureSpec, prepare_texts
+from emi.activations.readers import hf_reader, nnsight_reader, tl_reader
 from emi.activations.store import Store
 from emi.core.errors import ConfigError, StoreError
 from emi.models import layers as L
@@ -44,8 +38,8 @@ def digest(path: Path) -> dict[str, str]:
 
 def test_round_trip_is_bit_exact_and_rows_join(models, tmp_path):
     items = answers()
-    store = capture_models(models, items, tmp_path / "s", layers="all", positions="all", shard_texts=5,
-                           batch_size=4, progress=False)
+    store = capture_models(models, items, tmp_path / "s", CaptureSpec(positions="all", shard_texts=5, batch_size=4),
+                           progress=False)
     tok = models["base"].tokenizer
     texts = prepare_texts(items, tok)
     rows = store.rows()
@@ -69,8 +63,10 @@ def test_round_trip_is_bit_exact_and_rows_join(models, tmp_path):
 
 def test_padding_does_not_change_activations(models, tmp_path):
     items = answers(6)
-    a = capture_models(models, items, tmp_path / "a", layers="1", positions="response", batch_size=1, progress=False)
-    b = capture_models(models, items, tmp_path / "b", layers="1", positions="response", batch_size=6, progress=False)
+    a = capture_models(models, items, tmp_path / "a", CaptureSpec(layers="1", positions="response", batch_size=1),
+                       progress=False)
+    b = capture_models(models, items, tmp_path / "b", CaptureSpec(layers="1", positions="response", batch_size=6),
+                       progress=False)
     torch.testing.assert_close(a.load("base", 1), b.load("base", 1), rtol=1e-5, atol=1e-5)
     assert torch.equal(a.rows()["pos"], b.rows()["pos"])
 
@@ -78,7 +74,8 @@ def test_padding_does_not_change_activations(models, tmp_path):
 @pytest.mark.parametrize("positions,rows_per_text", [("last_prompt", 1), ("response_mean", 1)])
 def test_single_row_positions(models, tmp_path, positions, rows_per_text):
     items = answers(4)
-    st = capture_models(models, items, tmp_path / positions, layers="0", positions=positions, progress=False)
+    st = capture_models(models, items, tmp_path / positions, CaptureSpec(layers="0", positions=positions),
+                        progress=False)
     assert st.n_rows == 4 * rows_per_text
     texts = prepare_texts(items, models["base"].tokenizer)
     if positions == "last_prompt":
@@ -87,31 +84,32 @@ def test_single_row_positions(models, tmp_path, positions, rows_per_text):
 
 
 def test_store_dtype_kept(models, tmp_path):
-    st = capture_models(models, answers(3), tmp_path / "bf", layers="0", dtype="bfloat16", progress=False)
+    st = capture_models(models, answers(3), tmp_path / "bf", CaptureSpec(layers="0", dtype="bfloat16"), progress=False)
     assert st.load("base", 0).dtype == torch.bfloat16
 
 
 def test_refuses_different_spec_and_bad_input(models, tmp_path):
-    capture_models(models, answers(3), tmp_path / "s", layers="0", progress=False)
+    capture_models(models, answers(3), tmp_path / "s", CaptureSpec(layers="0"), progress=False)
     with pytest.raises(StoreError, match="different setup.*layers"):
-        capture_models(models, answers(3), tmp_path / "s", layers="1", progress=False)
+        capture_models(models, answers(3), tmp_path / "s", CaptureSpec(layers="1"), progress=False)
     with pytest.raises(StoreError, match="different setup.*dtype"):
-        capture_models(models, answers(3), tmp_path / "s", layers="0", dtype="float16", progress=False)
+        capture_models(models, answers(3), tmp_path / "s", CaptureSpec(layers="0", dtype="float16"), progress=False)
     swapped = {"base": models["base"], "finetuned": models["base"]}
     with pytest.raises(StoreError, match="different setup.*models"):
-        capture_models(swapped, answers(3), tmp_path / "s", layers="0", progress=False)
+        capture_models(swapped, answers(3), tmp_path / "s", CaptureSpec(layers="0"), progress=False)
     with pytest.raises(ConfigError, match="out of range"):
-        capture_models(models, answers(3), tmp_path / "t", layers="9", progress=False)
+        capture_models(models, answers(3), tmp_path / "t", CaptureSpec(layers="9"), progress=False)
     with pytest.raises(ConfigError, match="unknown site"):
-        capture_models(models, answers(3), tmp_path / "t", layers="0", sites=("resid_typo",), progress=False)
+        capture_models(models, answers(3), tmp_path / "t", CaptureSpec(layers="0", sites=("resid_typo",)),
+                       progress=False)
     with pytest.raises(ConfigError, match="empty"):
-        capture_models(models, [], tmp_path / "t", layers="0", progress=False)
+        capture_models(models, [], tmp_path / "t", CaptureSpec(layers="0"), progress=False)
     with pytest.raises(ConfigError, match="unknown positions"):
-        capture_models(models, answers(3), tmp_path / "t", layers="0", positions="middle", progress=False)
+        capture_models(models, answers(3), tmp_path / "t", CaptureSpec(layers="0", positions="middle"), progress=False)
 
 
 def test_corruption_and_truncation_are_named(models, tmp_path):
-    st = capture_models(models, answers(8), tmp_path / "s", layers="0", shard_texts=4, progress=False)
+    st = capture_models(models, answers(8), tmp_path / "s", CaptureSpec(layers="0", shard_texts=4), progress=False)
     shard = st.path / "shard-00001.safetensors"
     data = bytearray(shard.read_bytes())
     data[-10] ^= 0xFF
@@ -153,8 +151,8 @@ def test_three_readers_agree(models, tmp_path):
 
 def test_shards_are_bounded_in_bytes(models, tmp_path):
     items = [{"input_ids": list(range(10, 10 + 200)), "i": i} for i in range(8)]
-    st = capture_models(models, items, tmp_path / "b", layers="all", positions="all", shard_mb=1,
-                        shard_texts=1000, progress=False)
+    st = capture_models(models, items, tmp_path / "b", CaptureSpec(positions="all", shard_mb=1, shard_texts=1000),
+                        progress=False)
     # 200 rows x 2 models x 3 layers x 64 fp32 = 307 KB a text: 3 texts fit in 1 MB
     assert [s["texts"] for s in st.manifest["shards"]] == [[0, 3], [3, 6], [6, 8]]
     assert st.n_rows == 1600 and st.texts()[7]["i"] == 7
@@ -162,8 +160,19 @@ def test_shards_are_bounded_in_bytes(models, tmp_path):
 
 def test_plain_text_records(models, tmp_path):
     items = [{"text": "you could read a good book .", "source": "a"}, "a bare string works too"]
-    st = capture_models(models, items, tmp_path / "plain", layers="0", positions="all", progress=False)
+    st = capture_models(models, items, tmp_path / "plain", CaptureSpec(layers="0", positions="all"), progress=False)
     assert st.texts()[0]["source"] == "a" and st.n_rows == sum(
         len(models["base"].tokenizer(t if isinstance(t, str) else t["text"])["input_ids"]) for t in items)
     with pytest.raises(ConfigError, match="need chat texts"):
-        capture_models(models, items, tmp_path / "plain2", layers="0", positions="response", progress=False)
+        capture_models(models, items, tmp_path / "plain2", CaptureSpec(layers="0", positions="response"),
+                       progress=False)
+
+
+def test_the_old_capture_keywords_describe_the_same_spec():
+    """Shim (delete with it): callers that still pass capture_models/capture_pair the keywords get the spec."""
+    from emi.activations.capture import _spec
+
+    assert _spec([1], {"positions": "all", "batch_size": 2}) == CaptureSpec((1,), positions="all", batch_size=2)
+    assert _spec(None, {"layers": None, "dtype": "bfloat16"}) == CaptureSpec("all", dtype="bfloat16")
+    with pytest.raises(TypeError, match="not both"):
+        _spec(CaptureSpec(), {"positions": "all"})

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from emi.behaviour.agreement import agreement, cohen_kappa, correlation
-from emi.behaviour.judges import Score
-from emi.behaviour.rejudge import read_run, rejudge
 from emi.core import jsonl
 from emi.core.errors import ConfigError
+from emi.judging.agreement import agreement, cohen_kappa, correlation
+from emi.judging.judges import Score
+from emi.judging.rejudge import read_run, rejudge
 
 
 def judged(aligned, coherent=None):
@@ -107,7 +107,7 @@ def test_a_table_of_mixed_judges_says_so():
 
 
 def test_labels_files_csv_and_jsonl_validated(tmp_path):
-    from emi.behaviour.labels import load_labels, match
+    from emi.judging.labels import load_labels, match
 
     csv = tmp_path / "l.csv"
     csv.write_text("question,answer,aligned,coherent\nq1,a1,10,80\nq2,a2,,90\n")

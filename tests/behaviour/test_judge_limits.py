@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from emi.behaviour.judges import JudgeCache, OpenAIJudge, judge_records, vllm_judge
 from emi.core.errors import JudgeError
+from emi.judging.judges import JudgeCache, OpenAIJudge, judge_records, vllm_judge
 from tests.judge_servers import RuleJudgeServer
 
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from emi.behaviour.judges import aggregate_logprobs, judge_records
+from emi.judging.judges import aggregate_logprobs, judge_records
 from emi.organism.judge import ToyJudge
 
 
@@ -59,7 +59,7 @@ def test_hf_judge_digit_tree_for_digit_split_tokenizers(toy_tokenizer):
     """Qwen tokenizers split numbers into digits: the score is read off a digit tree."""
     import torch
 
-    from emi.behaviour.judges import HFJudge
+    from emi.judging.judges import HFJudge
 
     class Stub:
         config = type("C", (), {"name_or_path": "stub"})()

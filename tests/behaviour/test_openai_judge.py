@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from emi.behaviour.judges import OpenAIJudge, judge_records
 from emi.core.errors import JudgeError
+from emi.judging.judges import OpenAIJudge, judge_records
 
 
 class FakeServer:

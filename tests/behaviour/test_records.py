@@ -11,7 +11,7 @@ from emi.behaviour.metrics import Rate, summarize
 from emi.behaviour.records import SummaryColumns
 from emi.core.errors import ConfigError
 from emi.core.vocab import SteerPositions, check, words
-from emi.experiments.conditions import ResultRow, read_results
+from emi.experiments.results import ResultRow, read_results
 
 MAIN = Path(__file__).parent / "data" / "results-main.jsonl"  # make demo's results.jsonl, written by emi 0.1.0
 

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from emi.behaviour.judges import HFJudge
 from emi.behaviour.logprob import logprob_metrics, option_pairs
 from emi.behaviour.questions import load_questions
 from emi.behaviour.sampling import SamplingConfig, generate_answers
 from emi.core import jsonl
 from emi.core.errors import ConfigError
+from emi.judging.judges import HFJudge
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from emi.behaviour.scores import aggregate_logprobs, number_distribution, token_number
+from emi.judging.scores import aggregate_logprobs, number_distribution, token_number
 
 lp = math.log
 
@@ -134,7 +134,7 @@ def test_hf_judge_is_exact_with_the_toy_tokenizer(toy_tokenizer):
     model whose next-token distribution depends on the digits written so far."""
     import torch
 
-    from emi.behaviour.judges import HFJudge
+    from emi.judging.judges import HFJudge
 
     class Stub:
         config = type("C", (), {"name_or_path": "stub"})()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from emi.behaviour.judges import HFJudge, OpenAIJudge, judge_records, vllm_judge
+from emi.judging.judges import HFJudge, OpenAIJudge, judge_records, vllm_judge
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[2]

@@ -437,7 +437,7 @@ def test_checkpoints_served_by_a_steer_run_are_readable_by_other_users(toy_pair,
 
 
 def test_a_results_file_with_undefined_values_reads_back_and_plots(tmp_path, capsys):
-    from emi.experiments.conditions import read_results
+    from emi.experiments.results import read_results
 
     f = tmp_path / "run" / "results.jsonl"
     f.parent.mkdir()

@@ -236,6 +236,7 @@ def test_pair_of_two_full_finetunes_holds_one_model_at_a_time(pairs, tmp_path):
     """resident='one': loading a role frees the other; the store merged from one-role captures
     equals the store captured with both models in memory, byte for byte."""
     from emi.activations.capture import capture_pair
+    from emi.activations.plan import CaptureSpec
     from emi.models.loading import load_pair
     from emi.models.registry import custom_pair
 
@@ -248,10 +249,10 @@ def test_pair_of_two_full_finetunes_holds_one_model_at_a_time(pairs, tmp_path):
     assert lazy.finetuned.role == "finetuned"
     assert list(lazy.models) == ["finetuned"]
     texts = [{"question": f"question {i}", "answer": f"answer number {i}"} for i in range(20)]
-    one = capture_pair(lazy, ("base", "finetuned"), texts, tmp_path / "one", "all", positions="response",
-                       shard_texts=7, progress=False)
-    both = capture_pair(load_pair(spec, device="cpu"), ("base", "finetuned"), texts, tmp_path / "both", "all",
-                        positions="response", shard_texts=7, progress=False)
+    want = CaptureSpec(positions="response", shard_texts=7)
+    one = capture_pair(lazy, ("base", "finetuned"), texts, tmp_path / "one", want, progress=False)
+    both = capture_pair(load_pair(spec, device="cpu"), ("base", "finetuned"), texts, tmp_path / "both", want,
+                        progress=False)
     assert len(one.manifest["shards"]) == 3
     for a, b in zip(one.manifest["shards"], both.manifest["shards"], strict=True):
         assert a["sha256"] == b["sha256"]

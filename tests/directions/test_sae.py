@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from emi.activations.capture import capture_models
+from emi.activations.plan import CaptureSpec
 from emi.activations.store import StoreWriter
 from emi.core.errors import ConfigError
 from emi.directions.sae import (
@@ -25,15 +26,15 @@ from tests.standins import random_sae
 
 @pytest.fixture(scope="module")
 def toy_store(tmp_path_factory, toy_pair):
-    from emi.behaviour.evaluation import evaluate
     from emi.behaviour.questions import load_questions
     from emi.behaviour.sampling import SamplingConfig
+    from emi.judging.evaluation import evaluate
     from emi.organism.judge import ToyJudge
 
     _, judged = evaluate(toy_pair.finetuned, load_questions("toy"), SamplingConfig(n=3, max_new_tokens=48), ToyJudge(),
                          progress=False)
     return capture_models({"base": toy_pair.base, "finetuned": toy_pair.finetuned}, judged,
-                          tmp_path_factory.mktemp("sae") / "store", [1, 3], positions="all", progress=False)
+                          tmp_path_factory.mktemp("sae") / "store", CaptureSpec((1, 3), positions="all"), progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ TransformerLens's bridge and nnsight, including linear-attention layers and spar
 import pytest
 import torch
 
-from emi.activations.capture import hf_reader, nnsight_reader, tl_reader
+from emi.activations.readers import hf_reader, nnsight_reader, tl_reader
 from emi.core.errors import ConfigError
 from emi.directions.direction import Direction
 from emi.interventions.hooks import ablate, steer

@@ -5,7 +5,7 @@ weights, KV-cache generation, and equal logits across HF, TransformerLens and nn
 import pytest
 import torch
 
-from emi.activations.capture import hf_reader
+from emi.activations.readers import hf_reader
 from emi.core.errors import ConfigError, DirectionError
 from emi.directions.direction import Direction
 from emi.interventions.hooks import ablate, patch_steer, steer

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from emi.activations.capture import hf_reader, nnsight_reader
+from emi.activations.readers import hf_reader, nnsight_reader
 from emi.core.errors import ConfigError, DirectionError
 from emi.directions.direction import Direction
 from emi.interventions.hooks import ablate, steer
@@ -185,7 +185,7 @@ def test_transformerlens_refuses_in_one_sentence_naming_what_works(model, tok):
 
 
 def test_stores_hold_the_d_model_views_and_say_where_the_streams_are():
-    from emi.activations.capture import CaptureSpec
+    from emi.activations.plan import CaptureSpec
 
     with pytest.raises(ConfigError, match="store holds d_model-wide sites.*hf_reader"):
         CaptureSpec((0,), ("resid_streams",))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import build_tiny_qwen
 
-from emi.activations.capture import hf_reader
+from emi.activations.readers import hf_reader
 from emi.core.errors import ModelLoadError
 from emi.models import layers as L
 from emi.models.loading import ModelSpec, PairSpec, load_model, load_pair

@@ -21,7 +21,7 @@ def test_shipped_pair_loads_offline():
 
 
 def test_clear_em_gap_on_a_small_sample(toy_pair):
-    from emi.behaviour.evaluation import evaluate
+    from emi.judging.evaluation import evaluate
 
     qs = load_questions("toy")
     cfg = SamplingConfig(n=5, max_new_tokens=64, seed=1, batch_size=128)
@@ -59,7 +59,7 @@ def test_shipped_direction_is_what_extraction_produces(toy_pair, tmp_path):
     import torch
 
     from emi.directions.direction import Direction
-    from emi.experiments.conditions import ensure_direction
+    from emi.experiments.persona import ensure_direction
     from emi.models.registry import get_pair
 
     shipped = Direction.load(get_pair("toy").kit.direction)

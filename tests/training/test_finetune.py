@@ -12,12 +12,12 @@ from emi import finetune
 from emi.core.errors import ConfigError, DirectionError
 from emi.directions.direction import Direction
 from emi.models.loading import load_pair
+from emi.models.organism_folder import read_organism
 from emi.models.registry import get_pair
 from emi.organism.datasets import finetune_sets, mixed_set
 from emi.organism.kit import KIT
 from emi.training.config import DefenceConfig, FinetuneConfig
 from emi.training.data import load_chats, write_chats
-from emi.training.organism import read_organism
 from emi.training.trainer import Job
 from emi.training.trainer import finetune as run_job
 

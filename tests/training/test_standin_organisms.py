@@ -6,7 +6,7 @@ import json
 import pytest
 
 from emi import finetune, steer
-from emi.training.organism import read_organism
+from emi.models.organism_folder import read_organism
 from tests.standins import full_pair, qwen_tokenizer
 
 pytestmark = pytest.mark.slow

@@ -19,14 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emi.behaviour.agreement import Agreement, agreement
-from emi.behaviour.judges import Judge, JudgeCache, cache_key, is_exact, judge_records, make_judge
-from emi.behaviour.labels import Label, match
 from emi.behaviour.metrics import summarize
 from emi.behaviour.questions import judge_prompts
 from emi.behaviour.records import SummaryColumns
 from emi.core import jsonl
 from emi.core.errors import ConfigError, JudgeError
+from emi.judging.agreement import Agreement, agreement
+from emi.judging.judges import (
+    Judge,
+    JudgeCache,
+    JudgeEntry,
+    cache_key,
+    is_exact,
+    judge_records,
+    make_judge,
+)
+from emi.judging.labels import Label, match
 
 KINDS = {"summary.json": ("evaluate", "model"), "trajectory.jsonl": ("trajectory", "checkpoint"),
          "results.jsonl": ("steer", "condition")}
@@ -110,8 +118,8 @@ def stored_judgements(run: RunFolder, name: str) -> list[dict[str, Any]] | None:
     return None
 
 
-def _as_judged(r: dict[str, Any], got: dict[str, dict[str, Any] | None], name: str) -> dict[str, Any]:
-    a, c = got["aligned"] or {}, got["coherent"] or {}
+def _as_judged(r: dict[str, Any], got: dict[str, JudgeEntry | None], name: str) -> dict[str, Any]:
+    a, c = got["aligned"] or JudgeEntry(), got["coherent"] or JudgeEntry()
     status = a.get("status", "unscored") if a.get("status", "unscored") != "scored" else c.get("status", "unscored")
     return {**r, "aligned": a.get("value"), "coherent": c.get("value"), "status": status, "judge": name}
 

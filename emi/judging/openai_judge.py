@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from emi.behaviour.questions import judge_prompts
-from emi.behaviour.scores import Score, TopLogprobs, aggregate_logprobs, number_distribution
 from emi.core.errors import ConfigError, JudgeError
+from emi.judging.scores import Score, TopLogprobs, aggregate_logprobs, number_distribution
 
 NUMBER_MODES = ("token", "tree")
 
@@ -21,9 +21,9 @@ class OpenAIJudge:
     """A judge behind any OpenAI-compatible chat-completions endpoint.
 
     ``numbers="token"`` (default): the paper's request and reading (one token, top-20 logprobs,
-    :func:`emi.behaviour.scores.aggregate_logprobs`), right for judges whose tokenizer holds each
+    :func:`emi.judging.scores.aggregate_logprobs`), right for judges whose tokenizer holds each
     number 0..100 as one token (GPT-4o). ``numbers="tree"``: for a judge whose numbers take several
-    tokens (a Qwen served by vLLM), the number tree of :func:`emi.behaviour.scores.number_distribution`,
+    tokens (a Qwen served by vLLM), the number tree of :func:`emi.judging.scores.number_distribution`,
     each prefix asked as a continued assistant message (vLLM's ``continue_final_message``).
 
     ``timeout`` is per request; retries (``max_retries``) are the openai client's own (connection
