@@ -83,9 +83,13 @@ def unhooked(model: torch.nn.Module) -> Iterator[None]:
 def reference(lm: LoadedModel, prompt: Sequence[int], generated: Sequence[int], hooked: bool = False
               ) -> Float[torch.Tensor, "step vocab"]:
     """The in-process model's log-probs of the next token after ``prompt`` and each prefix of
-    ``generated`` (teacher-forced, one forward pass; its hooks set aside unless ``hooked``)."""
+    ``generated`` (teacher-forced, one forward pass; its hooks set aside unless ``hooked``, then
+    with ``generated`` counted as generated positions)."""
+    from emi.interventions.hooks import answer_starts
+
     ids = torch.tensor([list(prompt) + list(generated)], device=lm.device)
-    with torch.no_grad(), lm.active() as model, (contextlib.nullcontext() if hooked else unhooked(model)):
+    with (torch.no_grad(), lm.active() as model, (contextlib.nullcontext() if hooked else unhooked(model)),
+          answer_starts([len(prompt)])):  # steering at prompt or generated positions counts as in generation
         logits = model(input_ids=ids).logits[0].float()
     start = len(prompt) - 1
     return torch.log_softmax(logits[start:start + len(generated)], dim=-1).cpu()
