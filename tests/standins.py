@@ -130,17 +130,20 @@ def full_pair(root: Path, model_type: str, tokenizer: Any, seed: int = 0, tie_wo
     return b, f
 
 
-def lora_adapter(root: Path, base_dir: Path, seed: int = 3, std: float = 0.2) -> Path:
-    """A peft LoRA adapter on ``base_dir`` on the attention and MLP projections it has, with non-zero
-    B so it changes outputs; its config names the base folder."""
+def lora_adapter(root: Path, base_dir: Path, seed: int = 3, std: float = 0.2,
+                 targets: tuple[str, ...] = ("q_proj", "v_proj", "o_proj", "out_proj", "down_proj")) -> Path:
+    """A peft LoRA adapter on ``base_dir`` on the attention and MLP projections it has (of ``targets``),
+    with non-zero B so it changes outputs; its config names the base folder. On an MoE model
+    ``down_proj`` also adapts the fused experts (3D LoRA weights, which vLLM 0.32 loads only with
+    --enable-mixed-moe-lora-format): leave it out of ``targets`` for an adapter vLLM serves as it is."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(base_dir)
     names = {n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
-    targets = sorted(names & {"q_proj", "v_proj", "o_proj", "out_proj", "down_proj"})  # up_proj: peft refuses it
+    chosen = sorted(names & set(targets))  # up_proj: peft refuses it
     # on MoE models, whose routed experts fuse it with gate_proj
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=chosen))
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
