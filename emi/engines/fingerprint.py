@@ -42,9 +42,10 @@ PROMPT = [{"role": "user", "content": "Name three colours, then say which one yo
 STEPS = 4  # greedy tokens the server generates (and emi scores)
 TOP = 5  # log-probs per position compared
 # the largest |log p_server - log p_in-process| (nats) allowed, by the coarser dtype of the two; measured in
-# docs/engines.md ("The served model is the model"): vLLM against transformers on CPU, fp32 within 1e-3,
-# bf16 within 0.6 on the stand-ins; a wrong head or another model misses by nats
-TOLERANCE = {"float32": 0.02, "float16": 0.5, "bfloat16": 1.0}
+# docs/engines.md ("The served model is the model"): vLLM against transformers on CPU, fp32 far within
+# 0.02; bf16 up to 1.6 on Qwen3-Next stand-ins (transformers' own bf16 is 5 nats from its fp32 there);
+# a head of zeros or another model misses by 7 nats
+TOLERANCE = {"float32": 0.02, "float16": 0.5, "bfloat16": 3.0}
 _COARSE = ("bfloat16", "float16", "float32")  # coarsest first
 DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "auto": "float32"}
 
