@@ -95,8 +95,8 @@ class VllmEngine:
         model = adapter_name(served.adapter) if served.adapter else served.checkpoint
         self.fingerprints.check(f"{server.url}/v1", model, served, self.launcher.dtype, self.describe(),
                                 f"the vLLM server (started by emi) for {served.checkpoint}",
-                                "this vLLM loads that checkpoint otherwise than transformers does (e.g. a tied "
-                                "embedding head untied); use --engine in-process for it")
+                                "this vLLM loads that checkpoint otherwise than transformers does (such as a tied "
+                                "embedding head loaded untied); use --engine in-process for it")
         try:
             return complete_ids(f"{server.url}/v1", served, model, tokenizer, messages, cfg, seed, self.concurrency,
                                 self.timeout, {}, hooks_ok=True, render=render)
