@@ -103,9 +103,9 @@ def skipped_samplers() -> dict[str, str]:
     from transformers.generation import ContinuousBatchingConfig
 
     out = {}
-    if "page_size" not in inspect.signature(ContinuousBatchingConfig).parameters:
-        out["paged"] = (f"paged sampler skipped: emi passes ContinuousBatchingConfig(page_size=...), which "
-                        f"transformers {transformers.__version__} lacks (emi pins 5.23)")
+    if not {"page_size", "block_size"} & set(inspect.signature(ContinuousBatchingConfig).parameters):
+        out["paged"] = (f"paged sampler skipped: emi passes ContinuousBatchingConfig(page_size=...) (block_size=... "
+                        f"before 5.23), neither of which transformers {transformers.__version__} has")
     return out
 
 

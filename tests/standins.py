@@ -56,15 +56,19 @@ def qwen_tokenizer() -> Any:
     return tok
 
 
-def small_config(model_type: str, vocab_size: int, n_layers: int = 4, **overrides: Any) -> Any:
+def small_config(model_type: str, vocab_size: int, n_layers: int = 4, tie_word_embeddings: bool | None = None,
+                 **overrides: Any) -> Any:
     """A small config of ``model_type``: hidden 64, 4 layers (hybrid models: 3 linear-attention
-    layers then one full-attention layer), MoE blocks with 4 experts, 2 per token."""
+    layers then one full-attention layer), MoE blocks with 4 experts, 2 per token; the unembedding
+    tied to the embedding (``tie_word_embeddings``) as in the small real checkpoints of that
+    architecture unless given (None: tied for Qwen2, as Qwen2.5-0.5B is; untied for the others)."""
     from transformers import AutoConfig
 
     probe = AutoConfig.for_model(model_type)
+    tied = model_type == "qwen2" if tie_word_embeddings is None else tie_word_embeddings
     kw: dict[str, Any] = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers,
                               num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=vocab_size,
-                              max_position_embeddings=512, tie_word_embeddings=model_type == "qwen2",
+                              max_position_embeddings=512, tie_word_embeddings=tied,
                               pad_token_id=0, eos_token_id=2, bos_token_id=None)
     if hasattr(probe, "num_experts"):
         kw.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
@@ -81,13 +85,17 @@ def small_config(model_type: str, vocab_size: int, n_layers: int = 4, **override
     return AutoConfig.for_model(model_type, **kw)
 
 
-def build_model(model_type: str, vocab_size: int, seed: int = 0, ple_conv: bool = True, **overrides: Any) -> Any:
+def build_model(model_type: str, vocab_size: int, seed: int = 0, ple_conv: bool = True,
+                tie_word_embeddings: bool | None = None, **overrides: Any) -> Any:
     """A random-weight model of ``model_type`` at small shapes; ``ple_conv=False`` leaves Qwen4-Exp's
-    PLE short convolution at its initial zeros (otherwise random, as in a trained checkpoint)."""
+    PLE short convolution at its initial zeros (otherwise random, as in a trained checkpoint);
+    ``tie_word_embeddings``: the head is the embedding (True), its own matrix (False), or the
+    architecture's default (None, see :func:`small_config`)."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(small_config(model_type, vocab_size, **overrides)).eval()
+    cfg = small_config(model_type, vocab_size, tie_word_embeddings=tie_word_embeddings, **overrides)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
     model.config.architectures = [type(model).__name__]
     with torch.no_grad():  # larger-than-init weights, so that directions and steering have visible effects
         for name, p in model.named_parameters():
@@ -107,10 +115,12 @@ def save_checkpoint(model: Any, tokenizer: Any, path: Path) -> Path:
     return path
 
 
-def full_pair(root: Path, model_type: str, tokenizer: Any, seed: int = 0, **overrides: Any) -> tuple[Path, Path]:
-    """A base checkpoint and a full finetune of it (every weight perturbed by 5% noise)."""
+def full_pair(root: Path, model_type: str, tokenizer: Any, seed: int = 0, tie_word_embeddings: bool | None = None,
+              **overrides: Any) -> tuple[Path, Path]:
+    """A base checkpoint and a full finetune of it (every weight perturbed by 5% noise); its head tied
+    or not as :func:`build_model`'s ``tie_word_embeddings`` says."""
     base = build_model(model_type, len(tokenizer), seed, pad_token_id=tokenizer.pad_token_id,
-                       eos_token_id=tokenizer.eos_token_id, **overrides)
+                       eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=tie_word_embeddings, **overrides)
     b = save_checkpoint(base, tokenizer, root / f"{model_type}-base")
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -120,17 +130,20 @@ def full_pair(root: Path, model_type: str, tokenizer: Any, seed: int = 0, **over
     return b, f
 
 
-def lora_adapter(root: Path, base_dir: Path, seed: int = 3, std: float = 0.2) -> Path:
-    """A peft LoRA adapter on ``base_dir`` on the attention and MLP projections it has, with non-zero
-    B so it changes outputs; its config names the base folder."""
+def lora_adapter(root: Path, base_dir: Path, seed: int = 3, std: float = 0.2,
+                 targets: tuple[str, ...] = ("q_proj", "v_proj", "o_proj", "out_proj", "down_proj")) -> Path:
+    """A peft LoRA adapter on ``base_dir`` on the attention and MLP projections it has (of ``targets``),
+    with non-zero B so it changes outputs; its config names the base folder. On an MoE model
+    ``down_proj`` also adapts the fused experts (3D LoRA weights, which vLLM 0.32 loads only with
+    --enable-mixed-moe-lora-format): leave it out of ``targets`` for an adapter vLLM serves as it is."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(base_dir)
     names = {n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
-    targets = sorted(names & {"q_proj", "v_proj", "o_proj", "out_proj", "down_proj"})  # up_proj: peft refuses it
+    chosen = sorted(names & set(targets))  # up_proj: peft refuses it
     # on MoE models, whose routed experts fuse it with gate_proj
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=chosen))
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -214,6 +227,53 @@ def serve_json(respond: Any) -> tuple[Any, str]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+
+
+class LogprobServer:
+    """An OpenAI-compatible server on loopback that serves checkpoints by name (the folder the request
+    names, loaded on first use in fp32; ``swap`` serves another model under a name) as vLLM does for
+    emi's fingerprint: /v1/completions of token ids, greedy, with the top-k log-probs of each
+    generated token by id (``return_tokens_as_token_ids``); chat completions answer "ok".
+    ``requests`` counts the log-prob requests, ``chats`` the chat ones."""
+
+    def __init__(self, swap: dict[str, Any] | None = None) -> None:
+        self.models: dict[str, Any] = dict(swap or {})
+        self.requests, self.chats = 0, 0
+        self.httpd, self.url = serve_json(self.reply)
+
+    def model(self, name: str) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        if name not in self.models:
+            self.models[name] = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).eval()
+        return self.models[name]
+
+    def reply(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if "messages" in body:
+            self.chats += 1
+            return 200, {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                         "choices": [{"index": 0, "finish_reason": "stop",
+                                      "message": {"role": "assistant", "content": "ok"}}],
+                         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+        self.requests += 1
+        model = self.model(body["model"])
+        ids, tokens, tops = list(body["prompt"]), [], []
+        with torch.no_grad():
+            for _ in range(int(body["max_tokens"])):
+                lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
+                top = lp.topk(int(body.get("logprobs") or 1))
+                tokens.append(int(top.indices[0]))
+                tops.append({f"token_id:{int(i)}": float(v) for v, i in zip(top.values, top.indices, strict=True)})
+                ids.append(tokens[-1])
+        return 200, {"id": "c", "object": "text_completion", "created": 0, "model": body["model"],
+                     "choices": [{"index": 0, "text": "", "finish_reason": "length", "token_ids": tokens,
+                                  "logprobs": {"tokens": [f"token_id:{t}" for t in tokens], "top_logprobs": tops,
+                                               "token_logprobs": [top[f"token_id:{t}"] for t, top in
+                                                                  zip(tokens, tops, strict=True)]}}]}
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 class JudgeServer:

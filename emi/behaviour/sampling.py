@@ -187,6 +187,20 @@ def _generate(hf: Any, tok: Any, ids: list[list[int]], cfg: SamplingConfig, devi
     return out[:, enc["input_ids"].shape[1]:].tolist()
 
 
+def paged_config(config_class: Any, page: int, blocks: int, max_batch_tokens: int) -> Any:
+    """transformers' ContinuousBatchingConfig for pages of ``page`` tokens: its field is ``page_size``
+    in the pinned transformers (5.23) and ``block_size`` in earlier 5.x (e.g. 5.17, what a GPU
+    machine may have); read from its signature."""
+    import inspect
+
+    params = inspect.signature(config_class).parameters
+    size = next((n for n in ("page_size", "block_size") if n in params), None)
+    if size is None:
+        raise ConfigError("the paged sampler needs transformers' ContinuousBatchingConfig with page_size or "
+                          "block_size, which this transformers lacks; use --sampler generate")
+    return config_class(**{size: page}, num_blocks=blocks, max_batch_tokens=max_batch_tokens)
+
+
 def _generate_paged(hf: Any, tok: Any, ids: list[list[int]], cfg: SamplingConfig) -> list[list[int]]:
     from transformers import GenerationConfig
     from transformers.generation import ContinuousBatchingConfig
@@ -202,8 +216,8 @@ def _generate_paged(hf: Any, tok: Any, ids: list[list[int]], cfg: SamplingConfig
     # device memory at every call: seconds per batch, tens on CPU).
     page = 256
     blocks = sum(-(-(len(i) + cfg.max_new_tokens) // page) for i in ids) + 1
-    cb = ContinuousBatchingConfig(page_size=page, num_blocks=blocks,
-                                  max_batch_tokens=max(max(len(i) for i in ids), min(sum(len(i) for i in ids), 8192)))
+    cb = paged_config(ContinuousBatchingConfig, page, blocks,
+                      max(max(len(i) for i in ids), min(sum(len(i) for i in ids), 8192)))
     out = hf.generate_batch(ids, generation_config=gc, continuous_batching_config=cb, progress_bar=False)
     rows = [out.get(f"req_{i}") for i in range(len(ids))]
     failed = [r for r in rows if r is None or r.error]

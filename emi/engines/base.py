@@ -47,6 +47,11 @@ class Backend(Protocol):
         (vLLM: every LoRA adapter a checkpoint serves); a no-op where nothing is."""
         ...
 
+    def know(self, models: Sequence[Any]) -> None:
+        """The in-process models of the run (LoadedModels, loaded pairs): what a served checkpoint is
+        checked against before it samples (emi.engines.fingerprint)."""
+        ...
+
     def plan(self, served: Sequence[Served]) -> None:
         """These conditions will sample (vLLM: serve their adapters); a no-op where nothing is needed."""
         ...
@@ -96,9 +101,11 @@ class Bound:
 
 def prepare(engine: Backend | None, *pairs: Any) -> None:
     """Before pairs' roles sample (loaded pairs or PairSpecs): e.g. vLLM serves their LoRA adapters on
-    the base's server, so one process serves every adapter role (and every adapter of a trajectory)."""
+    the base's server, so one process serves every adapter role (and every adapter of a trajectory);
+    a loaded pair's models are what its served checkpoints are checked against."""
     if engine is not None:
         engine.prepare(pairs)
+        engine.know(pairs)
 
 
 def bind(engine: Backend | None, lm: LoadedModel, served: Served | None = None
@@ -109,5 +116,6 @@ def bind(engine: Backend | None, lm: LoadedModel, served: Served | None = None
     if engine is None or not engine.serves(served):
         return None, None
     engine.plan([served])
+    engine.know([lm])
     return (Bound(engine, served, lm.tokenizer),
             {"model": lm.identity(), "engine": engine.describe(), "served": served.key()})

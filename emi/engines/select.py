@@ -12,6 +12,7 @@ from pathlib import Path
 from emi.core.errors import ConfigError
 from emi.engines import in_process
 from emi.engines.base import Backend
+from emi.engines.fingerprint import Fingerprints, cache_file
 from emi.engines.vllm.launcher import Launcher, vllm_dtype, vllm_python
 
 
@@ -26,14 +27,22 @@ def from_args(args: argparse.Namespace, logs: str | Path) -> Backend | None:
             raise ConfigError("--engine server needs --engine-url URL (an OpenAI-compatible server, e.g. "
                               "http://localhost:8000/v1)")
         return ServerEngine(args.engine_url, args.engine_key_env, args.engine_concurrency or 8,
-                            body=parse_body(args.engine_body), lens=args.engine_lens)
+                            body=parse_body(args.engine_body), lens=args.engine_lens,
+                            fingerprints=fingerprints(args))
     if args.engine == "vllm":
         from emi.engines.vllm.engine import VllmEngine
 
         launcher = Launcher(vllm_python(args.vllm_python), vllm_dtype(args.dtype), tuple(shlex.split(args.vllm_args)),
                             Path(logs), args.vllm_port, args.vllm_startup_timeout)
-        return VllmEngine(launcher, args.engine_concurrency or 256)
+        return VllmEngine(launcher, args.engine_concurrency or 256,
+                          fingerprints=fingerprints(args))
     return None
+
+
+def fingerprints(args: argparse.Namespace) -> Fingerprints:
+    """What a served checkpoint is checked against, its verdicts cached beside the pair caches of a
+    command that has them (--root); in memory only for the others."""
+    return Fingerprints(cache_file(args.root) if hasattr(args, "root") else None)
 
 
 def where_ran(ran: Sequence[tuple[str, str]], engine: Backend) -> str:

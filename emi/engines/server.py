@@ -18,6 +18,7 @@ from typing import Any
 
 from emi.behaviour.sampling import Answer, Messages, SamplingConfig
 from emi.core.errors import ConfigError
+from emi.engines.fingerprint import Fingerprints
 from emi.engines.served import Served
 from emi.engines.vllm.lens import complete_ids
 from emi.models.chat import CHAT, Render
@@ -35,6 +36,10 @@ class ServerEngine:
     body: dict[str, Any] = field(default_factory=dict)
     lens: bool = False
     name: str = "server"
+    # the dtype the server runs at, for the fingerprint's tolerance: emi cannot know a user's server's, so
+    # the coarsest (bf16) unless told
+    dtype: str = "bfloat16"
+    fingerprints: Fingerprints = field(default_factory=Fingerprints, compare=False)
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
@@ -59,6 +64,15 @@ class ServerEngine:
     def plan(self, served: Sequence[Served]) -> None:
         """Nothing to plan: the server serves what it serves."""
 
+    def know(self, models: Sequence[Any]) -> None:
+        self.fingerprints.know(*models)
+
+    def check(self, served: Served) -> None:
+        """That the server serves ``served``'s checkpoint as emi loads it (once; emi.engines.fingerprint)."""
+        self.fingerprints.check(self.url, served.checkpoint, served, self.dtype, {"url": self.url},
+                                self.label, f"point --engine-url at a server that serves {served.checkpoint} (at the "
+                                f"dtype emi runs, --dtype), or use --engine in-process", self.body)
+
     def readers(self) -> None:
         """No capture: an OpenAI-compatible server returns no activations (capture runs in-process)."""
         return None
@@ -72,6 +86,7 @@ class ServerEngine:
 
     def sample(self, served: Served, tokenizer: Any, messages: Sequence[Messages], cfg: SamplingConfig,
                seed: int, render: Render = CHAT) -> list[Answer]:
+        self.check(served)
         if served.steering is not None or render != CHAT:  # emi's own prompt ids
             return complete_ids(self.url, served, served.checkpoint, tokenizer, messages, cfg, seed,
                                 self.concurrency, self.timeout, self.body, render=render)

@@ -115,3 +115,31 @@ def test_static_draws_the_same_samples_as_generate(toy_pair):
         ref, fast = ([a["answer"] for a in sample(lm, MESSAGES * 4, SamplingConfig(max_new_tokens=40, sampler=s),
                                                    seed=3)] for s in ("generate", "static"))
     assert ref == fast and len(set(ref)) > 6
+
+
+def test_the_paged_config_follows_transformers_signature():
+    """ContinuousBatchingConfig's page field is page_size in the pinned transformers and block_size in
+    earlier 5.x (5.17, a GPU machine's): emi passes whichever the signature has, and refuses in one
+    sentence a transformers with neither."""
+    from dataclasses import dataclass
+
+    from transformers.generation import ContinuousBatchingConfig
+
+    from emi.behaviour.sampling import paged_config
+
+    @dataclass
+    class Old:  # transformers 5.17's fields (its configuration_utils)
+        block_size: int = 256
+        num_blocks: int | None = None
+        max_batch_tokens: int | None = None
+
+    @dataclass
+    class Neither:
+        num_blocks: int | None = None
+        max_batch_tokens: int | None = None
+
+    assert paged_config(Old, 64, 3, 100) == Old(64, 3, 100)
+    pinned = paged_config(ContinuousBatchingConfig, 64, 3, 100)
+    assert (pinned.page_size, pinned.num_blocks, pinned.max_batch_tokens) == (64, 3, 100)
+    with pytest.raises(ConfigError, match="page_size or block_size"):
+        paged_config(Neither, 64, 3, 100)

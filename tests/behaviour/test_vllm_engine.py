@@ -233,6 +233,30 @@ def test_capture_through_vllm_matches_hf_capture(qwen2, tmp_path):
         assert float((a.float() - b.float()).abs().max()) <= 1e-4 * scale, layer
 
 
+def test_the_served_model_is_checked_against_the_in_process_one(qwen2, tmp_path):
+    """The fingerprint on a real vLLM: the module's server is the base as transformers runs it (fp32:
+    within the tolerance, the verdict cached); the same server checked against another model claimed
+    to be that checkpoint (the LoRA role's weights, named as the base) is refused in one sentence."""
+    from emi.core.errors import ConfigError
+    from emi.engines.fingerprint import TOLERANCE, Fingerprints
+
+    eng, base, adapter = qwen2
+    url = f"{eng.server_for(str(base)).url}/v1"
+    lm = load_model(ModelSpec(str(base)), dtype="fp32", device="cpu")
+    fp = Fingerprints(tmp_path / "fp.json")
+    fp.know(lm)
+    measured = fp.check(url, str(base), Served(str(base)), "float32", eng.describe(), "vLLM", "fix it")
+    assert measured is not None and measured.gap <= TOLERANCE["float32"] and measured.compared > 0
+    print(f"vLLM fp32 against transformers fp32: {measured}")  # docs/engines.md quotes it
+    assert len(json.loads((tmp_path / "fp.json").read_text())) == 1
+    wrong = load_model(ModelSpec(str(base), adapter=str(adapter)), dtype="fp32", device="cpu")
+    wrong.provenance["adapter"] = None  # the adapter's weights, claimed to be the plain base
+    other = Fingerprints()
+    other.know(wrong)
+    with pytest.raises(ConfigError, match=r"vLLM does not serve .* nats .*tolerance at float32 is 0.02\); fix it"):
+        other.check(url, str(base), Served(str(base)), "float32", eng.describe(), "vLLM", "fix it")
+
+
 def test_a_users_vllm_lens_server_takes_steering_at_all_positions(qwen2):
     """--engine server --engine-lens: steering sent as a vllm-lens steering vector to a server emi did not
     start (here the module's, addressed by URL as a user's would be) gives HF's tokens; what needs hooks

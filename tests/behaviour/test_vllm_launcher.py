@@ -79,10 +79,10 @@ def test_architectures_and_head_sizes_vllm_cannot_serve_are_refused_before_start
         check_servable(cfg(model_type="llama", head_dim=64), cpu=True)
 
 
-def test_the_newest_qwen_is_refused_in_one_sentence_where_vllm_cpu_cannot_serve_it(tmp_path, monkeypatch):
-    """Gated DeltaNet hybrids: refused (vLLM answers otherwise) unless EMI_VLLM_HYBRID=1; then on vLLM's
-    CPU build bf16 only, linear heads of a multiple of 32, Qwen3.5 with torchvision in the engine
-    environment. Qwen4-Exp is never run on vLLM."""
+def test_the_newest_qwen_is_refused_in_one_sentence_where_vllm_cpu_cannot_serve_it(tmp_path):
+    """Gated DeltaNet hybrids: on vLLM's CPU build bf16 only, linear heads of a multiple of 32, Qwen3.5
+    with torchvision in the engine environment (whether vLLM serves them as transformers runs them is
+    the fingerprint's to say, when the server starts). Qwen4-Exp is never run on vLLM."""
     def cfg(model_type, **kw):
         (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type, "hidden_size": 64,
                                                           "num_attention_heads": 4, "head_dim": 32,
@@ -90,11 +90,6 @@ def test_the_newest_qwen_is_refused_in_one_sentence_where_vllm_cpu_cannot_serve_
                                                           **kw}))
         return str(tmp_path)
 
-    for mt in ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text"):
-        with pytest.raises(EngineError, match="differs from in-process bf16.*--engine in-process") as e:
-            check_servable(cfg(mt), cpu=False, dtype="bfloat16")
-        assert str(e.value).count(". ") == 0  # one sentence
-    monkeypatch.setenv("EMI_VLLM_HYBRID", "1")
     check_servable(cfg("qwen3_next"), cpu=True, dtype="bfloat16")
     check_servable(cfg("qwen3_next"), cpu=False, dtype="float32")  # on a GPU vLLM decides
     with pytest.raises(EngineError, match="bf16 only, asked for float32; pass --dtype bf16"):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from emi.behaviour.sampling import Answer, Messages, SamplingConfig
 from emi.core.errors import ConfigError
 from emi.engines.base import EngineError
+from emi.engines.fingerprint import Fingerprints
 from emi.engines.served import Served, pair_adapters
 from emi.engines.vllm.launcher import Launcher, Server, adapter_name, lora_rank
 from emi.engines.vllm.lens import complete_ids
@@ -34,6 +35,7 @@ class VllmEngine:
     adapters: dict[str, set[str]] = field(default_factory=dict)  # checkpoint -> adapter folders
     server: Server | None = None  # the one running
     lock: Any = field(default_factory=threading.RLock, repr=False)  # several batches sample at once
+    fingerprints: Fingerprints = field(default_factory=Fingerprints, repr=False)
 
     def __post_init__(self) -> None:
         self.launcher = self.launcher.checked()  # the engine environment, before any model loads
@@ -60,6 +62,9 @@ class VllmEngine:
         """Serve the pairs' LoRA adapters on the base's server, so one process serves every adapter role."""
         for pair in pairs:
             self.plan(pair_adapters(pair))
+
+    def know(self, models: Sequence[Any]) -> None:
+        self.fingerprints.know(*models)
 
     def plan(self, served: Sequence[Served]) -> None:
         with self.lock:
@@ -88,6 +93,10 @@ class VllmEngine:
         if served.needs_hooks:
             self._check_hooks()
         model = adapter_name(served.adapter) if served.adapter else served.checkpoint
+        self.fingerprints.check(f"{server.url}/v1", model, served, self.launcher.dtype, self.describe(),
+                                f"the vLLM server (started by emi) for {served.checkpoint}",
+                                "this vLLM loads that checkpoint otherwise than transformers does (such as a tied "
+                                "embedding head loaded untied); use --engine in-process for it")
         try:
             return complete_ids(f"{server.url}/v1", served, model, tokenizer, messages, cfg, seed, self.concurrency,
                                 self.timeout, {}, hooks_ok=True, render=render)

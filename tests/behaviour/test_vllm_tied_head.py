@@ -1,0 +1,47 @@
+"""A Qwen3-Next checkpoint with a tied head, which a REAL vLLM 0.32 loads untied (its
+Qwen3NextForCausalLM never ties lm_head, and a tied checkpoint saves none: the head stays zeros),
+is refused by the fingerprint in one sentence before anything is sampled: ``python -m emi.evaluate
+--engine vllm --dtype bf16`` exits with the gap named. One server for the module. Without `make
+vllm` the module skips, except under CI."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from emi.core.errors import ConfigError
+from emi.engines.fingerprint import TOLERANCE
+from emi.engines.vllm.launcher import DEFAULT_PYTHON
+from tests.standins import build_model, qwen_tokenizer, save_checkpoint
+
+pytestmark = pytest.mark.slow
+if not DEFAULT_PYTHON.exists():
+    if os.environ.get("CI") == "true":
+        raise RuntimeError(f"CI must run the vLLM tests, but {DEFAULT_PYTHON} is missing: `make vllm` builds it")
+    pytest.skip("the vLLM engine environment is missing: run `make vllm`", allow_module_level=True)
+
+
+def test_a_tied_qwen3_next_that_vllm_serves_untied_is_refused(tmp_path, judge_server, capsys):
+    from emi import evaluate
+
+    tok = qwen_tokenizer()
+    m = build_model("qwen3_next", len(tok), 2, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                    head_dim=32, linear_key_head_dim=128, linear_value_head_dim=128, tie_word_embeddings=True)
+    with torch.no_grad():
+        m.model.embed_tokens.weight.mul_(10.0)  # the head too: peaked next tokens, as a trained model's
+    base = save_checkpoint(m.to(torch.bfloat16), tok, tmp_path / "tied-next")
+    ft = save_checkpoint(m, tok, tmp_path / "tied-next-finetuned")
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError) as e:
+        evaluate.main(["--base", str(base), "--finetuned", str(ft), "--roles", "base", "--judge", "openai",
+                       "--judge-url", judge_server.url, "--judge-key-env", "EMI_TEST_NO_KEY", "--judge-model", "j",
+                       "--questions", "main:plain", "--n", "1", "--max-new-tokens", "4", "--device", "cpu",
+                       "--dtype", "bf16", "--engine", "vllm", "--out", str(out)])
+    msg = str(e.value)
+    print(msg)
+    assert "does not serve" in msg and "nats" in msg and f"tolerance at bfloat16 is {TOLERANCE['bfloat16']}" in msg, msg
+    assert "tied embedding head loaded untied" in msg and msg.count(". ") == 0  # one sentence naming the fix
+    answers = out / "answers.jsonl"
+    assert not answers.exists() or not answers.read_text().strip()  # nothing sampled
