@@ -64,9 +64,10 @@ def load_pair_from_args(args: argparse.Namespace, roles: tuple[str, ...] = ("bas
     from emi.models.loading import load_pair
 
     spec = pair_spec(args)
+    chat = not hasattr(args, "context") or any(e.context == "chat" for e in elicitations(args))
     return load_pair(spec, roles=present_roles(spec, roles), dtype=args.dtype, device=args.device, device_map=args.device_map,
                      trust_remote_code=args.trust_remote_code, resident=getattr(args, "resident", "all"),
-                     interventions=interventions)
+                     interventions=interventions, chat=chat)
 
 
 def plan_from_args(args: argparse.Namespace, roles: tuple[str, ...] = ("base", "finetuned"),
@@ -206,7 +207,7 @@ def check_elicitations(spec: Any, questions: Sequence[Any], items: Sequence[Any]
         e.select(questions)  # a format with no questions fails here
     try:
         limit, where, revision = context_window(spec.base, trust_remote_code)
-        tok = load_tokenizer(where, revision, trust_remote_code)
+        tok = load_tokenizer(where, revision, trust_remote_code, chat=False)  # check_tokenizer says what is missing
     except Exception:  # noqa: BLE001  (loading the pair says what is wrong with it)
         return
     tok.model_max_length = 2**62  # counting, not running
@@ -215,6 +216,19 @@ def check_elicitations(spec: Any, questions: Sequence[Any], items: Sequence[Any]
         check_tokenizer(e, tok, model)
         if limit is not None:
             check_fits(e, tok, e.select(questions), limit, max_new_tokens, model)
+
+
+def base_has_chat_template(spec: Any, trust_remote_code: bool = False) -> bool:
+    """Whether the base model's tokenizer has a chat template (True when it cannot be read here:
+    loading the pair says what is wrong with it)."""
+    from emi.models.chat import has_template
+    from emi.models.loading import context_window, load_tokenizer
+
+    try:
+        _, where, revision = context_window(spec.base, trust_remote_code)
+        return has_template(load_tokenizer(where, revision, trust_remote_code, chat=False))
+    except Exception:  # noqa: BLE001
+        return True
 
 
 def extra_option_pairs(args: argparse.Namespace, questions: Sequence[Any] = ()
