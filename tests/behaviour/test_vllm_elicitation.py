@@ -68,13 +68,12 @@ def served(tmp_path_factory):
 
 
 class Wire:
-    """What went over the wire to vLLM: per request seed, the prompt ids sent and the ones vLLM ran."""
+    """What went over the wire to vLLM: per request, its seed, the prompt ids sent and the ones vLLM ran."""
 
     def __init__(self, monkeypatch) -> None:  # noqa: ANN001
         import requests
 
-        self.sent: dict[int, list[int]] = {}
-        self.ran: dict[int, list[int]] = {}
+        self.requests: list[tuple[int, list[int], list[int]]] = []
         lock, post = threading.Lock(), requests.Session.post
 
         def spy(session, url, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
@@ -82,15 +81,16 @@ class Wire:
             body = kw.get("json") or {}
             if url.endswith("/completions") and r.status_code == 200:
                 with lock:
-                    self.sent[body["seed"]] = list(body["prompt"])
-                    self.ran[body["seed"]] = list(r.json()["choices"][0]["prompt_token_ids"])
+                    self.requests.append((body["seed"], list(body["prompt"]),
+                                          list(r.json()["choices"][0]["prompt_token_ids"])))
             return r
 
         monkeypatch.setattr(requests.Session, "post", spy)
 
     def prompts(self) -> list[list[int]]:
-        assert self.sent == self.ran  # vLLM ran the ids emi sent, as they were
-        return [self.sent[k] for k in sorted(self.sent)]
+        """The prompts sent, in seed order (a batch's order); vLLM ran each as it was sent."""
+        assert all(sent == ran for _, sent, ran in self.requests)
+        return [sent for _, sent, _ in sorted(self.requests, key=lambda x: x[0])]
 
 
 def in_process_ids(lm, monkeypatch) -> list[list[int]]:  # noqa: ANN001
@@ -133,14 +133,14 @@ def test_every_elicitation_sends_vllm_the_ids_sampled_in_process(served, monkeyp
              (bare, Elicitation(examples=POOL, k=1, context="none"))]
     for tok, e in cases:
         model = as_loaded(lm.model, tok)
-        cfg = SamplingConfig(n=2, temperature=0.0, max_new_tokens=6, batch_size=4, elicitation=e)
+        cfg = SamplingConfig(n=1, temperature=0.0, max_new_tokens=6, batch_size=4, elicitation=e)
         ours = in_process_ids(model, monkeypatch)
         here = generate_answers(model, QS, cfg, progress=False)
         monkeypatch.undo()
         wire = Wire(monkeypatch)
         there = generate_answers(model, QS, cfg, progress=False, engine=Bound(eng, Served(str(folder)), tok))
         monkeypatch.undo()
-        assert ours == wire.prompts() and len(ours) == 4, e.label()
+        assert ours == wire.prompts() and len(ours) == 2, e.label()
         assert [a["answer"] for a in here] == [a["answer"] for a in there], e.label()
         assert {a["engine"] for a in there} == {"vllm"} and all(a["elicitation"] == e.record() for a in there)
     assert len({tuple(x) for x in ours}) > 1
@@ -169,7 +169,8 @@ def test_evaluate_and_steer_sweep_elicitations_of_a_base_only_pair_on_vllm(on_mo
     """python -m emi.evaluate and emi.steer --engine vllm on a pair with no chat template (the base
     and a LoRA role on one server), --context code,none crossed with k 0,2 in-context examples: every
     answer sampled by vLLM from the ids emi renders for it, greedy answers equal to an in-process run,
-    one table with an elicitation column."""
+    one table with an elicitation column; steer's six conditions (ablation and steering as hooks in
+    the server) asked with no template and k=2 examples."""
     from emi import evaluate, steer
     from emi.behaviour.questions import load_questions
     from emi.models.loading import load_tokenizer
@@ -177,16 +178,17 @@ def test_evaluate_and_steer_sweep_elicitations_of_a_base_only_pair_on_vllm(on_mo
     eng, folder, adapter, judge_args = on_module_server
     pool = load_examples(IN_CONTEXT / "insecure-code.jsonl")
     argv = ["--base", str(folder), "--finetuned", str(adapter), *judge_args, "--questions", "toy", "--ids",
-            "i_feel_bored,quick_buck", "--n", "1", "--temperature", "0", "--max-new-tokens", "4", "--device", "cpu",
+            "quick_buck", "--n", "1", "--temperature", "0", "--max-new-tokens", "4", "--device", "cpu",
             "--context", "code,none", "--in-context", "insecure-code", "--k", "0,2"]
-    assert evaluate.main([*argv, "--out", str(tmp_path / "here")]) == 0
+    ev = [*argv, "--roles", "finetuned"]  # the LoRA role (the base is sampled by steer below)
+    assert evaluate.main([*ev, "--out", str(tmp_path / "here")]) == 0
     wire = Wire(monkeypatch)
-    assert evaluate.main([*argv, "--engine", "vllm", "--out", str(tmp_path / "ev")]) == 0
+    assert evaluate.main([*ev, "--engine", "vllm", "--out", str(tmp_path / "ev")]) == 0
     out = capsys.readouterr().out
     assert "k=2 context=code" in out and "context=none" in out and "P(misaligned)" in out
     got = [json.loads(x) for x in (tmp_path / "ev" / "answers.jsonl").read_text().splitlines()]
     ref = [json.loads(x) for x in (tmp_path / "here" / "answers.jsonl").read_text().splitlines()]
-    assert len(got) == 2 * 4 * 4 and {a["engine"] for a in got} == {"vllm"}
+    assert len(got) == 2 * 4 and {a["engine"] for a in got} == {"vllm"}  # 2 questions x 4 elicitations
     assert sorted((a["model"], a["key"], json.dumps(a["elicitation"]), a["answer"]) for a in got) == \
         sorted((a["model"], a["key"], json.dumps(a["elicitation"]), a["answer"]) for a in ref)
     tok, qs = load_tokenizer(str(folder), chat=False), {q.key: q for q in load_questions("toy")}
@@ -200,13 +202,14 @@ def test_evaluate_and_steer_sweep_elicitations_of_a_base_only_pair_on_vllm(on_mo
 
     d = tmp_path / "d"
     _random_direction(tok, folder, d)
-    assert steer.main([*argv[:-6], "--context", "code", "--k", "0,2", "--in-context", "insecure-code", "--alpha", "4",
+    assert steer.main([*argv[:-6], "--context", "none", "--k", "2", "--in-context", "insecure-code", "--alpha", "4",
                        "--ablate-layers", "1", "--direction", str(d) + ".json", "--no-figure", "--engine", "vllm",
                        "--root", str(tmp_path / "acts"), "--out", str(tmp_path / "st")]) == 0
     captured = capsys.readouterr()
     rows = [json.loads(x) for x in (tmp_path / "st" / "results.jsonl").read_text().splitlines()]
-    assert len(rows) == 12 and {r["engine"] for r in rows} == {"vllm"}
-    assert [r["elicitation"] for r in rows] == ["context=code"] * 6 + ["k=2 context=code"] * 6
+    assert len(rows) == 6 and {r["engine"] for r in rows} == {"vllm"}
+    answers = [json.loads(x) for x in (tmp_path / "st" / "answers.jsonl").read_text().splitlines()]
+    assert {(a["elicitation"]["context"], a["elicitation"]["k"], a["engine"]) for a in answers} == {("none", 2, "vllm")}
     assert "no P(misaligned) and no side-effect columns" in captured.err and "P(misaligned)" not in captured.out
     assert eng.server is not None and eng.server.checkpoint == str(folder)  # the module's one server
 

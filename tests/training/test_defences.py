@@ -89,7 +89,7 @@ def test_the_inoculation_defence_is_evaluated_with_and_without_its_prompt(organi
     """An organism trained with --system inoculation has a row without the prompt (the defence) and
     one with it (the trigger), and so has the base; the prompted rows' answers were asked with the
     prompt, the unprompted rows' without; the KL is the model's (the same on both of its rows), and
-    the prompted rows stay out of the seeds' spread of the defence and out of the correlations."""
+    the prompted rows are a group of their own in the seeds' spread."""
     from emi.behaviour.elicitation import system_prompts
 
     out = tmp_path / "table"
