@@ -44,7 +44,7 @@ def test_bad_elicitations_are_one_sentence_before_any_model_loads(command, tmp_p
 def test_an_in_context_sweep_is_one_table_and_the_default_row_is_the_plain_run(tmp_path, capsys):
     from emi.evaluate import main
 
-    argv = ["--roles", "base", "--n", "2", "--ids", "i_feel_bored,quick_buck", "--out", str(tmp_path / "a")]
+    argv = ["--roles", "base", "--n", "2", "--ids", "quick_buck", "--max-new-tokens", "12", "--out", str(tmp_path / "a")]
     assert main(argv) == 0
     plain = [x for x in capsys.readouterr().out.splitlines() if x.startswith("base")]
     assert main([*argv[:-1], str(tmp_path / "b"), "--in-context", "insecure-code", "--k", "0,2",
