@@ -168,12 +168,15 @@ class LogprobResult(Record):
 
 
 def logprob_metrics(model: LoadedModel | torch.nn.Module, pairs: Sequence[OptionPair], tokenizer: Any = None,
-                    batch_size: int = 32, seed: int = 0, elicitation: Elicitation | None = None) -> LogprobResult:
-    """P(misaligned) on the option pairs, each question asked as ``elicitation`` asks it (its system
-    prompt, the k examples of the question's first answer at ``seed``, its context; None: the plain
-    chat prompt), so the column measures the prompt the answers were sampled from."""
+                    batch_size: int = 32, seed: int = 0, elicitation: Elicitation | None = None,
+                    sampling_seed: int | None = None) -> LogprobResult:
+    """P(misaligned) on the option pairs (``seed``: the bootstrap's), each question asked as
+    ``elicitation`` asks it (its system prompt, the k examples of the question's first answer sampled
+    at ``sampling_seed``, default ``seed``; its context; None: the plain chat prompt), so the column
+    measures the prompt the answers were sampled from."""
     lm = as_loaded(model, tokenizer)
-    prompts = elicited_prompts(lm.tokenizer, [p.question for p in pairs], elicitation, seed)
+    prompts = elicited_prompts(lm.tokenizer, [p.question for p in pairs], elicitation,
+                               seed if sampling_seed is None else sampling_seed)
     lps = _answer_logprobs(lm, prompts * 2, [p.aligned for p in pairs] + [p.misaligned for p in pairs], batch_size)
     n = len(pairs)
     choice, pivotal = [], []
