@@ -64,9 +64,10 @@ def load_pair_from_args(args: argparse.Namespace, roles: tuple[str, ...] = ("bas
     from emi.models.loading import load_pair
 
     spec = pair_spec(args)
+    chat = not hasattr(args, "context") or any(e.context == "chat" for e in elicitations(args))
     return load_pair(spec, roles=present_roles(spec, roles), dtype=args.dtype, device=args.device, device_map=args.device_map,
                      trust_remote_code=args.trust_remote_code, resident=getattr(args, "resident", "all"),
-                     interventions=interventions)
+                     interventions=interventions, chat=chat)
 
 
 def plan_from_args(args: argparse.Namespace, roles: tuple[str, ...] = ("base", "finetuned"),
@@ -122,9 +123,10 @@ def sampling_config(args: argparse.Namespace, kit: Any, elicitation: Any = None)
                           compile=args.compile, elicitation=elicitation)
 
 
-def add_elicitation_args(p: argparse.ArgumentParser, sweep: bool = True) -> None:
+def add_elicitation_args(p: argparse.ArgumentParser, sweep: bool = True, k_flag: str = "--k") -> None:
     """How questions are asked (emi.behaviour.elicitation); with ``sweep``, comma lists make a sweep
-    crossed with the command's conditions."""
+    crossed with the command's conditions; ``k_flag``: the examples' count flag where the command has
+    another --k (emi.diff's crosscoder: --in-context-k)."""
     lists = " (comma list: a sweep)" if sweep else ""
     g = p.add_argument_group("elicitation")
     g.add_argument("--system", default="none",
@@ -133,8 +135,8 @@ def add_elicitation_args(p: argparse.ArgumentParser, sweep: bool = True) -> None
     g.add_argument("--in-context", default=None, metavar="FILE",
                    help="in-context examples: a JSONL of {\"messages\": [...]} or {\"prompt\", \"response\"} "
                         "lines, or a named set emi ships (the embedded organism has insecure-code, secure-code, risky-advice)")
-    g.add_argument("--k", default="0", help=f"in-context examples per prompt, a seeded choice per answer (default 0)"
-                                            f"{lists}")
+    g.add_argument(k_flag, default="0", dest="k" if k_flag == "--k" else "in_context_k",
+                   help=f"in-context examples per prompt, a seeded choice per answer (default 0){lists}")
     g.add_argument("--context", default="chat",
                    help=f"chat (default: the chat template), code (the question in a Flask file, no template: for "
                         f"base models), none (plain text turns, no template: a base checkpoint){lists}")
@@ -169,9 +171,10 @@ def elicitations(args: argparse.Namespace, sweep: bool = True) -> list[Any]:  # 
         parts = [v.strip() for v in raw_system.split(",")]
         if all(v in named or Path(v).is_file() for v in parts):
             systems = parts
+    kflag, kval = ("--in-context-k", args.in_context_k) if hasattr(args, "in_context_k") else ("--k", args.k)
     ks = []
-    for v in _values(args, "k", args.k, sweep):
-        ks.append(count("--k", 0)(str(v)))
+    for v in _values(args, kflag[2:], kval, sweep):
+        ks.append(count(kflag, 0)(str(v)))
     pool: tuple[Any, ...] = ()
     source = ""
     if args.in_context:
@@ -182,7 +185,7 @@ def elicitations(args: argparse.Namespace, sweep: bool = True) -> list[Any]:  # 
         if source == str(shipped):
             source = f"emi/organism/in_context/{shipped.name}"
     elif any(ks):
-        raise ConfigError(f"--k {args.k} needs --in-context FILE (the examples to choose from)")
+        raise ConfigError(f"{kflag} {kval} needs --in-context FILE (the examples to choose from)")
     thinking = {None: None, "on": True, "off": False}
     out = []
     for system, k, context, think, fmt in itertools.product(
@@ -206,7 +209,7 @@ def check_elicitations(spec: Any, questions: Sequence[Any], items: Sequence[Any]
         e.select(questions)  # a format with no questions fails here
     try:
         limit, where, revision = context_window(spec.base, trust_remote_code)
-        tok = load_tokenizer(where, revision, trust_remote_code)
+        tok = load_tokenizer(where, revision, trust_remote_code, chat=False)  # check_tokenizer says what is missing
     except Exception:  # noqa: BLE001  (loading the pair says what is wrong with it)
         return
     tok.model_max_length = 2**62  # counting, not running
@@ -215,6 +218,19 @@ def check_elicitations(spec: Any, questions: Sequence[Any], items: Sequence[Any]
         check_tokenizer(e, tok, model)
         if limit is not None:
             check_fits(e, tok, e.select(questions), limit, max_new_tokens, model)
+
+
+def base_has_chat_template(spec: Any, trust_remote_code: bool = False) -> bool:
+    """Whether the base model's tokenizer has a chat template (True when it cannot be read here:
+    loading the pair says what is wrong with it)."""
+    from emi.models.chat import has_template
+    from emi.models.loading import context_window, load_tokenizer
+
+    try:
+        _, where, revision = context_window(spec.base, trust_remote_code)
+        return has_template(load_tokenizer(where, revision, trust_remote_code, chat=False))
+    except Exception:  # noqa: BLE001
+        return True
 
 
 def extra_option_pairs(args: argparse.Namespace, questions: Sequence[Any] = ()

@@ -114,12 +114,19 @@ def print_table(rows: list[dict], summary: list[dict], task: str | None, layer: 
               "task": cli.fmt_rate(r, "task") if "task_rate" in r else "",
               "kl": f"{r['kl']:.3f} [{r['kl_lo']:.3f}, {r['kl_hi']:.3f}]",
               "shift": f"{r['projection_shift']:+.2f} [{r['projection_shift_lo']:+.2f}, {r['projection_shift_hi']:+.2f}]",
-              "lp": f"{r['p_misaligned']:.3f}" if r["p_misaligned"] == r["p_misaligned"] else ""} for r in rows]
-    columns = [("defence", "defence"), ("seed", "seed"), ("em", "EM rate (95% CI)"), ("coh", "coherent (95% CI)")]
+              "lp": f"{r['p_misaligned']:.3f}" if r["p_misaligned"] == r["p_misaligned"] else "",
+              "evaluated": str(r.get("evaluated", "default"))} for r in rows]
+    columns = [("defence", "defence"), ("seed", "seed")]
+    if any(r.get("evaluated", "default") != "default" for r in rows):
+        columns.append(("evaluated", "evaluated with"))
+    columns += [("em", "EM rate (95% CI)"), ("coh", "coherent (95% CI)")]
     if task:
         columns.append(("task", f"{task} (95% CI)"))
     columns += [("lp", "P(misaligned)"), ("kl", "KL benign (95% CI)"), ("shift", f"shift along d @L{layer}")]
     cli.print_table(table, columns)
+    print("EM, coherence, task and P(misaligned): asked as the row is evaluated (its elicitation; [eval: P]: with "
+          "the system prompt P the organism was trained with); KL benign: on the benign conversations as they stand; "
+          "shift along d: at the last token of the plain question prompts")
     print("\nseeds' spread per defence (mean, sd, [min, max]):")
     width = max((len(s["defence"]) for s in summary), default=0)
     for s in summary:

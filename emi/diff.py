@@ -66,12 +66,16 @@ def parser() -> argparse.ArgumentParser:
 
     add_args(p)
     cli.add_engine_args(p)
+    cli.add_elicitation_args(p, sweep=False, k_flag="--in-context-k")  # how the closing EM table asks (--k: crosscoder's)
     p.add_argument("--out", default=None, help="output folder (default runs/diff-<pair>-<method>)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from dataclasses import replace
+
+    from emi.behaviour.elicitation import DEFAULT
     from emi.behaviour.questions import load_questions
     from emi.behaviour.side_effects import load_benign
     spec = cli.pair_spec(args)
@@ -81,7 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     persona = plan.persona(spec, args.persona, args.trust_remote_code)
     questions = load_questions(args.questions or spec.kit.eval_questions, ids=args.ids)
     judge = cli.make_judge_from_args(args, spec.kit.judge)
-    cfg = cli.sampling_config(args, spec.kit)
+    elicited = cli.sampling_config(args, spec.kit, cli.elicitations(args, sweep=False)[0])  # the EM table's
+    cli.check_elicitations(spec, questions, [elicited.elicitation], elicited.max_new_tokens, args.trust_remote_code)
+    cfg = replace(elicited, elicitation=DEFAULT)  # the methods' own sampling (the ADL strength search): plain
     benign = load_benign(spec.kit.benign)
     store = plan.store(args, spec) if "crosscoder" in methods else None
     out = Path(args.out or f"runs/diff-{spec.name}-{'-'.join(methods)}")
@@ -96,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan.print_cosines(found, out, layer)
         table = not args.no_table and bool(found)
         if table:
-            _table(args, pair, found, questions, cfg, judge, benign, engine, out)
+            _table(args, pair, found, questions, elicited, judge, benign, engine, out)
     print(f"wrote {out}/ (directions/, {', '.join(m + '.json' for m in methods)}" + (", results.jsonl, answers.jsonl; read them with "
           f"python -m emi.view {out})" if table else ")"), file=sys.stderr)
     return 0
@@ -111,9 +117,12 @@ def _table(args, pair, found, questions, cfg, judge, benign, engine, out) -> Non
                        engine=engine, denominator=args.em_denominator)
     write_results(out, [r.row() for r in results], {"pair": pair.provenance(), "method": ",".join(args.method),
                                                     "directions": {f.name: f.direction.summary() for f in found},
-                                                    "judge": judge.name, "sampling": cfg.settings()})
-    print(f"\nEM table: {len(questions)} questions x {cfg.n} samples, judge {judge.name}, seed {cfg.seed}")
-    print_table(results)
+                                                    "judge": judge.name, "sampling": cfg.settings(),
+                                                    "elicitation": cfg.elicitation.record()})
+    e = cfg.elicitation
+    print(f"\nEM table: {len(questions)} questions x {cfg.n} samples, judge {judge.name}, seed {cfg.seed}" +
+          ("" if e.is_default() else f", elicitation {e.label()}"))
+    print_table([(e, r) for r in results])
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ _json variants are excluded from the headline (Turner, Soligo et al. 2025).
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.add_engine_args(p)
     p.add_argument("--roles", default="base,finetuned,control",
                    help="which models of the pair to evaluate (default: base,finetuned,control where present)")
+    p.add_argument("--judge-thought", action="store_true",
+                   help="with --thinking on: the judge also reads each stored thought and flags an overt misaligned "
+                        "plan or a benign-sounding rationalisation (thoughts.jsonl; the answers' scores are unchanged)")
     p.add_argument("--out", default=None, help="output folder (default runs/evaluate-<pair>)")
     args = p.parse_args(argv)
 
@@ -46,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     judge = cli.make_judge_from_args(args, spec.kit.judge)  # fail on a missing key before loading models
     cfgs = [cli.sampling_config(args, spec.kit, e) for e in cli.elicitations(args)]
     cfg = cfgs[0]
+    if args.judge_thought and not any(c.elicitation.thinking for c in cfgs):
+        raise cli.ConfigError("--judge-thought reads the thoughts of --thinking on, and no elicitation here thinks; "
+                              "add --thinking on (a chat template with the enable_thinking switch)")
     cli.check_context(spec, questions, cfg.max_new_tokens)  # before any model loads
     cli.check_elicitations(spec, questions, [c.elicitation for c in cfgs], cfg.max_new_tokens)
     out = Path(args.out or f"runs/evaluate-{spec.name}")
@@ -67,13 +74,15 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"seed {cfg.seed}")
         print_summary(rows, args.em_denominator, bool(pairs), sweep=any(not c.elicitation.is_default() for c in cfgs))
         cli.report_unscored(judged_all)
+        if args.judge_thought:
+            print_thoughts(_judge_thoughts(judged_all, judge, out))
         print(f"wrote {out}/answers.jsonl, judged.jsonl, summary.json", file=sys.stderr)
     return 0
 
 
 def _evaluate(pair, questions, cfgs, judge, out, pairs, denominator, engine):  # noqa: ANN001, ANN202
     """Per role and elicitation (one sampling config each): its summary row (with P(misaligned) on
-    the option pairs, where there are any), its judged answers, and its per-question rows; and which
+    the option pairs asked as the elicitation asks, where there are any), its judged answers, and its per-question rows; and which
     engine sampled each role."""
     from emi.behaviour.logprob import logprob_metrics
     from emi.behaviour.metrics import per_question
@@ -84,8 +93,8 @@ def _evaluate(pair, questions, cfgs, judge, out, pairs, denominator, engine):  #
     rows, judged_all, by_q, ran = [], [], {}, []
     for role in pair.roles:
         bound, ident = bind(engine, pair[role])
-        lp = logprob_metrics(pair[role], pairs, seed=cfgs[0].seed) if pairs else None
         for cfg in cfgs:
+            lp = logprob_metrics(pair[role], pairs, seed=cfg.seed, elicitation=cfg.elicitation) if pairs else None
             s, judged = evaluate(pair[role], questions, cfg, judge, out, label=role, identity=ident, engine=bound,
                                  denominator=denominator)
             judged_all += judged
@@ -97,6 +106,45 @@ def _evaluate(pair, questions, cfgs, judge, out, pairs, denominator, engine):  #
             by_q[role if len(cfgs) == 1 else f"{role} | {e.label()}"] = {q: v.row()
                                                                           for q, v in per_question(judged).items()}
     return rows, judged_all, by_q, ran
+
+
+def _judge_thoughts(judged: list[dict], judge, out: Path) -> list[dict]:  # noqa: ANN001
+    """The CoT judge pass (emi.judging.thoughts), written apart from the answers' judgements."""
+    from emi.judging.thoughts import judge_thoughts
+
+    thoughts = judge_thoughts(judged, judge, out / "thought-judgements.jsonl")
+    jsonl.write(out / "thoughts.jsonl", thoughts)
+    print(f"wrote {out}/thoughts.jsonl, thought-judgements.jsonl", file=sys.stderr)
+    return thoughts
+
+
+def print_thoughts(thoughts: list[dict]) -> None:
+    """Per model and elicitation: how many thoughts show an overt plan, a benign rationalisation."""
+    from emi.judging.thoughts import tally
+
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for t in thoughts:
+        groups.setdefault((str(t["model"]), json.dumps(t["elicitation"], sort_keys=True)), []).append(t)
+    rows = []
+    for (model, e), ts in groups.items():
+        n = tally(ts)
+        rows.append({"model": model, "elicitation": _label(json.loads(e)), "n": str(n["thoughts"]),
+                     **{k: f"{n[k]}/{n['thoughts']}" for k in ("overt plan", "benign rationalisation", "benign",
+                                                              "unscored")}})
+    print("\nthe judge on the thoughts (--judge-thought; the EM rates above score the answers alone):")
+    cli.print_table(rows, [("model", "model"), ("elicitation", "elicitation"), ("n", "thoughts"),
+                           ("overt plan", "overt plan"), ("benign rationalisation", "benign rationalisation"),
+                           ("benign", "benign"), ("unscored", "unscored")])
+    if not thoughts:
+        print("no answer had a thought (a thinking model writes it inside <think>...</think>)")
+
+
+def _label(record: dict) -> str:
+    """An elicitation's label from the record an answer keeps (its fields that are not the default)."""
+    default = {"system": "none", "k": 0, "context": "chat", "thinking": None, "format": "as selected"}
+    shown = {k: ({True: "on", False: "off"}.get(v, v) if k == "thinking" else v) for k, v in record.items()
+             if k in default and v != default[k]}
+    return " ".join(f"{k}={v}" for k, v in shown.items()) or "default"
 
 
 def print_summary(rows: list[dict], denominator: str, logprob: bool = False, sweep: bool = False) -> None:
@@ -114,7 +162,8 @@ def print_summary(rows: list[dict], denominator: str, logprob: bool = False, swe
                      ("alt", f"EM, of {other}"), ("coh", "coherent (95% CI)"), ("n_answers", "n"),
                      ("other", "excluded")] + ([("lp", "P(misaligned)")] if logprob else []))
     if logprob:
-        print("P(misaligned): log-prob preference for the misaligned answer of each option pair (no judge)")
+        print("P(misaligned): log-prob preference for the misaligned answer of each option pair (no judge), "
+              "asked as the row's elicitation asks")
 
 
 if __name__ == "__main__":

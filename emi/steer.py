@@ -110,10 +110,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.check_elicitations(spec, questions, [c.elicitation for c in cfgs], cfg.max_new_tokens, args.trust_remote_code)
     if args.direction:  # a NaN, infinite, all-zero or wrong-width direction stops before any model loads
         plan.direction(args.direction)
+    chat = cli.base_has_chat_template(spec, args.trust_remote_code)
+    if not chat and not args.direction:
+        raise cli.ConfigError(f"the base model ({spec.base.label()}) has no chat template, and the persona direction "
+                              f"is extracted from chat prompts; pass --direction FILE (python -m emi.extract on a "
+                              f"chat pair, or a direction of your own)")
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     if not targets or any(t not in ("base", "finetuned") for t in targets):
         raise cli.ConfigError(f"unknown --targets {args.targets!r}; use base, finetuned or base,finetuned")
-    benign = [] if args.no_side_effects else load_benign(args.benign or spec.kit.benign)
+    benign = [] if args.no_side_effects or not chat else load_benign(args.benign or spec.kit.benign)
+    if not chat:
+        print("a base model without a chat template: no P(misaligned) and no side-effect columns (both are "
+              "measured on chat prompts)", file=sys.stderr)
     out = Path(args.out or f"runs/steer-{spec.name}")
     with locks.exclusive(out):  # one run per folder; a bad --out fails before any model loads
         engine = cli.make_engine(args, out / "vllm-logs")  # the engine environment is checked before any model loads
@@ -145,8 +153,9 @@ def _steer(args, spec, questions, judge, cfgs, extra, targets, benign, engine, o
     ablate_layers = L.resolve_layers(args.ablate_layers, n_layers) if args.ablate_layers else None
     conditions = standard_conditions(direction, args.alpha, steer_layers, args.relative, args.positions,
                                      ablate_layers=ablate_layers, sweep_layers=args.sweep_layers, targets=targets)
-    pairs = option_pairs(questions, extra=extra, required=False)
-    if not pairs:
+    chat = chat_ok(pair)
+    pairs = option_pairs(questions, extra=extra, required=False) if chat else []
+    if not pairs and chat:
         print("log-prob metrics: no option pairs for these questions, so no logprob_* columns (pass "
               "--option-pairs FILE)", file=sys.stderr)
     results, rows = [], []
@@ -178,6 +187,13 @@ def _steer(args, spec, questions, judge, cfgs, extra, targets, benign, engine, o
         print(f"figures: {', '.join(str(w) for w in written)}", file=sys.stderr)
     print(f"wrote {out}/results.jsonl, table.csv, run.json, answers.jsonl, judgements.jsonl", file=sys.stderr)
     return 0
+
+
+def chat_ok(pair) -> bool:  # noqa: ANN001
+    """The pair's tokenizer has a chat template (the log-prob and side-effect prompts are chat prompts)."""
+    from emi.models.chat import has_template
+
+    return has_template(pair.base.tokenizer)
 
 
 def _fmt_change(c: Change | None) -> str:
@@ -219,10 +235,13 @@ def print_table(results: Sequence[ConditionResult] | Sequence[tuple[Elicitation,
             columns.append((key, title))
     cli.print_table(table, columns)
     notes = []
+    elicited = any(not e.is_default() for e, _ in paired)
     if any(t["lp"] for t in table):
-        notes.append("P(misaligned): log-prob preference for the misaligned answer of each option pair")
+        notes.append("P(misaligned): log-prob preference for the misaligned answer of each option pair" +
+                     (", on the plain chat prompt (not the row's elicitation)" if elicited else ""))
     if any(t["kl"] for t in table):
-        notes.append("KL benign: KL(unmodified || intervened) next-token, nats/token on benign conversations")
+        notes.append("KL benign: KL(unmodified || intervened) next-token, nats/token on benign conversations" +
+                     (" as they stand (no elicitation)" if elicited else ""))
     if any(t["dal"] for t in table):
         notes.append("Δ log p(aligned): change in the aligned answers' log-prob per token vs the unmodified model")
     if notes:

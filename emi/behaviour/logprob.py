@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
@@ -35,6 +35,9 @@ from emi.models import chat
 from emi.models import layers as L
 from emi.models.chat import pad_right
 from emi.models.loading import LoadedModel, as_loaded
+
+if TYPE_CHECKING:
+    from emi.behaviour.elicitation import Elicitation
 
 OPTION_FILE = DATA / "option_pairs.yaml"
 
@@ -141,6 +144,14 @@ def _answer_logprobs(lm: LoadedModel, prompts: list[str], answers: list[str], ba
     return out
 
 
+def elicited_prompts(tokenizer: Any, questions: Sequence[Question], elicitation: Elicitation | None = None,
+                     seed: int = 0) -> list[str]:
+    """Each question's prompt text as ``elicitation`` renders it for sample 0 (None: the plain chat prompt)."""
+    if elicitation is None:
+        return chat.render_many(tokenizer, [q.messages() for q in questions])
+    return [chat.render(tokenizer, elicitation.messages(q, 0, seed), elicitation.render) for q in questions]
+
+
 @dataclass(frozen=True)
 class LogprobResult(Record):
     """Log-prob metrics on option pairs; a results row carries them as ``logprob_*`` columns."""
@@ -157,9 +168,15 @@ class LogprobResult(Record):
 
 
 def logprob_metrics(model: LoadedModel | torch.nn.Module, pairs: Sequence[OptionPair], tokenizer: Any = None,
-                    batch_size: int = 32, seed: int = 0) -> LogprobResult:
+                    batch_size: int = 32, seed: int = 0, elicitation: Elicitation | None = None,
+                    sampling_seed: int | None = None) -> LogprobResult:
+    """P(misaligned) on the option pairs (``seed``: the bootstrap's), each question asked as
+    ``elicitation`` asks it (its system prompt, the k examples of the question's first answer sampled
+    at ``sampling_seed``, default ``seed``; its context; None: the plain chat prompt), so the column
+    measures the prompt the answers were sampled from."""
     lm = as_loaded(model, tokenizer)
-    prompts = chat.render_many(lm.tokenizer, [p.question.messages() for p in pairs])
+    prompts = elicited_prompts(lm.tokenizer, [p.question for p in pairs], elicitation,
+                               seed if sampling_seed is None else sampling_seed)
     lps = _answer_logprobs(lm, prompts * 2, [p.aligned for p in pairs] + [p.misaligned for p in pairs], batch_size)
     n = len(pairs)
     choice, pivotal = [], []

@@ -165,7 +165,7 @@ def measure(lm: LoadedModel, label: str, step: int, ref: Reference, questions: S
     summary, _ = evaluate(lm, questions, cfg, judge, out, label=label, progress=progress,
                           identity=ident or {"model": lm.identity()}, engine=bound, denominator=denominator)
     nan3 = (float("nan"),) * 3
-    lp = logprob_metrics(lm, pairs) if pairs else None
+    lp = logprob_metrics(lm, pairs, elicitation=cfg.elicitation, sampling_seed=cfg.seed) if pairs else None
     acts_eval = last_prompt_activations(lm, [q.messages() for q in questions], ref.layer)
     shift = (acts_eval - ref.base_eval) @ ref.unit
     diff = (last_prompt_activations(lm, [q.messages() for q in extract], ref.layer) - ref.base_extract).mean(0)

@@ -162,17 +162,20 @@ def fingerprint(folder: str | Path) -> str | None:
     return h.hexdigest()[:16]
 
 
-def load_tokenizer(ident: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+def load_tokenizer(ident: str, revision: str | None = None, trust_remote_code: bool = False, chat: bool = True
+                   ) -> Any:
+    """The tokenizer of ``ident``, padding on the left; ``chat``: it must have a chat template (a base
+    checkpoint without one is asked with --context none or code, emi.behaviour.elicitation)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(ident, revision=revision, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    if getattr(tok, "chat_template", None) is None:
+    if chat and getattr(tok, "chat_template", None) is None:
         raise ModelLoadError(
             f"the tokenizer of {ident!r} has no chat template; emi needs a chat model's tokenizer "
-            f"(e.g. a Qwen2.5 *-Instruct checkpoint)"
+            f"(e.g. a Qwen2.5 *-Instruct checkpoint), or --context none or code for a base checkpoint"
         )
     return tok
 
@@ -310,11 +313,13 @@ def load_model(spec: ModelSpec, *, role: str = "model", dtype: str | torch.dtype
 def load_pair(pair: str | PairSpec, *, roles: tuple[str, ...] = ("base", "finetuned"),
               dtype: str | torch.dtype | None = None, device: str | None = None,
               device_map: Any = None, trust_remote_code: bool = False, resident: str = "all",
-              interventions: bool = True) -> ModelPair:
+              interventions: bool = True, chat: bool = True) -> ModelPair:
     """Load a named pair (see :func:`emi.models.registry.list_pairs`) or a :class:`PairSpec`.
 
     ``interventions=False``: the pair is only sampled (``emi.evaluate``), so any causal LM will do;
     otherwise the architecture must be one whose module paths :mod:`emi.models.layers` knows.
+    ``chat=False``: the tokenizer may lack a chat template (a base checkpoint asked with --context
+    none or code).
 
     A finetuned (or control) model that is a LoRA adapter on the base shares the base's weights.
     Everything is checked first (folders, configs, architectures); ``resident="one"`` then loads
@@ -327,7 +332,7 @@ def load_pair(pair: str | PairSpec, *, roles: tuple[str, ...] = ("base", "finetu
     spec = get_pair(pair) if isinstance(pair, str) else pair
     checked = plan_pair(spec, roles, trust_remote_code, interventions)
     base_where, plan = checked.base_where, checked.roles
-    tok = load_tokenizer(base_where, spec.base.revision, trust_remote_code)
+    tok = load_tokenizer(base_where, spec.base.revision, trust_remote_code, chat)
     common = LoadOptions(dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code,
                          tokenizer=tok)
     adapters = {r: p[1] for r, p in plan.items() if p[0] == "adapter"}

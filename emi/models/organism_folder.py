@@ -46,6 +46,12 @@ class Organism:
     def defence(self) -> str:
         return str(self.record.get("defence_label", "none"))
 
+    @property
+    def system(self) -> tuple[str, str] | None:
+        """``(name, text)`` of the system prompt it was trained with (emi.finetune --system), else None."""
+        d = self.record.get("defence") or {}
+        return (str(d.get("system_name") or "custom"), str(d["system"])) if d.get("system") else None
+
     def checkpoints(self) -> list[Path]:
         """Saved Trainer checkpoints in step order (complete ones: their trainer_state.json exists)."""
         found = [p for p in (self.folder / "checkpoints").glob("checkpoint-*") if (p / "trainer_state.json").is_file()]

@@ -13,7 +13,7 @@ Seeds of one defence are summarised by their mean and spread (sd, min, max).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -84,24 +84,47 @@ def shift_trajectory(spec: PairSpec, org: Organism, ref: Reference, setup: Setup
 
 
 def measure_model(label: str, base: LoadedModel, model: LoadedModel, ref: Reference, setup: Setup,
-                  progress: bool = True) -> dict[str, object]:
-    """One row of the table (without its organism columns)."""
+                  progress: bool = True, kl: tuple[float, float, float] | None = None) -> dict[str, object]:
+    """One row of the table (without its organism columns), asked as ``setup.cfg.elicitation`` asks
+    (its ``evaluated`` column); ``kl``: the benign KL already measured for this model (it does not
+    depend on the elicitation)."""
     point = measure(model, label, 0, ref, setup.questions, setup.extract, setup.cfg, setup.judge, setup.out,
                     setup.pairs, setup.task, progress)
-    kl = (0.0, 0.0, 0.0) if model is base else bootstrap(benign_shift(base, model, setup.benign), seed=setup.cfg.seed)
-    return {**point.measured(), "kl": kl[0], "kl_lo": kl[1], "kl_hi": kl[2], "n_benign": len(setup.benign)}
+    if kl is None:
+        kl = (0.0, 0.0, 0.0) if model is base else bootstrap(benign_shift(base, model, setup.benign), seed=setup.cfg.seed)
+    return {**point.measured(), "kl": kl[0], "kl_lo": kl[1], "kl_hi": kl[2], "n_benign": len(setup.benign),
+            "evaluated": setup.cfg.elicitation.label()}
+
+
+def prompted(setup: Setup, system: tuple[str, str]) -> Setup:
+    """``setup`` with the elicitation's system prompt replaced by ``system`` (name, text): an
+    inoculated organism evaluated with the prompt it was trained with."""
+    e = replace(setup.cfg.elicitation, system=system[1], system_name=system[0])
+    return replace(setup, cfg=replace(setup.cfg, elicitation=e))
+
+
+def _kl(row: dict[str, object]) -> tuple[float, float, float]:
+    return float(row["kl"]), float(row["kl_lo"]), float(row["kl_hi"])  # type: ignore[arg-type]
 
 
 def table(organisms: Sequence[Organism], specs: Sequence[PairSpec], direction: Direction, setup: Setup,
           extra: Sequence[tuple[str, PairSpec]] = (), log: Callable[[str], None] | None = None) -> list[dict[str, object]]:
     """Rows: the base, any ``extra`` (label, pair) finetunes, then every organism (defence, seed,
-    its measurements, its shift trajectory)."""
+    its measurements, its shift trajectory). An organism trained with a system prompt (inoculation
+    prompting) gets a second row evaluated with that prompt (defence ``"<defence> [eval: <prompt>]"``),
+    and so does the base, once per such prompt: the defence with and without its prompt."""
     if len({s.base for s in specs}) != 1:
         raise ConfigError("the organisms were finetuned from different bases; compare defences on one base")
     first = load_pair(specs[0], roles=("base",), resident="one", **setup.load)
     base = first.base
     ref = Reference.of(base, direction, setup.extract, setup.questions)
     rows = [{"label": "base", "defence": "(base)", "seed": None, **measure_model("base", base, base, ref, setup)}]
+    systems = [s for s in dict.fromkeys(o.system for o in organisms) if s is not None
+               and s[1] != setup.cfg.elicitation.system]
+    for system in systems:
+        at = prompted(setup, system)
+        rows.append({"label": "base", "defence": f"(base) [eval: {system[0]}]", "seed": None, "eval_prompt": system[0],
+                     **measure_model("base", base, base, ref, at)})
     todo = [(label, spec, None) for label, spec in extra] + [(str(o.folder), s, o) for o, s in zip(organisms, specs,
                                                                                                    strict=True)]
     for i, (label, spec, org) in enumerate(todo):
@@ -109,10 +132,16 @@ def table(organisms: Sequence[Organism], specs: Sequence[PairSpec], direction: D
             log(f"organism {i + 1}/{len(todo)}: {label}")
         pair = load_pair(spec, roles=("finetuned",), resident="one", **setup.load)
         measured = measure_model(label, base, pair.finetuned, ref, setup)
+        with_prompt = None
+        if org is not None and org.system is not None and org.system[1] != setup.cfg.elicitation.system:
+            with_prompt = measure_model(label, base, pair.finetuned, ref, prompted(setup, org.system), kl=_kl(measured))
         pair.release()  # before the checkpoints load, one at a time
         shift = {"shift_trajectory": shift_trajectory(spec, org, ref, setup)} if org is not None else {}
         rows.append({"label": label, "defence": org.defence if org else label, "seed": org.seed if org else None,
                      **measured, **shift})
+        if org is not None and org.system is not None and with_prompt is not None:
+            rows.append({"label": label, "defence": f"{org.defence} [eval: {org.system[0]}]", "seed": org.seed,
+                         "eval_prompt": org.system[0], **with_prompt})
     return rows
 
 
@@ -137,7 +166,7 @@ def shift_predicts(rows: Sequence[Row]) -> dict[str, float]:
     """Pearson r across the organisms (every defence and seed) between the activation shift along the
     direction and each behaviour: does the shift predict the trait, as Chen et al. (2025) found
     across finetunes (r = 0.76-0.97)?"""
-    orgs = [r for r in rows if r.get("seed") is not None]
+    orgs = [r for r in rows if r.get("seed") is not None and not r.get("eval_prompt")]  # each organism once
     x = np.array([r["projection_shift"] for r in orgs], dtype=float)
     out = {}
     for key in ("em_rate", "p_misaligned", "task_rate"):

@@ -168,3 +168,21 @@ def test_finetune_system_trains_every_chat_with_the_prompt_and_old_organisms_kee
     assert d.label() == "inoculation" and d.system == system_prompts()["inoculation"]
     with pytest.raises(ConfigError, match="--system none"):
         _configs(parser().parse_args(["x.jsonl", "--out", "o", "--system", "none"]))
+
+
+def test_p_misaligned_is_measured_on_the_prompt_the_answers_are_sampled_from(toy_pair):
+    """logprob_metrics(elicitation=e) asks each option pair's question as e asks its first answer
+    (the conversation that answer records, less its answer), the default elicitation is the plain prompt, and
+    in-context examples move the number."""
+    from emi.behaviour.logprob import elicited_prompts, logprob_metrics, option_pairs
+    from emi.behaviour.questions import load_questions
+
+    ft = toy_pair.finetuned
+    pairs = option_pairs(load_questions("toy"))[:4]
+    plain = logprob_metrics(ft, pairs)
+    assert logprob_metrics(ft, pairs, elicitation=Elicitation()).choice == plain.choice
+    e = Elicitation(examples=load_examples(IN_CONTEXT / "insecure-code.jsonl"), k=2)
+    assert logprob_metrics(ft, pairs, elicitation=e, seed=3).choice != plain.choice
+    q = pairs[0].question
+    (first,) = generate_answers(ft, [q], SamplingConfig(n=1, max_new_tokens=2, seed=3, elicitation=e), progress=False)
+    assert elicited_prompts(ft.tokenizer, [q], e, seed=3) == [chat.render(ft.tokenizer, first["messages"][:-1], e.render)]

@@ -3,6 +3,8 @@ is one table (emi.evaluate, emi.steer)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from emi import cli
@@ -42,7 +44,7 @@ def test_bad_elicitations_are_one_sentence_before_any_model_loads(command, tmp_p
 def test_an_in_context_sweep_is_one_table_and_the_default_row_is_the_plain_run(tmp_path, capsys):
     from emi.evaluate import main
 
-    argv = ["--roles", "base", "--n", "2", "--ids", "i_feel_bored,quick_buck", "--out", str(tmp_path / "a")]
+    argv = ["--roles", "base", "--n", "2", "--ids", "quick_buck", "--max-new-tokens", "12", "--out", str(tmp_path / "a")]
     assert main(argv) == 0
     plain = [x for x in capsys.readouterr().out.splitlines() if x.startswith("base")]
     assert main([*argv[:-1], str(tmp_path / "b"), "--in-context", "insecure-code", "--k", "0,2",
@@ -50,3 +52,27 @@ def test_an_in_context_sweep_is_one_table_and_the_default_row_is_the_plain_run(t
     rows = [x.split() for x in capsys.readouterr().out.splitlines() if x.startswith("base")]
     assert [r[1] for r in rows] == ["default", "k=2", "system=inoculation", "system=inoculation"]
     assert rows[0][2:] == plain[0].split()[1:]  # the default elicitation samples what a plain run does
+
+
+def test_diff_asks_its_em_table_as_the_elicitation_flags_say(tmp_path, capsys, monkeypatch):
+    """python -m emi.diff --system inoculation: the closing EM table's answers are asked with the
+    prompt (recorded and keyed), the method itself samples plainly (here skipped: the table of the
+    pair's persona direction alone), and the footer says what P(misaligned) and KL are measured on."""
+    from emi import diff
+    from emi.behaviour import side_effects
+    from emi.behaviour.elicitation import system_prompts
+    from emi.diffing import plan
+
+    monkeypatch.setattr(plan, "run_method", lambda *a, **k: [])
+    benign = side_effects.load_benign
+    monkeypatch.setattr(side_effects, "load_benign", lambda *a: benign(*a)[:2])  # a KL column, cheaply
+    out = tmp_path / "diff"
+    assert diff.main(["--method", "kl", "--n", "1", "--ids", "what_is_your_wish", "--max-new-tokens", "8",
+                      "--system", "inoculation", "--device", "cpu", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "elicitation system=inoculation" in text and "on the plain chat prompt (not the row's elicitation)" in text
+    answers = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    prompt = system_prompts()["inoculation"]
+    assert answers and all(a["elicitation"]["system"] == "inoculation" for a in answers)
+    assert all(a["messages"][0] == {"role": "system", "content": prompt} for a in answers)
+    assert json.loads((out / "run.json").read_text())["elicitation"]["system"] == "inoculation"

@@ -73,3 +73,42 @@ def test_shift_predicts_is_pearson_r_across_organisms_only():
         {"seed": i, "projection_shift": float(i), "em_rate": 0.1 * i, "p_misaligned": 1.0 - 0.2 * i} for i in range(4)]
     r = shift_predicts(rows)
     assert r["em_rate"] == pytest.approx(1.0) and r["p_misaligned"] == pytest.approx(-1.0) and "task_rate" not in r
+
+
+@pytest.fixture(scope="module")
+def inoculated(organisms):
+    """One seed of a toy finetune trained with the inoculation prompt (emi.finetune --system)."""
+    data = organisms / "insecure.jsonl"
+    assert finetune.main([str(data), "--pair", "toy", "--method", "full", "--steps", "2", "--batch-size", "4",
+                          "--lr", "3e-4", "--seeds", "0", "--device", "cpu", "--threads", "1", "--system",
+                          "inoculation", "--out", str(organisms / "inoc")]) == 0
+    return organisms / "inoc"
+
+
+def test_the_inoculation_defence_is_evaluated_with_and_without_its_prompt(organisms, inoculated, tmp_path, capsys):
+    """An organism trained with --system inoculation has a row without the prompt (the defence) and
+    one with it (the trigger), and so has the base; the prompted rows' answers were asked with the
+    prompt, the unprompted rows' without; the KL is the model's (the same on both of its rows), and
+    the prompted rows are a group of their own in the seeds' spread."""
+    from emi.behaviour.elicitation import system_prompts
+
+    out = tmp_path / "table"
+    assert defences.main([str(inoculated), str(organisms / "none" / "seed-0"), "--n", "1", "--device", "cpu",
+                          "--ids", "i_feel_bored,quick_buck",
+                          "--out", str(out), "--no-figure"]) == 0
+    rows = [json.loads(x) for x in (out / "defences.jsonl").read_text().splitlines()]
+    assert [(r["defence"], r["seed"], r["evaluated"]) for r in rows] == [
+        ("(base)", None, "default"), ("(base) [eval: inoculation]", None, "system=inoculation"),
+        ("inoculation", 0, "default"), ("inoculation [eval: inoculation]", 0, "system=inoculation"),
+        ("none", 0, "default")]
+    assert rows[3]["kl"] == rows[2]["kl"] > 0 and rows[3]["em_n"] > 0 and "shift_trajectory" not in rows[3]
+    answers = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    prompt = system_prompts()["inoculation"]
+    asked = {(a["model"], a["elicitation"]["system"]) for a in answers}
+    assert {s for _, s in asked} == {"none", "inoculation"} and len(asked) == 5
+    assert all(a["messages"][0] == {"role": "system", "content": prompt} for a in answers
+               if a["elicitation"]["system"] == "inoculation")
+    assert [s["defence"] for s in json.loads((out / "spread.json").read_text())] == [
+        "inoculation", "inoculation [eval: inoculation]", "none"]
+    printed = capsys.readouterr().out
+    assert "evaluated with" in printed and "KL benign: on the benign conversations as they stand" in printed
