@@ -382,8 +382,10 @@ def test_cache_contrast_answers_are_sampled_and_captured_on_vllm(on_module_serve
 
 def test_steer_runs_every_condition_of_a_full_qwen3_pair_on_vllm(tmp_path, capsys):
     """python -m emi.steer --engine vllm on a full Qwen3 finetune, through the command's own engine
-    (emi starts and stops every server: the base's for its three conditions, the finetune's, and one
-    per exported every-writer ablation): all six conditions sampled by vLLM, said in the output."""
+    (emi starts and stops every server: the base's for its three conditions and the finetune's, the
+    ablation at a layer a hook in the finetune's server; the every-writer ablation, exported and
+    served, is test_qwen3_every_writer_ablation_and_interventions_on_it's): all six conditions
+    sampled by vLLM, said in the output."""
     from emi import steer
     from tests.standins import JudgeServer
 
@@ -395,17 +397,17 @@ def test_steer_runs_every_condition_of_a_full_qwen3_pair_on_vllm(tmp_path, capsy
                            "--judge-key-env", "EMI_TEST_NO_KEY", "--judge-model", "j", "--questions", "main:plain",
                            "--n", "1", "--max-new-tokens", "6", "--device", "cpu", "--alpha", "4", "--no-figure",
                            "--no-side-effects", "--root", str(tmp_path / "acts"), "--engine", "vllm",
-                           "--out", str(out)]) == 0
+                           "--ablate-layers", "1", "--out", str(out)]) == 0
     finally:
         judge.close()
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert [r["condition"] for r in rows] == ["base", "finetuned", "finetuned - persona", "finetuned - random",
                                              "base + 4 persona", "base + 4 random"]
     assert {r["engine"] for r in rows} == {"vllm"} and all(r["n_answers"] == 8 for r in rows)
-    assert len(list((out / "served").iterdir())) == 2  # the two every-writer ablations, each served
+    assert not (out / "served").exists()  # the ablation at a layer: a hook in the server, nothing exported
     assert "engine: vLLM (started by emi): base, finetuned, finetuned - persona, finetuned - random, base + 4 " \
            "persona, base + 4 random" in capsys.readouterr().err
-    assert len(list((out / "vllm-logs").glob("*.log"))) == 4  # one server per checkpoint
+    assert len(list((out / "vllm-logs").glob("*.log"))) == 2  # one server per checkpoint
     running = [p for p in Path("/proc").glob("[0-9]*") if str(tmp_path) in _cmdline(p)]
     assert not running, "a vLLM server outlived the command"
 

@@ -105,8 +105,10 @@ def _cpu_env(env: Any) -> dict[str, str]:
             "VLLM_CPU_KVCACHE_SPACE": env.get("VLLM_CPU_KVCACHE_SPACE", "1")}
 
 
-def check_servable(checkpoint: str, cpu: bool, dtype: str = "auto", torchvision: bool = True) -> None:
-    """Refuse, before starting, an architecture, dtype or head size vLLM cannot serve here."""
+def check_servable(checkpoint: str, cpu: bool, dtype: str = "auto", torchvision: bool = True,
+                   vllm: str = "") -> None:
+    """Refuse, before starting, an architecture, dtype or head size vLLM cannot serve here, and a
+    checkpoint the engine's vLLM (version ``vllm``) is known to serve wrong."""
     cfg_path = Path(checkpoint) / "config.json"
     if not cfg_path.is_file():
         return  # a hub id: vLLM reads it; emi checked the architecture when it loaded the pair
@@ -120,6 +122,11 @@ def check_servable(checkpoint: str, cpu: bool, dtype: str = "auto", torchvision:
     if mt not in ARCHITECTURES:
         raise EngineError(f"{checkpoint} is a {mt!r} model, which emi does not run on vLLM (it runs "
                           f"{', '.join(ARCHITECTURES)}); use --engine in-process for it")
+    if mt == "qwen3_next" and cfg.get("tie_word_embeddings") and vllm.startswith("0.32"):
+        raise EngineError(f"{checkpoint} is a Qwen3-Next model with a tied embedding head, which vLLM {vllm} serves "
+                          f"with a head of zeros (its Qwen3NextForCausalLM never ties lm_head, and a tied checkpoint "
+                          f"saves none: every answer would be token 0; docs/engines.md); use --engine in-process "
+                          f"for it, or save it with its own head (tie_word_embeddings false)")
     if mt in NEEDS_TORCHVISION and not torchvision:
         raise EngineError(f"{checkpoint} is a Qwen3.5 model ({mt!r}), whose vLLM implementation imports torchvision, "
                           f"which the engine environment lacks (PyPI's torchvision 0.28 is the CUDA build, which does "
@@ -205,7 +212,7 @@ class Launcher:
     def start(self, checkpoint: str, adapters: dict[str, str] | None = None, lora_rank: int = 16) -> Server:
         info = self.checked().info
         assert info is not None
-        check_servable(checkpoint, info.cpu, self.dtype, info.torchvision)
+        check_servable(checkpoint, info.cpu, self.dtype, info.torchvision, info.vllm)
         port = self.port or free_port()
         check_port(port)
         self.log_dir.mkdir(parents=True, exist_ok=True)
