@@ -120,7 +120,7 @@ def test_each_command_runs_as_a_subprocess(module, argv):
 
 
 def test_steer_subprocess_end_to_end(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "emi.steer", "--n", "2", "--max-new-tokens", "30", "--direction",
+    r = subprocess.run([sys.executable, "-m", "emi.steer", "--n", "1", "--max-new-tokens", "12", "--direction",
                         str(ROOT / "emi" / "organism" / "checkpoints" / "direction.safetensors"),
                         "--out", str(tmp_path / "o"), "--no-figure"],
                        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1",
