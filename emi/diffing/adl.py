@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +102,7 @@ def role_sums(pair: ModelPair, role: str, corpus: Sequence[Sequence[int]], cfg: 
     return total
 
 
-def prepare_work(out: Path, identity: dict[str, Any], name: str = "work") -> Path:
+def prepare_work(out: Path, identity: Mapping[str, object], name: str = "work") -> Path:
     """``out/<name>``, emptied when it holds partial sums of another corpus, layer or pair."""
     work = out / name
     spec_file = work / "spec.json"
@@ -131,7 +131,7 @@ def adl_means(pair: ModelPair, corpus: Sequence[Sequence[int]], cfg: AdlConfig, 
                     len(corpus), int(n_all))
 
 
-def as_direction(vec: Float[torch.Tensor, " d_model"], layer: int, resid_norm: float, meta: dict[str, Any]
+def as_direction(vec: Float[torch.Tensor, " d_model"], layer: int, resid_norm: float, meta: Mapping[str, object]
                  ) -> Direction:
     """An emi direction at one layer (what emi.steer --direction, emi.export and the figures take)."""
     d = Direction([layer], vec.float()[None].clone(), torch.tensor([resid_norm], dtype=torch.float32), dict(meta))

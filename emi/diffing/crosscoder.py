@@ -40,9 +40,9 @@ from tqdm.auto import tqdm
 
 from emi.core.atomic import write_atomic
 from emi.core.errors import ConfigError
-from emi.diffing import report
 from emi.diffing.adl import as_direction
 from emi.diffing.loop import Found
+from emi.diffing.records import AuxKColumns, CrosscoderFile, Latent
 
 ROLES = ("base", "finetuned")
 
@@ -230,7 +230,7 @@ def train(store: Any, layer: int, out: Path, expansion: int, k: int, steps: int,
 
 
 @torch.no_grad()
-def analyse(t: Trained, store: Any, layer: int, top_contexts: int = 5) -> list[dict[str, Any]]:
+def analyse(t: Trained, store: Any, layer: int, top_contexts: int = 5) -> list[Latent]:
     """Per latent: decoder-norm ratio, latent scaling (nu for activation and error targets),
     firing frequency, max activation and its top activating (text, position) rows."""
     cc, W = t.model, t.model.W_dec  # [l, m, d]
@@ -268,16 +268,16 @@ def analyse(t: Trained, store: Any, layer: int, top_contexts: int = 5) -> list[d
     out = []
     for i in range(len(W)):
         nu = {k: float(beta[k][i, 0] / beta[k][i, 1]) if abs(float(beta[k][i, 1])) > 1e-9 else None for k in beta}
-        out.append({"latent": i, "dec_norm_ratio": float(ratio[i]), "nu_activation": nu["act"], "nu_error": nu["err"],
-                    "nu_recon": nu["recon"], "frequency": float(fires[i]) / max(row0, 1),
-                    "max_activation": float(peak[i]), "contexts": best[i]})
+        out.append(Latent(latent=i, dec_norm_ratio=float(ratio[i]), nu_activation=nu["act"], nu_error=nu["err"],
+                          nu_recon=nu["recon"], frequency=float(fires[i]) / max(row0, 1),
+                          max_activation=float(peak[i]), contexts=best[i]))
     return out
 
 
-def finetune_specific(stats: Sequence[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+def finetune_specific(stats: Sequence[Latent], n: int) -> list[Latent]:
     """Alive latents ranked by decoder-norm ratio (finetune-only first), ties by lower nu_error."""
-    alive = [s for s in stats if s["frequency"] > 0]
-    return sorted(alive, key=lambda s: (-round(s["dec_norm_ratio"], 2), s["nu_error"] if s["nu_error"] is not None
+    alive = [s for s in stats if s.frequency > 0]
+    return sorted(alive, key=lambda s: (-round(s.dec_norm_ratio, 2), s.nu_error if s.nu_error is not None
                                          else 1e9))[:n]
 
 
@@ -297,36 +297,36 @@ def run_crosscoder(args: argparse.Namespace, pair: Any, layer: int, ids: Sequenc
     stats = analyse(t, store, layer)
     top = finetune_specific(stats, args.top)
     _print(top, [list(x) for x in ids] if built else None, pair.tokenizer, t)
-    report.write(out, "crosscoder", {"layer": layer, "steps": t.steps, "loss": t.loss, "aux_loss": t.aux_loss,
-                                     "dead": t.dead, "latents": len(stats), "k": args.k, "expansion": args.expansion,
-                                     "auxk": {"k_aux": aux.k_aux, "alpha": aux.alpha, "dead_tokens": aux.dead_tokens},
-                                     "scale": t.scale.tolist(), "top": top, "all": stats})
+    CrosscoderFile(layer=layer, steps=t.steps, loss=t.loss, aux_loss=t.aux_loss, dead=t.dead, latents=len(stats),
+                   k=args.k, expansion=args.expansion,
+                   auxk=AuxKColumns(k_aux=aux.k_aux, alpha=aux.alpha, dead_tokens=aux.dead_tokens),
+                   scale=t.scale.tolist(), top=top, all=stats).write(out)
     found = []
     for s in top[: args.latents]:
-        vec = t.model.W_dec[s["latent"], 1].detach() * t.scale[1]
+        vec = t.model.W_dec[s.latent, 1].detach() * t.scale[1]
         d = as_direction(vec, layer, float(t.scale[1]) * store.d_model ** 0.5,
-                         {"method": "crosscoder", "latent": s["latent"], "pair": pair.spec.name,
-                          "dec_norm_ratio": s["dec_norm_ratio"], "nu_error": s["nu_error"], "nu_recon": s["nu_recon"]})
-        d.save(out / "directions" / f"crosscoder-L{layer}-latent{s['latent']}")
-        found.append(Found(f"cc {s['latent']}", d, steer_strength(s, float(vec.norm()))))
+                         {"method": "crosscoder", "latent": s.latent, "pair": pair.spec.name,
+                          "dec_norm_ratio": s.dec_norm_ratio, "nu_error": s.nu_error, "nu_recon": s.nu_recon})
+        d.save(out / "directions" / f"crosscoder-L{layer}-latent{s.latent}")
+        found.append(Found(f"cc {s.latent}", d, steer_strength(s, float(vec.norm()))))
     return found
 
 
-def steer_strength(stat: dict[str, Any], dec_norm: float) -> float:
+def steer_strength(stat: Latent, dec_norm: float) -> float:
     """The base is steered by the latent's largest contribution to the finetune's residual in the
     data: its peak activation times its (unnormalised) finetune decoder norm."""
-    return round(max(float(stat.get("max_activation", 0.0)), 1e-3) * dec_norm, 3)
+    return round(max(stat.max_activation, 1e-3) * dec_norm, 3)
 
 
-def _print(top: Sequence[dict[str, Any]], texts: Sequence[list[int]] | None, tok: Any, t: Trained) -> None:
+def _print(top: Sequence[Latent], texts: Sequence[list[int]] | None, tok: Any, t: Trained) -> None:
     print(f"crosscoder: {t.steps} steps, loss {t.loss:.3f} (auxiliary-k {t.aux_loss:.3f}, {t.dead} dead latents); "
           f"finetune-specific latents (decoder-norm ratio, latent scaling nu: ~0 means the base lacks it):",
           file=sys.stderr)
     for s in top:
         ctx = []
-        for _v, ti, pos in s["contexts"][:3]:
+        for _v, ti, pos in s.contexts[:3]:
             ids = texts[ti] if texts is not None and ti < len(texts) else None
             ctx.append(tok.decode(ids[max(0, pos - 6): pos + 1]) if ids else f"text {ti} pos {pos}")
-        nu = {k: "n/a" if s.get(k) is None else f"{s[k]:+.2f}" for k in ("nu_error", "nu_recon")}
-        print(f"  latent {s['latent']}: ratio {s['dec_norm_ratio']:.2f}, nu_error {nu['nu_error']}, nu_recon "
-              f"{nu['nu_recon']}, freq {s['frequency']:.3f}; " + " | ".join(map(repr, ctx)))
+        nu = {k: "n/a" if x is None else f"{x:+.2f}" for k, x in (("nu_error", s.nu_error), ("nu_recon", s.nu_recon))}
+        print(f"  latent {s.latent}: ratio {s.dec_norm_ratio:.2f}, nu_error {nu['nu_error']}, nu_recon "
+              f"{nu['nu_recon']}, freq {s.frequency:.3f}; " + " | ".join(map(repr, ctx)))

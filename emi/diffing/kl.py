@@ -24,6 +24,7 @@ from emi.core.atomic import write_atomic
 from emi.diffing import report
 from emi.diffing.adl import as_direction, prepare_work
 from emi.diffing.loop import Found
+from emi.diffing.records import KlFile, KlToken
 from emi.directions.direction import Direction
 from emi.models import layers as L
 
@@ -78,7 +79,7 @@ def run_kl(pair: Any, questions: Sequence[Any], benign: Sequence[Any], _corpus: 
             write_atomic(f, lambda tmp, t=tensors: save_file(t, str(tmp)))
     ft = pair["finetuned"]
     unit = persona.at(p_layer).float() if persona is not None else None
-    rows: list[dict[str, Any]] = []
+    rows: list[KlToken] = []
     diffs, weights = [], []
     for i, b in enumerate(tqdm(batches, desc="kl finetuned", disable=not progress, leave=False)):
         ref = load_file(str(work / f"kl-base-{i:06d}.safetensors"))
@@ -91,20 +92,18 @@ def run_kl(pair: Any, questions: Sequence[Any], benign: Sequence[Any], _corpus: 
         weights.append(kl[mask.bool()])
         for r, (src, ids) in enumerate(b):
             for pos in range(len(ids)):
-                rows.append({"source": src, "position": pos, "kl": float(kl[r, pos]),
-                             "token": ft.tokenizer.decode([ids[pos]]), "context": ft.tokenizer.decode(ids[: pos + 1]),
-                             "next_ft": ft.tokenizer.decode([int(logp[r, pos].argmax())]),
-                             "next_base": ft.tokenizer.decode([int(blp[r, pos].argmax())]),
-                             "projection": None if proj is None else float(proj[r, pos])})
-    rows.sort(key=lambda r: -r["kl"])
-    rho = _spearman([r["kl"] for r in rows], [r["projection"] for r in rows]) if unit is not None else None
+                rows.append(KlToken(source=src, position=pos, kl=float(kl[r, pos]),
+                                    token=ft.tokenizer.decode([ids[pos]]), context=ft.tokenizer.decode(ids[: pos + 1]),
+                                    next_ft=ft.tokenizer.decode([int(logp[r, pos].argmax())]),
+                                    next_base=ft.tokenizer.decode([int(blp[r, pos].argmax())]),
+                                    projection=None if proj is None else float(proj[r, pos])))
+    rows.sort(key=lambda r: -r.kl)
+    rho = _spearman([r.kl for r in rows], [float(r.projection or 0.0) for r in rows]) if unit is not None else None
     report.print_kl(rows[:top])
     if rho is not None:
         print(f"Spearman correlation of KL with the persona projection shift over {len(rows)} tokens: {rho:+.3f}")
-    report.write(out, "kl", {"layer": layer, "persona_layer": p_layer, "spearman_kl_projection": rho,
-                             "n_tokens": len(rows), "top": rows[: max(top, 100)],
-                             "points": [[round(r["kl"], 5), None if r["projection"] is None else round(r["projection"], 4)]
-                                        for r in rows]})  # [KL, persona projection shift] at every token
+    KlFile(layer=layer, persona_layer=p_layer, spearman_kl_projection=rho, n_tokens=len(rows), top=rows[: max(top, 100)],
+           points=[[round(r.kl, 5), None if r.projection is None else round(r.projection, 4)] for r in rows]).write(out)
     d_all, w_all = torch.cat(diffs), torch.cat(weights)
     keep = w_all.topk(min(len(w_all), max(top, 1))).indices
     vec = d_all[keep].mean(0)

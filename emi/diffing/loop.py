@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from emi.core.vocab import Role
+from emi.diffing.records import CosineRow
 from emi.directions.direction import Direction
 from emi.experiments.conditions import Condition, ConditionResult, run, standard_conditions
 
@@ -52,13 +53,13 @@ def em_table(pair: Any, found: Sequence[Found], questions: Sequence[Any], cfg: A
     return results
 
 
-def cosine_table(named: Sequence[tuple[str, torch.Tensor]]) -> list[dict[str, Any]]:
+def cosine_table(named: Sequence[tuple[str, torch.Tensor]]) -> list[CosineRow]:
     """Rows of the cosine matrix of the named vectors (one row per vector, a column per name)."""
     names = [n for n, _ in named]
     v = torch.stack([x.float() for _, x in named])
     u = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     m = (u @ u.T).tolist()
-    return [{"direction": n, **{names[j]: round(m[i][j], 3) for j in range(len(names))}} for i, n in enumerate(names)]
+    return [CosineRow(n, {names[j]: round(m[i][j], 3) for j in range(len(names))}) for i, n in enumerate(names)]
 
 
 def em_summary(results: Sequence[ConditionResult]) -> dict[str, float]:

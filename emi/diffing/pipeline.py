@@ -4,14 +4,15 @@ over it, the readouts, the directions written under ``out/directions``."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from emi.diffing import adl, lens, report
+from emi.diffing import adl, lens
 from emi.diffing.loop import Found
+from emi.diffing.records import AdlFile, AdlPosition, TokenValues
 from emi.diffing.steering import SearchConfig, coherent_strength
 from emi.directions.direction import Direction
 
@@ -22,8 +23,8 @@ def persona_at(persona: Direction | None, layer: int) -> torch.Tensor | None:
 
 def run_adl(pair: Any, corpus: Sequence[Sequence[int]], cfg: adl.AdlConfig, out: Path, persona: Direction | None,
             search: SearchConfig | None, questions: Sequence[Any], scfg: Any, judge: Any,
-            scales: Sequence[float] = (0.5, 1.0, 2.0, 4.0), provenance: dict[str, Any] | None = None,
-            progress: bool = True, engine: Any = None) -> tuple[list[Found], list[dict[str, Any]], adl.AdlMeans]:
+            scales: Sequence[float] = (0.5, 1.0, 2.0, 4.0), provenance: Mapping[str, object] | None = None,
+            progress: bool = True, engine: Any = None) -> tuple[list[Found], list[AdlPosition], adl.AdlMeans]:
     """delta_j per position, read through each model's logit lens and a Patchscope (on the
     finetune), steered at the largest coherent strength on the base (the search sampled on
     ``engine`` where it serves steering), saved as emi directions."""
@@ -31,18 +32,20 @@ def run_adl(pair: Any, corpus: Sequence[Sequence[int]], cfg: adl.AdlConfig, out:
     p_vec = persona_at(persona, cfg.layer)
     meta = {"method": "adl", "pair": pair.spec.name, "corpus_texts": means.n_texts, "corpus": adl.corpus_digest(corpus),
             "max_tokens": cfg.max_tokens, **(provenance or {})}
-    rows, found = [], []
+    rows: list[AdlPosition] = []
+    found: list[Found] = []
     md = adl.as_direction(means.model_diff, cfg.layer, means.all_norm, {**meta, "method": "model-diff-corpus"})
     md.save(out / "directions" / f"model-diff-L{cfg.layer}")
     prompt = lens.identity_prompt(corpus, pair.tokenizer)
-    readouts: dict[int, dict[str, Any]] = {j: {"logit_lens": {}} for j in range(cfg.positions)}
+    logit_lens: list[dict[str, TokenValues]] = [{} for _ in range(cfg.positions)]
+    patchscope: list[dict[str, TokenValues]] = [{} for _ in range(cfg.positions)]
     for role in ("base", "finetuned"):  # one model resident at a time
         lm = pair[role]
         for j in range(cfg.positions):
-            readouts[j]["logit_lens"][role] = lens.logit_lens(lm, means.deltas[j])
+            logit_lens[j][role] = lens.logit_lens(lm, means.deltas[j])
             if role == "finetuned":
-                readouts[j]["patchscope"] = lens.patchscope(lm, means.deltas[j], cfg.layer, prompt, scales,
-                                                            float(means.pos_norm[j]))
+                patchscope[j] = lens.patchscope(lm, means.deltas[j], cfg.layer, prompt, scales,
+                                                float(means.pos_norm[j]))
     for j in range(cfg.positions):
         vec = means.deltas[j]
         if means.counts[j] == 0 or float(vec.norm()) == 0:
@@ -58,15 +61,15 @@ def run_adl(pair: Any, corpus: Sequence[Sequence[int]], cfg: adl.AdlConfig, out:
                 prepare(engine, pair)
             strength, trace = coherent_strength(pair.base, d, questions, scfg, judge, out / "search", search, progress,
                                                 engine)
-            d.meta.update(coherent_strength=strength, strength_search=trace)
+            d.meta.update(coherent_strength=strength, strength_search=[t.row() for t in trace])
         path = d.save(out / "directions" / f"adl-L{cfg.layer}-pos{j}")
         cos = {"persona": _cos(vec, p_vec), "model-diff": _cos(vec, means.model_diff)}
-        rows.append({"position": j, "layer": cfg.layer, "norm": float(vec.norm()), "resid_norm": float(means.pos_norm[j]),
-                     "count": means.counts[j], "cosines": cos, "strength": strength, "direction": str(path),
-                     **readouts[j]})
+        rows.append(AdlPosition(position=j, layer=cfg.layer, norm=float(vec.norm()), resid_norm=float(means.pos_norm[j]),
+                                count=means.counts[j], cosines=cos, strength=strength, direction=str(path),
+                                logit_lens=logit_lens[j], patchscope=patchscope[j]))
         found.append(Found(f"adl d{j}", d, float(f"{strength:.3g}") if strength else round(means.all_norm, 2)))
-    report.write(out, "adl", {"layer": cfg.layer, "n_texts": means.n_texts, "n_tokens": means.n_tokens,
-                              "positions": rows, "patchscope_prompt": pair.tokenizer.decode(prompt)})
+    AdlFile(layer=cfg.layer, n_texts=means.n_texts, n_tokens=means.n_tokens, positions=rows,
+            patchscope_prompt=pair.tokenizer.decode(prompt)).write(out)
     return found, rows, means
 
 

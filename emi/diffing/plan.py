@@ -12,6 +12,7 @@ from typing import Any
 from emi.core.errors import ConfigError
 from emi.diffing import corpus, report
 from emi.diffing.loop import Found, cosine_table
+from emi.diffing.records import CosineRow
 from emi.directions.direction import Direction
 
 __all__ = ["METHODS", "Found", "layer", "methods", "persona", "print_cosines", "run_method", "store", "texts"]
@@ -129,5 +130,5 @@ def print_cosines(found: Sequence[Found], out: Path, lay: int) -> None:
         named.append(("model-diff (corpus)", Direction.load(md).at(lay, unit=False)))
     if len(named) > 1:
         table = cosine_table(named)
-        report.write(out, "cosines", table)
+        CosineRow.write(out, table)
         report.print_cosines(table)

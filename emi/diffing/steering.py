@@ -8,12 +8,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 from emi.behaviour.evaluation import evaluate
 from emi.behaviour.judges import Judge
 from emi.behaviour.questions import Question
 from emi.behaviour.sampling import SamplingConfig
+from emi.core.vocab import EngineName
+from emi.diffing.records import SearchStep
 from emi.directions.direction import Direction
 from emi.engines.base import Backend, Bound
 from emi.engines.served import Served, Steering
@@ -35,17 +37,17 @@ class SearchConfig:
 
 def coherent_strength(lm: LoadedModel, d: Direction, questions: Sequence[Question], cfg: SamplingConfig,
                       judge: Judge, out: Path, search: SearchConfig, progress: bool = False,
-                      engine: Backend | None = None) -> tuple[float, list[dict[str, Any]]]:
+                      engine: Backend | None = None) -> tuple[float, list[SearchStep]]:
     """The largest strength (absolute residual units) in [0, max_strength * norm] at which ``lm``
     steered by ``d`` stays coherent, and each step tried (with the engine that sampled it).
     ``engine``: sample the steps there when it serves steering (else in-process). Answers are cached
     under ``out``, so a re-run resumes."""
     layer = d.best_layer
     hi = search.max_strength * d.norm_at(layer)
-    lo, trace = 0.0, []
+    lo, trace = 0.0, list[SearchStep]()
     for _ in range(search.steps):
         mid = (lo + hi) / 2
-        ident: dict[str, Any] = {"model": lm.identity(), "intervention": {
+        ident: dict[str, object] = {"model": lm.identity(), "intervention": {
             "kind": "steer", "alpha": mid, "layers": [layer], "direction": d.fingerprint(), "search": True}}
         bound = _bound(engine, lm, d, layer, mid)
         if bound is not None:
@@ -54,8 +56,8 @@ def coherent_strength(lm: LoadedModel, d: Direction, questions: Sequence[Questio
             summary, _ = evaluate(lm, questions, cfg, judge, out, label=f"search {mid:.3g}", progress=progress,
                                   identity=ident, engine=bound)
         ok = summary.mean_coherent == summary.mean_coherent and summary.mean_coherent >= search.threshold
-        trace.append({"strength": mid, "mean_coherent": summary.mean_coherent, "coherent": ok,
-                      "engine": bound.name if bound is not None else "in-process"})
+        trace.append(SearchStep(strength=mid, mean_coherent=summary.mean_coherent, coherent=ok,
+                                engine=cast(EngineName, bound.name) if bound is not None else "in-process"))
         lo, hi = (mid, hi) if ok else (lo, mid)
     return lo, trace
 

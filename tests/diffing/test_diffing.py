@@ -38,8 +38,9 @@ def test_delta_is_the_mean_difference_per_position():
 
 def test_cosine_table_is_symmetric_with_ones_on_the_diagonal():
     t = cosine_table([("a", torch.tensor([1.0, 0])), ("b", torch.tensor([1.0, 1])), ("c", torch.tensor([0, -2.0]))])
-    assert [r["direction"] for r in t] == ["a", "b", "c"]
-    assert t[0]["a"] == 1 and t[0]["b"] == pytest.approx(0.707, abs=1e-3) and t[0]["c"] == 0 and t[2]["b"] == t[1]["c"]
+    assert [r.direction for r in t] == ["a", "b", "c"]
+    c = [r.cosines for r in t]
+    assert c[0]["a"] == 1 and c[0]["b"] == pytest.approx(0.707, abs=1e-3) and c[0]["c"] == 0 and c[2]["b"] == c[1]["c"]
 
 
 def test_batch_topk_keeps_k_per_token_on_average():
@@ -126,11 +127,11 @@ def test_latent_scaling_tells_a_finetune_only_latent_from_a_shared_one():
         cc.W_enc[1, :, 0] = e[0]
         cc.W_enc[0, :, 1] = e[1]
     stats = analyse(Trained(cc, torch.ones(2), 0, 0.0), st, 1)
-    assert stats[0]["dec_norm_ratio"] == pytest.approx(1.0) and abs(stats[0]["nu_activation"]) < 0.05
-    assert stats[1]["dec_norm_ratio"] == pytest.approx(0.5) and stats[1]["nu_activation"] == pytest.approx(1, abs=0.05)
-    assert abs(stats[0]["nu_error"]) < 0.05  # the base error lacks it
-    assert stats[0]["nu_recon"] is None  # no other latent carries it, in either model
-    assert stats[1]["nu_error"] == pytest.approx(1, abs=0.05)
+    assert stats[0].dec_norm_ratio == pytest.approx(1.0) and abs(stats[0].nu_activation) < 0.05
+    assert stats[1].dec_norm_ratio == pytest.approx(0.5) and stats[1].nu_activation == pytest.approx(1, abs=0.05)
+    assert abs(stats[0].nu_error) < 0.05  # the base error lacks it
+    assert stats[0].nu_recon is None  # no other latent carries it, in either model
+    assert stats[1].nu_error == pytest.approx(1, abs=0.05)
 
 
 def test_adl_partial_sums_resume_after_a_kill(tmp_path, monkeypatch):
@@ -285,6 +286,33 @@ def test_emi_figures_draws_a_diff_run(toy_diff, tmp_path):
     assert cc["dead"] >= 0 and cc["auxk"]["alpha"] == pytest.approx(1 / 32)
 
 
+def test_each_diff_file_is_read_and_written_by_its_record(toy_diff, tmp_path):
+    """adl.json, kl.json, crosscoder.json and cosines.json read into their records, which write
+    back the very JSON emi.diff wrote; a crosscoder.json from before the auxiliary-k loss reads with
+    its fields None; a damaged file is one sentence naming the file and the key."""
+    from emi.diffing.records import AdlFile, CosineRow, CrosscoderFile, KlFile
+
+    runs, _ = toy_diff
+    for cls, run in ((AdlFile, "adl"), (KlFile, "kl"), (CrosscoderFile, "crosscoder")):
+        raw = json.loads((runs[run] / cls.FILE).read_text())
+        rec = cls.read(runs[run] / cls.FILE)
+        assert json.dumps(rec.row()) == json.dumps(raw), cls.FILE  # the same keys, order and values
+    assert AdlFile.read(runs["adl"] / "adl.json").positions[0].logit_lens["base"]
+    cos = json.loads((runs["adl"] / "cosines.json").read_text())
+    assert [r.row() for r in CosineRow.table(cos)] == cos
+    old = json.loads((runs["crosscoder"] / "crosscoder.json").read_text())
+    for k in ("aux_loss", "auxk"):
+        del old[k]
+    for s in old["all"] + old["top"]:
+        del s["nu_recon"], s["max_activation"]
+    cc = CrosscoderFile.of(old)
+    assert cc.aux_loss is None and cc.auxk is None and cc.all[0].nu_recon is None and cc.all[0].contexts == [
+        tuple(c) for c in old["all"][0]["contexts"]]
+    old["all"][0]["frequency"] = "often"
+    with pytest.raises(cli.ConfigError, match=r"crosscoder.json: all\[0\]: column 'frequency'"):
+        CrosscoderFile.of(old)
+
+
 def test_emi_figures_refuses_a_diff_file_it_cannot_read(tmp_path, capsys):
     from emi import figures
 
@@ -300,6 +328,9 @@ def test_diffing_figures_draw_the_files_emi_diff_writes():
     table = cosine_table([("a", torch.tensor([1.0, 0])), ("b", torch.tensor([1.0, 1]))])
     fig = cosine_heatmap(table)
     assert list(fig.data[0].x) == ["a", "b"] and fig.data[0].z[0][1] == pytest.approx(0.707, abs=1e-3)
-    bars = kl_bars([{"source": "em:x", "token": "t", "kl": 2.0, "projection": 1.5},
-                    {"source": "benign:y", "token": "u", "kl": 1.0, "projection": None}])
+    from emi.diffing.records import KlToken
+
+    tok = {"position": 0, "context": "c", "next_ft": "a", "next_base": "b"}
+    bars = kl_bars([KlToken(source="em:x", token="t", kl=2.0, projection=1.5, **tok),
+                    KlToken(source="benign:y", token="u", kl=1.0, projection=None, **tok)])
     assert list(bars.data[0].x) == [2.0, 1.0] and list(bars.data[0].marker.color) == [1.5, 0.0]
