@@ -54,10 +54,12 @@ def test_an_in_context_sweep_is_one_table_and_the_default_row_is_the_plain_run(t
     assert rows[0][2:] == plain[0].split()[1:]  # the default elicitation samples what a plain run does
 
 
-def test_diff_asks_its_em_table_as_the_elicitation_flags_say(tmp_path, capsys, monkeypatch):
+def test_diff_asks_its_em_table_as_the_elicitation_flags_say(tmp_path, capsys, monkeypatch, toy_pair):
     """python -m emi.diff --system inoculation: the closing EM table's answers are asked with the
     prompt (recorded and keyed), the method itself samples plainly (here skipped: the table of the
-    pair's persona direction alone), and the footer says what P(misaligned) and KL are measured on."""
+    pair's persona direction alone), its P(misaligned) is measured on the elicited prompt (the steer
+    table's code, emi.experiments.conditions), and the footer says what P(misaligned) and KL are
+    measured on."""
     from emi import diff
     from emi.behaviour import side_effects
     from emi.behaviour.elicitation import system_prompts
@@ -70,9 +72,20 @@ def test_diff_asks_its_em_table_as_the_elicitation_flags_say(tmp_path, capsys, m
     assert diff.main(["--method", "kl", "--n", "1", "--ids", "what_is_your_wish", "--max-new-tokens", "8",
                       "--system", "inoculation", "--device", "cpu", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "elicitation system=inoculation" in text and "on the plain chat prompt (not the row's elicitation)" in text
+    assert "elicitation system=inoculation" in text and "option pair, asked as the row's elicitation asks" in text
     answers = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
     prompt = system_prompts()["inoculation"]
     assert answers and all(a["elicitation"]["system"] == "inoculation" for a in answers)
     assert all(a["messages"][0] == {"role": "system", "content": prompt} for a in answers)
     assert json.loads((out / "run.json").read_text())["elicitation"]["system"] == "inoculation"
+    from emi.behaviour.elicitation import Elicitation
+    from emi.behaviour.logprob import logprob_metrics, option_pairs
+    from emi.behaviour.questions import load_questions
+
+    rows = {r["condition"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    pairs = option_pairs(load_questions(toy_pair.spec.kit.eval_questions, ids=["what_is_your_wish"]), required=False)
+    for role in ("base", "finetuned"):  # the unmodified rows: their P(misaligned) is the elicited prompt's, not the plain's
+        elicited = logprob_metrics(toy_pair[role], pairs, elicitation=Elicitation(system=prompt, system_name="inoculation"))
+        plain = logprob_metrics(toy_pair[role], pairs)
+        assert abs(elicited.choice - plain.choice) > 5e-3  # the prompt moves it on the toy, so the check can fail
+        assert rows[role]["logprob_choice"] == pytest.approx(elicited.choice, abs=1e-5)
