@@ -75,12 +75,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _source(args, spec):  # noqa: ANN001, ANN202
     """The answers file's records, or the questions (checked against the model's context)."""
+    from emi.activations.plan import conversation
     from emi.behaviour.questions import load_questions
 
     if args.answers:
         items = jsonl.read(args.answers)
         if not items:
             raise cli.ConfigError(f"{args.answers!r} holds no answers")
+        for i, item in enumerate(items):  # an answer asked without the chat template needs its prompt kept
+            if isinstance(item, dict) and "input_ids" not in item and ("answer" in item or "messages" in item):
+                conversation(item, i)
         return items
     questions = load_questions(args.questions or spec.kit.eval_questions, ids=args.ids)
     cfg = cli.sampling_config(args, spec.kit)
@@ -142,10 +146,29 @@ def _texts(args, spec, pair, path, source, judge, engine):  # noqa: ANN001, ANN2
 
     bound, ident = bind(engine, pair[args.generator])
     if judge is None:
-        return generate_answers(pair[args.generator], questions, cfg, path / "source" / "answers.jsonl",
-                                label=args.generator, identity=ident, engine=bound)
-    return evaluate(pair[args.generator], questions, cfg, judge, path / "source", label=args.generator,
-                    identity=ident, engine=bound)[1]
+        got = generate_answers(pair[args.generator], questions, cfg, path / "source" / "answers.jsonl",
+                               label=args.generator, identity=ident, engine=bound)
+    else:
+        got = evaluate(pair[args.generator], questions, cfg, judge, path / "source", label=args.generator,
+                       identity=ident, engine=bound)[1]
+    return _asked(got, questions, cfg)
+
+
+def _asked(records, questions, cfg):  # noqa: ANN001, ANN202
+    """Each answer with the conversation it was asked in, where its record has none (one resumed
+    from before emi kept it): the elicitation's messages for its question and sample (the same
+    seeded choice of examples), so capture renders the prompt the answer was sampled from."""
+    e = cfg.elicitation
+    if e.is_default():
+        return records
+    by_key = {(q.set, q.key): q for q in questions}
+    out = []
+    for r in records:
+        q = by_key.get((r.get("set"), r.get("key")))
+        if "messages" not in r and q is not None:
+            r = {**r, "messages": [*e.messages(q, r["sample"], cfg.seed), {"role": "assistant", "content": r["answer"]}]}
+        out.append(r)
+    return out
 
 
 if __name__ == "__main__":
