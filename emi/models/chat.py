@@ -64,6 +64,9 @@ def recorded(elicitation: Mapping[str, Any] | None) -> Render:
     ``thinking``); no record (an answer from before elicitations, or not emi's): the chat template."""
     if not elicitation:
         return CHAT
+    if not isinstance(elicitation, Mapping):
+        raise ConfigError(f"an answer's 'elicitation' must be the record emi writes (with 'context' and "
+                          f"'thinking'), found {type(elicitation).__name__}; drop the field or re-sample the answer")
     return for_context(str(elicitation.get("context") or "chat"), elicitation.get("thinking"))
 
 
