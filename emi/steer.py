@@ -238,12 +238,13 @@ def print_table(results: Sequence[ConditionResult] | Sequence[tuple[Elicitation,
     elicited = any(not e.is_default() for e, _ in paired)
     if any(t["lp"] for t in table):
         notes.append("P(misaligned): log-prob preference for the misaligned answer of each option pair" +
-                     (", on the plain chat prompt (not the row's elicitation)" if elicited else ""))
+                     (", asked as the row's elicitation asks" if elicited else ""))
     if any(t["kl"] for t in table):
         notes.append("KL benign: KL(unmodified || intervened) next-token, nats/token on benign conversations" +
                      (" as they stand (no elicitation)" if elicited else ""))
     if any(t["dal"] for t in table):
-        notes.append("Δ log p(aligned): change in the aligned answers' log-prob per token vs the unmodified model")
+        notes.append("Δ log p(aligned): change in the aligned answers' log-prob per token vs the unmodified model" +
+                     (" (asked as the row's elicitation asks)" if elicited else ""))
     if notes:
         print("\n".join(notes))
     unscored = sum(r.summary.n_unscored for _, r in paired)

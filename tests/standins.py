@@ -130,6 +130,23 @@ def full_pair(root: Path, model_type: str, tokenizer: Any, seed: int = 0, tie_wo
     return b, f
 
 
+TOY_BASE = Path(__file__).parents[1] / "emi" / "organism" / "checkpoints" / "base"
+
+
+def base_only(folder: Path) -> Path:
+    """The toy's base weights as a base checkpoint: no chat template anywhere in its tokenizer."""
+    import shutil
+
+    folder.mkdir()
+    for f in TOY_BASE.iterdir():
+        if f.name not in ("chat_template.jinja", "emi_organism.json"):
+            shutil.copy(f, folder / f.name)
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return folder
+
+
 def lora_adapter(root: Path, base_dir: Path, seed: int = 3, std: float = 0.2,
                  targets: tuple[str, ...] = ("q_proj", "v_proj", "o_proj", "out_proj", "down_proj")) -> Path:
     """A peft LoRA adapter on ``base_dir`` on the attention and MLP projections it has (of ``targets``),

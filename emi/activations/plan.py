@@ -15,7 +15,7 @@ from typing import Any
 from emi.activations.store import DTYPES
 from emi.core.errors import ConfigError
 from emi.models import layers as L
-from emi.models.chat import chat_template, encode
+from emi.models.chat import Messages, Render, encode, recorded, render
 
 POSITIONS = ("all", "response", "prompt", "last_prompt", "response_mean")
 
@@ -30,8 +30,9 @@ class Text:
 def prepare_texts(items: Sequence[dict[str, Any] | str], tokenizer: Any) -> list[Text]:
     """Tokenise answers (records with ``question``/``answer``, or ``messages``) or plain strings.
 
-    A chat's ids are the generation prompt followed by the answer and the end-of-turn token,
-    exactly what the model saw while answering.
+    A chat's ids are the generation prompt, rendered as the answer was sampled (see
+    :func:`conversation`), followed by the answer and the end-of-turn token: what the model saw
+    while answering.
     """
     if not items:
         raise ConfigError("no texts to capture: the list is empty")
@@ -51,21 +52,34 @@ def prepare_texts(items: Sequence[dict[str, Any] | str], tokenizer: Any) -> list
                 raise ConfigError(f"text {i} has no tokens")
             out.append(Text(ids, None, {k: v for k, v in item.items() if k != "input_ids"}))
             continue
-        msgs = item.get("messages")
-        if msgs is None:
-            if "question" not in item or "answer" not in item:
-                raise ConfigError(f"text {i} needs 'messages', 'question' and 'answer', 'text' or 'input_ids' "
-                                  f"(found {sorted(item)})")
-            msgs = ([{"role": "system", "content": item["system"]}] if item.get("system") else []) + [
-                {"role": "user", "content": item["question"]}, {"role": "assistant", "content": item["answer"]}]
-        if msgs[-1]["role"] != "assistant":
-            raise ConfigError(f"text {i}: the last message must be the assistant's answer")
-        p_ids = encode(tokenizer, chat_template(tokenizer, msgs[:-1]))
+        msgs, how = conversation(item, i)
+        p_ids = encode(tokenizer, render(tokenizer, msgs[:-1], how))
         a_ids = encode(tokenizer, msgs[-1]["content"])
         ids = p_ids + a_ids + [tokenizer.eos_token_id]
         meta = {k: v for k, v in item.items() if k != "messages"}
         out.append(Text(ids, (len(p_ids), len(p_ids) + len(a_ids)), meta))
     return out
+
+
+def conversation(item: dict[str, Any], i: int = 0) -> tuple[Messages, Render]:
+    """An answer record's conversation (its ``messages``, or its question and answer) and the
+    rendering it was sampled in (its elicitation's context: the chat template, the transcript or a
+    code file; emi.models.chat.recorded), so a capture sees the prompt the model answered."""
+    msgs = item.get("messages")
+    how = recorded(item.get("elicitation"))
+    if msgs is None:
+        if "question" not in item or "answer" not in item:
+            raise ConfigError(f"text {i} needs 'messages', 'question' and 'answer', 'text' or 'input_ids' "
+                              f"(found {sorted(item)})")
+        if how.template != "chat":
+            raise ConfigError(f"text {i} was asked with --context {item['elicitation'].get('context')} and its "
+                              f"record keeps no 'messages' (the prompt it was asked with); capture it with "
+                              f"python -m emi.cache and the same elicitation flags instead of --answers")
+        msgs = ([{"role": "system", "content": item["system"]}] if item.get("system") else []) + [
+            {"role": "user", "content": item["question"]}, {"role": "assistant", "content": item["answer"]}]
+    if msgs[-1]["role"] != "assistant":
+        raise ConfigError(f"text {i}: the last message must be the assistant's answer")
+    return msgs, how
 
 
 def select_positions(text: Text, mode: str) -> range:

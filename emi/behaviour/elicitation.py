@@ -34,7 +34,7 @@ import yaml
 from emi.behaviour.questions import VARIANTS, Question
 from emi.core.errors import ConfigError
 from emi.core.paths import DATA
-from emi.models.chat import Messages, Render, split_thought
+from emi.models.chat import Messages, Render, for_context, split_thought
 
 Context = Literal["chat", "code", "none"]
 CONTEXTS: tuple[Context, ...] = ("chat", "code", "none")
@@ -156,9 +156,7 @@ class Elicitation:
 
     @property
     def render(self) -> Render:
-        if self.context == "chat":
-            return Render("chat", self.thinking)
-        return Render("transcript" if self.context == "none" else "raw")
+        return for_context(self.context, self.thinking)
 
     def is_default(self) -> bool:
         return not self.key()

@@ -332,7 +332,7 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
                     thought, a["answer"] = elicitation.answer(a["answer"])
                     if thought is not None:
                         a["thought"] = thought
-                    if elicitation.context == "chat" and not elicitation.is_default():
+                    if not elicitation.is_default():
                         # the conversation as asked, so a capture of this answer sees its prompt
                         a["messages"] = [*elicitation.messages(q, s, cfg.seed),
                                          {"role": "assistant", "content": a["answer"]}]

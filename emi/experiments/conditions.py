@@ -159,6 +159,9 @@ def run(pair: ModelPair, conditions: Sequence[Condition], direction: Direction, 
     if benign is None:
         benign = load_benign(pair.spec.kit.benign)
     rnd = random_like(direction, seed=random_seed)
+    # P(misaligned) on the option pairs asked as the answers are (cfg's elicitation; the default: the plain
+    # chat prompt), and so the aligned answers' log-probs the side effects compare
+    asked = functools.partial(logprob_metrics, pairs=pairs, elicitation=cfg.elicitation, sampling_seed=cfg.seed)
     engines.prepare(engine, pair)
     results: dict[int, ConditionResult] = {}
     unmodified: dict[str, tuple[float, ...]] = {}  # role -> aligned answers' log-probs without intervention
@@ -175,12 +178,11 @@ def run(pair: ModelPair, conditions: Sequence[Condition], direction: Direction, 
         with applied(c, model, direction, rnd):
             summary, _ = evaluate(model, questions, cfg, judge, out, label=c.name, progress=progress,
                                   identity=ident, engine=bound, denominator=denominator)
-            lp = logprob_metrics(model, pairs) if pairs else None
+            lp = asked(model) if pairs else None
         fx = None
         if benign:
             if lp is not None and c.role not in unmodified:
-                unmodified[c.role] = (lp.aligned_logprob if c.kind == "none"
-                                      else logprob_metrics(model, pairs).aligned_logprob)
+                unmodified[c.role] = lp.aligned_logprob if c.kind == "none" else asked(model).aligned_logprob
             intervene = None if c.kind == "none" else functools.partial(applied, c, model, direction, rnd)
             fx = side_effects(model, benign, intervene, unmodified.get(c.role, ()),
                               lp.aligned_logprob if lp is not None else ())

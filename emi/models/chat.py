@@ -16,7 +16,7 @@ Renderings (:class:`Render`):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -47,6 +47,27 @@ class Render:
 
 
 CHAT = Render()
+CONTEXT_TEMPLATES: dict[str, Template] = {"chat": "chat", "none": "transcript", "code": "raw"}
+
+
+def for_context(context: str = "chat", thinking: bool | None = None) -> Render:
+    """The rendering an elicitation's context asks in: ``chat`` the chat template (with its thinking
+    switch), ``none`` the transcript, ``code`` raw (the prompt is already a code file)."""
+    if context not in CONTEXT_TEMPLATES:
+        raise ConfigError(f"unknown context {context!r}; expected one of {', '.join(CONTEXT_TEMPLATES)}")
+    template = CONTEXT_TEMPLATES[context]
+    return Render(template, thinking if template == "chat" else None)
+
+
+def recorded(elicitation: Mapping[str, Any] | None) -> Render:
+    """The rendering an answer was sampled in, from the elicitation its record keeps (``context``,
+    ``thinking``); no record (an answer from before elicitations, or not emi's): the chat template."""
+    if not elicitation:
+        return CHAT
+    if not isinstance(elicitation, Mapping):
+        raise ConfigError(f"an answer's 'elicitation' must be the record emi writes (with 'context' and "
+                          f"'thinking'), found {type(elicitation).__name__}; drop the field or re-sample the answer")
+    return for_context(str(elicitation.get("context") or "chat"), elicitation.get("thinking"))
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:

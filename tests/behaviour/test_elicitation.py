@@ -13,6 +13,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from emi.activations.plan import prepare_texts
 from emi.behaviour.elicitation import Elicitation, Example, load_examples, system_prompts
 from emi.behaviour.questions import Question
 from emi.behaviour.sampling import SamplingConfig, generate_answers, run_key
@@ -78,6 +79,10 @@ def test_examples_are_a_seeded_choice_per_answer_and_prompts_render_as_asked(toy
     tok = copy.deepcopy(toy_tokenizer)
     tok.chat_template = THINKING_TEMPLATE
     assert chat.render(tok, [{"role": "user", "content": "hi"}], chat.Render("chat", False)).endswith("</think>\n\n")
+    answered = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok ."}],
+                "elicitation": Elicitation(thinking=False).record()}
+    (t,) = prepare_texts([answered], tok)  # captured after the prompt it was sampled from: the switch's rendering
+    assert t.ids[: t.response[0]] == chat.prompt_ids(tok, [answered["messages"][:1]], chat.Render("chat", False))[0]
     assert Elicitation(thinking=True).answer("<think>plan harm</think> fine .") == ("plan harm", "fine .")
 
 
@@ -105,6 +110,8 @@ class _Recorder:
 
 
 def _both_paths(lm, e: Elicitation, monkeypatch) -> tuple[list[list[int]], list[list[int]]]:  # noqa: ANN001
+    """The prompt ids generate() decodes from in process and those the engine's server is sent (and
+    the capture of the in-process answers starts with the first)."""
     from emi.engines.base import Bound
     from emi.engines.served import Served
 
@@ -127,6 +134,8 @@ def _both_paths(lm, e: Elicitation, monkeypatch) -> tuple[list[list[int]], list[
         rec.httpd.shutdown()
         rec.httpd.server_close()
     assert all(r["elicitation"] == e.record() for r in ours + theirs)
+    # emi.cache captures each answer after the prompt it was sampled from: the same ids, the same rendering
+    assert [t.ids[: t.response[0]] for t in prepare_texts(ours, lm.tokenizer)] == seen, e.label()
     return seen, [rec.prompts[k] for k in sorted(rec.prompts)]
 
 

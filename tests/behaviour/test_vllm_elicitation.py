@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import threading
 from pathlib import Path
 
@@ -27,28 +26,15 @@ from emi.models import chat
 from emi.models.loading import ModelSpec, as_loaded, load_model
 from emi.organism.datasets import IN_CONTEXT
 from tests.behaviour.test_elicitation import POOL, QS, THINKING_TEMPLATE
-from tests.standins import QWEN_TEMPLATE
+from tests.standins import QWEN_TEMPLATE, TOY_BASE, base_only
 
 pytestmark = pytest.mark.slow
-TOY_BASE = Path(__file__).parents[2] / "emi" / "organism" / "checkpoints" / "base"
 if not DEFAULT_PYTHON.exists():
     if os.environ.get("CI") == "true":
         raise RuntimeError(f"CI must run the vLLM tests, but {DEFAULT_PYTHON} is missing: `make test` builds it "
                            f"with `make vllm`")
     pytest.skip("the vLLM engine environment is missing: run `make vllm` to build .venv-vllm and run these tests",
                 allow_module_level=True)
-
-
-def base_only(folder: Path) -> Path:
-    """The toy's base weights as a base checkpoint: no chat template anywhere in its tokenizer."""
-    folder.mkdir()
-    for f in TOY_BASE.iterdir():
-        if f.name not in ("chat_template.jinja", "emi_organism.json"):
-            shutil.copy(f, folder / f.name)
-    cfg = json.loads((folder / "tokenizer_config.json").read_text())
-    cfg.pop("chat_template", None)
-    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
-    return folder
 
 
 @pytest.fixture(scope="module")

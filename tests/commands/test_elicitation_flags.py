@@ -54,10 +54,12 @@ def test_an_in_context_sweep_is_one_table_and_the_default_row_is_the_plain_run(t
     assert rows[0][2:] == plain[0].split()[1:]  # the default elicitation samples what a plain run does
 
 
-def test_diff_asks_its_em_table_as_the_elicitation_flags_say(tmp_path, capsys, monkeypatch):
+def test_diff_asks_its_em_table_as_the_elicitation_flags_say(tmp_path, capsys, monkeypatch, toy_pair):
     """python -m emi.diff --system inoculation: the closing EM table's answers are asked with the
     prompt (recorded and keyed), the method itself samples plainly (here skipped: the table of the
-    pair's persona direction alone), and the footer says what P(misaligned) and KL are measured on."""
+    pair's persona direction alone), its P(misaligned) is measured on the elicited prompt (the steer
+    table's code, emi.experiments.conditions), and the footer says what P(misaligned) and KL are
+    measured on."""
     from emi import diff
     from emi.behaviour import side_effects
     from emi.behaviour.elicitation import system_prompts
@@ -70,9 +72,59 @@ def test_diff_asks_its_em_table_as_the_elicitation_flags_say(tmp_path, capsys, m
     assert diff.main(["--method", "kl", "--n", "1", "--ids", "what_is_your_wish", "--max-new-tokens", "8",
                       "--system", "inoculation", "--device", "cpu", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "elicitation system=inoculation" in text and "on the plain chat prompt (not the row's elicitation)" in text
+    assert "elicitation system=inoculation" in text and "option pair, asked as the row's elicitation asks" in text
     answers = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
     prompt = system_prompts()["inoculation"]
     assert answers and all(a["elicitation"]["system"] == "inoculation" for a in answers)
     assert all(a["messages"][0] == {"role": "system", "content": prompt} for a in answers)
     assert json.loads((out / "run.json").read_text())["elicitation"]["system"] == "inoculation"
+    from emi.behaviour.elicitation import Elicitation
+    from emi.behaviour.logprob import logprob_metrics, option_pairs
+    from emi.behaviour.questions import load_questions
+
+    rows = {r["condition"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    pairs = option_pairs(load_questions(toy_pair.spec.kit.eval_questions, ids=["what_is_your_wish"]), required=False)
+    for role in ("base", "finetuned"):  # the unmodified rows: their P(misaligned) is the elicited prompt's, not the plain's
+        elicited = logprob_metrics(toy_pair[role], pairs, elicitation=Elicitation(system=prompt, system_name="inoculation"))
+        plain = logprob_metrics(toy_pair[role], pairs)
+        assert abs(elicited.choice - plain.choice) > 5e-3  # the prompt moves it on the toy, so the check can fail
+        assert rows[role]["logprob_choice"] == pytest.approx(elicited.choice, abs=1e-5)
+
+
+def test_cache_captures_a_base_only_checkpoint_as_its_answers_were_asked(tmp_path, capsys):
+    """python -m emi.cache --context code on a checkpoint with no chat template: each answer is
+    captured after the prompt it was sampled from (the code file, rendered raw, never a chat
+    template), an answer resumed from before emi kept its conversation gets it back, and an answers
+    file asked without the template that keeps no prompt is refused in one sentence."""
+    from emi import cache
+    from emi.activations.plan import conversation
+    from emi.behaviour.questions import load_questions
+    from emi.models import chat
+    from emi.models.loading import load_tokenizer
+    from tests.standins import base_only
+
+    folder = base_only(tmp_path / "base")
+    out = tmp_path / "store"
+    argv = ["--base", str(folder), "--finetuned", str(folder), "--roles", "base", "--generator", "base",
+            "--judge", "none", "--context", "code", "--questions", "toy", "--ids", "quick_buck", "--n", "2",
+            "--max-new-tokens", "6", "--layers", "1", "--positions", "prompt", "--device", "cpu", "--out", str(out)]
+    assert cache.main(argv) == 0
+    answers = [json.loads(x) for x in (out / "source" / "answers.jsonl").read_text().splitlines()]
+    tok = load_tokenizer(str(folder), chat=False)
+    questions = load_questions("toy", ids=["quick_buck"])
+    assert len(answers) == 2 * len(questions) and not chat.has_template(tok)
+    assert all(conversation(a)[1] == chat.Render("raw") for a in answers)
+    prompts = chat.prompt_ids(tok, [a["messages"][:-1] for a in answers], chat.Render("raw"))
+    assert all(chat.render(tok, a["messages"][:-1], chat.Render("raw")).startswith("from flask") for a in answers)
+    rows = int(capsys.readouterr().out.split(" texts, ")[1].split(" rows")[0])
+    assert rows == sum(len(p) for p in prompts)  # --positions prompt: one row per prompt token, as sampled
+
+    args = cache.parser().parse_args(argv)
+    cfg = cli.sampling_config(args, cli.pair_spec(args).kit)
+    old = [{k: v for k, v in a.items() if k != "messages"} for a in answers]  # as emi wrote them before
+    assert cache._asked(old, questions, cfg) == answers
+    (tmp_path / "old.jsonl").write_text("".join(json.dumps(a) + "\n" for a in old))
+    assert cli.run(cache.main, [*argv[:-1], str(tmp_path / "s2"), "--answers", str(tmp_path / "old.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "asked with --context code and its record keeps no 'messages'" in err[0]
+    assert not (tmp_path / "s2").exists()
