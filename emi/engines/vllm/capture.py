@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from jaxtyping import Int
 
-from emi.activations.capture import Acts, Reader
+from emi.activations.readers import Acts, Reader
 from emi.core.errors import ConfigError
 from emi.engines.served import Served, plain
 from emi.engines.vllm.launcher import Server, adapter_name
@@ -90,7 +90,7 @@ def vllm_reader(engine: Host, lm: LoadedModel, layers: Sequence[int], sites: Seq
         out: Acts = {}
         for li, layer in enumerate(wanted):
             t = torch.zeros(b, p, got[0].shape[-1], dtype=got[0].dtype)
-            for i, g in enumerate(got):  # right-padded rows (emi.activations.capture.pad_right)
+            for i, g in enumerate(got):  # right-padded rows (emi.models.chat.pad_right)
                 t[i, : g.shape[1]] = g[li]
             out[("resid", layer)] = t.to(input_ids.device)
         return out
