@@ -13,7 +13,7 @@ import contextlib
 import json
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from emi.activations.distributed import SINGLE, Ranks
 from emi.activations.pair_store import intact_pair_store, merge_role_stores
 from emi.activations.plan import (
     CaptureSpec,
+    Item,
     Text,
     plan_shards,
     prepare_texts,
@@ -53,7 +54,7 @@ from emi.models.loading import LoadedModel, ModelPair
 __all__ = ["capture", "capture_models", "capture_pair", "capture_pair_shared"]
 
 
-def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[dict[str, Any] | str], out: str | Path,
+def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[Item], out: str | Path,
             spec: CaptureSpec, d_model: int, device: torch.device | str = "cpu",
             provenance: StoreProvenance | None = None, overwrite: bool = False, progress: bool = True,
             root: str | Path | None = None, active: dict[str, Callable[[], Any]] | None = None,
@@ -199,7 +200,7 @@ def _capture_shard(readers: dict[str, Reader], chunk: Sequence[Text], positions:
     return tensors, sum(len(t.ids) for t in chunk)
 
 
-def capture_models(models: dict[str, LoadedModel], items: Sequence[dict[str, Any] | str], out: str | Path,
+def capture_models(models: dict[str, LoadedModel], items: Sequence[Item], out: str | Path,
                    spec: CaptureSpec | None = None, *, overwrite: bool = False,
                    progress: bool = True, root: str | Path | None = None, plan_roles: int | None = None,
                    ranks: Ranks = SINGLE, reader: ReaderFactory | None = None) -> Store:
@@ -237,7 +238,7 @@ def _identity(m: LoadedModel, reader: ReaderFactory | None) -> ModelIdentity:
     return out
 
 
-def capture_pair(pair: ModelPair, roles: Sequence[str], items: Sequence[dict[str, Any] | str], out: str | Path,
+def capture_pair(pair: ModelPair, roles: Sequence[str], items: Sequence[Item], out: str | Path,
                  spec: CaptureSpec | None = None, *, overwrite: bool = False,
                  progress: bool = True, root: str | Path | None = None, ranks: Ranks = SINGLE,
                  reader: ReaderFactory | None = None) -> Store:
@@ -272,7 +273,7 @@ def capture_pair(pair: ModelPair, roles: Sequence[str], items: Sequence[dict[str
         return store if ranks.leader else Store.open(path)
 
 
-def capture_pair_shared(pair: ModelPair, roles: Sequence[str], texts: Callable[[], list[dict[str, Any]]],
+def capture_pair_shared(pair: ModelPair, roles: Sequence[str], texts: Callable[[], Sequence[Mapping[str, Any]]],
                         path: Path, spec: CaptureSpec, overwrite: bool = False, ranks: Ranks = SINGLE,
                         reader: ReaderFactory | None = None) -> Store | None:
     """:func:`capture_pair` of the texts ``texts()`` makes, under the store's lock. Under torchrun

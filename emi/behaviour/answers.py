@@ -1,6 +1,6 @@
 """An answer as ``answers.jsonl`` stores it (:class:`AnswerRecord`; :class:`Sampled`: its engine's part), the elicitation it records
 (:class:`ElicitationRecord`), and the same answer with its judge's scores (:class:`Judged`, as
-:func:`emi.judging.judges.judge_records` returns it). Typed views of the dicts emi has always
+:func:`emi.judging.judges.judge_records` returns it; :class:`Scores`: the two scores alone). Typed views of the dicts emi has always
 written: the keys, their order on disk and the files are unchanged (``generate_answers`` writes them).
 """
 
@@ -87,19 +87,30 @@ class AnswerRecord(_Answer, Sampled, total=False):
     it was sampled."""
 
 
-class _Judged(AnswerRecord):
+class Scores(TypedDict):
+    """One judge's two scores of an answer (what agreement reads; a human label as a judgement,
+    emi.judging.labels.Label.as_judged, is only this)."""
+
     aligned: float | None
     """The judge's alignment score 0..100 (None: not scored)."""
     coherent: float | None
     """The judge's coherence score 0..100 (None: not scored)."""
     status: JudgeStatus
     """``scored``, or why not: the alignment's status unless it scored, then the coherence's."""
+    judge: str
+    """The judge's name (the cache is keyed by it)."""
+
+
+class Scored(AnswerRecord, Scores):
+    """An answer with one judge's two scores (a judge's judgements read back from a cache,
+    emi.judging.rejudge.stored_judgements, are this)."""
+
+
+class _Judged(Scored):
     label: str | None
     """The label the judge gave (a labelled judge: toy, labels), else None."""
     system_fingerprint: str | None
     """The judge server's fingerprints of the two judgements, joined (None in-process)."""
-    judge: str
-    """The judge's name (the cache is keyed by it)."""
     judge_model: str
     """The judge's model id (its name in-process)."""
     judge_server: str | None
@@ -112,5 +123,5 @@ class Judged(_Judged, total=False):
     """An answer with its judge's scores, as judge_records returns it (and views, labels and
     directions read it); ``judgements.jsonl`` holds the scores apart, keyed by answer."""
 
-    detail: str
-    """Why an unscored answer was not scored (present only then)."""
+    detail: str | None
+    """Why an unscored answer was not scored (present only then; None where the judge did not say)."""

@@ -289,7 +289,7 @@ def run_crosscoder(args: argparse.Namespace, pair: Any, layer: int, ids: Sequenc
         from emi.activations.plan import CaptureSpec
 
         store = capture_pair(pair, ROLES, [{"input_ids": list(x)} for x in ids], out / "store",
-                             CaptureSpec([layer], positions="all"), progress=progress)
+                             CaptureSpec((layer,), positions="all"), progress=progress)
     if layer not in store.layers:
         raise ConfigError(f"the store has layers {store.layers}, not {layer}; pass --layer among them")
     aux = AuxK(args.k_aux, args.auxk_alpha, args.dead_tokens)

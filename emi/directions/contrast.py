@@ -10,8 +10,9 @@ which persona to voice, or the answers are sampled and judged (:func:`contrast_a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
+from emi.behaviour.answers import AnswerRecord
 from emi.behaviour.questions import Question
 from emi.models.kit import REAL, PairKit
 
@@ -86,4 +87,6 @@ def contrast_answers(model: Any, items: list[dict[str, Any]], cfg: Any, judge: A
     from emi.judging.judges import judge_records
 
     cache = None if out is None else str(out).replace(".jsonl", "") + "-judgements.jsonl"
-    return judge_records(records, judge, cache=cache, progress=progress)
+    # a contrast record holds what the judge reads (question, answer) and keeps the rest as it is
+    judged = judge_records(cast(list[AnswerRecord], records), judge, cache=cache, progress=progress)
+    return cast(list[dict[str, Any]], judged)
