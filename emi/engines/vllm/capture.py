@@ -10,7 +10,7 @@ import base64
 import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from emi.core.errors import ConfigError
 from emi.engines.served import Served, plain
 from emi.engines.vllm.launcher import Server, adapter_name
 from emi.models.loading import LoadedModel
+
+if TYPE_CHECKING:
+    from emi.engines.vllm.lens import WireTensor
 
 
 class Host(Protocol):
@@ -38,7 +41,7 @@ class Host(Protocol):
     def server_for(self, checkpoint: str) -> Server: ...
 
 
-def decode_tensor(wire: dict[str, Any]) -> torch.Tensor:
+def decode_tensor(wire: WireTensor) -> torch.Tensor:
     """vllm-lens's base64 (optionally zstd) tensor form back to a tensor."""
     raw = base64.b64decode(wire["data"])
     if wire.get("compression") == "zstd":

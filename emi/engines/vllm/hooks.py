@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:  # (annotations only: the server cannot import emi)
+    from emi.engines.vllm.lens import WireHook
 
 
 def project_out_fn(u: torch.Tensor, target: float = 0.0) -> Callable[[Any, torch.Tensor], torch.Tensor]:
@@ -83,7 +86,7 @@ def program_fn(path: str) -> Callable[[Any, torch.Tensor], torch.Tensor]:
     return fn
 
 
-def wire_hook(fn: Callable[..., Any], layers: Sequence[int], pre: bool = False) -> dict[str, Any]:
+def wire_hook(fn: Callable[..., Any], layers: Sequence[int], pre: bool = False) -> WireHook:
     """vllm-lens's JSON wire form of ``Hook(fn, layer_indices, pre)`` (what ``Hook.model_dump()`` gives)."""
     import sys
 
