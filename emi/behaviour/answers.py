@@ -11,6 +11,30 @@ from typing import TypedDict
 from emi.core.vocab import JudgeStatus
 
 
+class _SamplingSettings(TypedDict):
+    temperature: float
+    """Sampling temperature (0: greedy)."""
+    top_p: float
+    """Nucleus sampling's mass (1: off)."""
+    top_k: int
+    """Top-k (always 0: off)."""
+    repetition_penalty: float
+    """1: none, as in the papers."""
+    max_new_tokens: int
+    """The answer's token budget."""
+    seed: int
+    """The run's seed."""
+    batch_size: int
+    """Answers per batch (batch ``b`` is seeded ``seed + b``)."""
+
+
+class SamplingSettings(_SamplingSettings, total=False):
+    """What decides the answers (SamplingConfig.settings), recorded with each one and in run files."""
+
+    sampler: str
+    """The in-process decoding (``static``, ``paged``), absent for the reference ``generate``."""
+
+
 class ElicitationRecord(TypedDict):
     """How a question was asked (emi.behaviour.elicitation.Elicitation.record), recorded with every answer."""
 
@@ -76,7 +100,7 @@ class _Answer(Decoded):
     """The run's seed (batch ``b`` is sampled with ``seed + b``)."""
     run: str
     """The run key (emi.behaviour.sampling.run_key): the model's identity and the settings, hashed."""
-    sampling: dict[str, object]
+    sampling: SamplingSettings
     """The sampling settings that decide the answers (SamplingConfig.settings)."""
     elicitation: ElicitationRecord
     """How the question was asked."""

@@ -31,7 +31,7 @@ from typing import Any, Protocol, cast
 import torch
 from tqdm.auto import tqdm
 
-from emi.behaviour.answers import AnswerRecord, Decoded, Sampled
+from emi.behaviour.answers import AnswerRecord, Decoded, Sampled, SamplingSettings
 from emi.behaviour.elicitation import DEFAULT, Elicitation
 from emi.behaviour.questions import Question
 from emi.core import jsonl
@@ -83,14 +83,16 @@ class SamplingConfig:
             return dict(neutral, do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0)
         return dict(neutral, do_sample=False, temperature=None, top_p=None, top_k=None)
 
-    def settings(self) -> dict[str, Any]:
+    def settings(self) -> SamplingSettings:
         """What decides the answers (recorded with each one): all but ``n``, ``compile`` and the
         elicitation (recorded and keyed on its own). The sampler is recorded when it is not the
         reference ``generate`` (so answers written before samplers existed keep their key)."""
-        s = {"temperature": self.temperature, "top_p": self.top_p, "top_k": 0,
-             "repetition_penalty": self.repetition_penalty, "max_new_tokens": self.max_new_tokens,
-             "seed": self.seed, "batch_size": self.batch_size}
-        return s if self.sampler == "generate" else {**s, "sampler": self.sampler}
+        s: SamplingSettings = {"temperature": self.temperature, "top_p": self.top_p, "top_k": 0,
+                               "repetition_penalty": self.repetition_penalty, "max_new_tokens": self.max_new_tokens,
+                               "seed": self.seed, "batch_size": self.batch_size}
+        if self.sampler != "generate":
+            s["sampler"] = self.sampler
+        return s
 
 
 # In-process decoding. All three run the model's own modules, so every emi hook applies.
