@@ -23,7 +23,7 @@ from emi.engines.vllm.launcher import Server, adapter_name
 from emi.models.loading import LoadedModel
 
 if TYPE_CHECKING:
-    from emi.engines.vllm.lens import WireTensor
+    from emi.engines.vllm.hooks import WireTensor
 
 
 class Host(Protocol):

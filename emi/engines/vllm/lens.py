@@ -13,7 +13,7 @@ import json
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,41 +22,8 @@ from emi.core.errors import ConfigError
 from emi.engines.served import Ablation, Served, Steering
 from emi.models.chat import CHAT, Render, prompt_ids
 
-
-class _WireTensor(TypedDict):
-    data: str
-    """The tensor's bytes, base64 (zstd-compressed first when ``compression`` says so)."""
-    dtype: str
-    """The numpy dtype of the bytes (``float32``)."""
-    shape: list[int]
-    """The tensor's shape."""
-
-
-class WireTensor(_WireTensor, total=False):
-    """vllm-lens's JSON form of a tensor (its ``serialize_tensor``), sent and received."""
-
-    original_dtype: str
-    """The torch dtype it had (``torch.bfloat16``: the bytes are viewed back as bfloat16)."""
-    compression: str
-    """``zstd``, or absent: the bytes are raw."""
-
-
-class WireFn(TypedDict):
-    """A function on the wire: cloudpickled, base64."""
-
-    cloudpickle: str
-    """The pickled function, base64."""
-
-
-class WireHook(TypedDict):
-    """vllm-lens's JSON form of ``Hook(fn, layer_indices, pre)`` (what ``Hook.model_dump()`` gives)."""
-
-    fn: WireFn
-    """The hook's function."""
-    layer_indices: list[int]
-    """The layers it runs at."""
-    pre: bool
-    """Before the layer (True) or after it."""
+if TYPE_CHECKING:
+    from emi.engines.vllm.hooks import WireHook, WireTensor
 
 
 def wire_tensor(t: torch.Tensor) -> WireTensor:
