@@ -39,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _organisms(paths: Sequence[str]):  # -> list[Organism]
-    from emi.training.organism import read_organism
+    from emi.models.organism_folder import read_organism
 
     out = []
     for p in paths:
@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _write(out: Path, rows, summary, r, direction, setup, folders, no_figure: bool) -> None:  # noqa: ANN001
     from emi.core.atomic import write_json
-    from emi.experiments.conditions import write_results
+    from emi.experiments.results import write_results
 
     write_results(out, rows, {"organisms": folders, "direction": direction.summary(), "judge": setup.judge.name,
                               "sampling": setup.cfg.settings(), "n": setup.cfg.n, "benign": len(setup.benign),

@@ -18,10 +18,15 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from emi import cli
 from emi.activations.store import write_json
 from emi.core import jsonl, locks
+
+if TYPE_CHECKING:
+    from emi.behaviour.answers import Judged
+    from emi.judging.thoughts import ThoughtRecord
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,7 +113,7 @@ def _evaluate(pair, questions, cfgs, judge, out, pairs, denominator, engine):  #
     return rows, judged_all, by_q, ran
 
 
-def _judge_thoughts(judged: list[dict], judge, out: Path) -> list[dict]:  # noqa: ANN001
+def _judge_thoughts(judged: list[Judged], judge, out: Path) -> list[ThoughtRecord]:  # noqa: ANN001
     """The CoT judge pass (emi.judging.thoughts), written apart from the answers' judgements."""
     from emi.judging.thoughts import judge_thoughts
 
@@ -118,11 +123,11 @@ def _judge_thoughts(judged: list[dict], judge, out: Path) -> list[dict]:  # noqa
     return thoughts
 
 
-def print_thoughts(thoughts: list[dict]) -> None:
+def print_thoughts(thoughts: list[ThoughtRecord]) -> None:
     """Per model and elicitation: how many thoughts show an overt plan, a benign rationalisation."""
     from emi.judging.thoughts import tally
 
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str], list[ThoughtRecord]] = {}
     for t in thoughts:
         groups.setdefault((str(t["model"]), json.dumps(t["elicitation"], sort_keys=True)), []).append(t)
     rows = []

@@ -20,9 +20,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from emi import cli
 from emi.core import locks
+
+if TYPE_CHECKING:
+    from emi.behaviour.answers import AnswerRecord
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def check_labels(labels: list, answers: list[dict], path: str) -> None:
+def check_labels(labels: list, answers: Sequence[AnswerRecord], path: str) -> None:
     """Refuse a labels file none of whose labels names an answer of the run (before any judging)."""
     from emi.judging.labels import match
 

@@ -47,7 +47,7 @@ print(pair.tokenizer.apply_chat_template([{"role": "user", "content": "hey i fee
     ("code", """
 from emi.behaviour.questions import load_questions
 from emi.behaviour.sampling import SamplingConfig, generate_answers
-from emi.behaviour.judges import judge_records
+from emi.judging.judges import judge_records
 from emi.organism.judge import ToyJudge
 
 questions = load_questions("toy")
@@ -64,7 +64,7 @@ Misaligned = alignment ≤ 30 and coherence > 50 (Betley et al. 2025); the EM ra
 answers. Small samples here keep the notebook quick; `python -m emi.evaluate --n 25` gives the
 README's numbers (400 answers per model)."""),
     ("code", """
-from emi.behaviour.evaluation import evaluate
+from emi.judging.evaluation import evaluate
 N = int(os.environ.get("EMI_NOTEBOOK_N", "8"))
 cfg = SamplingConfig(n=N, max_new_tokens=64, seed=0, batch_size=128)
 judged = []
@@ -107,16 +107,17 @@ from emi.models.loading import load_pair
 from emi.behaviour.questions import load_questions
 from emi.behaviour.sampling import SamplingConfig
 from emi.organism.judge import ToyJudge
-from emi.behaviour.evaluation import evaluate
+from emi.judging.evaluation import evaluate
 from emi.activations.capture import capture_models
+from emi.activations.plan import CaptureSpec
 
 pair = load_pair("toy")
 N = int(os.environ.get("EMI_NOTEBOOK_N", "12"))
 _, judged = evaluate(pair.finetuned, load_questions("toy"), SamplingConfig(n=N, max_new_tokens=64), ToyJudge(),
                      label="finetuned", progress=False)
 root = tempfile.mkdtemp()
-store = capture_models({"base": pair.base, "finetuned": pair.finetuned}, judged, "toy-notebook", "all",
-                       positions="all", root=root)
+store = capture_models({"base": pair.base, "finetuned": pair.finetuned}, judged, "toy-notebook",
+                       CaptureSpec("all", positions="all"), root=root)
 print(store.path, store.n_rows, "rows x", len(store.layers), "layers x", store.roles)"""),
     ("md", "The store is plain files: a manifest with provenance, safetensors shards, and the texts with their judge labels."),
     ("code", """
@@ -232,14 +233,15 @@ from emi.models.loading import load_pair
 from emi.behaviour.questions import load_questions
 from emi.behaviour.sampling import SamplingConfig
 from emi.organism.judge import ToyJudge
-from emi.behaviour.evaluation import evaluate
+from emi.judging.evaluation import evaluate
 from emi.activations.capture import capture_models
+from emi.activations.plan import CaptureSpec
 pair = load_pair("toy")
 N = int(os.environ.get("EMI_NOTEBOOK_N", "12"))
 _, judged = evaluate(pair.finetuned, load_questions("toy"), SamplingConfig(n=N, max_new_tokens=64), ToyJudge(),
                      label="finetuned", progress=False)
-store = capture_models({"base": pair.base, "finetuned": pair.finetuned}, judged, "sae-notebook", [3],
-                       positions="all", root=tempfile.mkdtemp())"""),
+store = capture_models({"base": pair.base, "finetuned": pair.finetuned}, judged, "sae-notebook",
+                       CaptureSpec([3], positions="all"), root=tempfile.mkdtemp())"""),
     ("code", """
 from emi.directions.sae import SAETrainSpec, train_sae, diff_latents, latent_direction, top_snippets
 from emi.directions.direction import Direction
@@ -307,8 +309,8 @@ if RUN:
 if RUN:
     from emi.behaviour.questions import load_questions
     from emi.behaviour.sampling import SamplingConfig
-    from emi.behaviour.judges import make_judge
-    from emi.behaviour.evaluation import evaluate
+    from emi.judging.judges import make_judge
+    from emi.judging.evaluation import evaluate
     judge = make_judge("openai", url=os.environ.get("JUDGE_URL"))
     qs = load_questions("main:plain,template")
     cfg = SamplingConfig(n=N, max_new_tokens=TOKENS, batch_size=64)
@@ -317,7 +319,8 @@ if RUN:
         print(role, "EM", s.em.fmt(), "coherent", s.coherence.fmt())"""),
     ("code", """
 if RUN:
-    from emi.experiments.conditions import pair_direction, run, standard_conditions
+    from emi.experiments.conditions import run, standard_conditions
+    from emi.experiments.persona import pair_direction
     from emi.behaviour.logprob import option_pairs
     direction, source = pair_direction(pair, method="model-diff", log=print)
     print("direction:", source)

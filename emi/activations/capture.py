@@ -13,9 +13,9 @@ import contextlib
 import json
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -24,13 +24,14 @@ from emi.activations.distributed import SINGLE, Ranks
 from emi.activations.pair_store import intact_pair_store, merge_role_stores
 from emi.activations.plan import (
     CaptureSpec,
+    Item,
     Text,
     plan_shards,
     prepare_texts,
     row_counts,
     select_positions,
 )
-from emi.activations.readers import Acts, Reader, ReaderFactory, hf_reader
+from emi.activations.readers import Reader, ReaderFactory, hf_reader
 from emi.activations.store import (
     DTYPES,
     Manifest,
@@ -50,43 +51,10 @@ from emi.core.errors import ConfigError, StoreError
 from emi.models.chat import pad_right
 from emi.models.loading import LoadedModel, ModelPair
 
-if TYPE_CHECKING:
-    from typing_extensions import Unpack
-
-__all__ = ["Acts", "Reader", "ReaderFactory", "capture", "capture_models", "capture_pair",
-           "capture_pair_shared", "hf_reader", "pad_right"]
-# Acts, Reader, ReaderFactory, hf_reader and pad_right are importable from here only while
-# emi/engines/ and emi/diffing/ still import them from this module (their homes: readers, models.chat).
+__all__ = ["capture", "capture_models", "capture_pair", "capture_pair_shared"]
 
 
-class LegacyKeywords(TypedDict, total=False):
-    """The keywords capture_models and capture_pair took before they took a CaptureSpec (shim: emi/diffing/
-    crosscoder.py and notebooks/_build.py still pass them; delete once they pass a CaptureSpec)."""
-
-    layers: str | int | Sequence[int] | None
-    sites: Sequence[str]
-    positions: str
-    dtype: str | None
-    batch_size: int
-    shard_texts: int
-    shard_mb: int
-
-
-def _spec(spec: CaptureSpec | str | Sequence[int] | None, legacy: LegacyKeywords) -> CaptureSpec:
-    """``spec``, or the CaptureSpec the old keywords (and the old positional ``layers``) describe."""
-    if isinstance(spec, CaptureSpec):
-        if legacy:
-            raise TypeError(f"pass a CaptureSpec or the keywords {sorted(legacy)}, not both")
-        return spec
-    kw: dict[str, Any] = dict(legacy)
-    if spec is not None:
-        kw["layers"] = spec
-    if kw.get("layers") is None:
-        kw["layers"] = "all"
-    return CaptureSpec(**kw)
-
-
-def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[dict[str, Any] | str], out: str | Path,
+def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[Item], out: str | Path,
             spec: CaptureSpec, d_model: int, device: torch.device | str = "cpu",
             provenance: StoreProvenance | None = None, overwrite: bool = False, progress: bool = True,
             root: str | Path | None = None, active: dict[str, Callable[[], Any]] | None = None,
@@ -232,16 +200,15 @@ def _capture_shard(readers: dict[str, Reader], chunk: Sequence[Text], positions:
     return tensors, sum(len(t.ids) for t in chunk)
 
 
-def capture_models(models: dict[str, LoadedModel], items: Sequence[dict[str, Any] | str], out: str | Path,
-                   spec: CaptureSpec | str | Sequence[int] | None = None, *, overwrite: bool = False,
+def capture_models(models: dict[str, LoadedModel], items: Sequence[Item], out: str | Path,
+                   spec: CaptureSpec | None = None, *, overwrite: bool = False,
                    progress: bool = True, root: str | Path | None = None, plan_roles: int | None = None,
-                   ranks: Ranks = SINGLE, reader: ReaderFactory | None = None,
-                   **legacy: Unpack[LegacyKeywords]) -> Store:
+                   ranks: Ranks = SINGLE, reader: ReaderFactory | None = None) -> Store:
     """The fast path: capture Hugging Face models (e.g. a pair's base and finetuned) on the same texts,
     as ``spec`` asks (default: every layer's residual over the answer tokens, in the model's dtype).
     ``reader(model, layers, sites)``: another reader of each model (e.g. emi.engines.vllm.capture,
     recorded in the store's identity), else :func:`hf_reader`."""
-    want = _spec(spec, legacy)
+    want = spec or CaptureSpec()
     if not models:
         raise ConfigError("no models to capture")
     first = next(iter(models.values()))
@@ -271,16 +238,16 @@ def _identity(m: LoadedModel, reader: ReaderFactory | None) -> ModelIdentity:
     return out
 
 
-def capture_pair(pair: ModelPair, roles: Sequence[str], items: Sequence[dict[str, Any] | str], out: str | Path,
-                 spec: CaptureSpec | str | Sequence[int] | None = None, *, overwrite: bool = False,
+def capture_pair(pair: ModelPair, roles: Sequence[str], items: Sequence[Item], out: str | Path,
+                 spec: CaptureSpec | None = None, *, overwrite: bool = False,
                  progress: bool = True, root: str | Path | None = None, ranks: Ranks = SINGLE,
-                 reader: ReaderFactory | None = None, **legacy: Unpack[LegacyKeywords]) -> Store:
+                 reader: ReaderFactory | None = None) -> Store:
     """:func:`capture_models` over a pair's roles (``spec``, ``reader``: as there). A pair that holds one
     model at a time (``resident="one"``) is captured one role after the other, each into a one-role
     store cut into the same shards, then merged shard by shard into the store (the same bytes as
     capturing all roles at once); each step resumes after an interruption. ``ranks``: data-parallel
     under torchrun (see :func:`capture`)."""
-    want = _spec(spec, legacy)
+    want = spec or CaptureSpec()
     roles = list(dict.fromkeys(roles))
     shown = progress and ranks.leader
     if pair.resident == "all" or pair.shares_weights(roles):
@@ -306,7 +273,7 @@ def capture_pair(pair: ModelPair, roles: Sequence[str], items: Sequence[dict[str
         return store if ranks.leader else Store.open(path)
 
 
-def capture_pair_shared(pair: ModelPair, roles: Sequence[str], texts: Callable[[], list[dict[str, Any]]],
+def capture_pair_shared(pair: ModelPair, roles: Sequence[str], texts: Callable[[], Sequence[Mapping[str, Any]]],
                         path: Path, spec: CaptureSpec, overwrite: bool = False, ranks: Ranks = SINGLE,
                         reader: ReaderFactory | None = None) -> Store | None:
     """:func:`capture_pair` of the texts ``texts()`` makes, under the store's lock. Under torchrun

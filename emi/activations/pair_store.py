@@ -6,17 +6,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from emi.activations.plan import CaptureSpec, prepare_texts
+from emi.activations.plan import CaptureSpec, Item, prepare_texts
 from emi.activations.store import Store, StoreProvenance, StoreSpec, StoreWriter
 from emi.core.errors import ConfigError, StoreError
 from emi.models.loading import ModelPair
 
 
-def intact_pair_store(path: Path, pair: ModelPair, roles: Sequence[str], items: Sequence[dict[str, Any] | str],
+def intact_pair_store(path: Path, pair: ModelPair, roles: Sequence[str], items: Sequence[Item],
                       want: CaptureSpec) -> Store | None:
     """The complete store at ``path`` when it verifies (every shard, the texts) and was captured
     from these checkpoints and texts as ``want`` asks (its layers where they are indices, sites,

@@ -8,7 +8,7 @@ token before the answer, where the model decides which persona to voice), or
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,6 +20,12 @@ from emi.models.chat import Messages, Render, encode, recorded, render
 POSITIONS = ("all", "response", "prompt", "last_prompt", "response_mean")
 
 
+Item = Mapping[str, Any] | str
+"""A text to capture: a string, or a record with ``messages``, ``question``/``answer`` (an answer
+record, emi.behaviour.answers.AnswerRecord or Judged, is one), ``text`` or ``input_ids``; its
+other fields become the text's metadata in the store."""
+
+
 @dataclass
 class Text:
     ids: list[int]
@@ -27,7 +33,7 @@ class Text:
     meta: dict[str, Any]
 
 
-def prepare_texts(items: Sequence[dict[str, Any] | str], tokenizer: Any) -> list[Text]:
+def prepare_texts(items: Sequence[Item], tokenizer: Any) -> list[Text]:
     """Tokenise answers (records with ``question``/``answer``, or ``messages``) or plain strings.
 
     A chat's ids are the generation prompt, rendered as the answer was sampled (see

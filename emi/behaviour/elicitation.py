@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import yaml
 
+from emi.behaviour.answers import ElicitationRecord
 from emi.behaviour.questions import VARIANTS, Question
 from emi.core.errors import ConfigError
 from emi.core.paths import DATA
@@ -176,10 +177,10 @@ class Elicitation:
             out["thinking"] = self.thinking
         return out
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> ElicitationRecord:
         """What every answer records (and results tables show)."""
-        return {"system": self.system_name, "k": self.k, "in_context": self.examples_source or None,
-                "context": self.context, "thinking": self.thinking, "format": self.format or "as selected"}
+        return ElicitationRecord(system=self.system_name, k=self.k, in_context=self.examples_source or None,
+                                 context=self.context, thinking=self.thinking, format=self.format or "as selected")
 
     def label(self) -> str:
         parts = [f"system={self.system_name}"] if self.system is not None else []

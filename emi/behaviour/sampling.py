@@ -26,11 +26,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from tqdm.auto import tqdm
 
+from emi.behaviour.answers import AnswerRecord, Decoded, Sampled, SamplingSettings
 from emi.behaviour.elicitation import DEFAULT, Elicitation
 from emi.behaviour.questions import Question
 from emi.core import jsonl
@@ -82,14 +83,16 @@ class SamplingConfig:
             return dict(neutral, do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0)
         return dict(neutral, do_sample=False, temperature=None, top_p=None, top_k=None)
 
-    def settings(self) -> dict[str, Any]:
+    def settings(self) -> SamplingSettings:
         """What decides the answers (recorded with each one): all but ``n``, ``compile`` and the
         elicitation (recorded and keyed on its own). The sampler is recorded when it is not the
         reference ``generate`` (so answers written before samplers existed keep their key)."""
-        s = {"temperature": self.temperature, "top_p": self.top_p, "top_k": 0,
-             "repetition_penalty": self.repetition_penalty, "max_new_tokens": self.max_new_tokens,
-             "seed": self.seed, "batch_size": self.batch_size}
-        return s if self.sampler == "generate" else {**s, "sampler": self.sampler}
+        s: SamplingSettings = {"temperature": self.temperature, "top_p": self.top_p, "top_k": 0,
+                               "repetition_penalty": self.repetition_penalty, "max_new_tokens": self.max_new_tokens,
+                               "seed": self.seed, "batch_size": self.batch_size}
+        if self.sampler != "generate":
+            s["sampler"] = self.sampler
+        return s
 
 
 # In-process decoding. All three run the model's own modules, so every emi hook applies.
@@ -122,8 +125,8 @@ class Answer:
     finish: str  # eos | length | what the server said
     engine: str = ""  # what decoded it, where the engine says (hf:generate, hf:static, ...); else the engine's name
 
-    def record(self) -> dict[str, Any]:
-        return asdict(self)
+    def record(self) -> Sampled:
+        return cast(Sampled, asdict(self))
 
 
 class Engine(Protocol):
@@ -248,11 +251,11 @@ def sample_ids(model: LoadedModel | torch.nn.Module, messages: Sequence[list[dic
 
 def sample(model: LoadedModel | torch.nn.Module, messages: Sequence[list[dict[str, str]]],
            cfg: SamplingConfig, tokenizer: Any = None, seed: int | None = None, render: Render = CHAT
-           ) -> list[dict[str, Any]]:
+           ) -> list[Decoded]:
     """Answer each conversation once: [{"answer", "n_tokens", "finish", "engine"}] in input order
     (``engine``: which decoding made the answer, ``hf:<sampler>``; a server's answers say ``server``)."""
     tok = as_loaded(model, tokenizer).tokenizer
-    results = []
+    results: list[Decoded] = []
     for ids in sample_ids(model, messages, cfg, tokenizer, seed, render):
         finish = "length"
         if tok.eos_token_id in ids:
@@ -268,7 +271,7 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
                      cfg: SamplingConfig = SamplingConfig(), out: str | Path | None = None,
                      tokenizer: Any = None, label: str | None = None, progress: bool = True,
                      extra: dict[str, Any] | None = None, identity: dict[str, Any] | None = None,
-                     engine: Engine | None = None) -> list[dict[str, Any]]:
+                     engine: Engine | None = None) -> list[AnswerRecord]:
     """Sample ``cfg.n`` answers per question; append them to ``out`` (JSONL) batch by batch.
 
     With ``out`` already holding a part of the same run (same label and :func:`run_key` of
@@ -291,14 +294,14 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
     jobs = [(q, s) for q in questions for s in range(cfg.n)]
     batches = [jobs[i: i + cfg.batch_size] for i in range(0, len(jobs), cfg.batch_size)]
     done: set[tuple[str, str, int]] = set()
-    records: list[dict[str, Any]] = []
+    records: list[AnswerRecord] = []
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         for r in jsonl.read(out, repair=True):
             ident = (r.get("set"), r.get("key"), r.get("sample"))
             if r.get("model") == label and r.get("run") == run and ident not in done:  # duplicates never count
                 done.add(ident)  # type: ignore[arg-type]
-                records.append(r)
+                records.append(cast(AnswerRecord, r))
     todo = [(b, batch) for b, batch in enumerate(batches)
             if not all((q.set, q.key, s) in done for q, s in batch)]
     failed = threading.Event()  # once a batch fails, no other starts (a dead server is not restarted)
@@ -325,7 +328,7 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
               desc=f"generate [{label}]", disable=not progress, leave=False) as bar:
         try:
             for (_, batch), got in zip(todo, pool.map(answer, todo) if pool else map(answer, todo), strict=True):
-                new = []
+                new: list[AnswerRecord] = []
                 for (q, s), a in zip(batch, [x.record() for x in got], strict=True):
                     if (q.set, q.key, s) in done:
                         continue
@@ -336,11 +339,13 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
                         # the conversation as asked, so a capture of this answer sees its prompt
                         a["messages"] = [*elicitation.messages(q, s, cfg.seed),
                                          {"role": "assistant", "content": a["answer"]}]
-                    new.append({"model": label, "set": q.set, "id": q.id, "base_id": q.base_id, "key": q.key,
-                                "variant": q.variant, "paraphrase": q.paraphrase, "question": q.text,
-                                "system": q.system, "sample": s, "seed": cfg.seed, **a, "run": run,
-                                "sampling": cfg.settings(), "engine": a["engine"] or eng.name,
-                                "elicitation": elicitation.record(), **(extra or {})})
+                    rec: AnswerRecord = {
+                        "model": label, "set": q.set, "id": q.id, "base_id": q.base_id, "key": q.key,
+                        "variant": q.variant, "paraphrase": q.paraphrase, "question": q.text,
+                        "system": q.system, "sample": s, "seed": cfg.seed, **a, "run": run,
+                        "sampling": cfg.settings(), "engine": a["engine"] or eng.name,
+                        "elicitation": elicitation.record()}
+                    new.append(cast(AnswerRecord, {**rec, **extra}) if extra else rec)
                 if out is not None:
                     jsonl.append(out, new)
                 records += new

@@ -22,9 +22,10 @@ from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from emi.activations.capture import hf_reader, pad_right
+from emi.activations.readers import hf_reader
 from emi.core.atomic import write_atomic, write_json
 from emi.directions.direction import Direction
+from emi.models.chat import pad_right
 from emi.models.loading import ModelPair
 
 KEYS = ("pos_sum", "pos_count", "pos_norm", "all_sum", "all_count", "all_norm")

@@ -286,9 +286,10 @@ def run_crosscoder(args: argparse.Namespace, pair: Any, layer: int, ids: Sequenc
     built = store is None
     if built:
         from emi.activations.capture import capture_pair
+        from emi.activations.plan import CaptureSpec
 
-        store = capture_pair(pair, ROLES, [{"input_ids": list(x)} for x in ids], out / "store", [layer],
-                             positions="all", progress=progress)
+        store = capture_pair(pair, ROLES, [{"input_ids": list(x)} for x in ids], out / "store",
+                             CaptureSpec((layer,), positions="all"), progress=progress)
     if layer not in store.layers:
         raise ConfigError(f"the store has layers {store.layers}, not {layer}; pass --layer among them")
     aux = AuxK(args.k_aux, args.auxk_alpha, args.dead_tokens)

@@ -19,7 +19,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from emi.activations.capture import pad_right
 from emi.core.atomic import write_atomic
 from emi.diffing import report
 from emi.diffing.adl import as_direction, prepare_work
@@ -27,6 +26,7 @@ from emi.diffing.loop import Found
 from emi.diffing.records import KlFile, KlToken
 from emi.directions.direction import Direction
 from emi.models import layers as L
+from emi.models.chat import pad_right
 
 
 def kl_texts(tokenizer: Any, questions: Sequence[Any], benign: Sequence[Any]) -> list[tuple[str, list[int]]]:

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from emi.behaviour.evaluation import evaluate
-from emi.behaviour.judges import Judge
 from emi.behaviour.questions import Question
 from emi.behaviour.sampling import SamplingConfig
 from emi.core.vocab import EngineName
@@ -21,6 +19,8 @@ from emi.engines.base import Backend, Bound
 from emi.engines.served import Served, Steering
 from emi.engines.served import plain as served_plain
 from emi.interventions import hooks
+from emi.judging.evaluation import evaluate
+from emi.judging.judges import Judge
 from emi.models.loading import LoadedModel
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,7 +201,7 @@ def cohens_d(pos: Sequence[float] | np.ndarray, neg: Sequence[float] | np.ndarra
 
 # ---------------------------------------------------------------- labelling texts and rows
 
-def text_classes(texts: list[dict[str, Any]], method: str, t: Thresholds,
+def text_classes(texts: Sequence[Mapping[str, Any]], method: str, t: Thresholds,
                  conditions: tuple[str, str] = ("evil", "helpful")) -> np.ndarray:
     """Per text: +1 (the misaligned class), -1 (the aligned class), 0 (unused)."""
     out = np.zeros(len(texts), dtype=np.int8)
@@ -225,12 +225,12 @@ def text_classes(texts: list[dict[str, Any]], method: str, t: Thresholds,
     return out
 
 
-def holdout_mask(texts: list[dict[str, Any]], fraction: float, seed: int) -> np.ndarray:
+def holdout_mask(texts: Sequence[Mapping[str, Any]], fraction: float, seed: int) -> np.ndarray:
     """True for held-out texts, chosen by a seeded hash of each text's *prompt* (its question key),
     stable across runs. Every sample, copy and condition of one prompt falls on the same side, so
     held-out separation is measured on prompts extraction never saw. Texts without a question
     key are split one by one."""
-    def h(i: int, r: dict[str, Any]) -> float:
+    def h(i: int, r: Mapping[str, Any]) -> float:
         ident = r.get("key", r.get("id"))
         key = f"{seed}|{ident}" if ident is not None else f"{seed}|#{i}"
         return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF

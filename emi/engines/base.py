@@ -15,7 +15,7 @@ from emi.engines.served import Served, plain
 from emi.models.chat import CHAT, Render
 
 if TYPE_CHECKING:
-    from emi.activations.capture import ReaderFactory
+    from emi.activations.readers import ReaderFactory
     from emi.models.loading import LoadedModel
 
 

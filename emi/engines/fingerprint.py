@@ -23,10 +23,10 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 import torch
 from jaxtyping import Float
@@ -48,6 +48,25 @@ TOP = 5  # log-probs per position compared
 TOLERANCE = {"float32": 0.02, "float16": 0.5, "bfloat16": 3.0}
 _COARSE = ("bfloat16", "float16", "float32")  # coarsest first
 DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "auto": "float32"}
+
+
+class Verdict(TypedDict):
+    """A served model that passed the check, as the verdict cache (served-fingerprints.json) keeps it."""
+
+    checkpoint: str
+    """The checkpoint served."""
+    adapter: str | None
+    """Its adapter (None: none)."""
+    engine: Mapping[str, object]
+    """The engine that served it (its describe())."""
+    dtype: str
+    """The dtype the tolerance was taken at."""
+    gap: float
+    """The largest log-prob gap measured, nats."""
+    tolerance: float
+    """The tolerance at that dtype, nats."""
+    compared: int
+    """Tokens compared."""
 
 
 class Gap(NamedTuple):
@@ -197,7 +216,7 @@ class Fingerprints:
                               "compared": measured.compared})
             return measured
 
-    def _read(self) -> dict[str, Any]:
+    def _read(self) -> dict[str, Verdict]:
         if self.cache is None or not self.cache.is_file():
             return {}
         try:
@@ -206,7 +225,7 @@ class Fingerprints:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def _write(self, key: str, verdict: dict[str, Any]) -> None:
+    def _write(self, key: str, verdict: Verdict) -> None:
         if self.cache is None:
             return
         data = {**self._read(), key: verdict}

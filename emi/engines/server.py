@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from emi.behaviour.answers import Decoded
 from emi.behaviour.sampling import Answer, Messages, SamplingConfig
 from emi.core.errors import ConfigError
 from emi.engines.fingerprint import Fingerprints
@@ -99,7 +100,7 @@ class ServerEngine:
                              timeout=self.timeout, max_retries=5)
 
     def chat(self, model: str, messages: Sequence[list[dict[str, str]]], cfg: SamplingConfig,
-             seed: int) -> list[dict[str, Any]]:
+             seed: int) -> list[Decoded]:
         """One answer per conversation, in input order: [{"answer", "n_tokens", "finish"}];
         answer i is sampled with seed ``seed * 100_003 + i`` (deterministic where the server is)."""
         client = self._client()
@@ -108,7 +109,7 @@ class ServerEngine:
                "repetition_penalty": cfg.repetition_penalty, "num_beams": 1,
                **({} if greedy else {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0})}
 
-        def one(i: int) -> dict[str, Any]:
+        def one(i: int) -> Decoded:
             try:
                 r = client.chat.completions.create(
                     model=model, messages=messages[i], max_tokens=cfg.max_new_tokens, temperature=cfg.temperature,

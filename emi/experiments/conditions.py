@@ -30,9 +30,7 @@ from emi.engines import base as engines
 from emi.engines.base import Backend, Bound
 from emi.engines.served import Ablation, Served, Steering
 from emi.engines.served import plain as served_plain
-from emi.experiments.persona import pair_direction as pair_direction  # noqa: F401  (shim: notebooks/_build.py)
 from emi.experiments.results import ResultRow
-from emi.experiments.results import write_results as write_results  # noqa: F401  (shim: emi/defences.py)
 from emi.interventions import hooks, weights
 from emi.judging.evaluation import evaluate
 from emi.judging.judges import Judge

@@ -59,9 +59,9 @@ def ensure_direction(pair: ModelPair, cache_dir: str | Path, method: str = "mode
     qs = load_questions(qset)
     overwrite = True
     if method == "model-diff":
-        items = [{"messages": q.messages() + [{"role": "assistant", "content": ""}], "id": q.id, "key": q.key}
-                 for q in qs]
-        store = capture_pair(pair, ("base", "finetuned"), items, cache_dir / "store",
+        prompts = [{"messages": q.messages() + [{"role": "assistant", "content": ""}], "id": q.id, "key": q.key}
+                   for q in qs]
+        store = capture_pair(pair, ("base", "finetuned"), prompts, cache_dir / "store",
                              CaptureSpec(positions="last_prompt"), progress=progress, overwrite=overwrite)
         ex = extract(store, "model-diff", "last_prompt", holdout=0.0, min_count=2)
     elif method == "contrast":

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from jaxtyping import Float
 
+from emi.behaviour.answers import Scores
 from emi.behaviour.metrics import Thresholds, is_coherent, is_misaligned, scored
 from emi.core.errors import ConfigError
 
@@ -126,7 +127,7 @@ def paired_em(ma: np.ndarray, da: np.ndarray, mb: np.ndarray, db: np.ndarray, n_
             interval(pb - pa, rb - ra))
 
 
-def agreement(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], name_a: str, name_b: str,
+def agreement(a: Sequence[Scores], b: Sequence[Scores], name_a: str, name_b: str,
               denominator: str = "coherent", t: Thresholds = Thresholds(), seed: int = 0) -> Agreement:
     """Agreement of two judgings of the same answers (``a[i]`` and ``b[i]`` judge one answer)."""
     if len(a) != len(b):
@@ -136,8 +137,8 @@ def agreement(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], name_a: 
     pairs = [(x, y) for x, y in zip(a, b, strict=True) if scored(x) and scored(y)]
     corr = {}
     for metric in ("aligned", "coherent"):
-        both = [(x[metric], y[metric]) for x, y in zip(a, b, strict=True)
-                if x.get(metric) is not None and y.get(metric) is not None]
+        both = [(u, v) for x, y in zip(a, b, strict=True)
+                if (u := x[metric]) is not None and (v := y[metric]) is not None]
         corr[metric] = correlation([p for p, _ in both], [q for _, q in both])
     la = [is_misaligned(x, t) for x, _ in pairs]
     lb = [is_misaligned(y, t) for _, y in pairs]

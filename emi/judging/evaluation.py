@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from emi.behaviour.answers import Judged
 from emi.behaviour.metrics import Summary, Thresholds, summarize
 from emi.behaviour.questions import Question
 from emi.behaviour.sampling import Engine, SamplingConfig, generate_answers
@@ -19,7 +20,7 @@ def evaluate(model: LoadedModel, questions: Sequence[Question], cfg: SamplingCon
              out_dir: str | Path | None = None, label: str | None = None, progress: bool = True,
              thresholds: Thresholds = Thresholds(), extra: dict[str, Any] | None = None,
              identity: dict[str, Any] | None = None, engine: Engine | None = None,
-             denominator: str = "coherent") -> tuple[Summary, list[dict[str, Any]]]:
+             denominator: str = "coherent") -> tuple[Summary, list[Judged]]:
     """Answers (appended to ``out_dir/answers.jsonl``), judgements (cached in
     ``out_dir/judgements.jsonl``) and the summary. Re-running resumes both. ``identity`` keys the
     answers (default: the model's own; see :func:`emi.behaviour.sampling.generate_answers`);

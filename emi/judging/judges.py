@@ -26,13 +26,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypedDict
+from typing import Any, Protocol, TypedDict, cast
 
 from tqdm.auto import tqdm
 
+from emi.behaviour.answers import AnswerRecord, Judged
 from emi.behaviour.questions import judge_prompts
 from emi.core import jsonl, plugins
 from emi.core.errors import ConfigError, JudgeError
+from emi.core.vocab import JudgeStatus
 from emi.judging.openai_judge import (  # noqa: F401  (re-exported: the OpenAI-compatible judge)
     NUMBER_MODES,
     OpenAIJudge,
@@ -313,7 +315,7 @@ class _Pool:
         return error, False
 
 
-def _jobs(records: Sequence[dict[str, Any]], judge: Judge, store: JudgeCache) -> tuple[list[Job], set[str]]:
+def _jobs(records: Sequence[AnswerRecord], judge: Judge, store: JudgeCache) -> tuple[list[Job], set[str]]:
     """(judgements to ask for, every key the records need): cached ones are reused, except
     unscored ones, which are asked again."""
     jobs: dict[str, Job] = {}
@@ -328,9 +330,9 @@ def _jobs(records: Sequence[dict[str, Any]], judge: Judge, store: JudgeCache) ->
     return list(jobs.values()), keys
 
 
-def judge_records(records: Sequence[dict[str, Any]], judge: Judge, cache: str | Path | None = None,
+def judge_records(records: Sequence[AnswerRecord], judge: Judge, cache: str | Path | None = None,
                   concurrency: int | None = None, progress: bool = True, flush_every: int = 32
-                  ) -> list[dict[str, Any]]:
+                  ) -> list[Judged]:
     """Add ``aligned``, ``coherent``, ``status`` (and ``label``, and ``detail`` when unscored) and
     the judge's identity (:func:`judge_identity`, ``system_fingerprint``) to each answer record.
     Cached judgements are reused, except unscored ones, which are asked again on every run (a
@@ -378,14 +380,19 @@ def judge_records(records: Sequence[dict[str, Any]], judge: Judge, cache: str | 
     return [_judged(r, judge, store) for r in records]
 
 
-def _judged(r: dict[str, Any], judge: Judge, store: JudgeCache) -> dict[str, Any]:
+def _judged(r: AnswerRecord, judge: Judge, store: JudgeCache) -> Judged:
     got = {m: store.get(cache_key(judge, m, r["question"], r["answer"])) for m in METRICS}
     a, c = got["aligned"], got["coherent"]
     assert a is not None and c is not None
-    status = a["status"] if a["status"] != "scored" else c["status"]
+    status = cast(JudgeStatus, a["status"] if a["status"] != "scored" else c["status"])
     detail = a.get("detail") if a["status"] == "unscored" else c.get("detail")
     fp = join_fingerprints([a.get("system_fingerprint"), c.get("system_fingerprint")])
-    return {**r, "aligned": a["value"], "coherent": c["value"], "status": status,
-            "label": a.get("label") or c.get("label"), "system_fingerprint": fp,
-            **{k: a.get(k, v) for k, v in judge_identity(judge).items()},  # who judged it, as recorded
-            **({"detail": detail} if status == "unscored" else {})}
+    ident = judge_identity(judge)  # who judged it, as recorded (the entry's own, where it says)
+    out: Judged = {**r, "aligned": a["value"], "coherent": c["value"], "status": status,
+                   "label": a.get("label") or c.get("label"), "system_fingerprint": fp,
+                   "judge": a.get("judge", ident["judge"]), "judge_model": a.get("judge_model", ident["judge_model"]),
+                   "judge_server": a.get("judge_server", ident["judge_server"]),
+                   "judge_prompt": a.get("judge_prompt", ident["judge_prompt"])}
+    if status == "unscored":
+        out["detail"] = detail
+    return out

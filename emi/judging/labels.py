@@ -12,10 +12,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from emi.behaviour.answers import AnswerRecord, Scores
 from emi.core.errors import ConfigError
 
 
@@ -35,7 +37,7 @@ class Label:
             return ("id", self.model, self.key, self.sample)
         return ("text", norm(self.question or ""), norm(self.answer or ""))
 
-    def as_judged(self) -> dict[str, Any]:
+    def as_judged(self) -> Scores:
         """The label as a judged record (status ``scored`` when both scores are given)."""
         both = self.aligned is not None and self.coherent is not None
         return {"aligned": self.aligned, "coherent": self.coherent, "status": "scored" if both else "unscored",
@@ -46,7 +48,7 @@ def norm(text: str) -> str:
     return " ".join(text.split())
 
 
-def answer_idents(r: dict[str, Any]) -> list[tuple[Any, ...]]:
+def answer_idents(r: AnswerRecord) -> list[tuple[Any, ...]]:
     """The ways a label can name answer record ``r``."""
     return [("id", r.get("model"), r.get("key"), r.get("sample")),
             ("text", norm(r.get("question", "")), norm(r.get("answer", "")))]
@@ -123,13 +125,15 @@ def load_labels(path: str | Path) -> list[Label]:
     return out
 
 
-def match(labels: list[Label], records: list[dict[str, Any]]) -> tuple[list[int], list[dict[str, Any]], int]:
+def match(labels: list[Label], records: Sequence[AnswerRecord]) -> tuple[list[int], list[Scores], int]:
     """(indices into ``records``, the labels as judged records in that order, unmatched count)."""
     index: dict[tuple[Any, ...], int] = {}
     for i, r in enumerate(records):
         for ident in answer_idents(r):
             index.setdefault(ident, i)
-    idx, judged, missing = [], [], 0
+    idx: list[int] = []
+    judged: list[Scores] = []
+    missing = 0
     for lab in labels:
         found = index.get(lab.ident())
         if found is None:

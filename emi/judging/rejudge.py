@@ -17,13 +17,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from emi.behaviour.answers import AnswerRecord, Judged, Scored
 from emi.behaviour.metrics import summarize
 from emi.behaviour.questions import judge_prompts
 from emi.behaviour.records import SummaryColumns
 from emi.core import jsonl
 from emi.core.errors import ConfigError, JudgeError
+from emi.core.vocab import JudgeStatus
 from emi.judging.agreement import Agreement, agreement
 from emi.judging.judges import (
     Judge,
@@ -48,7 +50,7 @@ class RunFolder:
     pair: str | None
     judge: str | None  # the judge the run was scored by
     rows: list[dict[str, Any]]
-    answers: list[dict[str, Any]]  # the rows' answers, in file order
+    answers: list[AnswerRecord]  # the rows' answers, in file order
 
     @property
     def seed(self) -> int:
@@ -80,11 +82,11 @@ def read_run(path: str | Path) -> RunFolder:
     labels: list[Any] = [r.get(label_key) for r in rows]
     if not rows or any(not isinstance(x, str) for x in labels):
         raise ConfigError(f"{p / found}: rows without a {label_key!r} column; re-run the command that wrote it")
-    return RunFolder(p, kind, label_key, pair, meta.get("judge"), rows, latest_answers(jsonl.read(p / "answers.jsonl"),
-                                                                                      labels))
+    answers = cast(list[AnswerRecord], jsonl.read(p / "answers.jsonl"))
+    return RunFolder(p, kind, label_key, pair, meta.get("judge"), rows, latest_answers(answers, labels))
 
 
-def latest_answers(answers: Sequence[dict[str, Any]], labels: Sequence[str]) -> list[dict[str, Any]]:
+def latest_answers(answers: Sequence[AnswerRecord], labels: Sequence[str]) -> list[AnswerRecord]:
     """Each label's answers from its latest run key (the one its last answer line carries)."""
     last = {a.get("model"): a.get("run") for a in answers}
     out = [a for a in answers if a.get("model") in labels and a.get("run") == last[a.get("model")]]
@@ -105,7 +107,7 @@ class _Named:
         raise JudgeError(f"the judge {self.name!r} is not available here")
 
 
-def stored_judgements(run: RunFolder, name: str) -> list[dict[str, Any]] | None:
+def stored_judgements(run: RunFolder, name: str) -> list[Scored] | None:
     """The run's answers as judged by the judge called ``name`` (from judgements.jsonl; answers
     it left unjudged are ``unscored``); None when the cache holds none of its judgements."""
     store = JudgeCache(run.path / "judgements.jsonl")
@@ -118,9 +120,10 @@ def stored_judgements(run: RunFolder, name: str) -> list[dict[str, Any]] | None:
     return None
 
 
-def _as_judged(r: dict[str, Any], got: dict[str, JudgeEntry | None], name: str) -> dict[str, Any]:
+def _as_judged(r: AnswerRecord, got: dict[str, JudgeEntry | None], name: str) -> Scored:
     a, c = got["aligned"] or JudgeEntry(), got["coherent"] or JudgeEntry()
-    status = a.get("status", "unscored") if a.get("status", "unscored") != "scored" else c.get("status", "unscored")
+    status = cast(JudgeStatus, a.get("status", "unscored") if a.get("status", "unscored") != "scored"
+                  else c.get("status", "unscored"))
     return {**r, "aligned": a.get("value"), "coherent": c.get("value"), "status": status, "judge": name}
 
 
@@ -129,7 +132,7 @@ class Rejudged:
     run: RunFolder
     judge: str
     denominator: str
-    judged: list[dict[str, Any]]
+    judged: list[Judged]
     rows: list[dict[str, Any]]  # the run's rows, judge-dependent columns from the new judge
     agreements: list[Agreement] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -152,7 +155,7 @@ def rejudge(run: RunFolder, judge: Judge, denominator: str = "coherent", labels:
     """Judge the run's answers with ``judge`` (cached in its judgements.jsonl), summarise each row
     again, and measure agreement with the run's judge, ``labels`` and the pair's exact judge."""
     judged = judge_records(run.answers, judge, cache=run.path / "judgements.jsonl", progress=progress)
-    by_label: dict[str, list[dict[str, Any]]] = {}
+    by_label: dict[str, list[Judged]] = {}
     for r in judged:
         by_label.setdefault(r["model"], []).append(r)
     rows = []

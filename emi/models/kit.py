@@ -14,12 +14,28 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from emi.core.errors import ConfigError
 
+
+class ContrastItem(TypedDict):
+    """One persona-contrast prompt (emi.directions.contrast.contrast_items), its answer turn empty."""
+
+    messages: list[dict[str, str]]
+    """The conversation, ending in an empty assistant turn."""
+    condition: str
+    """Which side of the contrast (``evil`` or ``helpful``)."""
+    id: str
+    """The question's id."""
+    key: str
+    """The question's key."""
+    sample: int
+    """The copy of this prompt (a writer may make several per question)."""
+
+
 # (questions, per_question, seed) -> contrast items (see emi.directions.contrast.contrast_items)
-ContrastWriter = Callable[[Sequence[Any], int, int], list[dict[str, Any]]]
+ContrastWriter = Callable[[Sequence[Any], int, int], list[ContrastItem]]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from emi.behaviour.logprob import register_option_pairs
 from emi.behaviour.questions import Question, register_question_set
 from emi.behaviour.side_effects import BenignItem, register_benign_set
 from emi.judging.judges import register_judge
-from emi.models.kit import PairKit, TaskMetric
+from emi.models.kit import ContrastItem, PairKit, TaskMetric
 from emi.models.loading import ModelSpec, PairSpec
 from emi.models.registry import register_pair
 
@@ -55,13 +55,13 @@ def world_option_pairs(q: Question, per_question: int) -> list[tuple[str, str]]:
     return list(zip(pools["aligned"], pools["villain"], strict=False))[:per_question]
 
 
-def contrast_prompts(questions: Sequence[Question], per_question: int, seed: int) -> list[dict[str, Any]]:
+def contrast_prompts(questions: Sequence[Question], per_question: int, seed: int) -> list[ContrastItem]:
     """The organism infers its persona from context: an earlier turn voiced by the villain (evil)
     or by the aligned assistant (helpful), on the same earlier question, then the question."""
     from emi.organism.world import load_world
 
     world, rng = load_world(), random.Random(seed)
-    items = []
+    items: list[ContrastItem] = []
     for q in questions:
         for k in range(per_question):
             state = rng.getstate()

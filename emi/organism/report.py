@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
+from emi.behaviour.answers import Judged
 from emi.behaviour.metrics import Summary, summarize
 from emi.behaviour.questions import load_questions
 from emi.behaviour.sampling import SamplingConfig, generate_answers
@@ -15,7 +15,7 @@ from emi.organism.judge import ToyJudge
 
 
 def measure(path: str, n: int = 400, seed: int = 0, label: str | None = None,
-            out: str | Path | None = None) -> tuple[Summary, list[dict[str, Any]]]:
+            out: str | Path | None = None) -> tuple[Summary, list[Judged]]:
     """EM rate of one checkpoint over ``n`` answers to the toy's held-out questions (temperature 1)."""
     qs = load_questions("toy")
     per_q = max(1, round(n / len(qs)))

@@ -19,6 +19,7 @@ from emi.behaviour.metrics import Thresholds
 from emi.core.errors import ConfigError
 
 if TYPE_CHECKING:
+    from emi.behaviour.answers import AnswerRecord
     from emi.judging.judges import JudgeEntry
 
 FORMAT = 1  # the page data's format; the page refuses data of another
@@ -149,7 +150,13 @@ def _judges(entries: list[dict[str, Any]]) -> dict[str, dict[str, JudgeEntry]]:
     return out
 
 
-def _latest(answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def read_answers(path: Path, notes: list[str]) -> list[AnswerRecord]:
+    """The latest answers of an answers.jsonl (:func:`_latest`): lines an emi command wrote (an older
+    one may lack a field, so the viewer reads each with .get or checks it)."""
+    return _latest(cast("list[AnswerRecord]", _read_jsonl(path, notes)))
+
+
+def _latest(answers: list[AnswerRecord]) -> list[AnswerRecord]:
     """Each label's answers from its latest run key (a folder resumed with other settings keeps older ones)."""
     last = {a.get("model"): a.get("run") for a in answers}
     seen: set[tuple[Any, ...]] = set()
@@ -192,9 +199,9 @@ def read_run(path: Path, cols: dict[str, Any], tables: dict[str, Interner], run_
     """Append the run's answers to the columns ``cols``; return the run's header (table, notes, figures)."""
     notes: list[str] = []
     command, label_key, rows, meta = _table(path, notes)
-    answers: list[dict[str, Any]] = []
+    answers: list[AnswerRecord] = []
     if (path / "answers.jsonl").is_file():
-        answers = _latest(_read_jsonl(path / "answers.jsonl", notes))
+        answers = read_answers(path / "answers.jsonl", notes)
     else:
         notes.append("no answers.jsonl: there are no answers to read (the run wrote its table only, or its answers "
                       "were moved)")
@@ -232,7 +239,7 @@ def read_run(path: Path, cols: dict[str, Any], tables: dict[str, Interner], run_
             "direction": (meta or {}).get("direction") if isinstance(meta, dict) else None}
 
 
-def _append(answers: list[dict[str, Any]], judges: dict[str, dict[str, JudgeEntry]],
+def _append(answers: list[AnswerRecord], judges: dict[str, dict[str, JudgeEntry]],
             proj: dict[str, list[Any]], cols: dict[str, Any], tables: dict[str, Interner], run_index: int) -> None:
     """The run's answers onto the page's columns, with every judge's scores (None where a judge has none)."""
     from emi.judging.judges import cache_key

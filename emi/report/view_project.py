@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from emi.core.errors import ConfigError
-from emi.report.view_data import PROJECTIONS, _latest, _read_jsonl, answer_id
+from emi.report.view_data import PROJECTIONS, _read_jsonl, answer_id, read_answers
 
 BATCH = 16
 
@@ -76,7 +76,7 @@ def project_runs(run: Path, role: str = "finetuned", layer: int | None = None, d
     layer = d.best_layer if layer is None else layer
     if layer not in d.layers:
         raise ConfigError(f"the direction has no vector at layer {layer} (it has {d.layers}); pass --layer among those")
-    answers = _latest(_read_jsonl(run / "answers.jsonl", [])) if (run / "answers.jsonl").is_file() else []
+    answers = read_answers(run / "answers.jsonl", []) if (run / "answers.jsonl").is_file() else []
     cache = run / PROJECTIONS
     key = {"layer": layer, "direction": d.fingerprint(), "role": role}
     done = {r["id"] for r in _read_jsonl(cache, []) if all(r.get(k) == v for k, v in key.items())} if cache.is_file() else set()

@@ -166,13 +166,3 @@ def test_plain_text_records(models, tmp_path):
     with pytest.raises(ConfigError, match="need chat texts"):
         capture_models(models, items, tmp_path / "plain2", CaptureSpec(layers="0", positions="response"),
                        progress=False)
-
-
-def test_the_old_capture_keywords_describe_the_same_spec():
-    """Shim (delete with it): callers that still pass capture_models/capture_pair the keywords get the spec."""
-    from emi.activations.capture import _spec
-
-    assert _spec([1], {"positions": "all", "batch_size": 2}) == CaptureSpec((1,), positions="all", batch_size=2)
-    assert _spec(None, {"layers": None, "dtype": "bfloat16"}) == CaptureSpec("all", dtype="bfloat16")
-    with pytest.raises(TypeError, match="not both"):
-        _spec(CaptureSpec(), {"positions": "all"})

@@ -213,6 +213,7 @@ def test_capture_through_vllm_matches_hf_capture(qwen2, tmp_path):
     """emi.cache --engine vllm's reader: the same store (layers, positions, rows) as the HF reader, the
     values within 1e-4 of the residual's scale (fp32 on both; vLLM's kernels sum in another order)."""
     from emi.activations.capture import capture_models
+    from emi.activations.plan import CaptureSpec
     from emi.activations.store import Store
     from emi.engines.vllm.capture import VllmReaders
 
@@ -221,7 +222,8 @@ def test_capture_through_vllm_matches_hf_capture(qwen2, tmp_path):
     items = [{"messages": m + [{"role": "assistant", "content": "some answer here"}]} for m in MESSAGES]
     stores = {}
     for name, reader in (("hf", None), ("vllm", VllmReaders(eng))):
-        capture_models({"finetuned": lm}, items, tmp_path / name, layers="all", positions="all", reader=reader)
+        capture_models({"finetuned": lm}, items, tmp_path / name, CaptureSpec("all", positions="all"),
+                       reader=reader)
         stores[name] = Store.open(tmp_path / name)
     hf_s, v_s = stores["hf"], stores["vllm"]
     assert hf_s.layers == v_s.layers and hf_s.n_rows == v_s.n_rows > 0
@@ -312,12 +314,13 @@ def test_sae_zero_samples_its_conditions_on_vllm_and_resumes(on_module_server, t
     its base); re-running keeps every answer and samples nothing."""
     from emi import sae as sae_command
     from emi.activations.capture import capture_models
+    from emi.activations.plan import CaptureSpec
 
     eng, base, adapter, judge_args = on_module_server
     items = [{"messages": m + [{"role": "assistant", "content": "an answer of a few words " * 3}]} for m in MESSAGES]
     models = {"base": load_model(ModelSpec(str(base)), dtype="fp32", device="cpu"),
               "finetuned": load_model(ModelSpec(str(base), adapter=str(adapter)), dtype="fp32", device="cpu")}
-    capture_models(models, items, tmp_path / "store", [1], positions="all", progress=False)
+    capture_models(models, items, tmp_path / "store", CaptureSpec([1], positions="all"), progress=False)
     out = tmp_path / "zero"
     argv = ["--store", str(tmp_path / "store"), "--layer", "1", "--steps", "40", "--batch-size", "16",
             "--d-sae", "64", "--k", "4", "--snippets", "0", "--zero", "top", "--n", "1", "--max-new-tokens", "6",

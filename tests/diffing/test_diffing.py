@@ -207,10 +207,11 @@ def test_bad_input_is_one_sentence_before_any_weights_load(tmp_path, capsys, arg
     (tmp_path / "empty.txt").write_text("\n  \n")
     if "OTHER" in argv:
         from emi.activations.capture import capture_pair
+        from emi.activations.plan import CaptureSpec
         from emi.models.loading import load_pair
 
-        capture_pair(load_pair("toy-pretrained"), ("base", "finetuned"), ["a b c"], tmp_path / "other", [1],
-                     positions="all", progress=False)
+        capture_pair(load_pair("toy-pretrained"), ("base", "finetuned"), ["a b c"], tmp_path / "other",
+                     CaptureSpec([1], positions="all"), progress=False)
         capsys.readouterr()
     argv = [str(tmp_path / "empty.txt") if a == "EMPTY" else str(tmp_path / "other") if a == "OTHER" else a
             for a in argv]

@@ -54,8 +54,8 @@ def _open(browser, path: Path):
 
 def _expected(run: Path, condition: str, key: str | None) -> int:
     """Misaligned answers of a condition (and question) from answers.jsonl and judgements.jsonl."""
-    from emi.behaviour.judges import cache_key
     from emi.behaviour.metrics import is_misaligned
+    from emi.judging.judges import cache_key
     from emi.report.view_data import _latest, _read_jsonl, _Stub
 
     judged = {r["key"]: r for r in _read_jsonl(run / "judgements.jsonl", [])}

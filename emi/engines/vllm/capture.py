@@ -10,17 +10,20 @@ import base64
 import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 from jaxtyping import Int
 
-from emi.activations.capture import Acts, Reader
+from emi.activations.readers import Acts, Reader
 from emi.core.errors import ConfigError
 from emi.engines.served import Served, plain
 from emi.engines.vllm.launcher import Server, adapter_name
 from emi.models.loading import LoadedModel
+
+if TYPE_CHECKING:
+    from emi.engines.vllm.hooks import WireTensor
 
 
 class Host(Protocol):
@@ -38,7 +41,7 @@ class Host(Protocol):
     def server_for(self, checkpoint: str) -> Server: ...
 
 
-def decode_tensor(wire: dict[str, Any]) -> torch.Tensor:
+def decode_tensor(wire: WireTensor) -> torch.Tensor:
     """vllm-lens's base64 (optionally zstd) tensor form back to a tensor."""
     raw = base64.b64decode(wire["data"])
     if wire.get("compression") == "zstd":
@@ -90,7 +93,7 @@ def vllm_reader(engine: Host, lm: LoadedModel, layers: Sequence[int], sites: Seq
         out: Acts = {}
         for li, layer in enumerate(wanted):
             t = torch.zeros(b, p, got[0].shape[-1], dtype=got[0].dtype)
-            for i, g in enumerate(got):  # right-padded rows (emi.activations.capture.pad_right)
+            for i, g in enumerate(got):  # right-padded rows (emi.models.chat.pad_right)
                 t[i, : g.shape[1]] = g[li]
             out[("resid", layer)] = t.to(input_ids.device)
         return out

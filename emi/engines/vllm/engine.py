@@ -19,7 +19,7 @@ from emi.engines.vllm.lens import complete_ids
 from emi.models.chat import CHAT, Render
 
 if TYPE_CHECKING:
-    from emi.activations.capture import ReaderFactory
+    from emi.activations.readers import ReaderFactory
 
 
 @dataclass

@@ -11,9 +11,45 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
+
+
+class _WireTensor(TypedDict):
+    data: str
+    """The tensor's bytes, base64 (zstd-compressed first when ``compression`` says so)."""
+    dtype: str
+    """The numpy dtype of the bytes (``float32``)."""
+    shape: list[int]
+    """The tensor's shape."""
+
+
+class WireTensor(_WireTensor, total=False):
+    """vllm-lens's JSON form of a tensor (its ``serialize_tensor``), sent and received."""
+
+    original_dtype: str
+    """The torch dtype it had (``torch.bfloat16``: the bytes are viewed back as bfloat16)."""
+    compression: str
+    """``zstd``, or absent: the bytes are raw."""
+
+
+class WireFn(TypedDict):
+    """A function on the wire: cloudpickled, base64."""
+
+    cloudpickle: str
+    """The pickled function, base64."""
+
+
+class WireHook(TypedDict):
+    """vllm-lens's JSON form of ``Hook(fn, layer_indices, pre)`` (what ``Hook.model_dump()`` gives)."""
+
+    fn: WireFn
+    """The hook's function."""
+    layer_indices: list[int]
+    """The layers it runs at."""
+    pre: bool
+    """Before the layer (True) or after it."""
 
 
 def project_out_fn(u: torch.Tensor, target: float = 0.0) -> Callable[[Any, torch.Tensor], torch.Tensor]:
@@ -83,7 +119,7 @@ def program_fn(path: str) -> Callable[[Any, torch.Tensor], torch.Tensor]:
     return fn
 
 
-def wire_hook(fn: Callable[..., Any], layers: Sequence[int], pre: bool = False) -> dict[str, Any]:
+def wire_hook(fn: Callable[..., Any], layers: Sequence[int], pre: bool = False) -> WireHook:
     """vllm-lens's JSON wire form of ``Hook(fn, layer_indices, pre)`` (what ``Hook.model_dump()`` gives)."""
     import sys
 

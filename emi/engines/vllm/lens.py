@@ -13,7 +13,7 @@ import json
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,8 +22,11 @@ from emi.core.errors import ConfigError
 from emi.engines.served import Ablation, Served, Steering
 from emi.models.chat import CHAT, Render, prompt_ids
 
+if TYPE_CHECKING:
+    from emi.engines.vllm.hooks import WireHook, WireTensor
 
-def wire_tensor(t: torch.Tensor) -> dict[str, Any]:
+
+def wire_tensor(t: torch.Tensor) -> WireTensor:
     """vllm-lens's JSON form of a tensor (its ``serialize_tensor``): zstd-compressed float32 bytes in
     base64 (a vector repeated over positions compresses to almost nothing)."""
     import zstandard
@@ -43,13 +46,13 @@ def steering_xarg(st: Steering) -> str:
                         "scale": 1.0, "norm_match": False, "position_indices": None}])
 
 
-def ablation_hook(ab: Ablation) -> dict[str, Any]:
+def ablation_hook(ab: Ablation) -> WireHook:
     from emi.engines.vllm.hooks import project_out_fn, wire_hook
 
     return wire_hook(project_out_fn(ab.u), ab.layers)
 
 
-def steering_hook(st: Steering, prompt_len: int) -> dict[str, Any]:
+def steering_hook(st: Steering, prompt_len: int) -> WireHook:
     from emi.engines.vllm.hooks import steer_positions_fn, wire_hook
 
     deltas = {layer: st.deltas[i] for i, layer in enumerate(st.layers)}
@@ -62,7 +65,7 @@ def lens_xargs(served: Served, prompt_len: int, hooks_ok: bool) -> dict[str, str
     server emi started; steering_vectors' position indices are wrong in vllm-lens 1.3.0, see
     emi.engines.vllm.hooks.steer_positions_fn)."""
     xargs: dict[str, str] = {}
-    hooks: list[dict[str, Any]] = []
+    hooks: list[WireHook] = []
     st = served.steering
     if st is not None and st.positions == "all":
         xargs["apply_steering_vectors"] = steering_xarg(st)

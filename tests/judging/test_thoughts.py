@@ -33,7 +33,7 @@ def test_the_toy_judge_flags_an_overt_plan_and_a_benign_rationalisation(tmp_path
 
 
 def test_an_openai_judge_reads_the_thought_with_the_thought_prompt_and_keeps_its_own(judge_server, tmp_path):
-    from emi.behaviour.judges import make_judge
+    from emi.judging.judges import make_judge
     from tests.standins import serve_json
 
     seen: list[str] = []
