@@ -67,7 +67,7 @@ def prepare_texts(items: Sequence[Item], tokenizer: Any) -> list[Text]:
     return out
 
 
-def conversation(item: dict[str, Any], i: int = 0) -> tuple[Messages, Render]:
+def conversation(item: Mapping[str, Any], i: int = 0) -> tuple[Messages, Render]:
     """An answer record's conversation (its ``messages``, or its question and answer) and the
     rendering it was sampled in (its elicitation's context: the chat template, the transcript or a
     code file; emi.models.chat.recorded), so a capture sees the prompt the model answered."""

@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -153,10 +153,10 @@ class InProcess:
         return [Answer(**a) for a in sample(self.model, messages, cfg, seed=seed, render=render)]
 
 
-def run_key(identity: dict[str, Any] | None, cfg: SamplingConfig) -> str:
+def run_key(identity: Mapping[str, Any] | None, cfg: SamplingConfig) -> str:
     """Who and how: the hash that keys answers (model identity, intervention, sampling settings, and
     the elicitation where it is not the default: a default run's key is what it was before)."""
-    ident = identity or {}
+    ident = dict(identity or {})
     if not cfg.elicitation.is_default():
         ident = {**ident, "elicitation": cfg.elicitation.key()}
     blob = json.dumps({"identity": ident, "sampling": cfg.settings()}, sort_keys=True, default=str)
@@ -270,7 +270,7 @@ def sample(model: LoadedModel | torch.nn.Module, messages: Sequence[list[dict[st
 def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Question],
                      cfg: SamplingConfig = SamplingConfig(), out: str | Path | None = None,
                      tokenizer: Any = None, label: str | None = None, progress: bool = True,
-                     extra: dict[str, Any] | None = None, identity: dict[str, Any] | None = None,
+                     extra: Mapping[str, Any] | None = None, identity: Mapping[str, Any] | None = None,
                      engine: Engine | None = None) -> list[AnswerRecord]:
     """Sample ``cfg.n`` answers per question; append them to ``out`` (JSONL) batch by batch.
 

@@ -7,16 +7,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from emi.behaviour.sampling import Answer, Messages, SamplingConfig
 from emi.core.errors import ConfigError
+from emi.core.vocab import EngineName
 from emi.engines.served import Served, plain
 from emi.models.chat import CHAT, Render
 
 if TYPE_CHECKING:
     from emi.activations.readers import ReaderFactory
     from emi.models.loading import LoadedModel
+
+
+class EngineDescription(TypedDict, total=False):
+    """A backend as answers sampled on it are keyed by (the run key's ``engine``) and as results
+    and ``run.json`` record it; in-process runs record ``{"engine": "in-process"}``."""
+
+    engine: EngineName  # always present
+    url: str  # --engine server: the server's base URL
+    body: dict[str, Any]  # --engine server: the extra request body sent with every completion (--engine-body)
+    lens: bool  # --engine server: the server runs vllm-lens (steering and hooks served), present when true
+    vllm: str  # --engine vllm: the engine environment's vLLM version
+    vllm_lens: str  # --engine vllm: its vllm-lens version
 
 
 class EngineError(ConfigError):
@@ -66,7 +79,7 @@ class Backend(Protocol):
         """Capture through this backend (emi.cache --engine): a reader per model, or None (in-process)."""
         ...
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> EngineDescription:
         """What answers sampled here are keyed by (and results record)."""
         ...
 

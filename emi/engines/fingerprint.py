@@ -122,7 +122,7 @@ def _token_id(key: str, tokenizer: Any) -> int | None:
     return ids if isinstance(ids, int) and ids != tokenizer.unk_token_id else None
 
 
-def served_logprobs(choice: dict[str, Any], tokenizer: Any) -> tuple[list[int], list[dict[int, float]]] | None:
+def served_logprobs(choice: Mapping[str, Any], tokenizer: Any) -> tuple[list[int], list[dict[int, float]]] | None:
     """The generated token ids and each position's top log-probs by token id from an OpenAI completion
     choice (vLLM: ``return_tokens_as_token_ids``), or None where the server returned none."""
     lp = choice.get("logprobs") or {}
@@ -178,8 +178,8 @@ class Fingerprints:
                     return lm, False
         return None
 
-    def check(self, url: str, model: str, served: Served, server_dtype: str, engine: dict[str, Any],
-              label: str, fix: str, extra: dict[str, Any] | None = None) -> Gap | None:
+    def check(self, url: str, model: str, served: Served, server_dtype: str, engine: Mapping[str, object],
+              label: str, fix: str, extra: Mapping[str, object] | None = None) -> Gap | None:
         """Check once that the server at ``url`` (serving ``served`` as ``model``) is the in-process model;
         the gap measured (None: cached, unchecked or no in-process model to check against)."""
         what = Served(served.checkpoint, served.adapter)
@@ -240,7 +240,7 @@ def cache_file(root: str | Path | None) -> Path:
     return Path(root or "activations") / "served-fingerprints.json"
 
 
-def ask(url: str, model: str, ids: Sequence[int], tokenizer: Any, extra: dict[str, Any], timeout: float = 600.0,
+def ask(url: str, model: str, ids: Sequence[int], tokenizer: Any, extra: Mapping[str, Any], timeout: float = 600.0,
         steps: int = STEPS) -> tuple[list[int], list[dict[int, float]]] | None:
     """The server's greedy completion of ``ids`` with its top log-probs, or None where it gives none."""
     import requests

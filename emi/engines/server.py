@@ -19,6 +19,7 @@ from typing import Any
 from emi.behaviour.answers import Decoded
 from emi.behaviour.sampling import Answer, Messages, SamplingConfig
 from emi.core.errors import ConfigError
+from emi.engines.base import EngineDescription
 from emi.engines.fingerprint import Fingerprints
 from emi.engines.served import Served
 from emi.engines.vllm.lens import complete_ids
@@ -49,7 +50,7 @@ class ServerEngine:
         if self.concurrency < 1:
             raise ConfigError(f"--engine-concurrency must be >= 1, found {self.concurrency}")
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> EngineDescription:
         return {"engine": "server", "url": self.url, "body": self.body, **({"lens": True} if self.lens else {})}
 
     @property

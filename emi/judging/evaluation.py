@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,8 @@ from emi.models.loading import LoadedModel
 
 def evaluate(model: LoadedModel, questions: Sequence[Question], cfg: SamplingConfig, judge: Judge,
              out_dir: str | Path | None = None, label: str | None = None, progress: bool = True,
-             thresholds: Thresholds = Thresholds(), extra: dict[str, Any] | None = None,
-             identity: dict[str, Any] | None = None, engine: Engine | None = None,
+             thresholds: Thresholds = Thresholds(), extra: Mapping[str, Any] | None = None,
+             identity: Mapping[str, Any] | None = None, engine: Engine | None = None,
              denominator: str = "coherent") -> tuple[Summary, list[Judged]]:
     """Answers (appended to ``out_dir/answers.jsonl``), judgements (cached in
     ``out_dir/judgements.jsonl``) and the summary. Re-running resumes both. ``identity`` keys the

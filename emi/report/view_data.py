@@ -141,7 +141,7 @@ def _figures(path: Path) -> list[dict[str, str]]:
     return figs
 
 
-def _judges(entries: list[dict[str, Any]]) -> dict[str, dict[str, JudgeEntry]]:
+def _judges(entries: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, JudgeEntry]]:
     """Judgement entries by judge name, then cache key."""
     out: dict[str, dict[str, JudgeEntry]] = {}
     for e in entries:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from emi.behaviour.sampling import Answer, Messages, SamplingConfig
 from emi.core.errors import ConfigError
-from emi.engines.base import EngineError
+from emi.engines.base import EngineDescription, EngineError
 from emi.engines.fingerprint import Fingerprints
 from emi.engines.served import Served, pair_adapters
 from emi.engines.vllm.launcher import Launcher, Server, adapter_name, lora_rank
@@ -44,7 +44,7 @@ class VllmEngine:
     def label(self) -> str:
         return "vLLM (started by emi)"
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> EngineDescription:
         info = self.launcher.info
         assert info is not None
         return {"engine": "vllm", "vllm": info.vllm, "vllm_lens": info.vllm_lens}
