@@ -73,8 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (args.direction or (source and source.kit.direction)):
         raise cli.ConfigError("the organisms' pair ships no direction; pass --direction FILE (python -m emi.extract)")
     direction = Direction.load(args.direction or source.kit.direction)  # type: ignore[union-attr,arg-type]
+    from emi.directions.direction import check_fits_pair
+
+    path = args.direction or source.kit.direction  # type: ignore[union-attr]
     for spec in specs:  # each organism's base and finetune from their configs, and the direction against them
-        cli.plan_from_args(args, ("base", "finetuned"), spec=spec).direction(args.direction or source.kit.direction)  # type: ignore[union-attr,arg-type]
+        check_fits_pair(path, cli.plan_from_args(args, ("base", "finetuned"), spec=spec))  # type: ignore[arg-type]
     questions = load_questions(args.questions or kit.eval_questions, ids=args.ids)
     out = Path(args.out)
     setup = Setup(questions, load_questions(kit.extract_questions), cli.sampling_config(args, kit),

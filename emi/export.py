@@ -51,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = cli.pair_spec(args)
     plan = cli.plan_from_args(args, ("base", "finetuned", args.role), spec=spec)  # configs only: no weights yet
     if args.direction:  # a NaN, infinite, all-zero or wrong-width direction stops before any model loads
-        plan.direction(args.direction)
+        from emi.directions.direction import check_fits_pair
+        check_fits_pair(args.direction, plan)
     if args.layer is not None:
         plan.layers(str(args.layer), "--layer")
     return _export(args, spec, out)

@@ -49,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               f"(python -m emi.extract makes one)")
     direction = Direction.load(args.direction or spec.kit.direction)
     plan = cli.plan_from_args(args, (args.role,), spec=spec)  # configs only: no weights yet
-    plan.direction(args.direction or spec.kit.direction, f"the model ({spec.name!r})")
+    from emi.directions.direction import check_fits_pair
+    check_fits_pair(args.direction or spec.kit.direction, plan, f"the model ({spec.name!r})")
     if args.layer is not None and args.layer not in direction.layers:
         raise cli.ConfigError(f"--layer {args.layer}: the direction has no vector there (it has layers "
                               f"{direction.layers}); pass one of those")

@@ -109,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan.layers(args.ablate_layers, "--ablate-layers")
     cli.check_elicitations(spec, questions, [c.elicitation for c in cfgs], cfg.max_new_tokens, args.trust_remote_code)
     if args.direction:  # a NaN, infinite, all-zero or wrong-width direction stops before any model loads
-        plan.direction(args.direction)
+        from emi.directions.direction import check_fits_pair
+        check_fits_pair(args.direction, plan)
     chat = cli.base_has_chat_template(spec, args.trust_remote_code)
     if not chat and not args.direction:
         raise cli.ConfigError(f"the base model ({spec.base.label()}) has no chat template, and the persona direction "

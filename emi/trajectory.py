@@ -108,7 +108,8 @@ def _plan(args: argparse.Namespace, spec, checkpoints: list[str]) -> None:  # no
         except cli.EmiError as exc:
             raise cli.ConfigError(f"checkpoint {i + 1} of {len(checkpoints)} ({c}): {exc}") from None
     if args.direction and plan is not None:
-        plan.direction(args.direction)
+        from emi.directions.direction import check_fits_pair
+        check_fits_pair(args.direction, plan)
 
 
 def _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, out, engine) -> int:  # noqa: ANN001

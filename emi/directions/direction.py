@@ -20,7 +20,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from emi.activations.store import Store, write_atomic, write_json
 from emi.behaviour.metrics import Thresholds, is_aligned, is_misaligned
 from emi.core.atomic import dumps
 from emi.core.errors import ConfigError, DirectionError
+
+if TYPE_CHECKING:
+    from emi.models.plan import PairPlan
 
 METHODS = ("mean-diff", "model-diff", "contrast")
 DIR_POSITIONS = ("response", "last_prompt", "all")
@@ -399,3 +402,10 @@ def project(acts: Float[torch.Tensor, "*rows d_model"], d: Direction, layer: int
     """The monitor: projection of activations [..., d_model] on the unit direction at ``layer``."""
     d.check_fits(acts.shape[-1])
     return acts.float() @ d.at(layer)
+
+
+def check_fits_pair(path: str, plan: PairPlan, what: str | None = None) -> None:
+    """A direction file fits a planned pair's base (width, depth), read from the file and the base's
+    config before any weights load (emi.models.plan); one sentence when it does not."""
+    if plan.d_model is not None:
+        Direction.load(path).check_fits(plan.d_model, plan.n_layers, what or f"pair {plan.spec.name!r}")

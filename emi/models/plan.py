@@ -48,13 +48,6 @@ class PairPlan:
         """``text`` (a layer flag's value) as layer indices of the base, or one sentence naming the flag."""
         return check_layers(text, self.n_layers, flag, f"the base {self.spec.base.label()!r}")
 
-    def direction(self, path: str, what: str | None = None) -> None:
-        """A direction file fits the base (width, depth), read from its header and config."""
-        from emi.directions.direction import Direction
-
-        if self.d_model is not None:
-            Direction.load(path).check_fits(self.d_model, self.n_layers, what or f"pair {self.spec.name!r}")
-
 
 def _text(cfg: Any) -> Any:
     return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
