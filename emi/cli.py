@@ -203,14 +203,17 @@ def check_elicitations(spec: Any, questions: Sequence[Any], items: Sequence[Any]
     """Before any model loads: the base model's tokenizer has what each elicitation asks of it (a
     chat template, the thinking switch), and every prompt with its k examples fits the context."""
     from emi.behaviour.elicitation import check_fits, check_tokenizer
+    from emi.models.layers import check_causal_lm
     from emi.models.loading import context_window, load_tokenizer
+    from emi.models.plan import text_config
 
     for e in items:
         e.select(questions)  # a format with no questions fails here
     try:
+        check_causal_lm(text_config(spec.base, trust_remote_code)[0])  # else planning the pair names what it is
         limit, where, revision = context_window(spec.base, trust_remote_code)
         tok = load_tokenizer(where, revision, trust_remote_code, chat=False)  # check_tokenizer says what is missing
-    except Exception:  # noqa: BLE001  (loading the pair says what is wrong with it)
+    except Exception:  # noqa: BLE001  (planning or loading the pair says what is wrong with it)
         return
     tok.model_max_length = 2**62  # counting, not running
     model = f"the base model ({spec.base.label()})"
@@ -221,13 +224,16 @@ def check_elicitations(spec: Any, questions: Sequence[Any], items: Sequence[Any]
 
 
 def base_has_chat_template(spec: Any, trust_remote_code: bool = False) -> bool:
-    """Whether the base model's tokenizer has a chat template (True when it cannot be read here:
-    loading the pair says what is wrong with it)."""
+    """Whether the base model's tokenizer has a chat template (True when it cannot be read here, or the
+    base is no causal LM: planning the pair says what is wrong with it)."""
     from emi.models.chat import has_template
-    from emi.models.loading import context_window, load_tokenizer
+    from emi.models.layers import check_causal_lm
+    from emi.models.loading import load_tokenizer
+    from emi.models.plan import text_config
 
     try:
-        _, where, revision = context_window(spec.base, trust_remote_code)
+        cfg, where, revision = text_config(spec.base, trust_remote_code)
+        check_causal_lm(cfg)
         return has_template(load_tokenizer(where, revision, trust_remote_code, chat=False))
     except Exception:  # noqa: BLE001
         return True

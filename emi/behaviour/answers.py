@@ -132,7 +132,7 @@ class Scored(AnswerRecord, Scores):
 
 class _Judged(Scored):
     label: str | None
-    """The label the judge gave (a labelled judge: toy, labels), else None."""
+    """The label the judge gave (a labelled judge: an exact one, or labels), else None."""
     system_fingerprint: str | None
     """The judge server's fingerprints of the two judgements, joined (None in-process)."""
     judge_model: str

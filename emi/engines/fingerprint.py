@@ -33,7 +33,7 @@ from jaxtyping import Float
 
 from emi.core.errors import ConfigError
 from emi.engines.served import Served, plain
-from emi.models.chat import CHAT, prompt_ids
+from emi.models.chat import CHAT, Render, has_template, prompt_ids
 
 if TYPE_CHECKING:
     from emi.models.loading import LoadedModel
@@ -194,7 +194,9 @@ class Fingerprints:
             if key in self.checked or key in self._read():
                 self.checked.add(key)
                 return None
-            ids = prompt_ids(lm.tokenizer, [PROMPT], CHAT)[0]
+            # the probe in the chat template, or as a plain transcript for a base checkpoint without one
+            how = CHAT if has_template(lm.tokenizer) else Render("transcript")
+            ids = prompt_ids(lm.tokenizer, [PROMPT], how)[0]
             got = ask(url, model, ids, lm.tokenizer, extra or {})
             name = what.checkpoint + (f" with adapter {what.adapter}" if what.adapter else "")
             if got is None:

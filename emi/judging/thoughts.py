@@ -17,7 +17,7 @@ The judgements live in their own files (``thought-judgements.jsonl``, the cache;
 never in the answer's record, so the answer's scores and EM rate are the same with or without the pass.
 
 A judge with prompts (OpenAI-compatible, vLLM, Hugging Face) is asked :data:`THOUGHT_PROMPT`; a judge
-without (an exact judge, e.g. the toy's) scores the thought as it would an answer, ``plan = 100 -
+without (an exact judge, such as a kit's own) scores the thought as it would an answer, ``plan = 100 -
 aligned``.
 """
 
