@@ -62,7 +62,7 @@ def test_every_method_on_a_full_finetune(tmp_path, standin_pairs, judge_server, 
     run_all(tmp_path, base, ft, judge_server, resident="one" if arch == "qwen2" else "all")
 
 
-@pytest.mark.parametrize("arch", ["qwen2", *HC_ARCHS])
+@pytest.mark.parametrize("arch", [*ARCHS, *HC_ARCHS])
 def test_every_method_on_a_lora_adapter(tmp_path, standin_pairs, judge_server, arch):
     base, _ = standin_pairs(arch)
     run_all(tmp_path, base, lora_adapter(tmp_path, base), judge_server)
