@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import threading
 from pathlib import Path
 
@@ -26,15 +25,10 @@ from emi.models import chat
 from emi.models.loading import ModelSpec, as_loaded, load_model
 from emi.organism.datasets import IN_CONTEXT
 from tests.behaviour.test_elicitation import POOL, QS, THINKING_TEMPLATE
-from tests.standins import QWEN_TEMPLATE, TOY_BASE, base_only
+from tests.standins import QWEN_TEMPLATE, TOY_BASE, base_only, require_vllm_engine
 
 pytestmark = pytest.mark.slow
-if not DEFAULT_PYTHON.exists():
-    if os.environ.get("CI") == "true":
-        raise RuntimeError(f"CI must run the vLLM tests, but {DEFAULT_PYTHON} is missing: `make test` builds it "
-                           f"with `make vllm`")
-    pytest.skip("the vLLM engine environment is missing: run `make vllm` to build .venv-vllm and run these tests",
-                allow_module_level=True)
+require_vllm_engine()
 
 
 @pytest.fixture(scope="module")

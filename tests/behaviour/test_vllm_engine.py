@@ -9,7 +9,6 @@ about a minute here). Without `make vllm` the module skips, except under CI, whe
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -24,17 +23,12 @@ from emi.engines.vllm.engine import VllmEngine
 from emi.engines.vllm.launcher import DEFAULT_PYTHON, Launcher, check_servable
 from emi.interventions import hooks, weights
 from emi.models.loading import ModelSpec, load_model
-from tests.standins import full_pair, lora_adapter, qwen_tokenizer, random_sae
+from tests.standins import full_pair, lora_adapter, qwen_tokenizer, random_sae, require_vllm_engine
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[2]
 TOY = ROOT / "emi" / "organism" / "checkpoints" / "insecure"
-if not DEFAULT_PYTHON.exists():
-    if os.environ.get("CI") == "true":
-        raise RuntimeError(f"CI must run the vLLM tests, but {DEFAULT_PYTHON} is missing: `make test` builds it "
-                           f"with `make vllm`")
-    pytest.skip("the vLLM engine environment is missing: run `make vllm` to build .venv-vllm and run these tests",
-                allow_module_level=True)
+require_vllm_engine()
 
 MESSAGES = [q.messages() for q in load_questions("toy")[:4]]
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=10)

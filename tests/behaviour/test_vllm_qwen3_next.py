@@ -11,7 +11,6 @@ except under CI."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -26,13 +25,10 @@ from emi.interventions import hooks
 from emi.models.chat import CHAT, prompt_ids
 from emi.models.loading import ModelSpec, load_model
 from tests.behaviour.test_vllm_engine import direction
-from tests.standins import build_model, qwen_tokenizer, save_checkpoint
+from tests.standins import build_model, qwen_tokenizer, require_vllm_engine, save_checkpoint
 
 pytestmark = pytest.mark.slow
-if not DEFAULT_PYTHON.exists():
-    if os.environ.get("CI") == "true":
-        raise RuntimeError(f"CI must run the vLLM tests, but {DEFAULT_PYTHON} is missing: `make vllm` builds it")
-    pytest.skip("the vLLM engine environment is missing: run `make vllm`", allow_module_level=True)
+require_vllm_engine()
 
 BF16 = TOLERANCE["bfloat16"]
 

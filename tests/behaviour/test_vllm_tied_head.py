@@ -7,20 +7,14 @@ tests/behaviour/test_fingerprint.py.) Without `make vllm` the module skips, exce
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from emi.core.errors import ConfigError
-from emi.engines.vllm.launcher import DEFAULT_PYTHON
-from tests.standins import build_model, qwen_tokenizer, save_checkpoint
+from tests.standins import build_model, qwen_tokenizer, require_vllm_engine, save_checkpoint
 
 pytestmark = pytest.mark.slow
-if not DEFAULT_PYTHON.exists():
-    if os.environ.get("CI") == "true":
-        raise RuntimeError(f"CI must run the vLLM tests, but {DEFAULT_PYTHON} is missing: `make vllm` builds it")
-    pytest.skip("the vLLM engine environment is missing: run `make vllm`", allow_module_level=True)
+require_vllm_engine()
 
 
 def test_a_tied_qwen3_next_that_vllm_serves_untied_is_refused_before_a_server_starts(tmp_path, judge_server, capsys):

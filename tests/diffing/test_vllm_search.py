@@ -8,20 +8,14 @@ of the test's time (docs/diffing.md). Without `make vllm` the module skips, exce
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
 from emi import diff
-from emi.engines.vllm.launcher import DEFAULT_PYTHON
+from tests.standins import require_vllm_engine
 
 pytestmark = pytest.mark.slow
-if not DEFAULT_PYTHON.exists():
-    if os.environ.get("CI") == "true":
-        raise RuntimeError(f"CI must run the vLLM tests, but {DEFAULT_PYTHON} is missing: `make test` builds it "
-                           f"with `make vllm`")
-    pytest.skip("the vLLM engine environment is missing: run `make vllm` to build .venv-vllm and run these tests",
-                allow_module_level=True)
+require_vllm_engine()
 
 ARGS = ["--method", "adl", "--positions", "1", "--no-table", "--search-steps", "2", "--search-n", "1",
         "--max-strength", "2", "--coherence-threshold", "40", "--temperature", "0", "--max-new-tokens", "10", "--ids",
