@@ -400,3 +400,18 @@ def require_vllm_engine() -> None:
                            f"with `make vllm`")
     pytest.skip("the vLLM engine environment is missing: run `make vllm` to build .venv-vllm and run these tests",
                 allow_module_level=True)
+
+
+def in_process_ids(lm: Any, monkeypatch: Any) -> list[list[int]]:
+    """Spy on ``lm``'s generate(): the list it returns fills with the unpadded prompt ids of every row
+    generate() decodes from (what an engine must send to sample the same prompt)."""
+    seen: list[list[int]] = []
+    original = lm.model.generate
+
+    def spy(**kw: Any) -> Any:
+        for row, mask in zip(kw["input_ids"], kw["attention_mask"], strict=True):
+            seen.append(row[mask.bool()].tolist())
+        return original(**kw)
+
+    monkeypatch.setattr(lm.model, "generate", spy)
+    return seen

@@ -114,16 +114,9 @@ def _both_paths(lm, e: Elicitation, monkeypatch) -> tuple[list[list[int]], list[
     the capture of the in-process answers starts with the first)."""
     from emi.engines.base import Bound
     from emi.engines.served import Served
+    from tests.standins import in_process_ids
 
-    seen: list[list[int]] = []
-    original = lm.model.generate
-
-    def spy(**kw):  # noqa: ANN003, ANN202
-        for row, mask in zip(kw["input_ids"], kw["attention_mask"], strict=True):
-            seen.append(row[mask.bool()].tolist())
-        return original(**kw)
-
-    monkeypatch.setattr(lm.model, "generate", spy)
+    seen = in_process_ids(lm, monkeypatch)
     cfg = SamplingConfig(n=2, max_new_tokens=2, batch_size=4, elicitation=e)
     ours = generate_answers(lm, QS, cfg, progress=False)
     monkeypatch.undo()

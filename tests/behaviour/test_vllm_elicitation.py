@@ -25,7 +25,7 @@ from emi.models import chat
 from emi.models.loading import ModelSpec, as_loaded, load_model
 from emi.organism.datasets import IN_CONTEXT
 from tests.behaviour.test_elicitation import POOL, QS, THINKING_TEMPLATE
-from tests.standins import QWEN_TEMPLATE, TOY_BASE, base_only, require_vllm_engine
+from tests.standins import QWEN_TEMPLATE, TOY_BASE, base_only, in_process_ids, require_vllm_engine
 
 pytestmark = pytest.mark.slow
 require_vllm_engine()
@@ -71,19 +71,6 @@ class Wire:
         """The prompts sent, in seed order (a batch's order); vLLM ran each as it was sent."""
         assert all(sent == ran for _, sent, ran in self.requests)
         return [sent for _, sent, _ in sorted(self.requests, key=lambda x: x[0])]
-
-
-def in_process_ids(lm, monkeypatch) -> list[list[int]]:  # noqa: ANN001
-    seen: list[list[int]] = []
-    original = lm.model.generate
-
-    def spy(**kw):  # noqa: ANN003, ANN202
-        for row, mask in zip(kw["input_ids"], kw["attention_mask"], strict=True):
-            seen.append(row[mask.bool()].tolist())
-        return original(**kw)
-
-    monkeypatch.setattr(lm.model, "generate", spy)
-    return seen
 
 
 def with_template(tok, template: str | None):  # noqa: ANN001, ANN201
