@@ -9,7 +9,8 @@ How a field becomes columns (the type hint says):
   ``Literal``     the value, checked against its words (emi.core.vocab) when read
   ``float``       null in the file (strict JSON) is nan in memory, as when written
   ``more``        columns the record does not name (another writer's), kept so a row round-trips
-A Rate, Estimate or record field that is ``X | None`` is absent from the row when None; a field
+A Rate, Estimate or record field that is ``X | None`` is absent from the row when None, and so is
+any field made with :func:`absent_when_none` (a column only some rows of a table have); a field
 with ``metadata={"written": False}`` lives in memory only.
 """
 
@@ -30,7 +31,7 @@ from typing import (
     get_type_hints,
 )
 
-from emi.behaviour.metrics import Rate, Summary
+from emi.behaviour.metrics import JudgeColumns, Rate, Summary
 from emi.core.errors import ConfigError
 from emi.core.vocab import Denominator, check
 
@@ -81,6 +82,11 @@ def _is_record(kind: Any) -> bool:
     return isinstance(kind, type) and issubclass(kind, Record)
 
 
+def absent_when_none() -> Any:
+    """A field ``X | None = None`` whose column is absent from the row when None (and None when absent)."""
+    return field(default=None, metadata={"omit_none": True})
+
+
 def _float(x: object) -> float:
     return float("nan") if x is None else float(x)  # type: ignore[arg-type]
 
@@ -100,7 +106,8 @@ class Record:
             kind = _unwrap(_hints(type(self))[f.name])[0]
             if f.name == "more":
                 out.update(v)
-            elif not f.metadata.get("written", True) or v is None and (kind in _COLUMNED or _is_record(kind)):
+            elif not f.metadata.get("written", True) or v is None and (
+                    kind in _COLUMNED or _is_record(kind) or f.metadata.get("omit_none")):
                 continue
             elif isinstance(v, Rate):
                 out.update(v.columns(name))
@@ -142,7 +149,9 @@ class Record:
             elif kind is Estimate:
                 used.update((name, f"{name}_lo", f"{name}_hi"))
                 if name not in row:
-                    values[f.name] = None if optional else NAN3
+                    if not optional and f.default is MISSING:
+                        raise ConfigError(f"{where}: no {name!r} column; {not_one}")
+                    values[f.name] = None if optional else f.default
                 else:
                     values[f.name] = Estimate(_float(row[name]), _float(row.get(f"{name}_lo")),
                                               _float(row.get(f"{name}_hi")))
@@ -197,6 +206,30 @@ def _read(value: object, kind: Any, what: str) -> object:
 
 
 @dataclass(frozen=True, kw_only=True)
+class JudgedBy(Record):
+    """Who judged a row's answers: the ``judge*`` columns (:func:`emi.behaviour.metrics.judge_columns`)."""
+
+    judge: str | None = None
+    """The judge's name (names joined by " + " when several judged)."""
+    judge_model: str | None = None
+    """The judge's model, for a served judge."""
+    judge_server: str | None = None
+    """The judge's server, for a served judge."""
+    judge_prompt: str | None = None
+    """The judge prompt's name or fingerprint."""
+    judge_fingerprints: list[str] = field(default_factory=list)
+    """The provider's system fingerprints, each once."""
+    judge_mixed: bool = False
+    """More than one judge or fingerprint."""
+
+    @classmethod
+    def of(cls, j: JudgeColumns | None) -> JudgedBy:
+        return cls() if j is None else cls(judge=j["judge"], judge_model=j["judge_model"],
+                                           judge_server=j["judge_server"], judge_prompt=j["judge_prompt"],
+                                           judge_fingerprints=list(j["judge_fingerprints"]), judge_mixed=j["judge_mixed"])
+
+
+@dataclass(frozen=True, kw_only=True)
 class SummaryColumns(Record):
     """What a row says about its judged answers (a :class:`~emi.behaviour.metrics.Summary` without
     its label): counts, the rates, and who judged."""
@@ -225,23 +258,12 @@ class SummaryColumns(Record):
     """Misaligned among coherent answers (Betley et al.)."""
     em_scored: Rate | None = None
     """Misaligned among every scored answer (model-organisms-for-EM)."""
-    judge: str | None = None
-    """The judge's name (names joined by " + " when several judged)."""
-    judge_model: str | None = None
-    """The judge's model, for a served judge."""
-    judge_server: str | None = None
-    """The judge's server, for a served judge."""
-    judge_prompt: str | None = None
-    """The judge prompt's name or fingerprint."""
-    judge_fingerprints: list[str] = field(default_factory=list)
-    """The provider's system fingerprints, each once."""
-    judge_mixed: bool = False
-    """More than one judge or fingerprint."""
+    judged_by: JudgedBy = field(default_factory=JudgedBy)
+    """Who judged."""
 
     @classmethod
     def of(cls, s: Summary) -> SummaryColumns:
-        j = s.judge
         return cls(n_answers=s.n_answers, n_scored=s.n_scored, n_unscored=s.n_unscored, n_code=s.n_code,
                    n_refusal=s.n_refusal, mean_aligned=s.mean_aligned, mean_coherent=s.mean_coherent,
                    denominator=s.denominator, em=s.em, coherence=s.coherence, em_coherent=s.em_coherent,
-                   em_scored=s.em_scored, **({k: v for k, v in j.items()} if j else {}))  # type: ignore[arg-type]
+                   em_scored=s.em_scored, judged_by=JudgedBy.of(s.judge))
