@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from emi.core.errors import ConfigError, EmiError
 
 if TYPE_CHECKING:
+    from emi.behaviour.metrics import Rate
     from emi.engines.base import Backend
     from emi.engines.vllm.launcher import Server
 
@@ -486,12 +487,21 @@ def floats(name: str) -> Callable[[str], list[float]]:
 
 def fmt_rate(row: Mapping[str, object], key: str) -> str:
     """``35.3% [28.3, 42.4]`` for the rate a result row wrote under ``key`` (:meth:`Rate.from_columns`)."""
-    from emi.behaviour.metrics import Rate, empty_label
+    from emi.behaviour.metrics import Rate
 
     n_answers, n_scored = row.get("n_answers", 0), row.get("n_scored", 0) if key == "em" else 0
-    empty = empty_label(n_answers if isinstance(n_answers, int) else 0, n_scored if isinstance(n_scored, int) else 0)
-    rate = Rate.from_columns(row, key, empty)
-    return rate.fmt() if rate is not None else ""
+    return fmt_counted(Rate.from_columns(row, key), n_answers if isinstance(n_answers, int) else 0,
+                       n_scored if isinstance(n_scored, int) else 0)
+
+
+def fmt_counted(rate: Rate | None, n_answers: int, n_scored: int = 0) -> str:
+    """``35.3% [28.3, 42.4]`` for a record's rate; over no answers, why (:func:`~emi.behaviour.metrics.empty_label`
+    of the row's ``n_answers`` and ``n_scored``, as :func:`fmt_rate` reads them); "" for None."""
+    from dataclasses import replace
+
+    from emi.behaviour.metrics import empty_label
+
+    return "" if rate is None else replace(rate, empty=empty_label(n_answers, n_scored)).fmt()
 
 
 def report_unscored(records: Sequence[Mapping[str, Any]]) -> None:

@@ -17,8 +17,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from emi import cli
+
+if TYPE_CHECKING:
+    from emi.training.records import DefenceRow
 
 
 def parser() -> argparse.ArgumentParser:
@@ -99,7 +103,7 @@ def _write(out: Path, rows, summary, r, direction, setup, folders, no_figure: bo
     from emi.core.atomic import write_json
     from emi.experiments.results import write_results
 
-    write_results(out, rows, {"organisms": folders, "direction": direction.summary(), "judge": setup.judge.name,
+    write_results(out, [row.row() for row in rows], {"organisms": folders, "direction": direction.summary(), "judge": setup.judge.name,
                               "sampling": setup.cfg.settings(), "n": setup.cfg.n, "benign": len(setup.benign),
                               "task": setup.task.name if setup.task else None, "correlations": r}, name="defences")
     write_json(out / "spread.json", summary)
@@ -111,16 +115,20 @@ def _write(out: Path, rows, summary, r, direction, setup, folders, no_figure: bo
         print(f"figure: {', '.join(map(str, written))}", file=sys.stderr)
 
 
-def print_table(rows: list[dict], summary: list[dict], task: str | None, layer: int) -> None:
-    table = [{"defence": r["defence"], "seed": "" if r.get("seed") is None else str(r["seed"]),
-              "em": cli.fmt_rate(r, "em"), "coh": cli.fmt_rate(r, "coherence"),
-              "task": cli.fmt_rate(r, "task") if "task_rate" in r else "",
-              "kl": f"{r['kl']:.3f} [{r['kl_lo']:.3f}, {r['kl_hi']:.3f}]",
-              "shift": f"{r['projection_shift']:+.2f} [{r['projection_shift_lo']:+.2f}, {r['projection_shift_hi']:+.2f}]",
-              "lp": f"{r['p_misaligned']:.3f}" if r["p_misaligned"] == r["p_misaligned"] else "",
-              "evaluated": str(r.get("evaluated", "default"))} for r in rows]
+def _line(r: DefenceRow) -> dict[str, str]:
+    """A row's cells of the printed table."""
+    m, n = r.measures, r.measures.n_answers
+    return {"defence": r.defence, "seed": "" if r.seed is None else str(r.seed),
+            "em": cli.fmt_counted(m.em, n), "coh": cli.fmt_counted(m.coherence, n), "task": cli.fmt_counted(r.task, n),
+            "kl": r.kl.fmt(".3f"), "shift": m.projection_shift.fmt("+.2f"),
+            "lp": f"{m.p_misaligned.value:.3f}" if m.p_misaligned.value == m.p_misaligned.value else "",
+            "evaluated": r.evaluated}
+
+
+def print_table(rows: Sequence[DefenceRow], summary: list[dict], task: str | None, layer: int) -> None:
+    table = [_line(r) for r in rows]
     columns = [("defence", "defence"), ("seed", "seed")]
-    if any(r.get("evaluated", "default") != "default" for r in rows):
+    if any(r.evaluated != "default" for r in rows):
         columns.append(("evaluated", "evaluated with"))
     columns += [("em", "EM rate (95% CI)"), ("coh", "coherent (95% CI)")]
     if task:

@@ -23,9 +23,13 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from emi import cli
 from emi.core import locks
+
+if TYPE_CHECKING:
+    from emi.experiments.measures import TrajectoryRow
 
 
 def parser() -> argparse.ArgumentParser:
@@ -152,7 +156,7 @@ def _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, 
                               "sampling": cfg.settings(), "n": cfg.n, "task": spec.kit.task.name if spec.kit.task else None,
                               "correlations": r}, name="trajectory")
     say(cli.judge_note(rows, judge.name))
-    print_table(rows, spec.kit.task.name if spec.kit.task else None, direction.best_layer)
+    print_table(points, spec.kit.task.name if spec.kit.task else None, direction.best_layer)
     if direction.fallback:
         print(f"layer {direction.layer_label()}")
     if r:
@@ -161,21 +165,27 @@ def _trajectory(args, spec, checkpoints, questions, extract, judge, cfg, pairs, 
         from emi.report.figures import export
         from emi.report.figures import trajectory as trajectory_figure
 
-        written = export(trajectory_figure(rows, spec.kit.task.name if spec.kit.task else None), out / "trajectory",
+        written = export(trajectory_figure(points, spec.kit.task.name if spec.kit.task else None), out / "trajectory",
                          formats=("html", "png"))
         say(f"figure: {', '.join(str(w) for w in written)}")
     say(f"wrote {out}/trajectory.jsonl, table.csv, run.json, answers.jsonl, judgements.jsonl")
     return 0
 
 
-def print_table(rows: list[dict], task: str | None, layer: int) -> None:
-    table = [{"checkpoint": Path(r["checkpoint"].rstrip("/")).name or r["checkpoint"], "step": str(r["step"]),
-              "em": cli.fmt_rate(r, "em"), "coh": cli.fmt_rate(r, "coherence"),
-              "lp": f"{r['p_misaligned']:.3f}" if r["p_misaligned"] == r["p_misaligned"] else "",
-              "proj": f"{r['projection_shift']:+.2f} [{r['projection_shift_lo']:+.2f}, {r['projection_shift_hi']:+.2f}]",
-              "cos": f"{r['cosine']:.2f}" if r["cosine"] == r["cosine"] else "-",
-              "task": cli.fmt_rate(r, "task") if "task_rate" in r else ""} for r in rows]
-    columns = [("checkpoint", "checkpoint"), ("step", "step"), ("em", cli.em_header(rows[0].get("denominator", "coherent"))
+def _line(r: TrajectoryRow) -> dict[str, str]:
+    """A checkpoint's cells of the printed table."""
+    m, n = r.measures, r.measures.n_answers
+    return {"checkpoint": Path(r.checkpoint.rstrip("/")).name or r.checkpoint, "step": str(r.step),
+            "em": cli.fmt_counted(m.em, n, r.counts.n_scored if r.counts else 0),
+            "coh": cli.fmt_counted(m.coherence, n),
+            "lp": f"{m.p_misaligned.value:.3f}" if m.p_misaligned.value == m.p_misaligned.value else "",
+            "proj": m.projection_shift.fmt("+.2f"), "cos": f"{r.cosine:.2f}" if r.cosine == r.cosine else "-",
+            "task": cli.fmt_counted(r.task, n)}
+
+
+def print_table(rows: Sequence[TrajectoryRow], task: str | None, layer: int) -> None:
+    table = [_line(r) for r in rows]
+    columns = [("checkpoint", "checkpoint"), ("step", "step"), ("em", cli.em_header(rows[0].judging.denominator)
                                                                  if rows else "EM rate (95% CI)"),
                ("coh", "coherent (95% CI)")]
     if any(t["lp"] for t in table):

@@ -31,10 +31,12 @@ from jaxtyping import Float
 
 from emi.activations.readers import hf_reader
 from emi.behaviour.logprob import OptionPair, logprob_metrics
-from emi.behaviour.metrics import Rate, Summary, bootstrap, rate
+from emi.behaviour.metrics import Rate, bootstrap, rate
 from emi.behaviour.questions import Question, load_questions
+from emi.behaviour.records import NAN3, Estimate
 from emi.behaviour.sampling import SamplingConfig, generate_answers
 from emi.directions.direction import Direction
+from emi.experiments.measures import Judging, Measures, TrajectoryRow
 from emi.judging.evaluation import evaluate
 from emi.judging.judges import Judge
 from emi.models import chat
@@ -81,44 +83,6 @@ def step_of(checkpoint: str, index: int) -> int:
     return int(m.group(1)) if m else index
 
 
-@dataclass(frozen=True)
-class TrajectoryPoint:
-    checkpoint: str
-    step: int
-    em: Rate
-    coherence: Rate
-    n_answers: int
-    p_misaligned: float  # log-prob choice (nan without option pairs)
-    p_misaligned_lo: float
-    p_misaligned_hi: float
-    projection: float  # mean <h, u> at the last prompt token over evaluation prompts
-    projection_shift: float  # minus the base's, paired per prompt
-    projection_shift_lo: float
-    projection_shift_hi: float
-    cosine: float  # own model-diff direction vs the final direction (nan for the base itself)
-    diff_norm: float  # norm of the own model-diff direction
-    task: Rate | None
-    extra: dict[str, object] | None = None  # the summary's other columns: both EM denominators, the judge
-
-    def _behaviour(self) -> dict[str, object]:
-        return {**self.em.columns("em"), **self.coherence.columns("coherence"), "n_answers": self.n_answers,
-                **{k: getattr(self, k) for k in ("p_misaligned", "p_misaligned_lo", "p_misaligned_hi", "projection",
-                                                 "projection_shift", "projection_shift_lo", "projection_shift_hi")}}
-
-    def _rest(self) -> dict[str, object]:
-        return {**(self.task.columns("task") if self.task is not None else {}), **(self.extra or {})}
-
-    def row(self) -> dict[str, object]:
-        """Its line of trajectory.jsonl."""
-        return {"checkpoint": self.checkpoint, "step": self.step, **self._behaviour(), "cosine": self.cosine,
-                "diff_norm": self.diff_norm, **self._rest()}
-
-    def measured(self) -> dict[str, object]:
-        """What was measured of the model, without the trajectory's own columns (step, and the
-        cosine and norm of the checkpoint's model-diff direction): a defence-table row's measures."""
-        return {"checkpoint": self.checkpoint, **self._behaviour(), **self._rest()}
-
-
 def task_rate(lm: LoadedModel, task: TaskMetric, cfg: SamplingConfig, out: Path | None, label: str,
               progress: bool = True, engine: Any = None) -> Rate:
     """The share of sampled answers to the task's prompts that do the task (answers cached);
@@ -157,14 +121,13 @@ class Reference:
 def measure(lm: LoadedModel, label: str, step: int, ref: Reference, questions: Sequence[Question],
             extract: Sequence[Question], cfg: SamplingConfig, judge: Judge, out: Path,
             pairs: Sequence[OptionPair], task: TaskMetric | None, progress: bool = True,
-            engine: Any = None, denominator: str = "coherent") -> TrajectoryPoint:
+            engine: Any = None, denominator: str = "coherent") -> TrajectoryRow:
     """Every trajectory metric of one checkpoint (answers sampled by ``engine`` where given)."""
     from emi.engines.base import bind
 
     bound, ident = bind(engine, lm)
     summary, _ = evaluate(lm, questions, cfg, judge, out, label=label, progress=progress,
                           identity=ident or {"model": lm.identity()}, engine=bound, denominator=denominator)
-    nan3 = (float("nan"),) * 3
     lp = logprob_metrics(lm, pairs, elicitation=cfg.elicitation, sampling_seed=cfg.seed) if pairs else None
     acts_eval = last_prompt_activations(lm, [q.messages() for q in questions], ref.layer)
     shift = (acts_eval - ref.base_eval) @ ref.unit
@@ -172,25 +135,20 @@ def measure(lm: LoadedModel, label: str, step: int, ref: Reference, questions: S
     norm = float(diff.norm())
     cosine = float(diff @ ref.unit / norm) if norm > 1e-6 * float(ref.base_extract.norm(dim=-1).mean()) else float("nan")
     task_r = task_rate(lm, task, cfg, out / "task-answers.jsonl", label, progress, engine) if task else None
-    return TrajectoryPoint(label, step, summary.em, summary.coherence, summary.n_answers,
-                           *((lp.choice, lp.choice_lo, lp.choice_hi) if lp else nan3),
-                           float((acts_eval @ ref.unit).mean()), *bootstrap(shift.numpy(), seed=cfg.seed),
-                           cosine, norm, task_r, summary_extra(summary))
+    measures = Measures(em=summary.em, coherence=summary.coherence, n_answers=summary.n_answers,
+                        p_misaligned=Estimate(lp.choice, lp.choice_lo, lp.choice_hi) if lp else NAN3,
+                        projection=float((acts_eval @ ref.unit).mean()),
+                        projection_shift=Estimate(*bootstrap(shift.numpy(), seed=cfg.seed)))
+    return TrajectoryRow(checkpoint=label, step=step, measures=measures, cosine=cosine, diff_norm=norm, task=task_r,
+                         judging=Judging.of(summary))
 
 
-def summary_extra(summary: Summary) -> dict[str, object]:
-    """A summary's columns a trajectory row carries besides its own: both EM denominators, the judge."""
-    both = {name: r.columns(name) for name in ("em_coherent", "em_scored") if (r := getattr(summary, name)) is not None}
-    return {"denominator": summary.denominator, **{k: v for cols in both.values() for k, v in cols.items()},
-            **(summary.judge or {})}
-
-
-def correlations(points: Sequence[TrajectoryPoint]) -> dict[str, float]:
+def correlations(points: Sequence[TrajectoryRow]) -> dict[str, float]:
     """Pearson r across checkpoints between the projection shift and each behaviour."""
-    x = np.array([p.projection_shift for p in points])
+    x = np.array([p.measures.projection_shift.value for p in points])
     out = {}
-    for name, ys in (("em_rate", [p.em.value if p.em.n else np.nan for p in points]),
-                     ("p_misaligned", [p.p_misaligned for p in points]),
+    for name, ys in (("em_rate", [p.measures.em.value if p.measures.em.n else np.nan for p in points]),
+                     ("p_misaligned", [p.measures.p_misaligned.value for p in points]),
                      ("task_rate", [p.task.value if p.task and p.task.n else np.nan for p in points])):
         y = np.array(ys, dtype=float)
         ok = ~np.isnan(y) & ~np.isnan(x)
@@ -204,7 +162,7 @@ def trajectory(checkpoints: Sequence[tuple[str, Callable[[], LoadedModel]]], bas
                cfg: SamplingConfig, judge: Judge, out: Path, pairs: Sequence[OptionPair],
                task: TaskMetric | None = None, release: Callable[[], None] | None = None,
                log: Callable[[str], None] | None = None, progress: bool = True,
-               engine: Any = None, denominator: str = "coherent") -> list[TrajectoryPoint]:
+               engine: Any = None, denominator: str = "coherent") -> list[TrajectoryRow]:
     """Measure every checkpoint (``(label, load)`` in training order; ``load`` returns it loaded,
     ``release`` frees it before the next); ``engine`` samples the answers (a vLLM server per
     checkpoint, or a LoRA checkpoint as an adapter on the base's)."""

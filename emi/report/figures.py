@@ -21,10 +21,12 @@ from plotly.subplots import make_subplots
 
 from emi.behaviour.metrics import Rate
 from emi.behaviour.metrics import Record as Judged
-from emi.behaviour.records import NAN3, Estimate, Row
+from emi.behaviour.records import Estimate, Row
 from emi.core.atomic import write_atomic
 from emi.core.errors import ConfigError
+from emi.experiments.measures import TrajectoryRow
 from emi.experiments.results import ResultRow
+from emi.training.records import DefenceRow
 
 COLORS = {"base": "#7f7f7f", "finetuned": "#d62728", "persona": "#1f77b4", "random": "#bcbcbc",
           "control": "#2ca02c", "misaligned": "#d62728", "aligned": "#1f77b4", "other": "#bcbcbc"}
@@ -178,28 +180,21 @@ def em_vs_kl(rows: Sequence[ResultRow | Row]) -> go.Figure:
     return fig
 
 
-def estimate(row: Row, name: str) -> Estimate | None:
-    """The ``name``, ``name_lo``, ``name_hi`` columns of a row; None when it has no ``name``."""
-    if row.get(name) is None:
-        return None
-    nan = float("nan")
-    return Estimate(*(nan if row.get(k) is None else float(row[k]) for k in (name, f"{name}_lo", f"{name}_hi")))
-
-
-def trajectory(rows: Sequence[Row], task: str | None = None) -> go.Figure:
+def trajectory(rows: Sequence[TrajectoryRow | Row], task: str | None = None) -> go.Figure:
     """When the direction appears relative to EM and to the task, over training steps: behaviour
     on the left (EM rate, task rate, log-prob P(misaligned); % with 95% CIs), the direction on the
     right (cosine of each checkpoint's own model-diff direction with the final one, and the
     activation shift along the final direction as a fraction of the final checkpoint's)."""
     if not rows:
         raise ConfigError("no trajectory rows to plot")
-    rs = sorted(rows, key=lambda r: r["step"])
-    steps = [r["step"] for r in rs]
+    rs = sorted((r if isinstance(r, TrajectoryRow) else TrajectoryRow.from_row(r, f"trajectory row {i + 1}")
+                 for i, r in enumerate(rows)), key=lambda r: r.step)
+    steps = [r.step for r in rs]
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
                         subplot_titles=("behaviour", "the persona direction"))
 
-    def band(of: Callable[[Row], Rate | Estimate | None], name: str, color: str, dash: str = "solid") -> None:
-        ok = [(r["step"], e) for r in rs if (e := of(r)) is not None and e.value == e.value
+    def band(of: Callable[[TrajectoryRow], Rate | Estimate | None], name: str, color: str, dash: str = "solid") -> None:
+        ok = [(r.step, e) for r in rs if (e := of(r)) is not None and e.value == e.value
               and (not isinstance(e, Rate) or e.n)]
         if not ok:
             return
@@ -210,12 +205,12 @@ def trajectory(rows: Sequence[Row], task: str | None = None) -> go.Figure:
         fig.add_trace(go.Scatter(x=xs, y=v, mode="lines+markers", name=name, line=dict(color=color, width=2.5,
                                  dash=dash)), row=1, col=1)
 
-    band(lambda r: Rate.from_columns(r, "em"), "EM rate (judge)", COLORS["finetuned"])
-    band(lambda r: Rate.from_columns(r, "task"), task or "task", "#2ca02c")
-    band(lambda r: estimate(r, "p_misaligned"), "P(misaligned), log-prob", "#9467bd", dash="dot")
-    shifts = [estimate(r, "projection_shift") or NAN3 for r in rs]
+    band(lambda r: r.measures.em, "EM rate (judge)", COLORS["finetuned"])
+    band(lambda r: r.task, task or "task", "#2ca02c")
+    band(lambda r: r.measures.p_misaligned, "P(misaligned), log-prob", "#9467bd", dash="dot")
+    shifts = [r.measures.projection_shift for r in rs]
     final = shifts[-1].value or float("nan")
-    fig.add_trace(go.Scatter(x=steps, y=[r["cosine"] for r in rs], mode="lines+markers",
+    fig.add_trace(go.Scatter(x=steps, y=[r.cosine for r in rs], mode="lines+markers",
                              name="cos(own model-diff, final direction)", line=dict(color=COLORS["persona"], width=2.5)),
                   row=1, col=2)
     fig.add_trace(go.Scatter(
@@ -235,35 +230,39 @@ def trajectory(rows: Sequence[Row], task: str | None = None) -> go.Figure:
 DEFENCE_COLORS = ("#d62728", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
-def defences(rows: Sequence[Row], task: str | None = None) -> go.Figure:
+def defences(rows: Sequence[DefenceRow | Row], task: str | None = None) -> go.Figure:
     """The defence table (emi.training.evaluation rows): EM rate and the task rate per defence, one
     marker per seed with its 95% CI (seeds side by side, so their spread shows), and each organism's
     activation shift along the persona direction over training steps."""
     if not rows:
         raise ConfigError("no defence rows to plot")
-    groups = list(dict.fromkeys(r["defence"] for r in rows))
+    records = [r if isinstance(r, DefenceRow) else DefenceRow.from_row(r, f"defence row {i + 1}")
+               for i, r in enumerate(rows)]
+    groups = list(dict.fromkeys(r.defence for r in records))
     color = {g: COLORS["base"] if g == "(base)" else DEFENCE_COLORS[i % len(DEFENCE_COLORS)]
              for i, g in enumerate(groups)}
     fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.08,
                         subplot_titles=("EM rate (judge)", task or "task rate", "shift along the persona direction"))
+    rates: tuple[tuple[int, Callable[[DefenceRow], Rate | None]], ...] = ((1, lambda r: r.measures.em),
+                                                                         (2, lambda r: r.task))
     for g in groups:
-        rs = [r for r in rows if r["defence"] == g]
+        rs = [r for r in records if r.defence == g]
         xs = [groups.index(g) + (k - (len(rs) - 1) / 2) * 0.12 for k in range(len(rs))]
-        for col, key in ((1, "em"), (2, "task")):
+        for col, of in rates:
             ok = [(x, r, rate) for x, r in zip(xs, rs, strict=True)
-                  if (rate := Rate.from_columns(r, key)) is not None and rate.value == rate.value]
+                  if (rate := of(r)) is not None and rate.value == rate.value]
             if not ok:
                 continue
             fig.add_trace(go.Scatter(
                 x=[x for x, _, _ in ok], y=[_pct(rate.value) for _, _, rate in ok], mode="markers", name=g,
                 legendgroup=g, showlegend=col == 1, marker=dict(color=color[g], size=9),
-                text=[f"seed {r['seed']}" if r.get("seed") is not None else g for _, r, _ in ok],
+                text=[f"seed {r.seed}" if r.seed is not None else g for _, r, _ in ok],
                 error_y=dict(type="data", symmetric=False, thickness=1.2,
                              array=[_pct(rate.hi - rate.value) for _, _, rate in ok],
                              arrayminus=[_pct(rate.value - rate.lo) for _, _, rate in ok])), row=1, col=col)
         for r in rs:
-            if r.get("shift_trajectory"):
-                steps, shift = zip(*r["shift_trajectory"], strict=True)
+            if r.shift_trajectory:
+                steps, shift = zip(*r.shift_trajectory, strict=True)
                 fig.add_trace(go.Scatter(x=steps, y=shift, mode="lines+markers", name=g, legendgroup=g,
                                          showlegend=False, line=dict(color=color[g], width=2),
                                          marker=dict(size=5)), row=1, col=3)

@@ -21,7 +21,7 @@ import numpy as np
 from emi.behaviour.logprob import OptionPair, answer_logits
 from emi.behaviour.metrics import bootstrap
 from emi.behaviour.questions import Question
-from emi.behaviour.records import Row
+from emi.behaviour.records import Estimate
 from emi.behaviour.sampling import SamplingConfig
 from emi.behaviour.side_effects import BenignItem
 from emi.core.errors import ConfigError
@@ -33,6 +33,7 @@ from emi.models.kit import TaskMetric
 from emi.models.loading import LoadedModel, PairLoadOptions, load_pair
 from emi.models.organism_folder import Organism
 from emi.models.specs import ModelSpec, PairSpec
+from emi.training.records import DefenceRow
 
 
 def benign_shift(base: LoadedModel, model: LoadedModel, items: Sequence[BenignItem], batch_size: int = 8
@@ -84,16 +85,18 @@ def shift_trajectory(spec: PairSpec, org: Organism, ref: Reference, setup: Setup
 
 
 def measure_model(label: str, base: LoadedModel, model: LoadedModel, ref: Reference, setup: Setup,
-                  progress: bool = True, kl: tuple[float, float, float] | None = None) -> dict[str, object]:
-    """One row of the table (without its organism columns), asked as ``setup.cfg.elicitation`` asks
-    (its ``evaluated`` column); ``kl``: the benign KL already measured for this model (it does not
-    depend on the elicitation)."""
+                  progress: bool = True, kl: Estimate | None = None) -> DefenceRow:
+    """One row of the table (its defence the label, without a seed: the caller names the organism),
+    asked as ``setup.cfg.elicitation`` asks (its ``evaluated`` column); ``kl``: the benign KL
+    already measured for this model (it does not depend on the elicitation)."""
     point = measure(model, label, 0, ref, setup.questions, setup.extract, setup.cfg, setup.judge, setup.out,
                     setup.pairs, setup.task, progress)
     if kl is None:
-        kl = (0.0, 0.0, 0.0) if model is base else bootstrap(benign_shift(base, model, setup.benign), seed=setup.cfg.seed)
-    return {**point.measured(), "kl": kl[0], "kl_lo": kl[1], "kl_hi": kl[2], "n_benign": len(setup.benign),
-            "evaluated": setup.cfg.elicitation.label()}
+        kl = Estimate(0.0, 0.0, 0.0) if model is base else Estimate.of(
+            bootstrap(benign_shift(base, model, setup.benign), seed=setup.cfg.seed))
+    return DefenceRow(label=label, defence=label, checkpoint=point.checkpoint, measures=point.measures,
+                      task=point.task, judging=point.judging, kl=kl, n_benign=len(setup.benign),
+                      evaluated=setup.cfg.elicitation.label())
 
 
 def prompted(setup: Setup, system: tuple[str, str]) -> Setup:
@@ -103,12 +106,8 @@ def prompted(setup: Setup, system: tuple[str, str]) -> Setup:
     return replace(setup, cfg=replace(setup.cfg, elicitation=e))
 
 
-def _kl(row: dict[str, object]) -> tuple[float, float, float]:
-    return float(row["kl"]), float(row["kl_lo"]), float(row["kl_hi"])  # type: ignore[arg-type]
-
-
 def table(organisms: Sequence[Organism], specs: Sequence[PairSpec], direction: Direction, setup: Setup,
-          extra: Sequence[tuple[str, PairSpec]] = (), log: Callable[[str], None] | None = None) -> list[dict[str, object]]:
+          extra: Sequence[tuple[str, PairSpec]] = (), log: Callable[[str], None] | None = None) -> list[DefenceRow]:
     """Rows: the base, any ``extra`` (label, pair) finetunes, then every organism (defence, seed,
     its measurements, its shift trajectory). An organism trained with a system prompt (inoculation
     prompting) gets a second row evaluated with that prompt (defence ``"<defence> [eval: <prompt>]"``),
@@ -118,13 +117,13 @@ def table(organisms: Sequence[Organism], specs: Sequence[PairSpec], direction: D
     first = load_pair(specs[0], roles=("base",), resident="one", **setup.load)
     base = first.base
     ref = Reference.of(base, direction, setup.extract, setup.questions)
-    rows = [{"label": "base", "defence": "(base)", "seed": None, **measure_model("base", base, base, ref, setup)}]
+    rows = [replace(measure_model("base", base, base, ref, setup), defence="(base)")]
     systems = [s for s in dict.fromkeys(o.system for o in organisms) if s is not None
                and s[1] != setup.cfg.elicitation.system]
     for system in systems:
         at = prompted(setup, system)
-        rows.append({"label": "base", "defence": f"(base) [eval: {system[0]}]", "seed": None, "eval_prompt": system[0],
-                     **measure_model("base", base, base, ref, at)})
+        rows.append(replace(measure_model("base", base, base, ref, at), defence=f"(base) [eval: {system[0]}]",
+                            eval_prompt=system[0]))
     todo = [(label, spec, None) for label, spec in extra] + [(str(o.folder), s, o) for o, s in zip(organisms, specs,
                                                                                                    strict=True)]
     for i, (label, spec, org) in enumerate(todo):
@@ -134,26 +133,36 @@ def table(organisms: Sequence[Organism], specs: Sequence[PairSpec], direction: D
         measured = measure_model(label, base, pair.finetuned, ref, setup)
         with_prompt = None
         if org is not None and org.system is not None and org.system[1] != setup.cfg.elicitation.system:
-            with_prompt = measure_model(label, base, pair.finetuned, ref, prompted(setup, org.system), kl=_kl(measured))
+            with_prompt = measure_model(label, base, pair.finetuned, ref, prompted(setup, org.system), kl=measured.kl)
         pair.release()  # before the checkpoints load, one at a time
-        shift = {"shift_trajectory": shift_trajectory(spec, org, ref, setup)} if org is not None else {}
-        rows.append({"label": label, "defence": org.defence if org else label, "seed": org.seed if org else None,
-                     **measured, **shift})
-        if org is not None and org.system is not None and with_prompt is not None:
-            rows.append({"label": label, "defence": f"{org.defence} [eval: {org.system[0]}]", "seed": org.seed,
-                         "eval_prompt": org.system[0], **with_prompt})
+        if org is None:
+            rows.append(measured)
+            continue
+        rows.append(replace(measured, defence=org.defence, seed=org.seed,
+                            shift_trajectory=shift_trajectory(spec, org, ref, setup)))
+        if org.system is not None and with_prompt is not None:
+            rows.append(replace(with_prompt, defence=f"{org.defence} [eval: {org.system[0]}]", seed=org.seed,
+                                eval_prompt=org.system[0]))
     return rows
 
 
-def spread(rows: Sequence[Row]) -> list[dict[str, object]]:
+# the columns the seeds' spread summarises, as spread.json names them
+SPREAD: tuple[tuple[str, Callable[[DefenceRow], float]], ...] = (
+    ("em_rate", lambda r: r.measures.em.value), ("coherence_rate", lambda r: r.measures.coherence.value),
+    ("task_rate", lambda r: r.task.value if r.task is not None else np.nan), ("kl", lambda r: r.kl.value),
+    ("projection_shift", lambda r: r.measures.projection_shift.value),
+    ("p_misaligned", lambda r: r.measures.p_misaligned.value))
+
+
+def spread(rows: Sequence[DefenceRow]) -> list[dict[str, object]]:
     """Per defence (organism rows only): the seeds' mean, sd, min and max of EM, coherence, task,
     KL and the shift along the direction."""
     out = []
-    for defence in dict.fromkeys(r["defence"] for r in rows if r.get("seed") is not None):
-        group = [r for r in rows if r["defence"] == defence and r.get("seed") is not None]
-        summary: dict[str, object] = {"defence": defence, "seeds": [r["seed"] for r in group]}
-        for key in ("em_rate", "coherence_rate", "task_rate", "kl", "projection_shift", "p_misaligned"):
-            v = np.array([r.get(key, np.nan) for r in group], dtype=float)
+    for defence in dict.fromkeys(r.defence for r in rows if r.organism):
+        group = [r for r in rows if r.defence == defence and r.organism]
+        summary: dict[str, object] = {"defence": defence, "seeds": [r.seed for r in group]}
+        for key, of in SPREAD:
+            v = np.array([of(r) for r in group], dtype=float)
             if np.isnan(v).all():
                 continue
             summary.update({f"{key}_mean": float(np.nanmean(v)), f"{key}_sd": float(np.nanstd(v, ddof=1)) if
@@ -162,15 +171,16 @@ def spread(rows: Sequence[Row]) -> list[dict[str, object]]:
     return out
 
 
-def shift_predicts(rows: Sequence[Row]) -> dict[str, float]:
+def shift_predicts(rows: Sequence[DefenceRow]) -> dict[str, float]:
     """Pearson r across the organisms (every defence and seed) between the activation shift along the
     direction and each behaviour: does the shift predict the trait, as Chen et al. (2025) found
     across finetunes (r = 0.76-0.97)?"""
-    orgs = [r for r in rows if r.get("seed") is not None and not r.get("eval_prompt")]  # each organism once
-    x = np.array([r["projection_shift"] for r in orgs], dtype=float)
+    orgs = [r for r in rows if r.organism and not r.eval_prompt]  # each organism once
+    x = np.array([r.measures.projection_shift.value for r in orgs], dtype=float)
     out = {}
+    columns = dict(SPREAD)
     for key in ("em_rate", "p_misaligned", "task_rate"):
-        y = np.array([r.get(key, np.nan) for r in orgs], dtype=float)
+        y = np.array([columns[key](r) for r in orgs], dtype=float)
         ok = ~np.isnan(x) & ~np.isnan(y)
         if ok.sum() >= 3 and np.std(x[ok]) > 0 and np.std(y[ok]) > 0:
             out[key] = float(np.corrcoef(x[ok], y[ok])[0, 1])

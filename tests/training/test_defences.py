@@ -1,16 +1,21 @@
 """emi.defences: the defence table of toy organisms (two defences, two seeds) with emi's own metrics."""
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from emi import cli, defences, finetune
+from emi.behaviour.metrics import Rate
+from emi.behaviour.records import Estimate
 from emi.models.loading import load_pair
 from emi.organism.datasets import finetune_sets
 from emi.organism.kit import KIT
 from emi.report.figures import defences as defences_figure
 from emi.training.data import write_chats
 from emi.training.evaluation import benign_shift, spread
+from emi.training.records import read_defences
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +59,18 @@ def test_the_kl_of_a_model_from_itself_is_zero():
     assert min(benign_shift(pair.base, pair.finetuned, items)) > 0
 
 
+ROW = read_defences(Path(__file__).parents[1] / "behaviour" / "data" / "defences-main.jsonl")[-1]  # an organism's
+
+
+def row(seed, em, shift, defence="none", **more):
+    """A defence row of an organism (``seed``; None: the base's) with these measures."""
+    m = replace(ROW.measures, em=Rate(em, em, em, 0, 1), projection_shift=Estimate(shift, shift, shift), **more)
+    return replace(ROW, defence=defence, seed=seed, measures=m)
+
+
 def test_spread_of_one_seed_has_no_sd():
-    rows = [{"defence": "none", "seed": 0, "em_rate": 0.3, "projection_shift": 1.0},
-            {"defence": "(base)", "seed": None, "em_rate": 0.0}]
+    nan = Estimate(float("nan"), float("nan"), float("nan"))
+    rows = [replace(row(0, 0.3, 1.0), kl=nan), replace(row(None, 0.0, 0.0, defence="(base)"), kl=nan)]
     (s,) = spread(rows)
     assert s["em_rate_mean"] == 0.3 and s["em_rate_sd"] == 0.0 and "kl_mean" not in s
 
@@ -69,8 +83,8 @@ def test_a_folder_without_organisms_is_one_sentence(tmp_path, capsys):
 def test_shift_predicts_is_pearson_r_across_organisms_only():
     from emi.training.evaluation import shift_predicts
 
-    rows = [{"seed": None, "projection_shift": 100.0, "em_rate": 0.0}] + [
-        {"seed": i, "projection_shift": float(i), "em_rate": 0.1 * i, "p_misaligned": 1.0 - 0.2 * i} for i in range(4)]
+    rows = [replace(row(None, 0.0, 100.0), task=None)] + [
+        replace(row(i, 0.1 * i, float(i), p_misaligned=Estimate(1.0 - 0.2 * i, 0.0, 1.0)), task=None) for i in range(4)]
     r = shift_predicts(rows)
     assert r["em_rate"] == pytest.approx(1.0) and r["p_misaligned"] == pytest.approx(-1.0) and "task_rate" not in r
 
