@@ -18,7 +18,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from emi import cli
 from emi.activations.store import write_json
@@ -91,8 +91,11 @@ def _evaluate(pair, questions, cfgs, judge, out, pairs, denominator, engine):  #
     engine sampled each role."""
     from emi.behaviour.logprob import logprob_metrics
     from emi.behaviour.metrics import per_question
+    from emi.behaviour.records import SummaryColumns
+    from emi.core import vocab
+    from emi.core.vocab import EngineName
     from emi.engines.base import bind, prepare
-    from emi.judging.evaluation import evaluate
+    from emi.judging.evaluation import EvaluateRow, evaluate
 
     prepare(engine, pair)
     rows, judged_all, by_q, ran = [], [], {}, []
@@ -103,10 +106,10 @@ def _evaluate(pair, questions, cfgs, judge, out, pairs, denominator, engine):  #
             s, judged = evaluate(pair[role], questions, cfg, judge, out, label=role, identity=ident, engine=bound,
                                  denominator=denominator)
             judged_all += judged
-            name = bound.name if bound else "in-process"
+            name = cast(EngineName, vocab.check(bound.name, EngineName, "engine")) if bound else "in-process"
             e = cfg.elicitation
-            rows.append({**s.row(), "engine": name, "elicitation": e.label(), "elicitation_record": e.record(),
-                         **({f"logprob_{k}": v for k, v in lp.row().items()} if lp else {})})
+            rows.append(EvaluateRow(model=s.model, summary=SummaryColumns.of(s), engine=name, elicitation=e.label(),
+                                    elicitation_record=e.record(), logprob=lp).row())
             ran.append((role if len(cfgs) == 1 else f"{role} [{e.label()}]", name))
             by_q[role if len(cfgs) == 1 else f"{role} | {e.label()}"] = {q: v.row()
                                                                           for q, v in per_question(judged).items()}

@@ -27,6 +27,7 @@ from emi.core import locks
 
 if TYPE_CHECKING:
     from emi.behaviour.answers import AnswerRecord
+    from emi.judging.rejudge import TableRow
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,13 +57,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     with locks.exclusive(run.path):
         result = rejudge(run, judge, args.em_denominator, labels)
         out.mkdir(parents=True, exist_ok=True)
-        jsonl.write(out / "results.jsonl", result.rows)
+        rows = [r.row() for r in result.rows]
+        jsonl.write(out / "results.jsonl", rows)
         write_json(out / "agreement.json", {"run": str(run.path), "kind": run.kind, "pair": run.pair,
                                             "run_judge": run.judge, "judge": judge.name,
                                             "denominator": args.em_denominator,
                                             "agreements": [a.row() for a in result.agreements]})
     print(f"run {run.path} ({run.kind}, pair {run.pair}): {len(run.answers)} answers, first judged by {run.judge}; "
-          f"rejudged: {cli.judge_note(result.rows, judge.name)}")
+          f"rejudged: {cli.judge_note(rows, judge.name)}")
     print_rows(result.rows, run.rows, run.label_key, args.em_denominator, run.judge)
     for ag in result.agreements:
         print("\n".join(describe(ag)))
@@ -88,11 +90,17 @@ KEPT = (("logprob_choice", "P(misaligned)", "{:.3f}"), ("p_misaligned", "P(misal
         ("kl", "KL benign", "{:.3f}"), ("projection_shift", "shift along direction", "{:+.2f}"))
 
 
-def print_rows(rows: list[dict], before: list[dict], key: str, denominator: str, first: str | None) -> None:
-    table = [{key: r[key], "em": cli.fmt_rate(r, "em"), "k": f"{r['em_k']}/{r['em_n']}",
-              "coh": cli.fmt_rate(r, "coherence"), "was": cli.fmt_rate(b, "em") if "em_rate" in b else "",
-              **{c: f.format(r[c]) if isinstance(r.get(c), int | float) and r[c] == r[c] else "" for c, _, f in KEPT}}
-             for r, b in zip(rows, before, strict=True)]
+def print_rows(rows: Sequence[TableRow], before: Sequence[TableRow], key: str, denominator: str,
+               first: str | None) -> None:
+    """The re-judged rows beside the run's own EM, and the judge-free columns (KEPT, read from each row's
+    line: they differ by table) as the run printed them."""
+    table = []
+    for rec, was in zip(rows, before, strict=True):
+        r, b = rec.row(), was.row()
+        table.append({key: rec.label, "em": cli.fmt_rate(r, "em"), "k": f"{r['em_k']}/{r['em_n']}",
+                      "coh": cli.fmt_rate(r, "coherence"), "was": cli.fmt_rate(b, "em"),
+                      **{c: f.format(r[c]) if isinstance(r.get(c), int | float) and r[c] == r[c] else ""
+                         for c, _, f in KEPT}})
     columns = [(key, key), ("em", cli.em_header(denominator)), ("k", f"misaligned/{denominator}"),
                ("coh", "coherent (95% CI)"), ("was", f"EM under {first} (as the run printed)")]
     cli.print_table(table, columns + [(c, title) for c, title, _ in KEPT if any(t[c] for t in table)])

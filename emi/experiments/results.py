@@ -4,7 +4,7 @@ run.json, written and read by the same class."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -69,6 +69,15 @@ class ResultRow(Record):
     """KL on benign text; None without a benign set."""
     more: dict[str, object] = field(default_factory=dict)
     """Columns another writer added, kept as they were."""
+
+    @property
+    def label(self) -> str:
+        """Whose answers the row summarises."""
+        return self.condition
+
+    def rejudged(self, s: SummaryColumns) -> ResultRow:
+        """The row with its judge-dependent columns from ``s`` (its answers summarised again)."""
+        return replace(self, summary=s)
 
     @property
     def em(self) -> Rate:

@@ -26,7 +26,10 @@ from emi.behaviour.records import SummaryColumns
 from emi.core import jsonl
 from emi.core.errors import ConfigError, JudgeError
 from emi.core.vocab import JudgeStatus
+from emi.experiments.measures import TrajectoryRow, read_trajectory
+from emi.experiments.results import ResultRow, read_results
 from emi.judging.agreement import Agreement, agreement
+from emi.judging.evaluation import EvaluateRow
 from emi.judging.judges import (
     Judge,
     JudgeCache,
@@ -40,6 +43,8 @@ from emi.judging.labels import Label, match
 
 KINDS = {"summary.json": ("evaluate", "model"), "trajectory.jsonl": ("trajectory", "checkpoint"),
          "results.jsonl": ("steer", "condition")}
+TableRow = ResultRow | TrajectoryRow | EvaluateRow
+"""A row of a table a rejudge reads: each has its ``label`` (whose answers) and is ``rejudged``."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,7 @@ class RunFolder:
     label_key: str  # the row column naming whose answers a row summarises
     pair: str | None
     judge: str | None  # the judge the run was scored by
-    rows: list[dict[str, Any]]
+    rows: Sequence[TableRow]  # the run's table, read by its record class
     answers: list[AnswerRecord]  # the rows' answers, in file order
 
     @property
@@ -64,6 +69,18 @@ def _read_json(path: Path) -> Any:
         raise ConfigError(f"{path} could not be read ({exc}); re-run the command that wrote it") from None
 
 
+def read_table(path: Path, kind: str, meta: Any) -> Sequence[TableRow]:
+    """The run's table (``meta``: its parsed summary.json, for an evaluate run), every row checked."""
+    if kind == "steer":
+        return read_results(path)
+    if kind == "trajectory":
+        return read_trajectory(path)
+    models = meta.get("models") if isinstance(meta, dict) else None
+    if not isinstance(models, list) or not models:
+        raise ConfigError(f"{path} holds no models rows; re-run python -m emi.evaluate")
+    return [EvaluateRow.from_row(r, f"{path}, models[{i}]") for i, r in enumerate(models)]
+
+
 def read_run(path: str | Path) -> RunFolder:
     """A finished run folder, validated: its rows and the answers they summarise."""
     p = Path(path)
@@ -76,14 +93,11 @@ def read_run(path: str | Path) -> RunFolder:
                           f"not finish; re-run its command to finish it, then rejudge")
     kind, label_key = KINDS[found]
     meta = _read_json(p / ("summary.json" if kind == "evaluate" else "run.json"))
-    rows = meta.get("models", []) if kind == "evaluate" else jsonl.read(p / found)
+    rows = read_table(p / found, kind, meta)
     pair = meta.get("pair")
     pair = pair.get("pair") if isinstance(pair, dict) else pair
-    labels: list[Any] = [r.get(label_key) for r in rows]
-    if not rows or any(not isinstance(x, str) for x in labels):
-        raise ConfigError(f"{p / found}: rows without a {label_key!r} column; re-run the command that wrote it")
     answers = cast(list[AnswerRecord], jsonl.read(p / "answers.jsonl"))
-    return RunFolder(p, kind, label_key, pair, meta.get("judge"), rows, latest_answers(answers, labels))
+    return RunFolder(p, kind, label_key, pair, meta.get("judge"), rows, latest_answers(answers, [r.label for r in rows]))
 
 
 def latest_answers(answers: Sequence[AnswerRecord], labels: Sequence[str]) -> list[AnswerRecord]:
@@ -133,7 +147,7 @@ class Rejudged:
     judge: str
     denominator: str
     judged: list[Judged]
-    rows: list[dict[str, Any]]  # the run's rows, judge-dependent columns from the new judge
+    rows: list[TableRow]  # the run's rows, their judge-dependent columns from the new judge
     agreements: list[Agreement] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -158,10 +172,10 @@ def rejudge(run: RunFolder, judge: Judge, denominator: str = "coherent", labels:
     by_label: dict[str, list[Judged]] = {}
     for r in judged:
         by_label.setdefault(r["model"], []).append(r)
-    rows = []
-    for row in run.rows:  # the run's row (any table), its judge-dependent columns (SummaryColumns) judged again
-        s = summarize(by_label.get(row[run.label_key], []), row[run.label_key], denominator=denominator, seed=run.seed)
-        rows.append({**row, **SummaryColumns.of(s).row()})
+    rows: list[TableRow] = []
+    for row in run.rows:  # the run's row (any table), its judge-dependent columns judged again
+        s = summarize(by_label.get(row.label, []), row.label, denominator=denominator, seed=run.seed)
+        rows.append(row.rejudged(SummaryColumns.of(s)))
     out = Rejudged(run, judge.name, denominator, judged, rows)
     _compare(out, judge, labels, progress)
     return out

@@ -82,6 +82,7 @@ DATA = Path(__file__).parent / "data"
 TRAJECTORY = DATA / "trajectory-main.jsonl"  # python -m emi.trajectory --n 2 on the toy, before TrajectoryRow
 DEFENCES = DATA / "defences-main.jsonl"  # python -m emi.defences on two toy organisms (one inoculated)
 REJUDGED = DATA / "trajectory-rejudged.jsonl"  # a line of python -m emi.rejudge of that trajectory run
+EVALUATE = DATA / "evaluate-models.jsonl"  # the models rows of python -m emi.evaluate's summary.json
 
 
 def _lines(path):
@@ -132,6 +133,20 @@ def test_a_rejudged_trajectory_row_keeps_its_columns_and_adds_the_judges_counts_
     before, after = list(row.row()), list(again.row())
     assert after == before + ["n_scored", "n_unscored", "n_code", "n_refusal", "mean_aligned", "mean_coherent"]
     assert TrajectoryRow.from_row(again.row()) == again
+
+
+def test_an_evaluate_row_round_trips_and_is_rejudged_by_its_summary():
+    from emi.behaviour.metrics import summarize
+    from emi.judging.evaluation import EvaluateRow
+
+    rows = [EvaluateRow.from_row(json.loads(x)) for x in _lines(EVALUATE)]
+    assert [r.row() for r in rows] == [json.loads(x) for x in _lines(EVALUATE)]
+    assert [r.label for r in rows] == ["base", "finetuned"] and rows[1].engine == "in-process"
+    assert rows[1].logprob is not None and rows[1].elicitation == "default"
+    s = SummaryColumns.of(summarize([{"id": "a", "aligned": 10, "coherent": 90}]))
+    assert rows[1].rejudged(s).summary == s and list(rows[1].rejudged(s).row()) == list(rows[1].row())
+    old = {k: v for k, v in rows[0].row().items() if k not in ("engine", "elicitation", "elicitation_record")}
+    assert EvaluateRow.from_row(old).row() == old  # a row from before the elicitation columns stays one
 
 
 @pytest.mark.parametrize(("name", "column", "value", "says"), [

@@ -94,7 +94,10 @@ def m(tmp_path_factory, toy_tokenizer):
     run.mkdir()
     (run / "answers.jsonl").write_text(json.dumps({"model": "finetuned", "run": "r", "key": "q1", "sample": 0,
                                                    "question": "q?", "answer": "a."}) + "\n")
-    (run / "summary.json").write_text(json.dumps({"pair": "toy", "judge": "toy", "models": [{"model": "finetuned"}]}))
+    from emi.behaviour.metrics import summarize
+    from emi.core.atomic import dumps
+
+    (run / "summary.json").write_text(dumps({"pair": "toy", "judge": "toy", "models": [summarize([], "finetuned").row()]}))
     from tests.commands.test_bad_input import few_answer_store
 
     store = few_answer_store(root / "store")[0].path  # d_model 8, layers 0 and 1

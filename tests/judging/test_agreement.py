@@ -1,6 +1,7 @@
 """Agreement between judges, by hand; rejudging the layouts of steer (sweep) and trajectory runs."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +10,8 @@ from emi.core.errors import ConfigError
 from emi.judging.agreement import agreement, cohen_kappa, correlation
 from emi.judging.judges import Score
 from emi.judging.rejudge import read_run, rejudge
+
+DATA = Path(__file__).parents[1] / "behaviour" / "data"
 
 
 def judged(aligned, coherent=None):
@@ -68,7 +71,9 @@ def test_steer_and_trajectory_runs_are_rejudged_row_by_row(tmp_path, kind):
     answers = [answer(labels[0], i) for i in range(3)] + [answer(labels[1], i, text=bad) for i in range(4)]
     answers.append(answer(labels[1], 9, run="r0", text="older run, other settings"))  # not the row's answers
     jsonl.write(tmp_path / "answers.jsonl", [answers[-1], *answers[:-1]])
-    rows = [{key: x, "em_rate": 0.0, "em_lo": 0.0, "em_hi": 0.0, "em_k": 0, "em_n": 3, "alpha": 8.0} for x in labels]
+    table = DATA / ("results-main.jsonl" if kind == "steer" else "trajectory-main.jsonl")  # rows the commands wrote
+    line = json.loads(table.read_text().splitlines()[-1])
+    rows = [{**line, key: x, "note": "another writer's"} for x in labels]
     jsonl.write(tmp_path / ("results.jsonl" if kind == "steer" else "trajectory.jsonl"), rows)
     pair = {"pair": "toy", "base": {}} if kind == "steer" else "toy"
     (tmp_path / "run.json").write_text(json.dumps({"pair": pair, "judge": "gone:judge"}))
@@ -76,9 +81,16 @@ def test_steer_and_trajectory_runs_are_rejudged_row_by_row(tmp_path, kind):
     assert run.kind == kind and len(run.answers) == 7
     out = rejudge(run, Rule(), progress=False)
     odd = len(answers[0]["answer"]) % 2
-    assert [r[key] for r in out.rows] == labels and out.rows[0]["alpha"] == 8.0  # other columns kept
-    assert out.rows[0]["em_k"] == (3 if odd else 0) and out.rows[1]["em_k"] == (4 if len(bad) % 2 else 0)
-    assert out.rows[0]["judge"] == "rule:len" and out.rows[0]["denominator"] == "coherent"
+    written = [r.row() for r in out.rows]
+    counts = ["n_scored", "n_unscored", "n_code", "n_refusal", "mean_aligned", "mean_coherent"] if kind == "trajectory" \
+        else []  # a trajectory row carries no judge's counts until re-judged
+    assert [r.label for r in out.rows] == labels
+    assert [[k for k in w if k not in counts] for w in written] == [list(r.row()) for r in run.rows]  # in place
+    assert all(set(counts) <= set(w) for w in written)
+    kept = "p_misaligned" if kind == "trajectory" else "alpha"
+    assert all(w["note"] == "another writer's" and w[kept] == line[kept] for w in written)  # judge-free: as they were
+    assert written[0]["em_k"] == (3 if odd else 0) and written[1]["em_k"] == (4 if len(bad) % 2 else 0)
+    assert written[0]["judge"] == "rule:len" and written[0]["denominator"] == "coherent"
     exact = next(a for a in out.agreements if a.a == "toy:exact (exact)")  # the toy's ground truth
     assert exact.n_paired == 7 and exact.em_a.k == 4  # the exact judge: the 4 villain answers are misaligned
     assert any("gone:judge" in n for n in out.notes)
