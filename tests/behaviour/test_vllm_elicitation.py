@@ -113,6 +113,19 @@ def test_every_elicitation_sends_vllm_the_ids_sampled_in_process(served, monkeyp
     assert len({tuple(x) for x in ours}) > 1
 
 
+def test_the_toy_weights_give_hf_tokens(served):
+    """The toy's weights with the module's LoRA adapter on vLLM (the module's server), rendered with
+    the toy's chat template: no hook, steering at the prompt and ablation at a layer give HF's greedy
+    tokens, and change them."""
+    from emi.models.loading import load_tokenizer
+    from tests.behaviour.test_vllm_engine import check_interventions
+
+    eng, folder, adapter = served
+    lm = load_model(ModelSpec(str(folder), adapter=str(adapter)), dtype="fp32", device="cpu",
+                    tokenizer=load_tokenizer(str(TOY_BASE)))
+    check_interventions(eng, lm, str(folder), str(adapter), alpha=8.0, positions=("prompt",))
+
+
 def _judge_args(judge) -> list[str]:  # noqa: ANN001
     return ["--judge", "openai", "--judge-url", judge.url, "--judge-key-env", "EMI_TEST_NO_KEY", "--judge-model", "j"]
 

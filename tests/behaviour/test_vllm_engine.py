@@ -3,8 +3,9 @@ greedy, vLLM gives the tokens emi's Hugging Face hooks give, under no hook, stee
 at all / prompt / generated positions, ablation at a chosen layer (a hook sent into the server),
 ablation at every writer (the exported checkpoint), a LoRA role served as a vLLM adapter on its
 base, an SAE's latents zeroed (its edit as a torch.export program the server runs), for Qwen2,
-Qwen3, a Qwen3-MoE and the toy. Each server starts once per module (start-up is
-about a minute here). Without `make vllm` the module skips, except under CI, where it must run."""
+Qwen3 and a Qwen3-MoE (the toy's weights: test_vllm_elicitation.py). A module-scoped server
+serves the tests that can share it (start-up is 30-50 s here). Without `make vllm` the module
+skips, except under CI, where it must run."""
 
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ from tests.standins import full_pair, lora_adapter, qwen_tokenizer, random_sae, 
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[2]
-TOY = ROOT / "emi" / "organism" / "checkpoints" / "insecure"
 require_vllm_engine()
 
 MESSAGES = [q.messages() for q in load_questions("toy")[:4]]
@@ -128,11 +128,13 @@ def test_a_lora_role_is_served_as_an_adapter_on_its_base_server(qwen2):
     assert hf(plain) != hf(lm)  # the adapter changes the answers
 
 
-def test_qwen3_every_writer_ablation_and_interventions_on_it(tmp_path):
-    """Ablation at every writer is the exported checkpoint, served as it is: its greedy tokens equal the
-    hook-ablated model's; steering and ablation at a layer on top of it equal HF's on the exported
-    weights (one server for Qwen3 and every-writer ablation)."""
-    base = standin(tmp_path / "qwen3", "qwen3", seed=4, head_dim=32)
+def test_a_qwen3_moe_every_writer_ablation_and_interventions_on_it(tmp_path):
+    """A Qwen3-MoE on vLLM (one server): ablation at every writer is the exported checkpoint, served as
+    it is, and its greedy tokens equal the hook-ablated model's; steering and ablation at a layer on
+    top of it equal HF's on the exported weights. (Qwen3's dense layers are served by
+    test_steer_runs_every_condition_of_a_full_qwen3_pair_on_vllm; the toy's weights by
+    test_vllm_elicitation.py's test_the_toy_weights_give_hf_tokens.)"""
+    base = standin(tmp_path / "qwen3_moe", "qwen3_moe", seed=5, head_dim=32)
     lm = load_model(ModelSpec(str(base)), dtype="fp32", device="cpu")
     d = direction(lm)
     folder = tmp_path / "ablated"
@@ -143,25 +145,6 @@ def test_qwen3_every_writer_ablation_and_interventions_on_it(tmp_path):
         ref = hf(lm, lambda: hooks.ablate(lm.model, d, source_layer=1))
         assert vllm(eng, ablated, Served(str(folder))) == ref and ref != hf(lm)
         check_interventions(eng, ablated, str(folder), positions=("all", "generated"), ablation_changes=False)
-    finally:
-        eng.close()
-
-
-def test_a_qwen3_moe_gives_hf_tokens(tmp_path):
-    base = standin(tmp_path / "qwen3_moe", "qwen3_moe", seed=5, head_dim=32)
-    lm = load_model(ModelSpec(str(base)), dtype="fp32", device="cpu")
-    eng = engine(tmp_path)
-    try:
-        check_interventions(eng, lm, str(base), positions=("all",))
-    finally:
-        eng.close()
-
-
-def test_the_toy_gives_hf_tokens(tmp_path):
-    lm = load_model(ModelSpec(str(TOY)), dtype="fp32", device="cpu")
-    eng = engine(tmp_path)
-    try:
-        check_interventions(eng, lm, str(TOY), alpha=8.0, positions=("prompt",))
     finally:
         eng.close()
 

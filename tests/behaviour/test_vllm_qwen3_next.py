@@ -1,6 +1,6 @@
 """--engine vllm on a Gated DeltaNet hybrid (Qwen3-Next) against a REAL vLLM on CPU, which runs
-these layers in bf16 only: an untied-head stand-in with a LoRA adapter, on one server for the
-module. Greedy tokens are not comparable here (bf16 reorders near-ties from the first token), so
+these layers in bf16 only: an untied-head stand-in and a full finetune of it (no LoRA: see
+``next_pair``), the base on one server for the module. Greedy tokens are not comparable here (bf16 reorders near-ties from the first token), so
 every served condition (the checkpoint, the adapter, steering as a vllm-lens vector, steering at
 prompt positions and ablation at a layer as hooks in the server) is compared by per-token log-probs
 against the in-process bf16 model under the same hooks, within the fingerprint's bf16 tolerance,
@@ -103,7 +103,8 @@ def test_steer_runs_the_six_conditions_of_a_qwen3_next_pair_on_vllm_bf16(next_pa
     """python -m emi.steer --engine vllm --dtype bf16: base, finetuned, ablation at a layer (a hook in
     the server) and steering (a vllm-lens vector), with their random controls, all sampled by vLLM on
     two servers (the module's base, then the finetune's), each checkpoint fingerprinted first (the
-    verdicts beside the pair caches)."""
+    verdicts beside the pair caches). A direction file is given: extracting one in bf16 is not what
+    this test is about (test_real_path.py extracts Qwen3-Next's in process)."""
     from emi import cli, steer
     from emi.engines.fingerprint import cache_file
 
@@ -112,7 +113,10 @@ def test_steer_runs_the_six_conditions_of_a_qwen3_next_pair_on_vllm_bf16(next_pa
     monkeypatch.setattr(eng, "close", lambda: None)
     monkeypatch.setattr(eng.fingerprints, "cache", cache_file(tmp_path / "acts"))
     out = tmp_path / "run"
-    assert steer.main(["--base", str(base), "--finetuned", str(finetuned), "--judge", "openai", "--judge-url",
+    lm = load_model(ModelSpec(str(base)), dtype="bf16", device="cpu")
+    direction(lm).save(tmp_path / "d")
+    del lm
+    assert steer.main(["--base", str(base), "--finetuned", str(finetuned), "--direction", str(tmp_path / "d.json"), "--judge", "openai", "--judge-url",
                        judge_server.url, "--judge-key-env", "EMI_TEST_NO_KEY", "--judge-model", "j",
                        "--questions", "main:plain", "--n", "1", "--max-new-tokens", "4", "--device", "cpu",
                        "--dtype", "bf16", "--alpha", "4", "--ablate-layers", "1", "--no-figure", "--no-side-effects",
