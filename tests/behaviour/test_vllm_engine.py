@@ -364,7 +364,7 @@ def test_steer_runs_every_condition_of_a_full_qwen3_pair_on_vllm(tmp_path, capsy
     """python -m emi.steer --engine vllm on a full Qwen3 finetune, through the command's own engine
     (emi starts and stops every server: the base's for its three conditions and the finetune's, the
     ablation at a layer a hook in the finetune's server; the every-writer ablation, exported and
-    served, is test_qwen3_every_writer_ablation_and_interventions_on_it's): all six conditions
+    served, is test_a_qwen3_moe_every_writer_ablation_and_interventions_on_it's): all six conditions
     sampled by vLLM, said in the output."""
     from emi import steer
     from tests.standins import JudgeServer
