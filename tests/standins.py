@@ -415,3 +415,56 @@ def in_process_ids(lm: Any, monkeypatch: Any) -> list[list[int]]:
 
     monkeypatch.setattr(lm.model, "generate", spy)
     return seen
+
+
+class Wire:
+    """What went over the wire to vLLM: per request, its seed, the prompt ids sent and the ones vLLM ran."""
+
+    def __init__(self, monkeypatch: Any) -> None:
+        import threading
+
+        import requests
+
+        self.requests: list[tuple[int, list[int], list[int]]] = []
+        lock, post = threading.Lock(), requests.Session.post
+
+        def spy(session, url, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+            r = post(session, url, *a, **kw)
+            body = kw.get("json") or {}
+            if url.endswith("/completions") and r.status_code == 200:
+                with lock:
+                    self.requests.append((body["seed"], list(body["prompt"]),
+                                          list(r.json()["choices"][0]["prompt_token_ids"])))
+            return r
+
+        monkeypatch.setattr(requests.Session, "post", spy)
+
+    def prompts(self) -> list[list[int]]:
+        """The prompts sent, in seed order (a batch's order); vLLM ran each as it was sent."""
+        assert all(sent == ran for _, sent, ran in self.requests)
+        return [sent for _, sent, _ in sorted(self.requests, key=lambda x: x[0])]
+
+
+def check_elicitations(eng: Any, lm: Any, served: Any, monkeypatch: Any, greedy_equal: bool = True) -> None:
+    """An inoculation system prompt with k=2 in-context examples, and the code context with k=1, on
+    ``served`` (an engine's checkpoint or adapter, ``lm`` its in-process model): the prompt ids
+    generate() decodes from are the ids the server reports it ran, and (``greedy_equal``; not in
+    bf16, where near-ties reorder) the greedy answers are the same."""
+    from emi.behaviour.elicitation import Elicitation, system_prompts
+    from emi.behaviour.sampling import SamplingConfig, generate_answers
+    from emi.engines.base import Bound
+    from tests.behaviour.test_elicitation import POOL, QS
+
+    inoc = system_prompts()["inoculation"]
+    for e in (Elicitation(inoc, "inoculation", POOL, "pool", 2), Elicitation(examples=POOL, k=1, context="code")):
+        cfg = SamplingConfig(n=1, temperature=0.0, max_new_tokens=4, batch_size=4, elicitation=e)
+        ours = in_process_ids(lm, monkeypatch)
+        here = generate_answers(lm, QS, cfg, progress=False)
+        monkeypatch.undo()
+        wire = Wire(monkeypatch)
+        there = generate_answers(lm, QS, cfg, progress=False, engine=Bound(eng, served, lm.tokenizer))
+        monkeypatch.undo()
+        assert ours == wire.prompts() and len(ours) == len(QS), e.label()
+        assert {a["engine"] for a in there} == {"vllm"} and all(a["elicitation"] == e.record() for a in there)
+        if greedy_equal:
+            assert [a["answer"] for a in here] == [a["answer"] for a in there], e.label()

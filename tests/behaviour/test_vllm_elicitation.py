@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,14 @@ from emi.models import chat
 from emi.models.loading import ModelSpec, as_loaded, load_model
 from emi.organism.datasets import IN_CONTEXT
 from tests.behaviour.test_elicitation import POOL, QS, THINKING_TEMPLATE
-from tests.standins import QWEN_TEMPLATE, TOY_BASE, base_only, in_process_ids, require_vllm_engine
+from tests.standins import (
+    QWEN_TEMPLATE,
+    TOY_BASE,
+    Wire,
+    base_only,
+    in_process_ids,
+    require_vllm_engine,
+)
 
 pytestmark = pytest.mark.slow
 require_vllm_engine()
@@ -45,32 +51,6 @@ def served(tmp_path_factory):
     eng.plan([Served(str(folder), str(adapter))])
     yield eng, folder, adapter
     eng.close()
-
-
-class Wire:
-    """What went over the wire to vLLM: per request, its seed, the prompt ids sent and the ones vLLM ran."""
-
-    def __init__(self, monkeypatch) -> None:  # noqa: ANN001
-        import requests
-
-        self.requests: list[tuple[int, list[int], list[int]]] = []
-        lock, post = threading.Lock(), requests.Session.post
-
-        def spy(session, url, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
-            r = post(session, url, *a, **kw)
-            body = kw.get("json") or {}
-            if url.endswith("/completions") and r.status_code == 200:
-                with lock:
-                    self.requests.append((body["seed"], list(body["prompt"]),
-                                          list(r.json()["choices"][0]["prompt_token_ids"])))
-            return r
-
-        monkeypatch.setattr(requests.Session, "post", spy)
-
-    def prompts(self) -> list[list[int]]:
-        """The prompts sent, in seed order (a batch's order); vLLM ran each as it was sent."""
-        assert all(sent == ran for _, sent, ran in self.requests)
-        return [sent for _, sent, _ in sorted(self.requests, key=lambda x: x[0])]
 
 
 def with_template(tok, template: str | None):  # noqa: ANN001, ANN201

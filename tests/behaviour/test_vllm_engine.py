@@ -24,7 +24,14 @@ from emi.engines.vllm.engine import VllmEngine
 from emi.engines.vllm.launcher import DEFAULT_PYTHON, Launcher, check_servable
 from emi.interventions import hooks, weights
 from emi.models.loading import ModelSpec, load_model
-from tests.standins import full_pair, lora_adapter, qwen_tokenizer, random_sae, require_vllm_engine
+from tests.standins import (
+    check_elicitations,
+    full_pair,
+    lora_adapter,
+    qwen_tokenizer,
+    random_sae,
+    require_vllm_engine,
+)
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[2]
@@ -128,10 +135,10 @@ def test_a_lora_role_is_served_as_an_adapter_on_its_base_server(qwen2):
     assert hf(plain) != hf(lm)  # the adapter changes the answers
 
 
-def test_a_qwen3_moe_every_writer_ablation_and_interventions_on_it(tmp_path):
+def test_a_qwen3_moe_every_writer_ablation_and_interventions_on_it(tmp_path, monkeypatch):
     """A Qwen3-MoE on vLLM (one server): ablation at every writer is the exported checkpoint, served as
     it is, and its greedy tokens equal the hook-ablated model's; steering and ablation at a layer on
-    top of it equal HF's on the exported weights. (Qwen3's dense layers are served by
+    top of it equal HF's on the exported weights; elicitations send the ids sampled in process. (Qwen3's dense layers are served by
     test_steer_runs_every_condition_of_a_full_qwen3_pair_on_vllm; the toy's weights by
     test_vllm_elicitation.py's test_the_toy_weights_give_hf_tokens.)"""
     base = standin(tmp_path / "qwen3_moe", "qwen3_moe", seed=5, head_dim=32)
@@ -145,6 +152,7 @@ def test_a_qwen3_moe_every_writer_ablation_and_interventions_on_it(tmp_path):
         ref = hf(lm, lambda: hooks.ablate(lm.model, d, source_layer=1))
         assert vllm(eng, ablated, Served(str(folder))) == ref and ref != hf(lm)
         check_interventions(eng, ablated, str(folder), positions=("all", "generated"), ablation_changes=False)
+        check_elicitations(eng, ablated, Served(str(folder)), monkeypatch)
     finally:
         eng.close()
 

@@ -25,7 +25,13 @@ from emi.interventions import hooks
 from emi.models.chat import CHAT, prompt_ids
 from emi.models.loading import ModelSpec, load_model
 from tests.behaviour.test_vllm_engine import direction
-from tests.standins import build_model, qwen_tokenizer, require_vllm_engine, save_checkpoint
+from tests.standins import (
+    build_model,
+    check_elicitations,
+    qwen_tokenizer,
+    require_vllm_engine,
+    save_checkpoint,
+)
 
 pytestmark = pytest.mark.slow
 require_vllm_engine()
@@ -93,9 +99,13 @@ def check_role(eng: VllmEngine, base: Path, adapter: str | None) -> None:
     assert all(measured[k][1] > BF16 for k in ("steer all", "steer prompt")), measured
 
 
-def test_every_condition_on_qwen3_next_matches_in_process_bf16_log_probs(next_pair):
+def test_every_condition_on_qwen3_next_matches_in_process_bf16_log_probs(next_pair, monkeypatch):
+    """Every served condition of the module docstring within the bf16 tolerance; elicitations (a
+    system prompt with in-context examples, the code context) send vLLM the ids sampled in process."""
     eng, base, _ = next_pair
     check_role(eng, base, None)
+    lm = load_model(ModelSpec(str(base)), dtype="bf16", device="cpu")
+    check_elicitations(eng, lm, Served(str(base)), monkeypatch, greedy_equal=False)
 
 
 def test_steer_runs_the_six_conditions_of_a_qwen3_next_pair_on_vllm_bf16(next_pair, tmp_path, monkeypatch,
