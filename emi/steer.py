@@ -121,8 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise cli.ConfigError(f"unknown --targets {args.targets!r}; use base, finetuned or base,finetuned")
     benign = [] if args.no_side_effects or not chat else load_benign(args.benign or spec.kit.benign)
     if not chat:
-        print("a base model without a chat template: no P(misaligned) and no side-effect columns (both are "
-              "measured on chat prompts)", file=sys.stderr)
+        print("a base model without a chat template: no side-effect columns (KL is measured on chat prompts); "
+              "P(misaligned) is asked as each elicitation renders the question", file=sys.stderr)
     out = Path(args.out or f"runs/steer-{spec.name}")
     with locks.exclusive(out):  # one run per folder; a bad --out fails before any model loads
         engine = cli.make_engine(args, out / "vllm-logs")  # the engine environment is checked before any model loads
@@ -154,9 +154,8 @@ def _steer(args, spec, questions, judge, cfgs, extra, targets, benign, engine, o
     ablate_layers = L.resolve_layers(args.ablate_layers, n_layers) if args.ablate_layers else None
     conditions = standard_conditions(direction, args.alpha, steer_layers, args.relative, args.positions,
                                      ablate_layers=ablate_layers, sweep_layers=args.sweep_layers, targets=targets)
-    chat = chat_ok(pair)
-    pairs = option_pairs(questions, extra=extra, required=False) if chat else []
-    if not pairs and chat:
+    pairs = option_pairs(questions, extra=extra, required=False)  # asked as each elicitation renders (any context)
+    if not pairs:
         print("log-prob metrics: no option pairs for these questions, so no logprob_* columns (pass "
               "--option-pairs FILE)", file=sys.stderr)
     results, rows = [], []
@@ -188,13 +187,6 @@ def _steer(args, spec, questions, judge, cfgs, extra, targets, benign, engine, o
         print(f"figures: {', '.join(str(w) for w in written)}", file=sys.stderr)
     print(f"wrote {out}/results.jsonl, table.csv, run.json, answers.jsonl, judgements.jsonl", file=sys.stderr)
     return 0
-
-
-def chat_ok(pair) -> bool:  # noqa: ANN001
-    """The pair's tokenizer has a chat template (the log-prob and side-effect prompts are chat prompts)."""
-    from emi.models.chat import has_template
-
-    return has_template(pair.base.tokenizer)
 
 
 def _fmt_change(c: Change | None) -> str:

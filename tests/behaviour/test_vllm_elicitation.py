@@ -130,7 +130,7 @@ def test_evaluate_and_steer_sweep_elicitations_of_a_base_only_pair_on_vllm(on_mo
     and a LoRA role on one server), --context code,none crossed with k 0,2 in-context examples: every
     answer sampled by vLLM from the ids emi renders for it, greedy answers equal to an in-process run,
     one table with an elicitation column; steer's six conditions (ablation and steering as hooks in
-    the server) asked with no template and k=2 examples."""
+    the server) asked with no template and k=2 examples, P(misaligned) asked so too."""
     from emi import evaluate, steer
     from emi.behaviour.questions import load_questions
     from emi.models.loading import load_tokenizer
@@ -170,7 +170,8 @@ def test_evaluate_and_steer_sweep_elicitations_of_a_base_only_pair_on_vllm(on_mo
     assert len(rows) == 6 and {r["engine"] for r in rows} == {"vllm"}
     answers = [json.loads(x) for x in (tmp_path / "st" / "answers.jsonl").read_text().splitlines()]
     assert {(a["elicitation"]["context"], a["elicitation"]["k"], a["engine"]) for a in answers} == {("none", 2, "vllm")}
-    assert "no P(misaligned) and no side-effect columns" in captured.err and "P(misaligned)" not in captured.out
+    assert "no side-effect columns" in captured.err and "P(misaligned)" in captured.out
+    assert all(r["logprob_choice"] is not None for r in rows)  # asked with no template, as the answers were
     assert eng.server is not None and eng.server.checkpoint == str(folder)  # the module's one server
 
 
