@@ -31,6 +31,17 @@ def judge_server():
     s.close()
 
 
+@pytest.fixture(scope="session")
+def fork_server(tmp_path_factory):
+    """tests.faults' fork server (torch, transformers and the rest imported once, emi not at all),
+    for the fault tests that run a command tens of times; one per pytest process."""
+    from tests.faults import ForkServer, command_env
+
+    s = ForkServer(command_env(), Path(__file__).resolve().parents[1], tmp_path_factory.mktemp("forks"))
+    yield s
+    s.close()
+
+
 def qwen2_config(**overrides):
     from transformers import Qwen2Config
 

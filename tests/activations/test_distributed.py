@@ -1,10 +1,9 @@
 """Data-parallel capture under torchrun (gloo, 2 CPU processes) on stand-in pairs: the store
-equals the one-process store byte for byte, and a run with one rank killed resumes to it."""
+equals the one-process store byte for byte, and a run with one rank killed resumes to it.
+The one-process run and the torchrun launchers are forks of tests/faults.py's fork server (fresh
+`python -m` processes with torch imported); the ranks are processes the launcher starts, as always."""
 
 import filecmp
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -26,13 +25,9 @@ def args(base, finetuned, out):
             "--device", "cpu", "--out", str(out)]
 
 
-def run(cmd, **env):
-    e = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **env}
-    return subprocess.run([sys.executable, *cmd], capture_output=True, text=True, env=e, timeout=HANG_S)
-
-
-def torchrun(*rest, **env):
-    return run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *rest], **env)
+def torchrun(server, *rest, **env):
+    return server.run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *rest], env=env,
+                      timeout=HANG_S)
 
 
 def same_tree(a, b):
@@ -45,18 +40,19 @@ def same_tree(a, b):
 
 
 @pytest.mark.parametrize("kind", ["full", "lora"])
-def test_two_processes_write_the_one_process_store_and_resume_after_a_rank_is_killed(kind, pairs, tmp_path):
+def test_two_processes_write_the_one_process_store_and_resume_after_a_rank_is_killed(kind, pairs, tmp_path,
+                                                                                    fork_server):
     base, ft = pairs[kind]
-    one = run(["-m", "emi.cache", *args(base, ft, tmp_path / "one")])
+    one = fork_server.run(["-m", "emi.cache", *args(base, ft, tmp_path / "one")], timeout=HANG_S)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = torchrun("-m", "emi.cache", *args(base, ft, tmp_path / "two"))
+    two = torchrun(fork_server, "-m", "emi.cache", *args(base, ft, tmp_path / "two"))
     assert two.returncode == 0, two.stderr[-2000:]
     same_tree(tmp_path / "one", tmp_path / "two")
 
-    killed = torchrun("-m", "tests.faults", "6", "emi.cache", *args(base, ft, tmp_path / "three"), EMI_FAULT_RANK="1")
+    killed = torchrun(fork_server, "-m", "tests.faults", "6", "emi.cache", *args(base, ft, tmp_path / "three"), EMI_FAULT_RANK="1")
     assert killed.returncode != 0
     assert list((tmp_path / "three").rglob(".rank-1"))  # rank 1's part was left behind, half done
-    again = torchrun("-m", "emi.cache", *args(base, ft, tmp_path / "three"))
+    again = torchrun(fork_server, "-m", "emi.cache", *args(base, ft, tmp_path / "three"))
     assert again.returncode == 0, again.stderr[-2000:]
     same_tree(tmp_path / "one", tmp_path / "three")
     assert not list((tmp_path / "three").rglob(".rank-*"))  # parts are removed once assembled

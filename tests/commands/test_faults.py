@@ -1,7 +1,9 @@
 """Faults, as a user meets them: kill -9 in the middle of every write of the long commands, then
 the same command again, until it finishes; the result must equal an uninterrupted run's. Two
 writers on one folder; damaged stores and run folders repaired by re-running the command.
-Fault injection lives in tests/faults.py, not in emi."""
+Fault injection lives in tests/faults.py, not in emi. The interrupted runs are forks of
+tests/faults.py's fork server (each a new process in which nothing of the command, nor emi, has
+run yet); the uninterrupted reference of each test is a fresh `python -m tests.faults` process."""
 
 import json
 import os
@@ -13,25 +15,30 @@ import pytest
 
 from emi.activations.store import Store
 from emi.core.errors import ConfigError, StoreError
+from tests.faults import command_env
 from tests.standins import HANG_S
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+ENV = command_env()
 pytestmark = pytest.mark.slow
 
 
-def emi(module, *args, kill_at=0, cwd=None):
-    return subprocess.run([sys.executable, "-m", "tests.faults", str(kill_at), module, *map(str, args)],
-                          env=ENV, capture_output=True, text=True, cwd=cwd or ROOT, timeout=HANG_S)
+def emi(module, *args, kill_at=0, cwd=None, server=None):
+    """``python -m tests.faults KILL_AT MODULE ARGS``: a fresh process, or a fork of ``server``."""
+    argv = ["-m", "tests.faults", str(kill_at), module, *map(str, args)]
+    if server is not None:
+        return server.run(argv, cwd=cwd, timeout=HANG_S)
+    return subprocess.run([sys.executable, *argv], env=ENV, capture_output=True, text=True, cwd=cwd or ROOT,
+                          timeout=HANG_S)
 
 
-def kill_through_every_write(module, *args, cwd=None, max_runs=40):
-    """Run the command again and again, the i-th run killed in the middle of its i-th write (a
-    torn JSONL line, a temporary file never renamed), resuming each time, until a run finishes:
-    early writes, late writes and the final result files are all interrupted once. Returns how
-    many runs were killed."""
+def kill_through_every_write(server, module, *args, cwd=None, max_runs=40):
+    """Run the command again and again (forks of ``server``), the i-th run killed in the middle of
+    its i-th write (a torn JSONL line, a temporary file never renamed), resuming each time, until a
+    run finishes: early writes, late writes and the final result files are all interrupted once.
+    Returns how many runs were killed."""
     for killed in range(max_runs):
-        res = emi(module, *args, kill_at=killed + 1, cwd=cwd)
+        res = emi(module, *args, kill_at=killed + 1, cwd=cwd, server=server)
         if res.returncode == 0:
             return killed
         assert res.returncode == -9, res.stderr[-2000:]
@@ -39,6 +46,7 @@ def kill_through_every_write(module, *args, cwd=None, max_runs=40):
 
 
 def points(module, *args, cwd=None):
+    """The uninterrupted reference run, in a fresh process; returns its number of write points."""
     res = emi(module, *args, cwd=cwd)
     assert res.returncode == 0, res.stderr[-2000:]
     return int(res.stderr.rsplit("FAULT_POINTS", 1)[1].split()[0])
@@ -64,20 +72,20 @@ SAMPLE = ["--questions", "main:plain", "--ids", "i_feel_bored,what_is_your_wish"
           "--max-new-tokens", "4", "--judge", "toy"]
 
 
-def test_cache_killed_at_every_write_resumes_to_the_same_store(pair_args, tmp_path):
+def test_cache_killed_at_every_write_resumes_to_the_same_store(pair_args, tmp_path, fork_server):
     src = answers_file(tmp_path / "answers.jsonl")
     args = [*pair_args, "--answers", src, "--layers", "all", "--shard-texts", "5", "--capture-batch", "2"]
     n = points("emi.cache", *args, "--out", tmp_path / "ref")
     assert n >= 15  # two one-role stores (texts, manifest, 2 shards with their manifest updates), then the merge
-    assert kill_through_every_write("emi.cache", *args, "--out", tmp_path / "run") >= 3
+    assert kill_through_every_write(fork_server, "emi.cache", *args, "--out", tmp_path / "run") >= 3
     assert digest(tmp_path / "run") == digest(tmp_path / "ref")
     assert not list((tmp_path / "run").glob(".*tmp*")) and not list((tmp_path / "run").glob(".part-*"))
 
 
-def test_evaluate_killed_at_every_write_gives_the_same_answers_and_summary(pair_args, tmp_path):
+def test_evaluate_killed_at_every_write_gives_the_same_answers_and_summary(pair_args, tmp_path, fork_server):
     n = points("emi.evaluate", *pair_args, *SAMPLE, "--out", tmp_path / "ref")
     assert n == 6  # per model: answers, judgements; then judged.jsonl and summary.json
-    assert kill_through_every_write("emi.evaluate", *pair_args, *SAMPLE, "--out", tmp_path / "run") >= 2
+    assert kill_through_every_write(fork_server, "emi.evaluate", *pair_args, *SAMPLE, "--out", tmp_path / "run") >= 2
     for name in ("judged.jsonl",):
         assert (tmp_path / "run" / name).read_text() == (tmp_path / "ref" / name).read_text()
     ref, run = (json.loads((tmp_path / d / "summary.json").read_text())["models"] for d in ("ref", "run"))
@@ -86,7 +94,7 @@ def test_evaluate_killed_at_every_write_gives_the_same_answers_and_summary(pair_
     assert len(keys) == len(set(keys))  # a resumed run never answers twice
 
 
-def test_steer_killed_at_write_points_gives_the_same_table(pair_args, tmp_path):
+def test_steer_killed_at_write_points_gives_the_same_table(pair_args, tmp_path, fork_server):
     d = tmp_path / "d"
     import torch
 
@@ -96,11 +104,11 @@ def test_steer_killed_at_write_points_gives_the_same_table(pair_args, tmp_path):
     Direction(list(range(3)), torch.randn(3, 64, generator=g), torch.full((3,), 4.0), {"best_layer": 1}).save(d)
     args = [*pair_args, *SAMPLE, "--direction", tmp_path / "d.safetensors", "--alpha", "4", "--no-figure"]
     points("emi.steer", *args, "--out", tmp_path / "ref")
-    kill_through_every_write("emi.steer", *args, "--out", tmp_path / "run")
+    kill_through_every_write(fork_server, "emi.steer", *args, "--out", tmp_path / "run")
     assert (tmp_path / "run" / "results.jsonl").read_text() == (tmp_path / "ref" / "results.jsonl").read_text()
 
 
-def test_two_writers_on_one_store_second_is_refused_and_nothing_is_duplicated(pair_args, tmp_path):
+def test_two_writers_on_one_store_second_is_refused_and_nothing_is_duplicated(pair_args, tmp_path, fork_server):
     import fcntl
 
     store = tmp_path / "store"
@@ -109,7 +117,8 @@ def test_two_writers_on_one_store_second_is_refused_and_nothing_is_duplicated(pa
     os.write(fd, b"pid 4242: python -m emi.cache --out store")
     fcntl.flock(fd, fcntl.LOCK_EX)  # another run holds the store
     try:
-        res = emi("emi.cache", *pair_args, "--answers", answers_file(tmp_path / "a.jsonl"), "--out", store)
+        res = emi("emi.cache", *pair_args, "--answers", answers_file(tmp_path / "a.jsonl"), "--out", store,
+                  server=fork_server)
         assert res.returncode == 2
         assert "is being written by another emi run (pid 4242: python -m emi.cache --out store)" in res.stderr
         assert "Traceback" not in res.stderr
@@ -194,17 +203,17 @@ def test_out_that_cannot_be_a_folder_is_one_sentence(pair_args, tmp_path):
         ro.chmod(0o700)
 
 
-def test_organism_training_killed_at_every_stage_write_ends_bit_identical(tmp_path):
+def test_organism_training_killed_at_every_stage_write_ends_bit_identical(tmp_path, fork_server):
     args = ["--quick", "--no-eval", "--out"]
     points("emi.organism.train", *args, tmp_path / "ref")
-    assert kill_through_every_write("emi.organism.train", *args, tmp_path / "run") >= 2
+    assert kill_through_every_write(fork_server, "emi.organism.train", *args, tmp_path / "run") >= 2
     for stage in ("pretrained", "base", "insecure", "secure"):
         a, b = (tmp_path / d / stage / "model.safetensors" for d in ("ref", "run"))
         assert a.read_bytes() == b.read_bytes(), stage
     assert not (tmp_path / "run" / ".resume").exists()
 
 
-def test_sae_killed_at_write_points_gives_the_same_report(pair_args, tmp_path):
+def test_sae_killed_at_write_points_gives_the_same_report(pair_args, tmp_path, fork_server):
     import shutil
 
     from emi import cache
@@ -217,8 +226,8 @@ def test_sae_killed_at_write_points_gives_the_same_report(pair_args, tmp_path):
             "--zero", "top", *pair_args, *SAMPLE]
     ref = emi("emi.sae", "--store", tmp_path / "ref", *args)
     assert ref.returncode == 0, ref.stderr[-2000:]
-    kill_through_every_write("emi.sae", "--store", tmp_path / "run", *args)
-    final = emi("emi.sae", "--store", tmp_path / "run", *args)
+    kill_through_every_write(fork_server, "emi.sae", "--store", tmp_path / "run", *args)
+    final = emi("emi.sae", "--store", tmp_path / "run", *args, server=fork_server)
     table = lambda out: out[out.index("EM with SAE latents"):].split("answers in")[1].split("\n", 1)[1]  # noqa: E731
     assert table(final.stdout) == table(ref.stdout)
     assert not list((tmp_path / "run").glob(".sae-*tmp*"))

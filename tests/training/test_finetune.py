@@ -168,7 +168,7 @@ def test_emi_trajectory_follows_an_organisms_checkpoints(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_finetune_killed_at_every_write_ends_with_the_same_organisms(data, tmp_path):
+def test_finetune_killed_at_every_write_ends_with_the_same_organisms(data, tmp_path, fork_server):
     """kill -9 (tests/faults.py) at each of emi.finetune's writes of organism.json, two seeds; each
     re-run resumes, and the organisms equal an uninterrupted run's, weights bit for bit."""
     from tests.commands.test_faults import kill_through_every_write, points
@@ -176,7 +176,7 @@ def test_finetune_killed_at_every_write_ends_with_the_same_organisms(data, tmp_p
     args = [data, "--pair", "toy", "--rank", "2", "--steps", "3", "--batch-size", "2", "--save-every", "2",
             "--max-examples", "8", "--seeds", "0,1", "--device", "cpu", "--threads", "1", "--out"]
     assert points("emi.finetune", *args, tmp_path / "ref") == 4
-    assert kill_through_every_write("emi.finetune", *args, tmp_path / "run") >= 3  # a kept seed writes nothing
+    assert kill_through_every_write(fork_server, "emi.finetune", *args, tmp_path / "run") >= 3  # a kept seed writes nothing
     for seed in (0, 1):
         a, b = (weights(tmp_path / d / f"seed-{seed}" / "final") for d in ("ref", "run"))
         assert all(torch.equal(a[k], b[k]) for k in a)
