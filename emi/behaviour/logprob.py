@@ -130,17 +130,20 @@ def answer_logits(lm: LoadedModel, prompt_ids: list[list[int]], answer_ids: list
 @torch.no_grad()
 def _answer_logprobs(lm: LoadedModel, prompts: list[str], answers: list[str], batch_size: int
                      ) -> list[torch.Tensor]:
-    """Per answer: the log-probability of each of its tokens given the prompt and earlier tokens."""
+    """Per answer: the log-probability of each of its tokens given the prompt and earlier tokens
+    (batched by length, :func:`emi.models.chat.by_length`; returned in the order given)."""
     tok = lm.tokenizer
-    out: list[torch.Tensor] = []
+    p_all = [chat.encode(tok, p) for p in prompts]
+    a_all = [chat.encode(tok, a) for a in answers]
+    out: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
     with lm.active():
-        for i in range(0, len(prompts), batch_size):
-            p_ids = [chat.encode(tok, p) for p in prompts[i: i + batch_size]]
-            a_ids = [chat.encode(tok, a) for a in answers[i: i + batch_size]]
-            logits = answer_logits(lm, p_ids, a_ids)
+        for batch in chat.by_length([len(p) + len(a) for p, a in zip(p_all, a_all, strict=True)], batch_size):
+            a_ids = [a_all[j] for j in batch]
+            logits = answer_logits(lm, [p_all[j] for j in batch], a_ids)
             targets = torch.tensor([t for a in a_ids for t in a], device=logits.device)
             lp = (logits.gather(1, targets[:, None])[:, 0] - logits.logsumexp(-1)).cpu()
-            out += list(lp.split([len(a) for a in a_ids]))
+            for j, x in zip(batch, lp.split([len(a) for a in a_ids]), strict=True):
+                out[j] = x
     return out
 
 

@@ -115,20 +115,31 @@ def benign_kl(lm: LoadedModel, items: Sequence[BenignItem], intervention: Callab
     over the reference answer's tokens (nats per token). ``intervention()`` returns a fresh context
     manager that applies the intervention to ``lm``'s model; it is entered once per batch, so no
     full-vocabulary distribution is ever kept beyond one batch."""
+    return benign_kls(lm, items, [intervention], batch_size)[0]
+
+
+def benign_kls(lm: LoadedModel, items: Sequence[BenignItem],
+               interventions: Sequence[Callable[[], AbstractContextManager[Any]]], batch_size: int = 8
+               ) -> list[list[float]]:
+    """:func:`benign_kl` of each of several interventions on one model, the unmodified model's
+    distribution computed once per batch for all of them (batches by length,
+    :func:`emi.models.chat.by_length`; each list in the order of ``items``)."""
     if not items:
         raise ConfigError("the benign set is empty; side effects need at least one conversation")
     tok = lm.tokenizer
-    prompts = chat.render_many(tok, [it.chat() for it in items])
-    out: list[float] = []
+    p_all = [chat.encode(tok, p) for p in chat.render_many(tok, [it.chat() for it in items])]
+    a_all = [chat.encode(tok, it.response) for it in items]
+    out = [[0.0] * len(items) for _ in interventions]
     with lm.active():
-        for i in range(0, len(items), batch_size):
-            p_ids = [chat.encode(tok, p) for p in prompts[i: i + batch_size]]
-            a_ids = [chat.encode(tok, it.response) for it in items[i: i + batch_size]]
+        for batch in chat.by_length([len(p) + len(a) for p, a in zip(p_all, a_all, strict=True)], batch_size):
+            p_ids, a_ids = [p_all[j] for j in batch], [a_all[j] for j in batch]
             ref = answer_logits(lm, p_ids, a_ids).log_softmax(-1)
-            with intervention():
-                new = answer_logits(lm, p_ids, a_ids).log_softmax(-1)
-            kl = (ref.exp() * (ref - new)).sum(-1).clamp_min(0).cpu()
-            out += [float(x.mean()) for x in kl.split([len(a) for a in a_ids])]
+            for row, intervention in zip(out, interventions, strict=True):
+                with intervention():
+                    new = answer_logits(lm, p_ids, a_ids).log_softmax(-1)
+                kl = (ref.exp() * (ref - new)).sum(-1).clamp_min(0).cpu()
+                for j, x in zip(batch, kl.split([len(a) for a in a_ids]), strict=True):
+                    row[j] = float(x.mean())
     return out
 
 
@@ -152,14 +163,22 @@ def side_effects(lm: LoadedModel, items: Sequence[BenignItem], intervention: Cal
                  seed: int = 0) -> SideEffects:
     """KL on ``items`` and the aligned-answer log-prob change for one condition; ``intervention``
     None (a condition without one) gives exactly 0 for both."""
+    kl = None if intervention is None else benign_kl(lm, items, intervention)
+    return summarize(kl, len(items), aligned_unmodified, aligned_intervened, seed)
+
+
+def summarize(kl: Sequence[float] | None, n_benign: int, aligned_unmodified: Sequence[float] = (),
+              aligned_intervened: Sequence[float] = (), seed: int = 0) -> SideEffects:
+    """One condition's :class:`SideEffects` from its per-conversation KLs (:func:`benign_kls`) and the
+    aligned answers' log-probs without and with its intervention; ``kl`` None (a condition without
+    an intervention) gives exactly 0 for both."""
     n_pairs = len(aligned_intervened)
-    if intervention is None:
+    if kl is None:
         zero_kl = (0.0, 0.0, 0.0)
         zero_lp = (0.0, 0.0, 0.0) if n_pairs else (float("nan"),) * 3
-        return SideEffects(*zero_kl, len(items), *zero_lp, n_pairs)
-    kl = bootstrap(benign_kl(lm, items, intervention), seed=seed)
+        return SideEffects(*zero_kl, n_benign, *zero_lp, n_pairs)
     if len(aligned_unmodified) != n_pairs:
         raise ValueError("aligned log-probs of the unmodified and intervened model cover different pairs")
     deltas = [b - a for a, b in zip(aligned_unmodified, aligned_intervened, strict=True)]
     lp = bootstrap(deltas, seed=seed) if deltas else (float("nan"),) * 3
-    return SideEffects(*kl, len(items), *lp, n_pairs)
+    return SideEffects(*bootstrap(kl, seed=seed), n_benign, *lp, n_pairs)

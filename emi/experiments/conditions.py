@@ -8,8 +8,9 @@ persona direction has a same-norm random-direction control. Results are one tidy
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -137,7 +138,8 @@ def run(pair: ModelPair, conditions: Sequence[Condition], direction: Direction, 
     """Evaluate every condition (answers and judgements cached under ``out``); one
     :class:`ConditionResult` per condition, in the order of ``conditions``. Conditions run grouped by
     model, and within a model by the checkpoint an engine serves, so a pair that holds one model
-    at a time loads each at most once and vLLM starts once per checkpoint. ``pairs``: option pairs
+    at a time loads each at most once and vLLM starts once per checkpoint; a model's side effects
+    are measured after its last condition, its unmodified benign distribution once. ``pairs``: option pairs
     for the log-prob columns (default: those of ``questions`` where emi has them; ``[]``: no
     columns). ``benign``: conversations the side effects are measured on (emi.behaviour.side_effects:
     KL from the unmodified model, the aligned answers' log-prob change); None: the pair kit's benign
@@ -147,7 +149,7 @@ def run(pair: ModelPair, conditions: Sequence[Condition], direction: Direction, 
     effects) stay in-process. Results say which engine sampled each condition. A vLLM engine's last
     server keeps running: the caller closes it (the commands do, also on errors and Ctrl-C)."""
     from emi.behaviour.logprob import logprob_metrics, option_pairs
-    from emi.behaviour.side_effects import load_benign, side_effects
+    from emi.behaviour.side_effects import load_benign
 
     for c in conditions:
         if c.kind == "steer" and engine is None:
@@ -162,8 +164,10 @@ def run(pair: ModelPair, conditions: Sequence[Condition], direction: Direction, 
     asked = functools.partial(logprob_metrics, pairs=pairs, elicitation=cfg.elicitation, sampling_seed=cfg.seed)
     engines.prepare(engine, pair)
     results: dict[int, ConditionResult] = {}
-    unmodified: dict[str, tuple[float, ...]] = {}  # role -> aligned answers' log-probs without intervention
-    for i, c in _ordered(conditions):
+    order = _ordered(conditions)
+    last_of_role = {c.role: i for i, c in order}
+    done: list[tuple[int, ConditionResult]] = []  # the conditions of the model in use, side effects to come
+    for i, c in order:
         model = pair[c.role]
         ident = condition_identity(c, model, direction, rnd)
         served = served_condition(c, model, direction, rnd, Path(out), engine) if engine else None
@@ -177,16 +181,35 @@ def run(pair: ModelPair, conditions: Sequence[Condition], direction: Direction, 
             summary, _ = evaluate(model, questions, cfg, judge, out, label=c.name, progress=progress,
                                   identity=ident, engine=bound, denominator=denominator)
             lp = asked(model) if pairs else None
-        fx = None
-        if benign:
-            if lp is not None and c.role not in unmodified:
-                unmodified[c.role] = lp.aligned_logprob if c.kind == "none" else asked(model).aligned_logprob
-            intervene = None if c.kind == "none" else functools.partial(applied, c, model, direction, rnd)
-            fx = side_effects(model, benign, intervene, unmodified.get(c.role, ()),
-                              lp.aligned_logprob if lp is not None else ())
         name = cast(EngineName, vocab.check(bound.name, EngineName, "engine")) if bound else "in-process"
-        results[i] = ConditionResult(c, name, summary, lp, fx)
+        done.append((i, ConditionResult(c, name, summary, lp)))
+        if i == last_of_role.get(c.role):
+            results.update(_with_side_effects(model, benign, done, direction, rnd, asked))
+            done = []
     return [results[i] for i in range(len(conditions))]
+
+
+def _with_side_effects(model: LoadedModel, benign: Sequence[BenignItem], done: list[tuple[int, ConditionResult]],
+                       persona: Direction, random: Direction, asked: Callable[[LoadedModel], LogprobResult]
+                       ) -> list[tuple[int, ConditionResult]]:
+    """``done`` (one model's conditions) with their side effects (emi.behaviour.side_effects): KL on
+    ``benign`` from the unmodified model, whose distribution is computed once per batch for all of
+    them, and the aligned answers' log-prob change from the unmodified model's (a condition without
+    intervention measured them; else ``asked(model)``). ``benign`` empty: no side effects."""
+    from emi.behaviour.side_effects import benign_kls, summarize
+
+    if not benign:
+        return done
+    unmodified: tuple[float, ...] = ()
+    if any(r.logprob is not None for _, r in done):
+        plain = next((r.logprob for _, r in done if r.condition.kind == "none" and r.logprob is not None), None)
+        unmodified = (plain if plain is not None else asked(model)).aligned_logprob
+    intervened = [r.condition for _, r in done if r.condition.kind != "none"]
+    kls = iter(benign_kls(model, benign, [functools.partial(applied, c, model, persona, random) for c in intervened])
+               if intervened else [])
+    return [(i, dataclasses.replace(r, side_effects=summarize(
+        next(kls) if r.condition.kind != "none" else None, len(benign), unmodified,
+        r.logprob.aligned_logprob if r.logprob is not None else ()))) for i, r in done]
 
 
 def _ordered(conditions: Sequence[Condition]) -> list[tuple[int, Condition]]:

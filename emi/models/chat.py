@@ -138,6 +138,14 @@ def split_thought(text: str) -> tuple[str | None, str]:
     return None, text.strip()
 
 
+def by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices of sequences of ``lengths`` in batches of at most ``batch_size``, longest first: a padded
+    batch then holds sequences of similar length, so few of its positions are padding (a model's
+    cost is per position, padding included), and a batch too large for memory is the first one."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def pad_right(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
               ) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
     """Token id lists as a right-padded batch and its attention mask: positions are 0..len-1 in

@@ -6,7 +6,13 @@ import torch
 
 from emi.behaviour.logprob import OptionPair, logprob_metrics
 from emi.behaviour.questions import Question
-from emi.behaviour.side_effects import benign_kl, load_benign, load_benign_file, side_effects
+from emi.behaviour.side_effects import (
+    benign_kl,
+    benign_kls,
+    load_benign,
+    load_benign_file,
+    side_effects,
+)
 from emi.core.errors import ConfigError
 from emi.directions.direction import Direction
 from emi.interventions import hooks
@@ -57,6 +63,17 @@ def test_kl_is_zero_without_an_effect_and_matches_a_hand_computation(lm, directi
     want = [_kl_by_hand(lm, it, ablation) for it in items]
     assert got == pytest.approx(want, rel=1e-3, abs=1e-6)
     assert min(got) > 0
+
+
+def test_several_interventions_share_the_unmodified_pass_and_get_their_own_kl(lm, direction):
+    """benign_kls (a steer run's conditions of one model) gives each intervention the KL it has alone."""
+    items = load_benign("benign")[:5]
+    interventions = [lambda: hooks.ablate(lm.model, direction), lambda: hooks.steer(lm.model, direction, 0.0, layers=[1]),
+                     lambda: hooks.steer(lm.model, direction, 4.0, layers=[1])]
+    got = benign_kls(lm, items, interventions, batch_size=2)
+    assert got[1] == [0.0] * 5 and min(got[0]) > 0 and min(got[2]) > 0
+    for row, intervention in zip(got, interventions, strict=True):
+        assert row == pytest.approx(benign_kl(lm, items, intervention, batch_size=5), rel=1e-4, abs=1e-7)
 
 
 def test_prompt_only_steering_in_a_teacher_forced_pass_equals_generation_with_a_cache(lm, direction, tok):
