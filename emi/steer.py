@@ -179,11 +179,12 @@ def _steer(args, spec, questions, judge, cfgs, extra, targets, benign, engine, o
           f"{len(questions)} questions x {cfg.n} samples, {cli.judge_note(rows, judge.name)}, seed {cfg.seed}")
     print_table(results if len(cfgs) > 1 else [r for _, r in results], cfg.seed)
     if not args.no_figure:
-        from emi.report.figures import em_vs_kl, export, steer_summary
+        from emi.report.figures import browser, em_vs_kl, export, steer_summary
 
-        written = export(steer_summary(records), out / "figure", formats=("html", "png"))
-        if benign:
-            written += export(em_vs_kl(records), out / "side-effects", formats=("html", "png"))
+        with browser():  # one Chromium renders both figures' PNGs
+            written = export(steer_summary(records), out / "figure", formats=("html", "png"))
+            if benign:
+                written += export(em_vs_kl(records), out / "side-effects", formats=("html", "png"))
         print(f"figures: {', '.join(str(w) for w in written)}", file=sys.stderr)
     print(f"wrote {out}/results.jsonl, table.csv, run.json, answers.jsonl, judgements.jsonl", file=sys.stderr)
     return 0

@@ -72,9 +72,12 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def test_the_toy_table_through_the_server_agrees_with_the_readme_within_cis(server, tmp_path):
     """The server's batching draws other samples than the README's in-process run: each EM rate's
-    interval (Wilson, from its k/n) overlaps the README's CI."""
+    interval (Wilson, from its k/n) overlaps the README's CI. The KL columns are measured in-process
+    whatever the engine (test_a_real_pair_samples_its_checkpoint_conditions_on_the_server runs them
+    beside the server): --no-side-effects."""
     out = tmp_path / "toy"
     assert steer.main(["--alpha", "8", "--layers", "1", "--positions", "prompt", "--n", "5", "--no-figure",
+                       "--no-side-effects",
                        "--engine", "server", "--engine-url", server, "--out", str(out)]) == 0
     readme, got = _readme_table(), rows(out / "results.jsonl")
     assert set(readme) == set(got)

@@ -3,6 +3,7 @@ greedy decoding under every intervention, on a full finetune, a LoRA role and th
 
 import pytest
 import torch
+from conftest import build_tiny_qwen
 
 from emi.behaviour.questions import load_questions
 from emi.behaviour.sampling import SamplingConfig, check_positions, sample, sample_ids
@@ -84,9 +85,12 @@ def test_samplers_agree_greedy_lora_role(tok, tmp_path):
     check_all_samplers_agree(load_model(ModelSpec(str(base), adapter=str(adapter)), device="cpu"))
 
 
-def test_static_sampler_compiled_keeps_hooks(tiny_finetuned_dir):
-    """torch.compile traces the hooks into the decode step (what runs on CUDA by default)."""
-    lm = load_model(ModelSpec(str(tiny_finetuned_dir)), device="cpu")
+def test_static_sampler_compiled_keeps_hooks(tmp_path, toy_tokenizer):
+    """torch.compile traces the hooks into the decode step (what runs on CUDA by default), and
+    recompiles without them once they are removed. The two compiles are the test's time, and
+    inductor's codegen grows with the layers: a tiny model of two, the second steered."""
+    lm = load_model(ModelSpec(str(build_tiny_qwen(tmp_path / "two", toy_tokenizer, seed=1, num_hidden_layers=2))),
+                    device="cpu")
     d = unit_direction(lm)
     with hooks.steer(lm.model, d, 30.0, layers=[1]):
         ref = answers(lm, greedy("generate"))

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,13 +18,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path(CHROMIUM).is_file(),
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    """`make demo`'s command with --n 2, then its page with --project."""
-    from emi import view
+    """`make demo`'s command with --n 2 (in-process: tests/claims/test_readme_claims.py runs it as
+    `make demo` does, in a subprocess), then its page with --project."""
+    from emi import steer, view
 
     out = tmp_path_factory.mktemp("view") / "demo"
-    subprocess.run([sys.executable, "-m", "emi.steer", "--alpha", "8", "--layers", "1", "--positions", "prompt",
-                    "--n", "2", "--no-figure", "--out", str(out)], check=True, capture_output=True,
-                   env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert steer.main(["--alpha", "8", "--layers", "1", "--positions", "prompt", "--n", "2", "--no-figure",
+                       "--out", str(out)]) == 0
     plain = out.parent / "plain.html"
     assert view.main([str(out), "--out", str(plain)]) == 0
     assert view.main([str(out), "--project"]) == 0
@@ -108,9 +106,9 @@ def test_side_by_side_shows_one_question_and_sample_across_conditions(demo, brow
 
 def test_projected_run_shades_tokens_and_makes_no_request(demo, browser, tmp_path):
     page, requests, errors = _open(browser, demo / "view.html")
-    toks = page.query_selector_all("#list .answer .text .tok")
-    assert len(toks) > 20
-    shaded = [t.get_attribute("style") for t in toks]
+    # every token's style in one call (one round trip per token took seconds)
+    shaded = page.eval_on_selector_all("#list .answer .text .tok", "toks => toks.map(t => t.getAttribute('style'))")
+    assert len(shaded) > 20
     assert any("rgba(220,40,40" in s for s in shaded) and len(set(shaded)) > 5
     first = page.query_selector("#list .answer .text")
     answer = json.loads((demo / "answers.jsonl").read_text().splitlines()[0])["answer"]
