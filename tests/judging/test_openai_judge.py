@@ -34,11 +34,13 @@ class FakeServer:
                     server.inflight += 1
                     server.max_inflight = max(server.max_inflight, server.inflight)
                     mode = server.script.pop(0) if server.script else server.default
-                try:
-                    self.reply(body, mode)
+                try:  # the work: counted in flight until the reply starts (a client that has read
+                    # the reply may send its next request before this thread could count it done)
+                    time.sleep({"slow": 1.5, "busy": 0.2}.get(mode, 0.0))
                 finally:
                     with server.lock:
                         server.inflight -= 1
+                self.reply(body, mode)
 
             def reply(self, body, mode):
                 if mode == "429-retry-after":
@@ -54,10 +56,6 @@ class FakeServer:
                     self.end_headers()
                     self.wfile.write(json.dumps({"error": {"message": mode, "type": "x"}}).encode())
                     return
-                if mode == "slow":
-                    time.sleep(1.5)
-                if mode == "busy":
-                    time.sleep(0.2)
                 prompt = body["messages"][0]["content"]
                 top = [("95", 0.7), ("90", 0.2), ("I", 0.1)] if "coherence" not in prompt else [("60", 1.0)]
                 if "CODEANSWER" in prompt and "coherence" not in prompt:
