@@ -1,9 +1,10 @@
 """Faults, as a user meets them: kill -9 in the middle of every write of the long commands, then
 the same command again, until it finishes; the result must equal an uninterrupted run's. Two
 writers on one folder; damaged stores and run folders repaired by re-running the command.
-Fault injection lives in tests/faults.py, not in emi. The interrupted runs are forks of
-tests/faults.py's fork server (each a new process in which nothing of the command, nor emi, has
-run yet); the uninterrupted reference of each test is a fresh `python -m tests.faults` process."""
+Fault injection lives in tests/faults.py, not in emi. The interrupted runs (and the refused
+writer) are forks of tests/faults.py's fork server, each a new process in which nothing of the
+command, nor emi, has run yet; each test's uninterrupted reference is a fresh `python -m
+tests.faults` process, and the two racing writers are fresh `python -m emi.evaluate` processes."""
 
 import json
 import os
