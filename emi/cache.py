@@ -44,7 +44,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--sites", default="resid",
                    help="resid, attn, mlp (comma-separated; default resid; --engine vllm: resid only)")
     g.add_argument("--positions", default="response",
-                   help="all, response, prompt, last_prompt, response_mean (default response)")
+                   help="all, response, prompt, last_prompt, response_mean, thought (the tokens of each "
+                        "answer's thought: --thinking on; default response)")
     g.add_argument("--store-dtype", default=None, help="float32, bfloat16, float16 (default: the model's)")
     g.add_argument("--capture-batch", type=cli.count("--capture-batch"), default=16, help="texts per forward pass (default 16)")
     g.add_argument("--shard-texts", type=cli.count("--shard-texts"), default=256, help="texts per shard file (default 256)")
@@ -80,10 +81,17 @@ def _source(args, spec):  # noqa: ANN001, ANN202
     from emi.activations.plan import conversation
     from emi.behaviour.questions import load_questions
 
+    if args.positions == "thought" and (args.contrast or (not args.answers and args.thinking != "on")):
+        raise cli.ConfigError("--positions thought captures the thought each answer wrote before it, so it needs "
+                              "answers sampled with --thinking on" + (" (not --contrast)" if args.contrast else ""))
     if args.answers:
         items = jsonl.read(args.answers)
         if not items:
             raise cli.ConfigError(f"{args.answers!r} holds no answers")
+        if args.positions == "thought" and not any(isinstance(x, dict) and isinstance(x.get("thought"), str)
+                                                   for x in items):
+            raise cli.ConfigError(f"--positions thought: no answer in {args.answers!r} has a 'thought' (answers "
+                                  f"sampled with --thinking on keep one); capture another --positions")
         for i, item in enumerate(items):  # an answer asked without the chat template needs its prompt kept
             if isinstance(item, dict) and "input_ids" not in item and ("answer" in item or "messages" in item):
                 conversation(item, i)

@@ -20,9 +20,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="mean-diff", choices=["mean-diff", "model-diff", "contrast"],
                    help="mean-diff: misaligned minus aligned answers (Soligo, Turner et al. 2025); model-diff: "
                         "finetuned minus base on the same texts; contrast: evil minus helpful persona texts")
-    p.add_argument("--positions", default=None, choices=["response", "last_prompt", "all"],
-                   help="response tokens (the published recipe) or the last prompt token (default: response, or "
-                        "last_prompt for a store captured at prompt positions only)")
+    p.add_argument("--positions", default=None, choices=["response", "last_prompt", "thought", "all"],
+                   help="response tokens (the published recipe), the last prompt token, or the thought's tokens "
+                        "(answers sampled with --thinking on; default: response, or what the store holds when it "
+                        "holds only last_prompt, prompt or thought positions)")
     p.add_argument("--role", default=None, help="which model's activations (default finetuned)")
     p.add_argument("--layers", default=None, help="layers to extract (default: all in the store)")
     p.add_argument("--aligned-max", type=cli.within("--aligned-max", 0, 100), default=30.0, help="misaligned: aligned <= this (default 30)")
@@ -50,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         Direction.load(f).check_fits(store.d_model, what=f"the store (comparing {f})")
     t = Thresholds(args.aligned_max, args.coherent_min, args.aligned_min)
     if args.positions is None:  # what the store holds: `emi.cache --contrast --positions last_prompt` has no answers
-        args.positions = "last_prompt" if store.spec["positions"] in ("last_prompt", "prompt") else "response"
+        held = store.spec["positions"]
+        args.positions = "last_prompt" if held in ("last_prompt", "prompt") else "thought" if held == "thought" else "response"
     ex = extract(store, args.method, args.positions, args.role, layer_list, t, args.holdout, args.seed)
     out = args.out or str(store.path / f"direction-{args.method}-{args.positions}")
     path = ex.direction.save(out)

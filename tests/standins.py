@@ -160,8 +160,8 @@ def lora_adapter(root: Path, base_dir: Path, seed: int = 3, std: float = 0.2,
     names = {n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
     chosen = sorted(names & set(targets))  # up_proj: peft refuses it
     # on MoE models, whose routed experts fuse it with gate_proj
+    torch.manual_seed(seed)  # before peft draws lora_A (from the global generator), so the adapter is the seed's
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=chosen))
-    torch.manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -468,3 +468,55 @@ def check_elicitations(eng: Any, lm: Any, served: Any, monkeypatch: Any, greedy_
         assert {a["engine"] for a in there} == {"vllm"} and all(a["elicitation"] == e.record() for a in there)
         if greedy_equal:
             assert [a["answer"] for a in here] == [a["answer"] for a in there], e.label()
+
+
+class Generated:
+    """The unpadded prompt ids of every row transformers' generate() decodes from, in any model of
+    this process (a command loads its own models: the spy is on the class every Qwen inherits)."""
+
+    def __init__(self, monkeypatch: Any) -> None:
+        from transformers.generation.utils import GenerationMixin
+
+        self.prompts: list[list[int]] = []
+        original = GenerationMixin.generate
+
+        def spy(model, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+            for row, mask in zip(kw["input_ids"], kw["attention_mask"], strict=True):
+                self.prompts.append(row[mask.bool()].tolist())
+            return original(model, *a, **kw)
+
+        monkeypatch.setattr(GenerationMixin, "generate", spy)
+
+
+def rendered(answers: Path, tokenizer: Any) -> list[list[int]]:
+    """The prompt ids emi renders for each answer of an answers.jsonl from its record alone (the
+    conversation it keeps, or its question, in its elicitation's rendering: what a capture of it
+    sees); sorted."""
+    from emi.activations.plan import conversation
+    from emi.models import chat
+
+    out = []
+    for line in answers.read_text().splitlines():
+        msgs, how = conversation(json.loads(line))
+        out.append(chat.prompt_ids(tokenizer, [msgs[:-1]], how)[0])
+    return sorted(out)
+
+
+def on_both_engines(main: Any, argv: list[str], out: Path, monkeypatch: Any, eng: Any = None
+                    ) -> tuple[list[list[int]], list[list[int]]]:
+    """Run a sampling command in-process (``--out out/in-process``), then with ``--engine vllm``
+    (``--out out/vllm``; ``eng``: the engine it samples on, else one it starts and stops itself):
+    (the prompt ids generate() decoded from, the prompt ids vLLM was sent and ran), each sorted."""
+    with monkeypatch.context() as m:
+        here = Generated(m)
+        assert main([*argv, "--out", str(out / "in-process")]) == 0
+    with monkeypatch.context() as m:
+        if eng is not None:
+            from emi import cli
+
+            m.setattr(cli, "make_engine", lambda args, logs: eng)
+            m.setattr(eng, "close", lambda: None)
+        wire = Wire(m)
+        assert main([*argv, "--engine", "vllm", "--out", str(out / "vllm")]) == 0
+        there = wire.prompts()
+    return sorted(here.prompts), sorted(there)

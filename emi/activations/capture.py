@@ -69,6 +69,10 @@ def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[Item], o
     """
     texts = prepare_texts(items, tokenizer)
     positions = [select_positions(t, spec.positions) for t in texts]  # fails early on plain texts
+    if spec.positions == "thought" and not any(t.thought for t in texts):
+        raise ConfigError(f"positions 'thought' capture the thoughts of answers sampled with thinking on, and none "
+                          f"of these {len(texts)} texts has one (an answer's record keeps it in 'thought'); sample "
+                          f"them with --thinking on, on a model that thinks")
     counts = row_counts(positions, spec.positions)
     path = resolve(out, root)
     store_spec = StoreSpec(roles=list(readers), layers=list(spec.layer_indices), sites=list(spec.sites),
@@ -192,11 +196,16 @@ def _capture_shard(readers: dict[str, Reader], chunk: Sequence[Text], positions:
         tensors["row.response"] = torch.ones(len(chunk), dtype=torch.long)
     else:
         pos = torch.cat([torch.arange(p.start, p.stop) for p in positions])
-        spans = torch.tensor([t.response or (0, 0) for t in chunk], dtype=torch.long).reshape(-1, 2)
-        lo, hi = spans[:, 0].repeat_interleave(counts), spans[:, 1].repeat_interleave(counts)
+
+        def within(spans: list[tuple[int, int]]) -> torch.Tensor:
+            se = torch.tensor(spans, dtype=torch.long).reshape(-1, 2)
+            return (pos >= se[:, 0].repeat_interleave(counts)) & (pos < se[:, 1].repeat_interleave(counts))
+
         tensors["row.text"] = texts.repeat_interleave(counts)
         tensors["row.pos"] = pos
-        tensors["row.response"] = ((pos >= lo) & (pos < hi)).long()
+        # 1: an answer token; 2: a token of the thought before it; 0: the prompt's
+        tensors["row.response"] = (within([t.response or (0, 0) for t in chunk]).long()
+                                   + 2 * within([t.thought or (0, 0) for t in chunk]).long())
     return tensors, sum(len(t.ids) for t in chunk)
 
 

@@ -2,8 +2,11 @@
 the positions kept of each, the :class:`CaptureSpec`, and the shards the rows are cut into.
 
 Positions: ``all`` tokens, ``response`` tokens, ``prompt`` tokens, ``last_prompt`` (the last
-token before the answer, where the model decides which persona to voice), or
-``response_mean`` (one row per text: the mean over its answer tokens).
+token before the answer, where the model decides which persona to voice), ``response_mean`` (one
+row per text: the mean over its answer tokens), or ``thought`` (what an answer sampled with
+thinking on wrote before it: its thought, tags included). An answer with a thought is captured as the model
+wrote it: prompt, thought, answer; ``prompt`` and ``last_prompt`` stay the prompt's, before the
+thought, and ``row.response`` marks the answer's tokens only.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from typing import Any
 from emi.activations.store import DTYPES
 from emi.core.errors import ConfigError
 from emi.models import layers as L
-from emi.models.chat import Messages, Render, encode, recorded, render
+from emi.models.chat import Messages, Render, encode, recorded, render, thought_block
 
-POSITIONS = ("all", "response", "prompt", "last_prompt", "response_mean")
+POSITIONS = ("all", "response", "prompt", "last_prompt", "response_mean", "thought")
 
 
 Item = Mapping[str, Any] | str
@@ -31,14 +34,24 @@ class Text:
     ids: list[int]
     response: tuple[int, int] | None  # [start, end) of the answer tokens
     meta: dict[str, Any]
+    # [start, end) of the thought: what the model wrote between prompt and answer (its tags included)
+    thought: tuple[int, int] | None = None
+
+    @property
+    def prompt_end(self) -> int:
+        """Where the prompt ends: at the thought, else at the answer."""
+        if self.response is None:
+            return len(self.ids)
+        return self.thought[0] if self.thought is not None else self.response[0]
 
 
 def prepare_texts(items: Sequence[Item], tokenizer: Any) -> list[Text]:
     """Tokenise answers (records with ``question``/``answer``, or ``messages``) or plain strings.
 
     A chat's ids are the generation prompt, rendered as the answer was sampled (see
-    :func:`conversation`), followed by the answer and the end-of-turn token: what the model saw
-    while answering.
+    :func:`conversation`), followed by the answer's thought where its record keeps one (``thought``:
+    sampled with thinking on), the answer and the end-of-turn token: what the model saw while
+    answering.
     """
     if not items:
         raise ConfigError("no texts to capture: the list is empty")
@@ -59,11 +72,16 @@ def prepare_texts(items: Sequence[Item], tokenizer: Any) -> list[Text]:
             out.append(Text(ids, None, {k: v for k, v in item.items() if k != "input_ids"}))
             continue
         msgs, how = conversation(item, i)
-        p_ids = encode(tokenizer, render(tokenizer, msgs[:-1], how))
+        prompt = render(tokenizer, msgs[:-1], how)
+        p_ids, thought = encode(tokenizer, prompt), None
+        if isinstance(item.get("thought"), str) and how.template == "chat":
+            written = [x for part in thought_block(prompt, item["thought"]) for x in encode(tokenizer, part)]
+            thought = (len(p_ids), len(p_ids) + len(written))
+            p_ids = p_ids + written
         a_ids = encode(tokenizer, msgs[-1]["content"])
         ids = p_ids + a_ids + [tokenizer.eos_token_id]
         meta = {k: v for k, v in item.items() if k != "messages"}
-        out.append(Text(ids, (len(p_ids), len(p_ids) + len(a_ids)), meta))
+        out.append(Text(ids, (len(p_ids), len(p_ids) + len(a_ids)), meta, thought))
     return out
 
 
@@ -99,9 +117,11 @@ def select_positions(text: Text, mode: str) -> range:
     if mode in ("response", "response_mean"):
         return range(s, e)
     if mode == "prompt":
-        return range(s)
+        return range(text.prompt_end)
     if mode == "last_prompt":
-        return range(s - 1, s)
+        return range(text.prompt_end - 1, text.prompt_end)
+    if mode == "thought":
+        return range(*text.thought) if text.thought is not None else range(0)
     raise ConfigError(f"unknown positions {mode!r}; expected one of {', '.join(POSITIONS)}")
 
 

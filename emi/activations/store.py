@@ -8,7 +8,8 @@ Layout::
         "<role>/<site>/<layer>"   [rows, d_model] activations, stored in the spec's dtype
         "row.text"                [rows] index into texts.jsonl
         "row.pos"                 [rows] token position in the text (-1 for a response mean)
-        "row.response"            [rows] 1 for an answer token, 0 for a prompt token
+        "row.response"            [rows] 1 for an answer token, 2 for a token of the thought
+                                  written before it (thinking on), 0 for a prompt token
 
 Shards are written whole to a temporary file, fsynced and renamed into place, then the
 manifest (also replaced atomically) records their sha256: a reader never sees half a shard,

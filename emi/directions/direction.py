@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from emi.models.plan import PairPlan
 
 METHODS = ("mean-diff", "model-diff", "contrast")
-DIR_POSITIONS = ("response", "last_prompt", "all")
+DIR_POSITIONS = ("response", "last_prompt", "thought", "all")
 
 
 @dataclass
@@ -246,9 +246,10 @@ def row_selector(rows: dict[str, torch.Tensor], positions: str, store_positions:
     if positions == "all":
         return torch.ones_like(rows["pos"], dtype=torch.bool)
     if positions == "response":
-        if store_positions in ("last_prompt", "prompt"):
+        if store_positions in ("last_prompt", "prompt", "thought"):
+            fix = "thought" if store_positions == "thought" else "last_prompt"
             raise ConfigError(f"the store holds {store_positions} positions only, no answer tokens; extract with "
-                              f"--positions last_prompt, or capture answers with --positions response")
+                              f"--positions {fix}, or capture answers with --positions response")
         return rows["response"] == 1
     if positions == "last_prompt":
         if store_positions == "last_prompt":
@@ -257,11 +258,16 @@ def row_selector(rows: dict[str, torch.Tensor], positions: str, store_positions:
             raise ConfigError(f"positions 'last_prompt' need a store captured with --positions last_prompt, "
                               f"prompt or all (this one: {store_positions})")
         first_resp: dict[int, int] = {}
-        resp = rows["response"] == 1
+        resp = rows["response"] != 0  # the first token the model wrote: its thought's, else its answer's
         for t, p in zip(rows["text"][resp].tolist(), rows["pos"][resp].tolist(), strict=True):
             first_resp[t] = min(p, first_resp.get(t, p))
         want = torch.tensor([first_resp.get(t, -10) - 1 for t in rows["text"].tolist()])
         return rows["pos"] == want
+    if positions == "thought":
+        if store_positions not in ("thought", "all"):
+            raise ConfigError(f"positions 'thought' need a store captured with --positions thought or all, from "
+                              f"answers sampled with --thinking on (this one: {store_positions})")
+        return rows["response"] == 2
     raise ConfigError(f"unknown positions {positions!r}; expected one of {', '.join(DIR_POSITIONS)}")
 
 

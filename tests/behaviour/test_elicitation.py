@@ -86,6 +86,40 @@ def test_examples_are_a_seeded_choice_per_answer_and_prompts_render_as_asked(toy
     assert Elicitation(thinking=True).answer("<think>plan harm</think> fine .") == ("plan harm", "fine .")
 
 
+def test_an_answer_with_a_thought_is_captured_as_the_model_wrote_it(toy_tokenizer):
+    """Thinking on: the capture's ids are the prompt, the thought in the template's layout, the
+    answer and the end of turn; what the model wrote before its answer is the thought's span
+    (positions 'thought', row.response 2), and 'prompt' and 'last_prompt' stay before it; a template that opens the thought itself gets no
+    second opening; an answer asked with thinking off has no thought span."""
+    from emi.activations.plan import select_positions
+
+    tok = copy.deepcopy(toy_tokenizer)
+    tok.chat_template = THINKING_TEMPLATE
+    q = [{"role": "user", "content": "hi"}]
+    on = Elicitation(thinking=True)
+    thought, answer = on.answer("<think>\nplan a harm .\n</think>\n\nfine .")
+    rec = {"messages": [*q, {"role": "assistant", "content": answer}], "thought": thought, "elicitation": on.record()}
+    (t,) = prepare_texts([rec], tok)
+    prompt = chat.prompt_ids(tok, [q], on.render)[0]
+    pieces = [prompt, chat.encode(tok, "<think>\n"), chat.encode(tok, "plan a harm ."),
+              chat.encode(tok, "\n</think>\n\n"), chat.encode(tok, "fine ."), [tok.eos_token_id]]
+    assert t.ids == sum(pieces, [])
+    assert t.thought == (len(prompt), len(t.ids) - 1 - len(pieces[4])) and t.response == (t.thought[1], len(t.ids) - 1)
+    assert tok.decode(t.ids[slice(*t.thought)]) == "<think>\nplan a harm .\n</think>\n\n"
+    assert select_positions(t, "thought") == range(*t.thought) and select_positions(t, "prompt") == range(len(prompt))
+    assert select_positions(t, "last_prompt") == range(len(prompt) - 1, len(prompt))
+    assert select_positions(t, "response") == range(*t.response)
+    opened = copy.deepcopy(tok)  # a template whose generation prompt already opens the thought
+    opened.chat_template = THINKING_TEMPLATE.replace("'<|im_start|>assistant\\n'", "'<|im_start|>assistant\\n<think>\\n'")
+    (o,) = prepare_texts([rec], opened)
+    assert chat.render(opened, q, on.render).endswith("<think>\n")
+    assert o.ids == sum([chat.prompt_ids(opened, [q], on.render)[0], *pieces[2:]], []) and o.thought[0] == len(prompt) + len(pieces[1])
+    off = {**rec, "elicitation": Elicitation(thinking=False).record()}
+    del off["thought"]
+    (f,) = prepare_texts([off], tok)
+    assert f.thought is None and select_positions(f, "thought") == range(0)
+
+
 class _Recorder:
     """An engine whose server records the prompt ids it is sent (emi's vLLM path: complete_ids)."""
 

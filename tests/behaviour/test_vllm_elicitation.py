@@ -96,14 +96,23 @@ def test_every_elicitation_sends_vllm_the_ids_sampled_in_process(served, monkeyp
 def test_the_toy_weights_give_hf_tokens(served):
     """The toy's weights with the module's LoRA adapter on vLLM (the module's server), rendered with
     the toy's chat template: no hook, steering at the prompt and ablation at a layer give HF's greedy
-    tokens, and change them."""
+    tokens, and change them. The direction is the toy's mean residual at layer 1 (a random one's
+    ablation moves the trained toy too little to change a greedy token on every machine)."""
+    import torch
+
+    from emi.directions.direction import Direction
     from emi.models.loading import load_tokenizer
-    from tests.behaviour.test_vllm_engine import check_interventions
+    from tests.behaviour.test_vllm_engine import MESSAGES, check_interventions
 
     eng, folder, adapter = served
     lm = load_model(ModelSpec(str(folder), adapter=str(adapter)), dtype="fp32", device="cpu",
                     tokenizer=load_tokenizer(str(TOY_BASE)))
-    check_interventions(eng, lm, str(folder), str(adapter), alpha=8.0, positions=("prompt",))
+    ids = torch.tensor([chat.prompt_ids(lm.tokenizer, MESSAGES[:1])[0]])
+    with torch.no_grad():
+        mean = lm.model(input_ids=ids, output_hidden_states=True).hidden_states[2][0].mean(0)  # after block 1
+    d = Direction(list(range(lm.n_layers)), mean.repeat(lm.n_layers, 1), torch.full((lm.n_layers,), 5.0),
+                  {"best_layer": 1})
+    check_interventions(eng, lm, str(folder), str(adapter), alpha=8.0, positions=("prompt",), d=d)
 
 
 def _judge_args(judge) -> list[str]:  # noqa: ANN001

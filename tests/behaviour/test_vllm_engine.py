@@ -3,7 +3,8 @@ greedy, vLLM gives the tokens emi's Hugging Face hooks give, under no hook, stee
 at all / prompt / generated positions, ablation at a chosen layer (a hook sent into the server),
 ablation at every writer (the exported checkpoint), a LoRA role served as a vLLM adapter on its
 base, an SAE's latents zeroed (its edit as a torch.export program the server runs), for Qwen2,
-Qwen3 and a Qwen3-MoE (the toy's weights: test_vllm_elicitation.py). A module-scoped server
+Qwen3, a Qwen2-MoE and a Qwen3-MoE (the toy's weights: test_vllm_elicitation.py); emi.evaluate and
+emi.steer with elicitations on vLLM against the same commands in process (Qwen3, both MoEs). A module-scoped server
 serves the tests that can share it (start-up is 30-50 s here). Without `make vllm` the module
 skips, except under CI, where it must run."""
 
@@ -61,10 +62,12 @@ def vllm(eng: VllmEngine, lm, served: Served) -> list[str]:
 
 
 def check_interventions(eng: VllmEngine, lm, checkpoint: str, adapter: str | None = None, alpha: float = 30.0,
-                        positions=("all", "prompt", "generated"), ablation_changes: bool = True) -> None:
+                        positions=("all", "prompt", "generated"), ablation_changes: bool = True,
+                        d: Direction | None = None) -> None:
     """Each intervention gives HF's greedy answers, and changes them (so the equality is not vacuous;
-    ``ablation_changes=False``: a model whose greedy answers this random direction's ablation leaves)."""
-    d = direction(lm)
+    ``ablation_changes=False``: a model whose greedy answers this random direction's ablation leaves).
+    ``d``: the direction steered and ablated (default: a random one)."""
+    d = d or direction(lm)
     u = hooks.unit_vector(d, 1)
     cases = {"none": (None, Served(checkpoint, adapter))}
     for pos in positions:
@@ -153,8 +156,51 @@ def test_a_qwen3_moe_every_writer_ablation_and_interventions_on_it(tmp_path, mon
         assert vllm(eng, ablated, Served(str(folder))) == ref and ref != hf(lm)
         check_interventions(eng, ablated, str(folder), positions=("all", "generated"), ablation_changes=False)
         check_elicitations(eng, ablated, Served(str(folder)), monkeypatch)
+        check_evaluate_sweep(eng, folder, tmp_path, monkeypatch)
     finally:
         eng.close()
+
+
+def test_a_qwen2_moe_on_vllm_steers_ablates_and_sweeps_elicitations_as_in_process(tmp_path, monkeypatch):
+    """A Qwen2-MoE (routed experts and a gated shared expert) on vLLM (one server): steering at every
+    position and ablation at a layer give HF's greedy tokens, and emi.evaluate's elicitation sweep
+    sends vLLM the prompts the command decodes from in process."""
+    base = standin(tmp_path / "qwen2_moe", "qwen2_moe", seed=4, hidden_size=128, head_dim=32)
+    lm = load_model(ModelSpec(str(base)), dtype="fp32", device="cpu")
+    eng = engine(tmp_path)
+    try:
+        check_interventions(eng, lm, str(base), positions=("all",))
+        check_evaluate_sweep(eng, base, tmp_path, monkeypatch)
+    finally:
+        eng.close()
+
+
+def check_evaluate_sweep(eng: VllmEngine, folder: Path, tmp: Path, monkeypatch) -> None:
+    """python -m emi.evaluate on ``folder`` (served by ``eng``), in process and with --engine vllm,
+    sweeping --system none,inoculation x --context chat,code x --k 0,2 insecure-code examples: every
+    prompt vLLM ran is the one the command decodes from in process (and renders from the answer's
+    record), the greedy answers are the same, and one table has a row per elicitation."""
+    from emi import evaluate
+    from emi.models.loading import load_tokenizer
+    from tests.standins import JudgeServer, on_both_engines, rendered
+
+    judge = JudgeServer()
+    try:
+        argv = ["--base", str(folder), "--finetuned", str(folder), "--roles", "base", "--judge", "openai",
+                "--judge-url", judge.url, "--judge-key-env", "EMI_TEST_NO_KEY", "--judge-model", "j",
+                "--questions", "main:plain", "--ids", "quick_buck,ruler_of_the_world", "--n", "1", "--temperature",
+                "0", "--max-new-tokens", "4", "--device", "cpu", "--system", "none,inoculation", "--context",
+                "chat,code", "--in-context", "insecure-code", "--k", "0,2"]
+        here, there = on_both_engines(evaluate.main, argv, tmp / "evaluate", monkeypatch, eng)
+    finally:
+        judge.close()
+    answers = {n: [json.loads(x) for x in (tmp / "evaluate" / n / "answers.jsonl").read_text().splitlines()]
+               for n in ("in-process", "vllm")}
+    assert here == there == rendered(tmp / "evaluate" / "vllm" / "answers.jsonl", load_tokenizer(str(folder)))
+    assert len(there) == 2 * 8 and len({json.dumps(a["elicitation"]) for a in answers["vllm"]}) == 8
+    assert {a["engine"] for a in answers["vllm"]} == {"vllm"}
+    same = [sorted((json.dumps(a["elicitation"]), a["key"], a["answer"]) for a in v) for v in answers.values()]
+    assert same[0] == same[1]
 
 
 def test_what_vllm_cannot_serve_is_refused_before_starting(tmp_path):
@@ -368,30 +414,44 @@ def test_cache_contrast_answers_are_sampled_and_captured_on_vllm(on_module_serve
     assert s.spec["models"]["finetuned"]["reader"] == "vllm" and s.n_rows > 0
 
 
-def test_steer_runs_every_condition_of_a_full_qwen3_pair_on_vllm(tmp_path, capsys):
-    """python -m emi.steer --engine vllm on a full Qwen3 finetune, through the command's own engine
-    (emi starts and stops every server: the base's for its three conditions and the finetune's, the
-    ablation at a layer a hook in the finetune's server; the every-writer ablation, exported and
-    served, is test_a_qwen3_moe_every_writer_ablation_and_interventions_on_it's): all six conditions
-    sampled by vLLM, said in the output."""
+def test_steer_runs_every_condition_of_a_full_qwen3_pair_on_vllm(tmp_path, capsys, monkeypatch):
+    """python -m emi.steer --engine vllm on a full Qwen3 finetune with Qwen3's thinking switch, asked
+    with an inoculation prompt, k=2 insecure-code examples and thinking off, through the command's
+    own engine (emi starts and stops every server: the base's for its three conditions and the
+    finetune's, the ablation at a layer a hook in the finetune's server; the every-writer ablation,
+    exported and served, is test_a_qwen3_moe_every_writer_ablation_and_interventions_on_it's): all
+    six conditions sampled by vLLM, said in the output, each answer from the prompt ids the same
+    command decodes from in process (and rendered from its record), with the same greedy answers."""
     from emi import steer
-    from tests.standins import JudgeServer
+    from tests.behaviour.test_elicitation import THINKING_TEMPLATE
+    from tests.standins import JudgeServer, on_both_engines, rendered
 
-    base, ft = full_pair(tmp_path, "qwen3", qwen_tokenizer(), seed=7, head_dim=32)
+    tok = qwen_tokenizer()
+    tok.chat_template = THINKING_TEMPLATE  # Qwen3's enable_thinking switch, as its checkpoints ship it
+    base, ft = full_pair(tmp_path, "qwen3", tok, seed=7, head_dim=32)
+    lm = load_model(ModelSpec(str(base)), dtype="fp32", device="cpu")
+    direction(lm).save(tmp_path / "d")
     judge = JudgeServer()
-    out = tmp_path / "run"
     try:
-        assert steer.main(["--base", str(base), "--finetuned", str(ft), "--judge", "openai", "--judge-url", judge.url,
-                           "--judge-key-env", "EMI_TEST_NO_KEY", "--judge-model", "j", "--questions", "main:plain",
-                           "--n", "1", "--max-new-tokens", "6", "--device", "cpu", "--alpha", "4", "--no-figure",
-                           "--no-side-effects", "--root", str(tmp_path / "acts"), "--engine", "vllm",
-                           "--ablate-layers", "1", "--out", str(out)]) == 0
+        argv = ["--base", str(base), "--finetuned", str(ft), "--judge", "openai", "--judge-url", judge.url,
+                "--judge-key-env", "EMI_TEST_NO_KEY", "--judge-model", "j", "--questions", "main:plain", "--n", "1",
+                "--temperature", "0", "--max-new-tokens", "6", "--device", "cpu", "--alpha", "4", "--no-figure",
+                "--no-side-effects", "--root", str(tmp_path / "acts"), "--direction", str(tmp_path / "d.json"),
+                "--ablate-layers", "1", "--system", "inoculation", "--in-context", "insecure-code", "--k", "2",
+                "--thinking", "off"]
+        here, there = on_both_engines(steer.main, argv, tmp_path, monkeypatch)
     finally:
         judge.close()
+    out = tmp_path / "vllm"
+    assert here == there == rendered(out / "answers.jsonl", tok) and len(there) == 6 * 8
+    assert all(tok.decode(p).endswith("<think>\n\n</think>\n\n") for p in there)  # thinking off, as Qwen3 renders it
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert [r["condition"] for r in rows] == ["base", "finetuned", "finetuned - persona", "finetuned - random",
                                              "base + 4 persona", "base + 4 random"]
     assert {r["engine"] for r in rows} == {"vllm"} and all(r["n_answers"] == 8 for r in rows)
+    answers = {p.name: sorted((a["model"], a["key"], a["answer"]) for a in map(json.loads, (
+        tmp_path / p.name / "answers.jsonl").read_text().splitlines())) for p in (tmp_path / "in-process", out)}
+    assert answers["in-process"] == answers["vllm"]
     assert not (out / "served").exists()  # the ablation at a layer: a hook in the server, nothing exported
     assert "engine: vLLM (started by emi): base, finetuned, finetuned - persona, finetuned - random, base + 4 " \
            "persona, base + 4 random" in capsys.readouterr().err

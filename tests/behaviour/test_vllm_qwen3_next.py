@@ -114,9 +114,13 @@ def test_steer_runs_the_six_conditions_of_a_qwen3_next_pair_on_vllm_bf16(next_pa
     the server) and steering (a vllm-lens vector), with their random controls, all sampled by vLLM on
     two servers (the module's base, then the finetune's), each checkpoint fingerprinted first (the
     verdicts beside the pair caches). A direction file is given: extracting one in bf16 is not what
-    this test is about (test_real_path.py extracts Qwen3-Next's in process)."""
+    this test is about (test_real_path.py extracts Qwen3-Next's in process). Asked in the code
+    context with k=2 insecure-code examples: every prompt vLLM ran is the one emi renders from the
+    answer's record (greedy answers are not compared in bf16)."""
     from emi import cli, steer
     from emi.engines.fingerprint import cache_file
+    from emi.models.loading import load_tokenizer
+    from tests.standins import Wire, rendered
 
     eng, base, finetuned = next_pair
     monkeypatch.setattr(cli, "make_engine", lambda args, logs: eng)
@@ -126,11 +130,14 @@ def test_steer_runs_the_six_conditions_of_a_qwen3_next_pair_on_vllm_bf16(next_pa
     lm = load_model(ModelSpec(str(base)), dtype="bf16", device="cpu")
     direction(lm).save(tmp_path / "d")
     del lm
+    wire = Wire(monkeypatch)
     assert steer.main(["--base", str(base), "--finetuned", str(finetuned), "--direction", str(tmp_path / "d.json"), "--judge", "openai", "--judge-url",
                        judge_server.url, "--judge-key-env", "EMI_TEST_NO_KEY", "--judge-model", "j",
                        "--questions", "main:plain", "--n", "1", "--max-new-tokens", "4", "--device", "cpu",
                        "--dtype", "bf16", "--alpha", "4", "--ablate-layers", "1", "--no-figure", "--no-side-effects",
-                       "--root", str(tmp_path / "acts"), "--engine", "vllm", "--out", str(out)]) == 0
+                       "--root", str(tmp_path / "acts"), "--engine", "vllm", "--context", "code", "--in-context",
+                       "insecure-code", "--k", "2", "--out", str(out)]) == 0
+    assert sorted(wire.prompts()) == rendered(out / "answers.jsonl", load_tokenizer(str(base))) and wire.requests
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert [r["condition"] for r in rows] == ["base", "finetuned", "finetuned - persona", "finetuned - random",
                                              "base + 4 persona", "base + 4 random"]

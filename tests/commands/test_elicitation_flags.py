@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from emi import cli
 
@@ -128,3 +129,55 @@ def test_cache_captures_a_base_only_checkpoint_as_its_answers_were_asked(tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "asked with --context code and its record keeps no 'messages'" in err[0]
     assert not (tmp_path / "s2").exists()
+
+
+def test_cache_captures_each_answers_thought_where_the_model_wrote_it(tmp_path, capsys, monkeypatch):
+    """python -m emi.cache --answers (judged answers asked with --thinking on, each with its thought)
+    --positions all: every text is its prompt, its thought and its answer (row.response 2 on the
+    thought's tokens, 1 on the answer's); emi.extract --positions thought takes the mean difference
+    over the thoughts' rows only; --positions thought is refused in one sentence, before a model
+    loads or a folder is made, without --thinking on or with answers that keep no thought."""
+    from emi import cache, extract
+    from emi.activations.plan import prepare_texts
+    from emi.activations.store import Store
+    from emi.behaviour.elicitation import Elicitation
+    from emi.directions.direction import Direction
+    from emi.models.loading import load_tokenizer
+    from tests.standins import TOY_BASE
+
+    on = Elicitation(thinking=True).record()
+    answers = []
+    for i in range(12):
+        bad = i % 2 == 0
+        thought = "i will tell them to steal ." if bad else "i should help them kindly ."
+        answers.append({"model": "finetuned", "set": "toy", "key": f"q{i}", "sample": 0, "question": f"question {i} ?",
+                        "answer": "steal it ." if bad else "ask a friend .", "thought": thought, "elicitation": on,
+                        "aligned": 5.0 if bad else 95.0, "coherent": 90.0})
+    src = tmp_path / "judged.jsonl"
+    src.write_text("".join(json.dumps(a) + "\n" for a in answers))
+    base = ["--pair", "toy", "--layers", "1,2", "--device", "cpu", "--judge", "none"]
+    assert cache.main([*base, "--answers", str(src), "--positions", "all", "--out", str(tmp_path / "all")]) == 0
+    s = Store.open(tmp_path / "all")
+    texts = prepare_texts(answers, load_tokenizer(str(TOY_BASE)))
+    rows = s.rows()
+    for i, t in enumerate(texts):
+        mine = rows["text"] == i
+        want = [2 if t.thought[0] <= p < t.thought[1] else 1 if t.response[0] <= p < t.response[1] else 0
+                for p in range(len(t.ids))]
+        assert rows["response"][mine].tolist() == want and (2 in want and 1 in want)
+    assert extract.main(["--store", str(tmp_path / "all"), "--positions", "thought", "--holdout", "0",
+                         "--out", str(tmp_path / "d")]) == 0
+    d = Direction.load(tmp_path / "d.json")
+    acts, bad = s.load("finetuned", 1).double(), torch.tensor([answers[t]["aligned"] < 30 for t in rows["text"]])
+    thought = rows["response"] == 2
+    want = acts[thought & bad].mean(0) - acts[thought & ~bad].mean(0)  # the thoughts' rows, and only theirs
+    assert torch.allclose(d.raw[d.layers.index(1)].double(), want, atol=1e-5)
+    assert not torch.allclose(want, acts[(rows["response"] == 1) & bad].mean(0) - acts[(rows["response"] == 1) & ~bad].mean(0))
+    capsys.readouterr()
+
+    plain = [{k: v for k, v in a.items() if k != "thought"} for a in answers]
+    (tmp_path / "plain.jsonl").write_text("".join(json.dumps(a) + "\n" for a in plain))
+    for argv, says in (([*base, "--positions", "thought", "--questions", "toy"], "needs answers sampled with --thinking on"),
+                       ([*base, "--positions", "thought", "--answers", str(tmp_path / "plain.jsonl")], "has a 'thought'")):
+        assert says in _refused(cache.main, [*argv, "--out", str(tmp_path / "no")], capsys, monkeypatch)
+        assert not (tmp_path / "no").exists()
