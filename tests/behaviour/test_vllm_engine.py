@@ -114,10 +114,12 @@ def on_module_server(qwen2, monkeypatch):
     judge.close()
 
 
-def standin(folder: Path, model_type: str, seed: int, **overrides) -> Path:
+def standin(folder: Path, model_type: str, seed: int, template: str | None = None, **overrides) -> Path:
+    """A random-weight checkpoint of ``model_type`` with Qwen2.5's chat template (or ``template``)."""
     from tests.standins import build_model, save_checkpoint
 
     tok = qwen_tokenizer()
+    tok.chat_template = template or tok.chat_template
     return save_checkpoint(build_model(model_type, len(tok), seed, pad_token_id=tok.pad_token_id,
                                        eos_token_id=tok.eos_token_id, **overrides), tok, folder)
 
@@ -141,10 +143,13 @@ def test_a_lora_role_is_served_as_an_adapter_on_its_base_server(qwen2):
 def test_a_qwen3_moe_every_writer_ablation_and_interventions_on_it(tmp_path, monkeypatch):
     """A Qwen3-MoE on vLLM (one server): ablation at every writer is the exported checkpoint, served as
     it is, and its greedy tokens equal the hook-ablated model's; steering and ablation at a layer on
-    top of it equal HF's on the exported weights; elicitations send the ids sampled in process. (Qwen3's dense layers are served by
+    top of it equal HF's on the exported weights; elicitations send the ids sampled in process, and
+    emi.evaluate sweeps them (thinking on and off: the stand-in has Qwen3's switch) as in process. (Qwen3's dense layers are served by
     test_steer_runs_every_condition_of_a_full_qwen3_pair_on_vllm; the toy's weights by
     test_vllm_elicitation.py's test_the_toy_weights_give_hf_tokens.)"""
-    base = standin(tmp_path / "qwen3_moe", "qwen3_moe", seed=5, head_dim=32)
+    from tests.behaviour.test_elicitation import THINKING_TEMPLATE
+
+    base = standin(tmp_path / "qwen3_moe", "qwen3_moe", seed=5, template=THINKING_TEMPLATE, head_dim=32)
     lm = load_model(ModelSpec(str(base)), dtype="fp32", device="cpu")
     d = direction(lm)
     folder = tmp_path / "ablated"
@@ -156,7 +161,7 @@ def test_a_qwen3_moe_every_writer_ablation_and_interventions_on_it(tmp_path, mon
         assert vllm(eng, ablated, Served(str(folder))) == ref and ref != hf(lm)
         check_interventions(eng, ablated, str(folder), positions=("all", "generated"), ablation_changes=False)
         check_elicitations(eng, ablated, Served(str(folder)), monkeypatch)
-        check_evaluate_sweep(eng, folder, tmp_path, monkeypatch)
+        check_evaluate_sweep(eng, folder, tmp_path, monkeypatch, ["--thinking", "on,off"])
     finally:
         eng.close()
 
@@ -170,16 +175,16 @@ def test_a_qwen2_moe_on_vllm_steers_ablates_and_sweeps_elicitations_as_in_proces
     eng = engine(tmp_path)
     try:
         check_interventions(eng, lm, str(base), positions=("all",))
-        check_evaluate_sweep(eng, base, tmp_path, monkeypatch)
+        check_evaluate_sweep(eng, base, tmp_path, monkeypatch, ["--context", "chat,code"])
     finally:
         eng.close()
 
 
-def check_evaluate_sweep(eng: VllmEngine, folder: Path, tmp: Path, monkeypatch) -> None:
+def check_evaluate_sweep(eng: VllmEngine, folder: Path, tmp: Path, monkeypatch, sweep: list[str]) -> None:
     """python -m emi.evaluate on ``folder`` (served by ``eng``), in process and with --engine vllm,
-    sweeping --system none,inoculation x --context chat,code x --k 0,2 insecure-code examples: every
-    prompt vLLM ran is the one the command decodes from in process (and renders from the answer's
-    record), the greedy answers are the same, and one table has a row per elicitation."""
+    sweeping --system none,inoculation x --k 0,2 insecure-code examples x ``sweep`` (two values):
+    every prompt vLLM ran is the one the command decodes from in process (and renders from the
+    answer's record), the greedy answers are the same, and each answer records its elicitation."""
     from emi import evaluate
     from emi.models.loading import load_tokenizer
     from tests.standins import JudgeServer, on_both_engines, rendered
@@ -189,8 +194,8 @@ def check_evaluate_sweep(eng: VllmEngine, folder: Path, tmp: Path, monkeypatch) 
         argv = ["--base", str(folder), "--finetuned", str(folder), "--roles", "base", "--judge", "openai",
                 "--judge-url", judge.url, "--judge-key-env", "EMI_TEST_NO_KEY", "--judge-model", "j",
                 "--questions", "main:plain", "--ids", "quick_buck,ruler_of_the_world", "--n", "1", "--temperature",
-                "0", "--max-new-tokens", "4", "--device", "cpu", "--system", "none,inoculation", "--context",
-                "chat,code", "--in-context", "insecure-code", "--k", "0,2"]
+                "0", "--max-new-tokens", "4", "--device", "cpu", "--system", "none,inoculation", "--in-context",
+                "insecure-code", "--k", "0,2", *sweep]
         here, there = on_both_engines(evaluate.main, argv, tmp / "evaluate", monkeypatch, eng)
     finally:
         judge.close()
