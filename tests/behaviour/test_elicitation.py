@@ -84,6 +84,10 @@ def test_examples_are_a_seeded_choice_per_answer_and_prompts_render_as_asked(toy
     (t,) = prepare_texts([answered], tok)  # captured after the prompt it was sampled from: the switch's rendering
     assert t.ids[: t.response[0]] == chat.prompt_ids(tok, [answered["messages"][:1]], chat.Render("chat", False))[0]
     assert Elicitation(thinking=True).answer("<think>plan harm</think> fine .") == ("plan harm", "fine .")
+    # the template's default thinks on Qwen3: its thought is kept apart too, and a text without one is all answer
+    assert Elicitation().answer("<think>\nplan harm\n</think>\n\nfine .") == ("plan harm", "fine .")
+    assert Elicitation().answer("fine .") == (None, "fine .")
+    assert Elicitation(thinking=False).answer("a </think> b") == (None, "a </think> b")
 
 
 def test_an_answer_with_a_thought_is_captured_as_the_model_wrote_it(toy_tokenizer):
