@@ -39,8 +39,8 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=cli.count("--batch-size"), default=256, help="rows per step (default 256)")
     tr.add_argument("--seed", type=cli.count("--seed", 0), default=0)
     an = p.add_argument_group("analysis")
-    an.add_argument("--positions", default="all", choices=["all", "response", "last_prompt"],
-                    help="rows to diff (default all)")
+    an.add_argument("--positions", default="all", choices=["all", "response", "last_prompt", "thought"],
+                    help="rows to diff (default all; thought: the thoughts of answers sampled with --thinking on)")
     an.add_argument("--direction", default=None, help="direction file to compare decoder rows with "
                     "(default: mean-diff extracted from the store when it holds judged answers)")
     an.add_argument("--top", type=cli.count("--top"), default=10, help="latents to list (default 10)")
