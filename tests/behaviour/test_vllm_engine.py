@@ -65,7 +65,7 @@ def check_interventions(eng: VllmEngine, lm, checkpoint: str, adapter: str | Non
                         positions=("all", "prompt", "generated"), ablation_changes: bool = True,
                         d: Direction | None = None) -> None:
     """Each intervention gives HF's greedy answers, and changes them (so the equality is not vacuous;
-    ``ablation_changes=False``: a model whose greedy answers this random direction's ablation leaves).
+    ``ablation_changes=False``: a model whose greedy answers this random direction's ablation may leave).
     ``d``: the direction steered and ablated (default: a random one)."""
     d = d or direction(lm)
     u = hooks.unit_vector(d, 1)
@@ -82,7 +82,7 @@ def check_interventions(eng: VllmEngine, lm, checkpoint: str, adapter: str | Non
         assert vllm(eng, lm, served) == ref, name
         seen[name] = tuple(ref)
     changed = {k for k, v in seen.items() if v != seen["none"]}
-    assert changed == set(seen) - {"none"} - (set() if ablation_changes else {"ablate L1"}), seen
+    assert set(seen) - {"none"} - (set() if ablation_changes else {"ablate L1"}) <= changed, seen
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_a_lora_role_is_served_as_an_adapter_on_its_base_server(qwen2):
     eng, base, adapter = qwen2
     lm = load_model(ModelSpec(str(base), adapter=str(adapter)), dtype="fp32", device="cpu")
     started = eng.server_for(str(base))
-    check_interventions(eng, lm, str(base), str(adapter), positions=("prompt",), ablation_changes=False)
+    check_interventions(eng, lm, str(base), str(adapter), positions=("prompt",))
     assert eng.server is started  # the adapter role ran on the base's server: one process for both
     plain = load_model(ModelSpec(str(base)), dtype="fp32", device="cpu")
     assert hf(plain) != hf(lm)  # the adapter changes the answers
