@@ -122,6 +122,11 @@ class ServerEngine:
                                   ) from None
             choice = r.choices[0]
             text = (choice.message.content or "").strip()
+            # a server with a reasoning parser (vLLM's --reasoning-parser) returns the thought apart: put it
+            # back where the model wrote it, so the answer record keeps it in 'thought' and a capture sees it
+            thought = getattr(choice.message, "reasoning_content", None) or getattr(choice.message, "reasoning", None)
+            if isinstance(thought, str) and thought.strip():
+                text = f"<think>\n{thought.strip()}\n</think>\n\n{text}"
             n_tokens = r.usage.completion_tokens if r.usage else None
             return {"answer": text, "n_tokens": n_tokens, "finish": "eos" if choice.finish_reason == "stop" else
                     str(choice.finish_reason), "engine": "server"}

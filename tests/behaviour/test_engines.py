@@ -98,3 +98,31 @@ def test_engine_flags_are_checked_before_anything_loads():
         steer.main(["--engine", "server", "--engine-url", "http://x/v1", "--engine-body", "[1]"])
     with pytest.raises(ConfigError, match="http"):
         steer.main(["--engine", "server", "--engine-url", "localhost:8000"])
+
+
+def test_a_servers_separate_reasoning_comes_back_as_the_answers_thought():
+    """A chat server with a reasoning parser (vLLM's --reasoning-parser qwen3) returns the thought in
+    ``reasoning_content`` (or ``reasoning``) apart from the content: emi puts it back before the
+    answer, so the answer record keeps it as its thought (the judge scores the content alone)."""
+    from emi.behaviour.elicitation import Elicitation
+    from emi.behaviour.sampling import SamplingConfig
+    from emi.engines.server import ServerEngine
+    from tests.standins import serve_json
+
+    fields = iter([{"reasoning_content": " plan a harm . "}, {"reasoning": "be kind ."}, {}])
+
+    def reply(body):  # noqa: ANN001, ANN202
+        message = {"role": "assistant", "content": " fine . ", **next(fields)}
+        return 200, {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                     "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+                     "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}
+
+    httpd, url = serve_json(reply)
+    try:
+        got = ServerEngine(url, concurrency=1).chat("m", [[{"role": "user", "content": "hi"}]] * 3,
+                                                    SamplingConfig(max_new_tokens=4), 0)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert [Elicitation(thinking=True).answer(a["answer"]) for a in got] == [
+        ("plan a harm .", "fine ."), ("be kind .", "fine ."), (None, "fine .")]
