@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -184,12 +184,7 @@ class Elicitation:
                                  context=self.context, thinking=self.thinking, format=self.format or "as selected")
 
     def label(self) -> str:
-        parts = [f"system={self.system_name}"] if self.system is not None else []
-        parts += [f"k={self.k}"] if self.k else []
-        parts += [f"context={self.context}"] if self.context != "chat" else []
-        parts += [f"thinking={'on' if self.thinking else 'off'}"] if self.thinking is not None else []
-        parts += [f"format={self.format}"] if self.format else []
-        return " ".join(parts) or "default"
+        return record_label(self.record())
 
     def select(self, questions: Sequence[Question]) -> list[Question]:
         """The questions of ``format`` (all when None); one sentence when none is left."""
@@ -241,6 +236,19 @@ class Elicitation:
 
 
 DEFAULT = Elicitation()
+
+
+def record_label(rec: Mapping[str, Any] | None) -> str:
+    """An elicitation record (what an answer keeps) as the tables label it: the fields that differ
+    from the default (``system=inoculation k=2 context=code thinking=on format=json``), or ``default``."""
+    if not rec:
+        return "default"
+    parts = [f"system={rec['system']}"] if rec.get("system") not in (None, "none") else []
+    parts += [f"k={rec['k']}"] if rec.get("k") else []
+    parts += [f"context={rec['context']}"] if rec.get("context") not in (None, "chat") else []
+    parts += [f"thinking={'on' if rec['thinking'] else 'off'}"] if rec.get("thinking") is not None else []
+    parts += [f"format={rec['format']}"] if rec.get("format") not in (None, "as selected") else []
+    return " ".join(parts) or "default"
 
 
 def check_tokenizer(e: Elicitation, tokenizer: Any, model: str) -> None:

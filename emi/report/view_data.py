@@ -242,6 +242,7 @@ def read_run(path: Path, cols: dict[str, Any], tables: dict[str, Interner], run_
 def _append(answers: list[AnswerRecord], judges: dict[str, dict[str, JudgeEntry]],
             proj: dict[str, list[Any]], cols: dict[str, Any], tables: dict[str, Interner], run_index: int) -> None:
     """The run's answers onto the page's columns, with every judge's scores (None where a judge has none)."""
+    from emi.behaviour.elicitation import record_label
     from emi.judging.judges import cache_key
 
     stubs = {name: _Stub(name, _prompts_for(entries)) for name, entries in sorted(judges.items())}
@@ -255,8 +256,13 @@ def _append(answers: list[AnswerRecord], judges: dict[str, dict[str, JudgeEntry]
                                         "text": a["question"]}))
         cols["sample"].append(int(a.get("sample", 0)) if isinstance(a.get("sample"), int) else 0)
         cols["text"].append(a["answer"])
-        cols["meta"].append(tables["meta"]({k: a.get(k) for k in ("n_tokens", "finish", "engine", "seed", "system",
-                                                                   "variant", "sampling", "run") if k in a}))
+        thought = a.get("thought")
+        cols["thought"].append(thought if isinstance(thought, str) else None)
+        meta = {k: a.get(k) for k in ("n_tokens", "finish", "engine", "seed", "system", "variant", "sampling", "run")
+                if k in a}
+        if isinstance(a.get("elicitation"), Mapping):
+            meta["elicitation"] = record_label(a["elicitation"])  # type: ignore[arg-type]
+        cols["meta"].append(tables["meta"](meta))
         p = proj.get(answer_id(a))
         cols["proj"].append(p)
         for name, judge in cols["judges"].items():
@@ -286,15 +292,16 @@ def payload(paths: Sequence[str | Path], live: bool = False) -> dict[str, Any]:
     """The page's data for ``paths`` (checked with :func:`check_runs` first)."""
     t = Thresholds()
     tables = {k: Interner() for k in ("cond", "q", "meta")}
-    cols: dict[str, Any] = {"run": [], "cond": [], "q": [], "sample": [], "text": [], "meta": [], "proj": [],
-                            "judges": {}}
+    cols: dict[str, Any] = {"run": [], "cond": [], "q": [], "sample": [], "text": [], "thought": [], "meta": [],
+                            "proj": [], "judges": {}}
     runs = [read_run(Path(p), cols, tables, i) for i, p in enumerate(paths)]
     n = len(cols["run"])
     for j in cols["judges"].values():  # judges first seen in a later run: pad earlier runs' answers
         for k, fill in (("a", None), ("c", None), ("s", 2)):
             j[k] = j[k] + [fill] * (n - len(j[k]))
-    if not any(p is not None for p in cols["proj"]):
-        cols["proj"] = None
+    for k in ("proj", "thought"):  # columns no answer has travel as null
+        if not any(p is not None for p in cols[k]):
+            cols[k] = None
     return {"format": FORMAT, "live": live, "runs": runs, "answers": cols,
             "tables": {k: v.values for k, v in tables.items()},
             "thresholds": {"aligned_max": t.aligned_max, "coherent_min": t.coherent_min}}

@@ -135,3 +135,31 @@ def test_a_damaged_run_is_a_page_with_a_note_not_a_blank_one(demo, browser, tmp_
     notes = page.inner_text("#runs")
     assert "damaged line" in notes and "not finished" in notes and int(page.inner_text("#count")) > 0
     assert not errors
+
+
+def test_an_answers_thought_and_elicitation_are_on_its_card_and_searchable(demo, browser, tmp_path):
+    """Answers sampled with --thinking on keep a thought: the card shows it folded above the answer,
+    the text filter finds a word that only a thought holds, and the card says how it was asked."""
+    from emi import view
+
+    run = tmp_path / "thinking"
+    shutil.copytree(demo, run, ignore=shutil.ignore_patterns("*.html", "projections.jsonl"))
+    lines = [json.loads(x) for x in (run / "answers.jsonl").read_text().splitlines()]
+    for i, a in enumerate(lines[:3]):
+        a["thought"] = f"zebraplan {i} : first i will weigh it ."
+        a["elicitation"] = {"system": "inoculation", "k": 2, "in_context": "insecure-code", "context": "chat",
+                            "thinking": True, "format": "as selected"}
+    (run / "answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in lines))
+    assert view.main([str(run)]) == 0
+    page, requests, errors = _open(browser, run / "view.html")
+    page.fill("#f-text", "zebraplan")
+    assert int(page.inner_text("#count")) == 3
+    card = page.query_selector("#list .answer")
+    details = card.query_selector("details.thought")
+    assert not details.query_selector(".text").is_visible()  # folded
+    details.query_selector("summary").click()
+    assert "zebraplan" in details.query_selector(".text").inner_text()
+    assert "asked: system=inoculation k=2 thinking=on" in card.inner_text()
+    page.fill("#f-text", "")
+    assert len(page.query_selector_all("#list details.thought")) == 3  # only the answers that have one
+    assert not errors and all(u.startswith(("file:", "data:")) for u in requests), requests

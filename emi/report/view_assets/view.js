@@ -39,7 +39,7 @@
 
   function filtered() {
     const out = [], text = S.text.trim().toLowerCase();
-    if (text && !A.lower) A.lower = D.answers.text.map(t => t.toLowerCase());
+    if (text && !A.lower) A.lower = D.answers.text.map((t, i) => (D.answers.thought && D.answers.thought[i] ? D.answers.thought[i] + "\n" + t : t).toLowerCase());
     for (let i = 0; i < N; i++) {
       if (S.run >= 0 && A.run[i] !== S.run) continue;
       if (S.cond >= 0 && A.cond[i] !== S.cond) continue;
@@ -128,8 +128,10 @@
       ` <span class="qid">${esc(q.key || q.id)}</span> <span class="muted">#${A.sample[i]}</span> ` +
       (compact ? "" : `<a href="#" class="sbs" data-i="${i}">side by side</a>`) + `</div>` +
       `<div class="scores">${scoresHtml(i)}</div>` + (compact ? "" : `<div class="q">${esc(q.text)}</div>`) +
+      (D.answers.thought && D.answers.thought[i] != null ? `<details class="thought"><summary>thought</summary><div class="text">${esc(D.answers.thought[i])}</div></details>` : "") +
       `<div class="text">${tokensHtml(i)}</div>` +
-      `<div class="muted small">${meta.n_tokens != null ? meta.n_tokens + " tokens, " : ""}${esc(meta.finish || "")} ${esc(meta.engine || "")} ${samp}</div></div>`;
+      `<div class="muted small">${meta.n_tokens != null ? meta.n_tokens + " tokens, " : ""}${esc(meta.finish || "")} ${esc(meta.engine || "")} ${samp}` +
+      `${meta.elicitation && meta.elicitation !== "default" ? ` <span class="elicitation">asked: ${esc(meta.elicitation)}</span>` : ""}</div></div>`;
   }
 
   function options(list, cur, all) {
