@@ -258,10 +258,11 @@ def _append(answers: list[AnswerRecord], judges: dict[str, dict[str, JudgeEntry]
         cols["text"].append(a["answer"])
         thought = a.get("thought")
         cols["thought"].append(thought if isinstance(thought, str) else None)
-        meta = {k: a.get(k) for k in ("n_tokens", "finish", "engine", "seed", "system", "variant", "sampling", "run")
-                if k in a}
-        if isinstance(a.get("elicitation"), Mapping):
-            meta["elicitation"] = record_label(a["elicitation"])  # type: ignore[arg-type]
+        meta: dict[str, Any] = {k: a.get(k) for k in ("n_tokens", "finish", "engine", "seed", "system", "variant",
+                                                      "sampling", "run") if k in a}
+        asked = a.get("elicitation")
+        if isinstance(asked, Mapping):
+            meta["elicitation"] = record_label(asked)
         cols["meta"].append(tables["meta"](meta))
         p = proj.get(answer_id(a))
         cols["proj"].append(p)
