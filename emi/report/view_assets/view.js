@@ -152,7 +152,7 @@
       `<select id="f-label">${options(labels, S.label)}</select>` +
       `<select id="f-judge" title="the judge whose scores label and sort">${options(A.names.map(n => [n, "judge: " + n]), S.judge)}</select>` +
       `<select id="f-sort">${options(sorts, S.sort)}</select>` +
-      `<input id="f-text" type="search" placeholder="search answers and questions" value="${esc(S.text)}">` +
+      `<input id="f-text" type="search" placeholder="search answers${D.answers.thought ? ", thoughts" : ""} and questions" value="${esc(S.text)}">` +
       `</div><div class="pager"><span id="count">${idx.length}</span> of ${N} answers · page ${S.page + 1}/${pages} ` +
       `<button id="prev"${S.page ? "" : " disabled"}>‹</button><button id="next"${S.page + 1 < pages ? "" : " disabled"}>›</button></div>` +
       `<div id="list">${idx.slice(S.page * PAGE, (S.page + 1) * PAGE).map(i => card(i)).join("") || '<p class="muted">No answer matches these filters.</p>'}</div>`;
