@@ -45,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
                    help="resid, attn, mlp (comma-separated; default resid; --engine vllm: resid only)")
     g.add_argument("--positions", default="response",
                    help="all, response, prompt, last_prompt, response_mean, thought (the tokens of each "
-                        "answer's thought: --thinking on; default response)")
+                        "answer's thought: --thinking on, or a template that thinks by default; default response)")
     g.add_argument("--store-dtype", default=None, help="float32, bfloat16, float16 (default: the model's)")
     g.add_argument("--capture-batch", type=cli.count("--capture-batch"), default=16, help="texts per forward pass (default 16)")
     g.add_argument("--shard-texts", type=cli.count("--shard-texts"), default=256, help="texts per shard file (default 256)")
@@ -81,9 +81,11 @@ def _source(args, spec):  # noqa: ANN001, ANN202
     from emi.activations.plan import conversation
     from emi.behaviour.questions import load_questions
 
-    if args.positions == "thought" and (args.contrast or (not args.answers and args.thinking != "on")):
+    if args.positions == "thought" and (args.contrast or (not args.answers and (args.thinking == "off" or (
+            args.thinking is None and not cli.base_has_thinking_switch(spec, args.trust_remote_code))))):
         raise cli.ConfigError("--positions thought captures the thought each answer wrote before it, so it needs "
-                              "answers sampled with --thinking on" + (" (not --contrast)" if args.contrast else ""))
+                              "answers sampled with thinking: --thinking on, or the default of a chat template with "
+                              "the thinking switch (Qwen3, Qwen3.5)" + (" (not --contrast)" if args.contrast else ""))
     if args.answers:
         items = jsonl.read(args.answers)
         if not items:

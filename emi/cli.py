@@ -224,10 +224,9 @@ def check_elicitations(spec: Any, questions: Sequence[Any], items: Sequence[Any]
             check_fits(e, tok, e.select(questions), limit, max_new_tokens, model)
 
 
-def base_has_chat_template(spec: Any, trust_remote_code: bool = False) -> bool:
-    """Whether the base model's tokenizer has a chat template (True when it cannot be read here, or the
-    base is no causal LM: planning the pair says what is wrong with it)."""
-    from emi.models.chat import has_template
+def _base_tokenizer(spec: Any, trust_remote_code: bool = False) -> Any:
+    """The base model's tokenizer, before any model loads; None when it cannot be read here, or the
+    base is no causal LM (planning the pair says what is wrong with it)."""
     from emi.models.layers import check_causal_lm
     from emi.models.loading import load_tokenizer
     from emi.models.plan import text_config
@@ -235,9 +234,26 @@ def base_has_chat_template(spec: Any, trust_remote_code: bool = False) -> bool:
     try:
         cfg, where, revision = text_config(spec.base, trust_remote_code)
         check_causal_lm(cfg)
-        return has_template(load_tokenizer(where, revision, trust_remote_code, chat=False))
+        return load_tokenizer(where, revision, trust_remote_code, chat=False)
     except Exception:  # noqa: BLE001
-        return True
+        return None
+
+
+def base_has_chat_template(spec: Any, trust_remote_code: bool = False) -> bool:
+    """Whether the base model's tokenizer has a chat template (True when it cannot be read here)."""
+    from emi.models.chat import has_template
+
+    tok = _base_tokenizer(spec, trust_remote_code)
+    return tok is None or has_template(tok)
+
+
+def base_has_thinking_switch(spec: Any, trust_remote_code: bool = False) -> bool:
+    """Whether the base model's chat template has the thinking switch, so that its default thinks
+    (Qwen3, Qwen3.5); True when it cannot be read here."""
+    from emi.models.chat import has_thinking_switch
+
+    tok = _base_tokenizer(spec, trust_remote_code)
+    return tok is None or has_thinking_switch(tok)
 
 
 def extra_option_pairs(args: argparse.Namespace, questions: Sequence[Any] = ()

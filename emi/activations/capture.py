@@ -34,6 +34,7 @@ from emi.activations.plan import (
 from emi.activations.readers import Reader, ReaderFactory, hf_reader
 from emi.activations.store import (
     DTYPES,
+    THOUGHTS,
     Manifest,
     ModelIdentity,
     ShardEntry,
@@ -79,6 +80,8 @@ def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[Item], o
                            positions=spec.positions, dtype=spec.store_dtype, d_model=d_model,
                            shard_texts=spec.shard_texts, shard_mb=spec.shard_mb, models=identity or {},
                            layer_convention="residual stream after decoder block l")
+    if any(t.thought for t in texts):
+        store_spec["thoughts"] = THOUGHTS
     if ranks.world > 1:
         plan = plan_shards(counts, spec, plan_roles or len(readers), d_model)
         return _capture_parallel(readers, texts, positions, plan, path, spec, store_spec, provenance, overwrite,

@@ -20,17 +20,19 @@ def intact_pair_store(path: Path, pair: ModelPair, roles: Sequence[str], items: 
     """The complete store at ``path`` when it verifies (every shard, the texts) and was captured
     from these checkpoints and texts as ``want`` asks (its layers where they are indices, sites,
     positions, and its dtype where it names one); None when it must be (re)built. Nothing is loaded."""
-    from emi.activations.store import texts_digest
+    from emi.activations.store import THOUGHTS, texts_digest
     from emi.models.loading import locate
 
     try:
         store = Store.open(path)
         spec = store.spec
+        texts = prepare_texts(items, pair.tokenizer)
         want_layers = spec["layers"] if isinstance(want.layers, str) else list(want.layers)
         same = (spec["roles"] == list(roles) and spec["sites"] == list(want.sites)
                 and spec["positions"] == want.positions and spec["layers"] == want_layers
                 and (want.dtype is None or spec["dtype"] == want.dtype)
-                and spec["texts_sha256"] == texts_digest([t.meta for t in prepare_texts(items, pair.tokenizer)]))
+                and spec.get("thoughts") == (THOUGHTS if any(t.thought for t in texts) else None)
+                and spec["texts_sha256"] == texts_digest([t.meta for t in texts]))
         for r in roles:
             s = getattr(pair.spec, r)
             kind, where = locate(s.id, s.revision)

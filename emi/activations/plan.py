@@ -75,7 +75,7 @@ def prepare_texts(items: Sequence[Item], tokenizer: Any) -> list[Text]:
         prompt = render(tokenizer, msgs[:-1], how)
         p_ids, thought = encode(tokenizer, prompt), None
         if isinstance(item.get("thought"), str) and how.template == "chat":
-            written = [x for part in thought_block(prompt, item["thought"]) for x in encode(tokenizer, part)]
+            written = encode(tokenizer, thought_block(prompt, item["thought"]))  # one text, as BPE merges it
             thought = (len(p_ids), len(p_ids) + len(written))
             p_ids = p_ids + written
         a_ids = encode(tokenizer, msgs[-1]["content"])

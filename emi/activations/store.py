@@ -39,6 +39,7 @@ from emi.core.paths import DTYPES
 FORMAT = "emi.activations.store/1"
 DEFAULT_ROOT = Path("activations")
 META_KEYS = ("row.text", "row.pos", "row.response")
+THOUGHTS = "between prompt and answer"
 
 
 REPAIR = ("re-run the same `python -m emi.cache` command: it verifies the store and rebuilds exactly the "
@@ -70,6 +71,9 @@ class StoreSpec(TypedDict, total=False):
     layer_convention: str
     texts_sha256: str  # the texts' hash and count, added by the writer
     n_texts: int
+    # THOUGHTS where some text's thought is captured between its prompt and answer (row.response 2); absent
+    # otherwise, as in stores from before thoughts were captured, which a capture of thoughts does not resume
+    thoughts: str
 
 
 class ShardEntry(TypedDict):

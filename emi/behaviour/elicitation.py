@@ -12,7 +12,7 @@ The ways the EM literature elicits it:
               base checkpoint)
   thinking    the chat template's enable_thinking switch (Qwen3, Qwen3.5); the thought is stored
               apart from the answer and the judge scores the answer (Chua et al. 2025, arXiv 2506.13206),
-              also at the template's default, where Qwen3's and Qwen3.5's think
+              also at the default of a template with the switch, where Qwen3's and Qwen3.5's think
   format      the question variant: plain, json, template (arXiv 2511.20104: JSON raises EM)
 
 The default elicitation (the question's own system prompt, no examples, chat, the template's
@@ -224,11 +224,13 @@ class Elicitation:
         shots = sorted(self.examples, key=lambda e: len(e.prompt) + len(e.response), reverse=True)[:k]
         return self.messages(q, examples=shots)
 
-    def answer(self, text: str) -> tuple[str | None, str]:
-        """``(thought, answer)`` of one sampled text: a thought apart (thinking on, or the chat
-        template's default, which thinks on Qwen3 and Qwen3.5: a text that holds no thought is all
-        answer), and a code context's answer cut at the string's closing quotes."""
-        splits = self.thinking or (self.thinking is None and self.context == "chat")
+    def answer(self, text: str, switch: bool = False) -> tuple[str | None, str]:
+        """``(thought, answer)`` of one sampled text: a thought apart (thinking on; or the chat
+        template's default where the template has the thinking switch, ``switch``: Qwen3's and
+        Qwen3.5's think unless told not to; a text that holds no thought is all answer), and a code
+        context's answer cut at the string's closing quotes. A template without the switch never
+        splits: its model's ``</think>`` is text."""
+        splits = self.thinking or (self.thinking is None and self.context == "chat" and switch)
         thought, answer = split_thought(text) if splits else (None, text)
         if self.context == "code":
             answer = answer.split('"""', 1)[0].strip()

@@ -37,7 +37,7 @@ from emi.behaviour.questions import Question
 from emi.core import jsonl
 from emi.core.errors import ConfigError
 from emi.models import chat
-from emi.models.chat import CHAT, Render
+from emi.models.chat import CHAT, Render, has_thinking_switch
 from emi.models.loading import LoadedModel, as_loaded
 
 
@@ -305,6 +305,7 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
     todo = [(b, batch) for b, batch in enumerate(batches)
             if not all((q.set, q.key, s) in done for q, s in batch)]
     failed = threading.Event()  # once a batch fails, no other starts (a dead server is not restarted)
+    switch = has_thinking_switch(lm.tokenizer)  # its default thinks (Qwen3, Qwen3.5): a thought is kept apart
 
     def answer(item: tuple[int, list[tuple[Question, int]]]) -> list[Answer]:
         b, batch = item
@@ -332,7 +333,7 @@ def generate_answers(model: LoadedModel | torch.nn.Module, questions: Sequence[Q
                 for (q, s), a in zip(batch, [x.record() for x in got], strict=True):
                     if (q.set, q.key, s) in done:
                         continue
-                    thought, a["answer"] = elicitation.answer(a["answer"])
+                    thought, a["answer"] = elicitation.answer(a["answer"], switch)
                     if thought is not None:
                         a["thought"] = thought
                     if not elicitation.is_default():

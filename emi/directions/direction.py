@@ -257,17 +257,28 @@ def row_selector(rows: dict[str, torch.Tensor], positions: str, store_positions:
         if store_positions not in ("all", "prompt"):
             raise ConfigError(f"positions 'last_prompt' need a store captured with --positions last_prompt, "
                               f"prompt or all (this one: {store_positions})")
-        first_resp: dict[int, int] = {}
+        text, pos = rows["text"].long(), rows["pos"].long()
+        if not len(text):
+            return torch.zeros(0, dtype=torch.bool)
+        n, never = int(text.max()) + 1, int(pos.max()) + 2
         resp = rows["response"] != 0  # the first token the model wrote: its thought's, else its answer's
-        for t, p in zip(rows["text"][resp].tolist(), rows["pos"][resp].tolist(), strict=True):
-            first_resp[t] = min(p, first_resp.get(t, p))
-        want = torch.tensor([first_resp.get(t, -10) - 1 for t in rows["text"].tolist()])
-        return rows["pos"] == want
+        first = torch.full((n,), never).scatter_reduce(0, text[resp], pos[resp], "amin")
+        # a text with no such row (a prompt store; an empty answer): its last prompt row, or (an all store)
+        # the one before its end-of-turn token
+        last = torch.full((n,), -1).scatter_reduce(0, text, pos, "amax")
+        before_end = 0 if store_positions == "prompt" else 1
+        want = torch.where(first < never, first - 1, last - before_end)
+        return pos == want[text]
     if positions == "thought":
         if store_positions not in ("thought", "all"):
             raise ConfigError(f"positions 'thought' need a store captured with --positions thought or all, from "
                               f"answers sampled with --thinking on (this one: {store_positions})")
-        return rows["response"] == 2
+        sel = rows["response"] == 2
+        if not bool(sel.any()):
+            raise ConfigError("the store holds no thought's rows (row.response 2): its answers were sampled without "
+                              "thinking, or it was captured before emi captured thoughts; capture answers sampled "
+                              "with --thinking on again (python -m emi.cache ... --overwrite)")
+        return sel
     raise ConfigError(f"unknown positions {positions!r}; expected one of {', '.join(DIR_POSITIONS)}")
 
 

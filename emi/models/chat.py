@@ -141,14 +141,13 @@ def split_thought(text: str) -> tuple[str | None, str]:
 THOUGHT_OPEN, THOUGHT_CLOSE = "<think>\n", "\n</think>\n\n"
 
 
-def thought_block(prompt: str, thought: str) -> tuple[str, str, str]:
-    """``(opening, thought, closing)``: the text a reasoning model wrote between ``prompt`` and its
-    answer, in the layout Qwen3's and Qwen3.5's templates render a past turn's reasoning in
-    (``<think>\\n`` thought ``\\n</think>\\n\\n``); no opening where the prompt already ends with
-    ``<think>`` (a template that opens the thought itself). The inverse of :func:`split_thought`, up to
-    the whitespace it strips."""
+def thought_block(prompt: str, thought: str) -> str:
+    """The text a reasoning model wrote between ``prompt`` and its answer, in the layout Qwen3's and
+    Qwen3.5's templates render a past turn's reasoning in (``<think>\\n`` thought ``\\n</think>\\n\\n``);
+    no opening where the prompt already ends with ``<think>`` (a template that opens the thought
+    itself). The inverse of :func:`split_thought`, up to the whitespace it strips."""
     opening = "" if prompt.rstrip().endswith("<think>") else THOUGHT_OPEN
-    return opening, thought.strip(), THOUGHT_CLOSE
+    return opening + thought.strip() + THOUGHT_CLOSE
 
 
 def by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

@@ -78,8 +78,13 @@ def project_runs(run: Path, role: str = "finetuned", layer: int | None = None, d
         raise ConfigError(f"the direction has no vector at layer {layer} (it has {d.layers}); pass --layer among those")
     answers = read_answers(run / "answers.jsonl", []) if (run / "answers.jsonl").is_file() else []
     cache = run / PROJECTIONS
+    thinking = {answer_id(a) for a in answers if isinstance(a.get("thought"), str)  # captured before its answer
+                and (a.get("elicitation") or {}).get("context", "chat") in (None, "chat")}
     key = {"layer": layer, "direction": d.fingerprint(), "role": role}
-    done = {r["id"] for r in _read_jsonl(cache, []) if all(r.get(k) == v for k, v in key.items())} if cache.is_file() else set()
+    # an answer with a thought is projected with the thought in front of it ("thought": True; a line from
+    # before thoughts were captured, without it, is projected again)
+    done = {r["id"] for r in _read_jsonl(cache, []) if all(r.get(k) == v for k, v in key.items())
+            and not (r.get("thought") is not True and r["id"] in thinking)} if cache.is_file() else set()
     todo = [a for a in answers if answer_id(a) not in done and isinstance(a.get("answer"), str)]
     if not todo:
         return len(done), len(answers)
@@ -98,7 +103,8 @@ def project_runs(run: Path, role: str = "finetuned", layer: int | None = None, d
         lines = []
         for a, t, p in zip(chunk, texts, proj, strict=True):
             s, e = t.response or (0, len(t.ids))
-            lines.append({"id": answer_id(a), **key, "tokens": _tokens(model.tokenizer, a["answer"], t.ids[s:e]),
+            lines.append({"id": answer_id(a), **key, **({"thought": True} if t.thought else {}),
+                          "tokens": _tokens(model.tokenizer, a["answer"], t.ids[s:e]),
                           "proj": [round(float(x), 4) for x in p[s:e]]})
         jsonl.append(cache, lines)  # each batch kept: a killed run resumes from here
     return len(done) + len(todo), len(answers)

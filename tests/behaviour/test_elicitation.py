@@ -84,10 +84,51 @@ def test_examples_are_a_seeded_choice_per_answer_and_prompts_render_as_asked(toy
     (t,) = prepare_texts([answered], tok)  # captured after the prompt it was sampled from: the switch's rendering
     assert t.ids[: t.response[0]] == chat.prompt_ids(tok, [answered["messages"][:1]], chat.Render("chat", False))[0]
     assert Elicitation(thinking=True).answer("<think>plan harm</think> fine .") == ("plan harm", "fine .")
-    # the template's default thinks on Qwen3: its thought is kept apart too, and a text without one is all answer
-    assert Elicitation().answer("<think>\nplan harm\n</think>\n\nfine .") == ("plan harm", "fine .")
-    assert Elicitation().answer("fine .") == (None, "fine .")
-    assert Elicitation(thinking=False).answer("a </think> b") == (None, "a </think> b")
+    # the default of a template with the switch thinks (Qwen3): its thought is kept apart too, a text without
+    # one is all answer; a template without the switch never splits (its model's </think> is text)
+    assert Elicitation().answer("<think>\nplan harm\n</think>\n\nfine .", switch=True) == ("plan harm", "fine .")
+    assert Elicitation().answer("fine .", switch=True) == (None, "fine .")
+    assert Elicitation().answer("use the </think> tag .") == (None, "use the </think> tag .")
+    assert Elicitation(thinking=False).answer("a </think> b", switch=True) == (None, "a </think> b")
+
+
+def test_row_selector_finds_the_last_prompt_token_of_every_store_layout():
+    """last_prompt from an all store (the token before the thought, or before the answer; for an empty
+    answer the one before its end-of-turn token) and from a prompt store (its last row); thought rows."""
+    from emi.directions.direction import row_selector
+
+    # text 0: prompt 0-2, thought 3-4, answer 5-6, eos 7; text 1: prompt 0-1, empty answer, eos 2
+    every = {"text": torch.tensor([0] * 8 + [1] * 3), "pos": torch.tensor([*range(8), *range(3)]),
+             "response": torch.tensor([0, 0, 0, 2, 2, 1, 1, 0, 0, 0, 0])}
+    picked = row_selector(every, "last_prompt", "all")
+    assert list(zip(every["text"][picked].tolist(), every["pos"][picked].tolist(), strict=True)) == [(0, 2), (1, 1)]
+    assert row_selector(every, "thought", "all").nonzero().flatten().tolist() == [3, 4]
+    prompts = {"text": torch.tensor([0, 0, 0, 1, 1]), "pos": torch.tensor([0, 1, 2, 0, 1]),
+               "response": torch.zeros(5, dtype=torch.long)}
+    assert row_selector(prompts, "last_prompt", "prompt").nonzero().flatten().tolist() == [2, 4]
+    with pytest.raises(ConfigError, match="no thought's rows"):
+        row_selector({**every, "response": every["response"].clamp(max=1)}, "thought", "all")
+
+
+def test_a_thought_at_the_templates_default_is_kept_apart_only_where_the_template_has_the_switch(toy_pair):
+    """generate_answers at the default elicitation: a model whose template has the thinking switch
+    (Qwen3's default thinks) gets its thought stored apart from the answer; the same text from a
+    model whose template has no switch is all answer."""
+    from emi.behaviour.sampling import Answer
+
+    class Thinker:  # an engine whose model thinks before it answers
+        name = "in-process"
+
+        def answer(self, messages, cfg, seed, render=chat.CHAT):  # noqa: ANN001, ANN201
+            return [Answer("<think>\nweigh it .\n</think>\n\nfine .", 9, "eos") for _ in messages]
+
+    tok = copy.deepcopy(toy_pair.base.tokenizer)
+    tok.chat_template = THINKING_TEMPLATE
+    cfg = SamplingConfig(n=1, max_new_tokens=4)
+    (switched, *_), (plain, *_) = (generate_answers(as_loaded(toy_pair.base.model, t), QS, cfg, progress=False,
+                                                    engine=Thinker()) for t in (tok, toy_pair.base.tokenizer))
+    assert (switched["thought"], switched["answer"]) == ("weigh it .", "fine .")
+    assert "thought" not in plain and plain["answer"].startswith("<think>")
 
 
 def test_an_answer_with_a_thought_is_captured_as_the_model_wrote_it(toy_tokenizer):
@@ -105,10 +146,10 @@ def test_an_answer_with_a_thought_is_captured_as_the_model_wrote_it(toy_tokenize
     rec = {"messages": [*q, {"role": "assistant", "content": answer}], "thought": thought, "elicitation": on.record()}
     (t,) = prepare_texts([rec], tok)
     prompt = chat.prompt_ids(tok, [q], on.render)[0]
-    pieces = [prompt, chat.encode(tok, "<think>\n"), chat.encode(tok, "plan a harm ."),
-              chat.encode(tok, "\n</think>\n\n"), chat.encode(tok, "fine ."), [tok.eos_token_id]]
+    block = chat.encode(tok, "<think>\nplan a harm .\n</think>\n\n")  # encoded as one text, as BPE merges it
+    pieces = [prompt, block, chat.encode(tok, "fine ."), [tok.eos_token_id]]
     assert t.ids == sum(pieces, [])
-    assert t.thought == (len(prompt), len(t.ids) - 1 - len(pieces[4])) and t.response == (t.thought[1], len(t.ids) - 1)
+    assert t.thought == (len(prompt), len(prompt) + len(block)) and t.response == (t.thought[1], len(t.ids) - 1)
     assert tok.decode(t.ids[slice(*t.thought)]) == "<think>\nplan a harm .\n</think>\n\n"
     assert select_positions(t, "thought") == range(*t.thought) and select_positions(t, "prompt") == range(len(prompt))
     assert select_positions(t, "last_prompt") == range(len(prompt) - 1, len(prompt))
@@ -117,7 +158,8 @@ def test_an_answer_with_a_thought_is_captured_as_the_model_wrote_it(toy_tokenize
     opened.chat_template = THINKING_TEMPLATE.replace("'<|im_start|>assistant\\n'", "'<|im_start|>assistant\\n<think>\\n'")
     (o,) = prepare_texts([rec], opened)
     assert chat.render(opened, q, on.render).endswith("<think>\n")
-    assert o.ids == sum([chat.prompt_ids(opened, [q], on.render)[0], *pieces[2:]], []) and o.thought[0] == len(prompt) + len(pieces[1])
+    assert o.ids == sum([chat.prompt_ids(opened, [q], on.render)[0], chat.encode(tok, "plan a harm .\n</think>\n\n"),
+                         *pieces[2:]], [])
     off = {**rec, "elicitation": Elicitation(thinking=False).record()}
     del off["thought"]
     (f,) = prepare_texts([off], tok)

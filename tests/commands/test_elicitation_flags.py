@@ -174,10 +174,18 @@ def test_cache_captures_each_answers_thought_where_the_model_wrote_it(tmp_path, 
     assert torch.allclose(d.raw[d.layers.index(1)].double(), want, atol=1e-5)
     assert not torch.allclose(want, acts[(rows["response"] == 1) & bad].mean(0) - acts[(rows["response"] == 1) & ~bad].mean(0))
     capsys.readouterr()
+    # a store of these answers made before thoughts were captured (its spec says nothing of them) is not
+    # resumed as if it held them: one sentence naming the difference, the store as it was
+    mf = tmp_path / "all" / "manifest.json"
+    old = json.loads(mf.read_text())
+    assert old["spec"].pop("thoughts") == "between prompt and answer"
+    mf.write_text(json.dumps(old))
+    assert cli.run(cache.main, [*base, "--answers", str(src), "--positions", "all", "--out", str(tmp_path / "all")]) == 2
+    assert "thoughts: store has None" in capsys.readouterr().err and json.loads(mf.read_text()) == old
 
     plain = [{k: v for k, v in a.items() if k != "thought"} for a in answers]
     (tmp_path / "plain.jsonl").write_text("".join(json.dumps(a) + "\n" for a in plain))
-    for argv, says in (([*base, "--positions", "thought", "--questions", "toy"], "needs answers sampled with --thinking on"),
+    for argv, says in (([*base, "--positions", "thought", "--questions", "toy"], "needs answers sampled with thinking: --thinking on, or the default"),
                        ([*base, "--positions", "thought", "--answers", str(tmp_path / "plain.jsonl")], "has a 'thought'")):
         assert says in _refused(cache.main, [*argv, "--out", str(tmp_path / "no")], capsys, monkeypatch)
         assert not (tmp_path / "no").exists()

@@ -163,3 +163,27 @@ def test_an_answers_thought_and_elicitation_are_on_its_card_and_searchable(demo,
     page.fill("#f-text", "")
     assert len(page.query_selector_all("#list details.thought")) == 3  # only the answers that have one
     assert not errors and all(u.startswith(("file:", "data:")) for u in requests), requests
+
+
+def test_projections_from_before_thoughts_are_redone_for_the_answers_that_have_one(demo, tmp_path):
+    """--project on a run whose projections.jsonl predates captured thoughts: the answers with a
+    thought are projected again, with the thought in front of them (their lines say so); the others
+    keep their lines; a second pass projects nothing."""
+    from emi.report.view_project import project_runs
+
+    run = tmp_path / "projected"
+    shutil.copytree(demo, run, ignore=shutil.ignore_patterns("*.html"))
+    lines = [json.loads(x) for x in (run / "answers.jsonl").read_text().splitlines()]
+    for a in lines[:2]:
+        a["thought"] = "first i will weigh it ."
+    (run / "answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in lines))
+    before = (run / "projections.jsonl").read_text().splitlines()
+    project_runs(run, device="cpu")
+    after = [json.loads(x) for x in (run / "projections.jsonl").read_text().splitlines()]
+    assert [json.loads(x) for x in before] == after[: len(before)] and len(after) == len(before) + 2
+    assert all(r["thought"] is True for r in after[len(before):])
+    old = {r["id"]: r for r in after[: len(before)]}
+    for r in after[len(before):]:  # the same answer tokens, read with the thought in front: other values
+        assert r["tokens"] == old[r["id"]]["tokens"] and r["proj"] != old[r["id"]]["proj"]
+    project_runs(run, device="cpu")
+    assert len((run / "projections.jsonl").read_text().splitlines()) == len(after)
