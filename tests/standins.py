@@ -402,6 +402,12 @@ def require_vllm_engine() -> None:
                 allow_module_level=True)
 
 
+def _unpadded(kw: dict[str, Any], out: list[list[int]]) -> None:
+    """Append the unpadded prompt ids of each row of a generate() call's ``input_ids``."""
+    for row, mask in zip(kw["input_ids"], kw["attention_mask"], strict=True):
+        out.append(row[mask.bool()].tolist())
+
+
 def in_process_ids(lm: Any, monkeypatch: Any) -> list[list[int]]:
     """Spy on ``lm``'s generate(): the list it returns fills with the unpadded prompt ids of every row
     generate() decodes from (what an engine must send to sample the same prompt)."""
@@ -409,8 +415,7 @@ def in_process_ids(lm: Any, monkeypatch: Any) -> list[list[int]]:
     original = lm.model.generate
 
     def spy(**kw: Any) -> Any:
-        for row, mask in zip(kw["input_ids"], kw["attention_mask"], strict=True):
-            seen.append(row[mask.bool()].tolist())
+        _unpadded(kw, seen)
         return original(**kw)
 
     monkeypatch.setattr(lm.model, "generate", spy)
@@ -481,8 +486,7 @@ class Generated:
         original = GenerationMixin.generate
 
         def spy(model, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
-            for row, mask in zip(kw["input_ids"], kw["attention_mask"], strict=True):
-                self.prompts.append(row[mask.bool()].tolist())
+            _unpadded(kw, self.prompts)
             return original(model, *a, **kw)
 
         monkeypatch.setattr(GenerationMixin, "generate", spy)

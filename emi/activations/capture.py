@@ -30,11 +30,11 @@ from emi.activations.plan import (
     prepare_texts,
     row_counts,
     select_positions,
+    thought_spec,
 )
 from emi.activations.readers import Reader, ReaderFactory, hf_reader
 from emi.activations.store import (
     DTYPES,
-    THOUGHTS,
     Manifest,
     ModelIdentity,
     ShardEntry,
@@ -70,7 +70,8 @@ def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[Item], o
     """
     texts = prepare_texts(items, tokenizer)
     positions = [select_positions(t, spec.positions) for t in texts]  # fails early on plain texts
-    if spec.positions == "thought" and not any(t.thought for t in texts):
+    thoughts = thought_spec(texts)
+    if spec.positions == "thought" and not thoughts:
         raise ConfigError(f"positions 'thought' capture the thoughts of answers sampled with thinking on, and none "
                           f"of these {len(texts)} texts has one (an answer's record keeps it in 'thought'); sample "
                           f"them with --thinking on, on a model that thinks")
@@ -80,8 +81,7 @@ def capture(readers: dict[str, Reader], tokenizer: Any, items: Sequence[Item], o
                            positions=spec.positions, dtype=spec.store_dtype, d_model=d_model,
                            shard_texts=spec.shard_texts, shard_mb=spec.shard_mb, models=identity or {},
                            layer_convention="residual stream after decoder block l")
-    if any(t.thought for t in texts):
-        store_spec["thoughts"] = THOUGHTS
+    store_spec.update(thoughts)
     if ranks.world > 1:
         plan = plan_shards(counts, spec, plan_roles or len(readers), d_model)
         return _capture_parallel(readers, texts, positions, plan, path, spec, store_spec, provenance, overwrite,

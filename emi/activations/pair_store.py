@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from emi.activations.plan import CaptureSpec, Item, prepare_texts
+from emi.activations.plan import CaptureSpec, Item, prepare_texts, thought_spec
 from emi.activations.store import Store, StoreProvenance, StoreSpec, StoreWriter
 from emi.core.errors import ConfigError, StoreError
 from emi.models.loading import ModelPair
@@ -20,7 +20,7 @@ def intact_pair_store(path: Path, pair: ModelPair, roles: Sequence[str], items: 
     """The complete store at ``path`` when it verifies (every shard, the texts) and was captured
     from these checkpoints and texts as ``want`` asks (its layers where they are indices, sites,
     positions, and its dtype where it names one); None when it must be (re)built. Nothing is loaded."""
-    from emi.activations.store import THOUGHTS, texts_digest
+    from emi.activations.store import texts_digest
     from emi.models.loading import locate
 
     try:
@@ -31,7 +31,7 @@ def intact_pair_store(path: Path, pair: ModelPair, roles: Sequence[str], items: 
         same = (spec["roles"] == list(roles) and spec["sites"] == list(want.sites)
                 and spec["positions"] == want.positions and spec["layers"] == want_layers
                 and (want.dtype is None or spec["dtype"] == want.dtype)
-                and spec.get("thoughts") == (THOUGHTS if any(t.thought for t in texts) else None)
+                and spec.get("thoughts") == thought_spec(texts).get("thoughts")
                 and spec["texts_sha256"] == texts_digest([t.meta for t in texts]))
         for r in roles:
             s = getattr(pair.spec, r)

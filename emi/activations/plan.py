@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from emi.activations.store import DTYPES
+from emi.activations.store import DTYPES, THOUGHTS, StoreSpec
 from emi.core.errors import ConfigError
 from emi.models import layers as L
 from emi.models.chat import Messages, Render, encode, recorded, render, thought_block
@@ -74,7 +74,7 @@ def prepare_texts(items: Sequence[Item], tokenizer: Any) -> list[Text]:
         msgs, how = conversation(item, i)
         prompt = render(tokenizer, msgs[:-1], how)
         p_ids, thought = encode(tokenizer, prompt), None
-        if isinstance(item.get("thought"), str) and how.template == "chat":
+        if captures_thought(item):
             written = encode(tokenizer, thought_block(prompt, item["thought"]))  # one text, as BPE merges it
             thought = (len(p_ids), len(p_ids) + len(written))
             p_ids = p_ids + written
@@ -83,6 +83,18 @@ def prepare_texts(items: Sequence[Item], tokenizer: Any) -> list[Text]:
         meta = {k: v for k, v in item.items() if k != "messages"}
         out.append(Text(ids, (len(p_ids), len(p_ids) + len(a_ids)), meta, thought))
     return out
+
+
+def captures_thought(item: Mapping[str, Any]) -> bool:
+    """Whether a capture puts ``item``'s thought between its prompt and answer: it keeps one
+    (``thought``: sampled with thinking on) and was asked in the chat template."""
+    return isinstance(item.get("thought"), str) and recorded(item.get("elicitation")).template == "chat"
+
+
+def thought_spec(texts: Sequence[Text]) -> StoreSpec:
+    """The store spec's entry for ``texts``: ``thoughts`` where some text's thought is captured (so a
+    store of the same answers captured before thoughts were is not resumed as if it held them)."""
+    return StoreSpec(thoughts=THOUGHTS) if any(t.thought for t in texts) else StoreSpec()
 
 
 def conversation(item: Mapping[str, Any], i: int = 0) -> tuple[Messages, Render]:

@@ -65,7 +65,7 @@ def project_runs(run: Path, role: str = "finetuned", layer: int | None = None, d
     """Project the run's answers not yet in its projections.jsonl; (answers projected, answers)."""
     import torch
 
-    from emi.activations.plan import prepare_texts
+    from emi.activations.plan import captures_thought, prepare_texts
     from emi.activations.readers import hf_reader
     from emi.core import jsonl
     from emi.directions.direction import project
@@ -78,8 +78,7 @@ def project_runs(run: Path, role: str = "finetuned", layer: int | None = None, d
         raise ConfigError(f"the direction has no vector at layer {layer} (it has {d.layers}); pass --layer among those")
     answers = read_answers(run / "answers.jsonl", []) if (run / "answers.jsonl").is_file() else []
     cache = run / PROJECTIONS
-    thinking = {answer_id(a) for a in answers if isinstance(a.get("thought"), str)  # captured before its answer
-                and (a.get("elicitation") or {}).get("context", "chat") in (None, "chat")}
+    thinking = {answer_id(a) for a in answers if captures_thought(a)}
     key = {"layer": layer, "direction": d.fingerprint(), "role": role}
     # an answer with a thought is projected with the thought in front of it ("thought": True; a line from
     # before thoughts were captured, without it, is projected again)
