@@ -78,9 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _source(args, spec):  # noqa: ANN001, ANN202
     """The answers file's records, or the questions (checked against the model's context)."""
-    from emi.activations.plan import conversation
+    from emi.activations.plan import POSITIONS, conversation
     from emi.behaviour.questions import load_questions
 
+    if args.positions not in POSITIONS:  # before the questions are checked against the context
+        raise cli.ConfigError(f"unknown --positions {args.positions!r}; expected one of {', '.join(POSITIONS)}")
     if args.positions == "thought" and (args.contrast or (not args.answers and (args.thinking == "off" or (
             args.thinking is None and not cli.base_has_thinking_switch(spec, args.trust_remote_code))))):
         raise cli.ConfigError("--positions thought captures the thought each answer wrote before it, so it needs "

@@ -186,6 +186,7 @@ def test_cache_captures_each_answers_thought_where_the_model_wrote_it(tmp_path, 
     plain = [{k: v for k, v in a.items() if k != "thought"} for a in answers]
     (tmp_path / "plain.jsonl").write_text("".join(json.dumps(a) + "\n" for a in plain))
     for argv, says in (([*base, "--positions", "thought", "--questions", "toy"], "needs answers sampled with thinking: --thinking on, or the default"),
-                       ([*base, "--positions", "thought", "--answers", str(tmp_path / "plain.jsonl")], "has a 'thought'")):
+                       ([*base, "--positions", "thought", "--answers", str(tmp_path / "plain.jsonl")], "has a 'thought'"),
+                       ([*base, "--positions", "thougth", "--questions", "toy"], "unknown --positions 'thougth'")):
         assert says in _refused(cache.main, [*argv, "--out", str(tmp_path / "no")], capsys, monkeypatch)
         assert not (tmp_path / "no").exists()
